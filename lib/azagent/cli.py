@@ -1,0 +1,238 @@
+"""The ``azagent`` command: run a stage by hand, show status and configuration.
+
+WALinuxAgent's spellings (``-help``, ``-version``, ``-deprovision+user``, ...)
+are accepted too and mapped to their azagent equivalents, so that scripts and
+habits written for ``waagent`` keep working.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from azagent import __version__, catalog
+from azagent.errors import AzagentError
+from azagent.stage import EXIT_FAILED, EXIT_OK, EXIT_USAGE, load_config, read_result
+
+STAGE_DIRS_ENV = "AZAGENT_STAGES_DIR"
+INSTALLED_STAGES_DIR = "/usr/libexec/azagent"
+
+# waagent flag -> azagent words. Flags that only modify another command.
+_WAAGENT_MODIFIERS = {"-verbose": "--verbose", "-force": "--force"}
+_WAAGENT_COMMANDS = {
+    "-help": ["help"],
+    "-version": ["version"],
+    "-show-configuration": ["show-configuration"],
+    "-deprovision": ["deprovision"],
+    "-deprovision+user": ["deprovision", "--user"],
+    "-serialconsole": ["serialconsole"],
+    "-collect-logs": ["collect-logs"],
+    "-daemon": ["daemon"],
+    "-start": ["start"],
+}
+
+# Commands whose feature has not landed yet: say so, never pretend.
+_NOT_YET = {
+    "deprovision": "deprovisioning is not implemented in this version of azagent",
+    "serialconsole": "serial console configuration is not implemented in this version of azagent",
+    "collect-logs": "log collection is not implemented in this version of azagent",
+}
+_NO_DAEMON = (
+    "azagent has no resident daemon: systemd runs its boot stages (azure-*.service);"
+    " see 'azagent status'"
+)
+
+
+def translate_waagent_args(argv: Sequence[str]) -> list[str]:
+    """Rewrite waagent-style arguments into azagent's; others pass through."""
+    command: list[str] = []
+    rest: list[str] = []
+    for arg in argv:
+        if arg in _WAAGENT_COMMANDS and not command:
+            command = list(_WAAGENT_COMMANDS[arg])
+        elif arg in _WAAGENT_MODIFIERS:
+            rest.append(_WAAGENT_MODIFIERS[arg])
+        else:
+            rest.append(arg)
+    return command + rest
+
+
+def find_stage(name: str) -> Optional[Path]:
+    """The executable of stage ``name``: installed, or in this source checkout."""
+    candidates = []
+    if os.environ.get(STAGE_DIRS_ENV):
+        candidates.append(Path(os.environ[STAGE_DIRS_ENV]))
+    candidates += [
+        Path(INSTALLED_STAGES_DIR),
+        Path(sys.prefix) / "libexec/azagent",
+        Path(__file__).resolve().parents[2] / "stages",
+    ]
+    for directory in candidates:
+        path = directory / name
+        if path.is_file():
+            return path
+    return None
+
+
+def unit_state(root: Path, unit: str) -> str:
+    """What ``systemctl is-enabled`` says of ``unit`` (enabled, masked, ...)."""
+    systemctl = shutil.which("systemctl")
+    if systemctl is None:
+        return "unknown"
+    command = [systemctl]
+    if root != Path("/"):
+        command.append(f"--root={root}")
+    command += ["is-enabled", unit]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    state = done.stdout.strip().splitlines()
+    if state:
+        return state[0]
+    return "not-found" if "No such file" in done.stderr else "unknown"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    info = catalog.STAGES_BY_NAME.get(args.stage)
+    if info is None:
+        known = ", ".join(stage.name for stage in catalog.STAGES)
+        print(f"azagent: unknown stage {args.stage!r} (stages: {known})", file=sys.stderr)
+        return EXIT_USAGE
+    path = find_stage(info.name)
+    if path is None:
+        print(f"azagent: the executable of stage {info.name} is not installed", file=sys.stderr)
+        return EXIT_FAILED
+    command = [sys.executable, str(path), *args.stage_args]
+    os.execv(sys.executable, command)
+    return EXIT_FAILED  # not reached
+
+
+def status_rows(root: Path) -> list[dict[str, str]]:
+    rows = []
+    for info in catalog.STAGES:
+        result = read_result(root, info.name) or {}
+        duration = result.get("duration_ms")
+        rows.append(
+            {
+                "stage": info.name,
+                "unit": unit_state(root, info.unit),
+                "result": str(result.get("state", "never-ran")),
+                "ended": str(result.get("end", "")),
+                "duration": f"{int(duration) / 1000:.3f}s" if isinstance(duration, int) else "",
+                "reason": str(result.get("reason", "")),
+            }
+        )
+    return rows
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    root = Path(args.root).resolve()
+    rows = status_rows(root)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    headers = ["stage", "unit", "result", "duration", "ended", "reason"]
+    widths = {h: max(len(h), *(len(row[h]) for row in rows)) for h in headers}
+    print("  ".join(h.upper().ljust(widths[h]) for h in headers).rstrip())
+    for row in rows:
+        print("  ".join(row[h].ljust(widths[h]) for h in headers).rstrip())
+    failed = [row["stage"] for row in rows if row["result"] == "failed"]
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_show_configuration(args: argparse.Namespace) -> int:
+    root = Path(args.root).resolve()
+    try:
+        config = load_config(root, args.config)
+    except AzagentError as e:
+        print(f"azagent: {e.reason}", file=sys.stderr)
+        return EXIT_FAILED
+    for warning in config.warnings:
+        print(f"azagent: warning: {warning}", file=sys.stderr)
+    sys.stdout.write(config.render())
+    return EXIT_OK
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(f"azagent {__version__}")
+    print(f"Python {sys.version.split()[0]}")
+    return EXIT_OK
+
+
+def cmd_not_yet(args: argparse.Namespace) -> int:
+    print(f"azagent: {args.command}: {_NOT_YET[args.command]}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def cmd_no_daemon(args: argparse.Namespace) -> int:
+    print(f"azagent: {args.command}: {_NO_DAEMON}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="azagent",
+        description="Azure Linux guest agent: one-shot boot stages run by systemd.",
+        epilog="waagent spellings (-help, -version, -show-configuration, -deprovision, "
+        "-deprovision+user, -serialconsole, -collect-logs, -daemon, -start, -verbose, "
+        "-force) are accepted.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run one boot stage by hand",
+        description="Run one boot stage now, as its unit would. The stage's own options "
+        "(--root DIR, --dry-run, --config PATH, -v) follow its name.",
+    )
+    run.add_argument("stage", help="stage name, e.g. " + catalog.STAGES[0].name)
+    run.add_argument("stage_args", nargs=argparse.REMAINDER, help="options for the stage")
+    run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", help="each stage's unit state and last result")
+    status.add_argument("--root", default="/", metavar="DIR")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+
+    show = sub.add_parser(
+        "show-configuration", help="every configuration key, its value and origin"
+    )
+    show.add_argument("--root", default="/", metavar="DIR")
+    show.add_argument("--config", metavar="PATH")
+    show.set_defaults(func=cmd_show_configuration)
+
+    sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
+    sub.add_parser("help", help="print this help").set_defaults(func=None)
+
+    for command, text in _NOT_YET.items():
+        p = sub.add_parser(command, help=f"(not available yet) {text}")
+        p.add_argument("--user", action="store_true", help=argparse.SUPPRESS)
+        p.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
+        p.set_defaults(func=cmd_not_yet)
+    for command in ("daemon", "start"):
+        sub.add_parser(command, help="(waagent only) there is no daemon").set_defaults(
+            func=cmd_no_daemon
+        )
+
+    for p in [parser, *sub.choices.values()]:
+        if p.prog != "azagent run":
+            p.add_argument("--verbose", "-v", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    arguments = translate_waagent_args(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(arguments)
+    if args.command is None or args.func is None:
+        parser.print_help()
+        return EXIT_OK if args.command == "help" else EXIT_USAGE
+    result: int = args.func(args)
+    return result

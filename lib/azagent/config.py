@@ -1,0 +1,477 @@
+"""waagent.conf: the keys, their types and defaults, and a strict reader.
+
+The file format is WALinuxAgent's: ``Key=Value`` lines, ``#`` starts a
+comment (at the start of a line or after a value, as WALinuxAgent's own sample
+uses it), booleans are ``y``/``n``, and the word ``None`` unsets a key.
+azagent adds drop-ins: ``<config>.d/*.conf``, read in lexical order after the
+main file, the later value winning.
+
+A value of the wrong type is an error that names the file, the line, the key
+and what is accepted; nothing is applied when the configuration is invalid.
+An unknown key is only a warning, so a waagent.conf written for a newer
+WALinuxAgent still works.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+from azagent.errors import ConfigError
+
+Value = Union[bool, int, str, None]
+
+DEFAULT_PATH = "/etc/waagent.conf"
+# waagent.conf is a few kB; anything this large is not a configuration file.
+MAX_FILE_SIZE = 1024 * 1024
+MAX_DROPINS = 256
+
+
+def _absolute_path(value: str) -> Optional[str]:
+    if not value.startswith("/"):
+        return "an absolute path"
+    if any(part == ".." for part in value.split("/")):
+        return "a path without '..'"
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return "a path without spaces or control characters"
+    return None
+
+
+def _url(value: str) -> Optional[str]:
+    if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?/?", value):
+        return "an http:// or https:// base URL such as http://127.0.0.1:8080"
+    return None
+
+
+def _word(value: str) -> Optional[str]:
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]{1,64}", value):
+        return "a single word of letters, digits, '.', '_', '+' or '-'"
+    return None
+
+
+def _mount_options(value: str) -> Optional[str]:
+    if not re.fullmatch(r"[A-Za-z0-9_.,=:/+-]{1,512}", value):
+        return "a comma-separated list of mount(8) options without spaces"
+    return None
+
+
+def _host(value: str) -> Optional[str]:
+    if not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]{1,253}", value):
+        return "a host name or IP address"
+    return None
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its type, default and what it accepts."""
+
+    name: str
+    kind: type  # bool, int or str
+    default: Value
+    help: str
+    nullable: bool = False
+    choices: tuple[str, ...] = ()
+    minimum: Optional[int] = None
+    maximum: Optional[int] = None
+    check: Optional[Callable[[str], Optional[str]]] = None
+
+    def accepted(self) -> str:
+        """Describe the accepted values, for error messages."""
+        if self.kind is bool:
+            text = "y or n"
+        elif self.kind is int:
+            text = "a decimal integer"
+            if self.minimum is not None and self.maximum is not None:
+                text += f" from {self.minimum} to {self.maximum}"
+            elif self.minimum is not None:
+                text += f" of at least {self.minimum}"
+        elif self.choices:
+            text = "one of " + ", ".join(self.choices)
+        else:
+            text = "a string"
+        if self.nullable:
+            text += ", or None"
+        return text
+
+    def parse(self, raw: str) -> Value:
+        """Turn the text of a value into its typed form or raise ValueError."""
+        if self.nullable and raw == "None":
+            return None
+        if self.kind is bool:
+            if raw.lower() in ("y", "n"):
+                return raw.lower() == "y"
+            raise ValueError(self.accepted())
+        if self.kind is int:
+            if not re.fullmatch(r"-?[0-9]{1,18}", raw):
+                raise ValueError(self.accepted())
+            number = int(raw)
+            if (self.minimum is not None and number < self.minimum) or (
+                self.maximum is not None and number > self.maximum
+            ):
+                raise ValueError(self.accepted())
+            return number
+        if self.choices and raw not in self.choices:
+            raise ValueError(self.accepted())
+        if self.check is not None:
+            problem = self.check(raw)
+            if problem is not None:
+                raise ValueError(problem + (", or None" if self.nullable else ""))
+        return raw
+
+    def format(self, value: Value) -> str:
+        """Render a typed value the way waagent.conf spells it."""
+        if value is None:
+            return "None"
+        if isinstance(value, bool):
+            return "y" if value else "n"
+        return str(value)
+
+
+def _bool(name: str, default: bool, help: str) -> Key:
+    return Key(name, bool, default, help)
+
+
+KEYS: tuple[Key, ...] = (
+    # Provisioning
+    _bool("Provisioning.Enabled", True, "Provision the VM from the OVF / IMDS data."),
+    Key(
+        "Provisioning.Agent",
+        str,
+        "auto",
+        "Which agent provisions: auto, waagent (azagent itself), cloud-init, disabled.",
+        choices=("auto", "waagent", "cloud-init", "disabled"),
+    ),
+    _bool("Provisioning.UseCloudInit", False, "Leave provisioning to cloud-init."),
+    _bool("Provisioning.DeleteRootPassword", False, "Erase root's password in /etc/shadow."),
+    _bool(
+        "Provisioning.RegenerateSshHostKeyPair",
+        True,
+        "Delete the image's SSH host keys and generate a fresh pair.",
+    ),
+    Key(
+        "Provisioning.SshHostKeyPairType",
+        str,
+        "rsa",
+        "Type of the regenerated SSH host key.",
+        choices=("rsa", "dsa", "ecdsa", "ed25519", "auto"),
+    ),
+    _bool(
+        "Provisioning.MonitorHostName",
+        True,
+        "Publish later hostname changes to Azure DNS (DHCP lease renewal).",
+    ),
+    _bool("Provisioning.DecodeCustomData", False, "Base64-decode customData."),
+    _bool("Provisioning.ExecuteCustomData", False, "Run customData after provisioning."),
+    _bool(
+        "Provisioning.AllowResetSysUser",
+        False,
+        "Allow the provisioned user to be an existing system account.",
+    ),
+    Key(
+        "Provisioning.PasswordCryptId",
+        str,
+        "6",
+        "crypt(3) method of the user's password hash: 1 MD5, 2a Blowfish, 5 SHA-256, 6 SHA-512.",
+        choices=("1", "2a", "5", "6"),
+    ),
+    Key(
+        "Provisioning.PasswordCryptSaltLength",
+        int,
+        10,
+        "Length of the random salt of the password hash.",
+        minimum=1,
+        maximum=16,
+    ),
+    # Resource disk
+    _bool("ResourceDisk.Format", True, "Format and mount the resource disk."),
+    Key(
+        "ResourceDisk.Filesystem",
+        str,
+        "ext4",
+        "Filesystem of the resource disk (mkfs.<value> must exist).",
+        check=_word,
+    ),
+    Key(
+        "ResourceDisk.MountPoint",
+        str,
+        "/mnt/resource",
+        "Where the resource disk is mounted.",
+        check=_absolute_path,
+    ),
+    Key(
+        "ResourceDisk.MountOptions",
+        str,
+        None,
+        "Mount options of the resource disk, comma-separated.",
+        nullable=True,
+        check=_mount_options,
+    ),
+    _bool("ResourceDisk.EnableSwap", False, "Create a swap file on the resource disk."),
+    _bool("ResourceDisk.EnableSwapEncryption", False, "Encrypt the swap file."),
+    Key(
+        "ResourceDisk.SwapSizeMB",
+        int,
+        0,
+        "Size of the swap file in MiB.",
+        minimum=0,
+        maximum=16 * 1024 * 1024,
+    ),
+    # Logs and diagnostics
+    _bool("LBProbeResponder", True, "Answer the load balancer's probes."),
+    _bool("Logs.Verbose", False, "Log debug messages."),
+    _bool("Logs.Collect", True, "Collect logs periodically for the host."),
+    Key("Logs.CollectPeriod", int, 3600, "Seconds between log collections.", minimum=60),
+    _bool("DetectScvmmEnv", False, "Bootstrap the SCVMM agent when its DVD is attached."),
+    # OS
+    _bool("OS.AllowHTTP", False, "Allow plain HTTP where HTTPS is expected."),
+    _bool("OS.EnableRDMA", False, "Load the RDMA driver that matches the hardware."),
+    _bool("OS.UpdateRdmaDriver", False, "Update the RDMA driver."),
+    _bool("OS.CheckRdmaDriver", False, "Check the RDMA driver's version."),
+    _bool("OS.EnableFIPS", False, "Run cryptography in FIPS mode."),
+    _bool(
+        "OS.EnableFirewall",
+        False,
+        "Only root may open TCP connections to the WireServer.",
+    ),
+    Key(
+        "OS.RootDeviceScsiTimeout",
+        int,
+        300,
+        "SCSI command timeout (seconds) of the OS and data disks; None keeps the kernel's.",
+        nullable=True,
+        minimum=1,
+        maximum=3600,
+    ),
+    Key(
+        "OS.OpensslPath",
+        str,
+        None,
+        "Accepted for compatibility; azagent never runs openssl.",
+        nullable=True,
+        check=_absolute_path,
+    ),
+    Key("OS.SshDir", str, "/etc/ssh", "SSH configuration directory.", check=_absolute_path),
+    Key(
+        "OS.SshClientAliveInterval",
+        int,
+        180,
+        "sshd ClientAliveInterval (seconds).",
+        minimum=0,
+        maximum=86400,
+    ),
+    Key("OS.HomeDir", str, "/home", "Parent of the users' home directories.", check=_absolute_path),
+    Key("OS.SudoersDir", str, "/etc/sudoers.d", "sudoers drop-in directory.", check=_absolute_path),
+    # Proxy
+    Key(
+        "HttpProxy.Host",
+        str,
+        None,
+        "HTTP proxy host for traffic other than the platform endpoints.",
+        nullable=True,
+        check=_host,
+    ),
+    Key(
+        "HttpProxy.Port",
+        int,
+        None,
+        "HTTP proxy port.",
+        nullable=True,
+        minimum=1,
+        maximum=65535,
+    ),
+    # State and paths
+    Key("Lib.Dir", str, "/var/lib/waagent", "The agent's state directory.", check=_absolute_path),
+    Key(
+        "DVD.MountPoint",
+        str,
+        "/mnt/cdrom/secure",
+        "Accepted for compatibility; azagent mounts the DVD under /run/azagent.",
+        check=_absolute_path,
+    ),
+    Key(
+        "Pid.File",
+        str,
+        "/var/run/waagent.pid",
+        "Accepted for compatibility; azagent has no daemon.",
+        check=_absolute_path,
+    ),
+    Key(
+        "Extension.LogDir",
+        str,
+        "/var/log/azure",
+        "Where extensions write their logs.",
+        check=_absolute_path,
+    ),
+    # Extensions
+    _bool("Extensions.Enabled", True, "Process VM extensions."),
+    Key(
+        "Extensions.GoalStatePeriod",
+        int,
+        6,
+        "Seconds between goal state polls of the extension handler.",
+        minimum=1,
+        maximum=3600,
+    ),
+    _bool("AutoUpdate.Enabled", True, "Accepted for compatibility; azagent updates by package."),
+    _bool("AutoUpdate.UpdateToLatestVersion", True, "Accepted for compatibility."),
+    Key("AutoUpdate.GAFamily", str, "Prod", "Accepted for compatibility.", check=_word),
+    _bool(
+        "EnableOverProvisioning",
+        True,
+        "Hold extensions while the platform's artifacts profile says OnHold.",
+    ),
+    _bool("Debug.EnableExtensionPolicy", False, "Accepted for compatibility."),
+    _bool("Debug.EnableSignatureValidation", False, "Accepted for compatibility."),
+    # Platform endpoints: configurable so that tests and VMs use an emulator.
+    Key(
+        "Endpoint.WireServer",
+        str,
+        "http://168.63.129.16",
+        "WireServer base URL when DHCP does not name one.",
+        check=_url,
+    ),
+    Key(
+        "Endpoint.HostGAPlugin",
+        str,
+        "http://168.63.129.16:32526",
+        "HostGAPlugin base URL.",
+        check=_url,
+    ),
+    Key("Endpoint.IMDS", str, "http://169.254.169.254", "IMDS base URL.", check=_url),
+)
+
+KEYS_BY_NAME: dict[str, Key] = {key.name: key for key in KEYS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective configuration: a typed value and an origin per key."""
+
+    values: dict[str, Value]
+    origins: dict[str, str]
+    warnings: tuple[str, ...] = ()
+    files: tuple[str, ...] = field(default=())
+
+    def _get(self, name: str, kind: type) -> Value:
+        key = KEYS_BY_NAME[name]
+        if key.kind is not kind:
+            raise TypeError(f"{name} is a {key.kind.__name__}, not a {kind.__name__}")
+        return self.values[name]
+
+    def get_bool(self, name: str) -> bool:
+        value = self._get(name, bool)
+        assert isinstance(value, bool)
+        return value
+
+    def get_int(self, name: str) -> Optional[int]:
+        value = self._get(name, int)
+        assert value is None or isinstance(value, int)
+        return value
+
+    def get_str(self, name: str) -> Optional[str]:
+        value = self._get(name, str)
+        assert value is None or isinstance(value, str)
+        return value
+
+    def required_str(self, name: str) -> str:
+        value = self.get_str(name)
+        if value is None:
+            raise ConfigError(f"{name} must be set")
+        return value
+
+    def render(self) -> str:
+        """``Key = value  # origin`` lines, one per key, for show-configuration."""
+        width = max(len(key.name) + 3 + len(key.format(self.values[key.name])) for key in KEYS)
+        lines = []
+        for key in KEYS:
+            text = f"{key.name} = {key.format(self.values[key.name])}"
+            lines.append(f"{text.ljust(width)}  # {self.origins[key.name]}")
+        return "\n".join(lines) + "\n"
+
+
+def defaults() -> Config:
+    return Config(
+        values={key.name: key.default for key in KEYS},
+        origins={key.name: "default" for key in KEYS},
+    )
+
+
+def _read_text(path: Path) -> list[str]:
+    """Read a configuration file as lines, refusing binary or oversized input."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_SIZE + 1)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    if len(data) > MAX_FILE_SIZE:
+        raise ConfigError(f"{path}: larger than {MAX_FILE_SIZE} bytes, not a configuration file")
+    lines = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}:{number}: not valid UTF-8 text") from None
+        if "\0" in line:
+            raise ConfigError(f"{path}:{number}: contains a NUL byte, not a text file")
+        lines.append(line)
+    return lines
+
+
+def _parse_into(
+    path: Path, values: dict[str, Value], origins: dict[str, str], warnings: list[str]
+) -> None:
+    for number, line in enumerate(_read_text(path), start=1):
+        # WALinuxAgent's own sample puts comments after values ("n#comment").
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        where = f"{path}:{number}"
+        name, sep, raw = text.partition("=")
+        name, raw = name.strip(), raw.strip()
+        if not sep or not name:
+            warnings.append(f"{where}: ignoring a line that is not Key=Value")
+            continue
+        key = KEYS_BY_NAME.get(name)
+        if key is None:
+            warnings.append(f"{where}: ignoring unknown key {name!r}")
+            continue
+        try:
+            values[name] = key.parse(raw)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {name}={raw!r} is not valid: expected {e}") from None
+        origins[name] = where
+
+
+def load(path: Path, *, required: bool = False) -> Config:
+    """Read ``path`` and its drop-ins ``<path>.d/*.conf`` over the defaults.
+
+    A missing main file means defaults unless ``required`` (the user named
+    the file on the command line). Raises ConfigError on any bad value.
+    """
+    base = defaults()
+    values, origins = dict(base.values), dict(base.origins)
+    warnings: list[str] = []
+    files: list[str] = []
+
+    if path.exists() or required:
+        _parse_into(path, values, origins, warnings)
+        files.append(str(path))
+
+    dropin_dir = Path(str(path) + ".d")
+    try:
+        names = sorted(os.listdir(dropin_dir))
+    except FileNotFoundError:
+        names = []
+    except OSError as e:
+        raise ConfigError(f"{dropin_dir}: cannot list: {e.strerror or e}") from None
+    dropins = [name for name in names if name.endswith(".conf") and not name.startswith(".")]
+    if len(dropins) > MAX_DROPINS:
+        raise ConfigError(f"{dropin_dir}: more than {MAX_DROPINS} drop-ins")
+    for name in dropins:
+        _parse_into(dropin_dir / name, values, origins, warnings)
+        files.append(str(dropin_dir / name))
+
+    return Config(values=values, origins=origins, warnings=tuple(warnings), files=tuple(files))

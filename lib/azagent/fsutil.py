@@ -1,0 +1,121 @@
+"""File writes that never leave a half-written or briefly world-readable file."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+from azagent.errors import LockBusy
+
+Owner = Optional[tuple[int, int]]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_dir(path: Path, *, mode: int = 0o755, owner: Owner = None) -> bool:
+    """Create ``path`` (and missing parents, 0755 root-owned) with ``mode``.
+
+    Returns whether anything was created. An existing directory is left as it
+    is: its owner and mode are the administrator's.
+    """
+    if path.is_dir():
+        return False
+    ensure_dir(path.parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return False
+    # Created 0700 and only then opened up, so nobody sees it with the
+    # wrong owner in between.
+    if owner is not None:
+        os.chown(path, *owner)
+    os.chmod(path, mode)
+    return True
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, owner: Owner = None) -> None:
+    """Replace ``path`` with ``data`` atomically.
+
+    The temporary file is created in the same directory with mode 0600, given
+    its final owner and mode before a single byte is written, fsynced and
+    renamed over ``path``; the directory is then fsynced so the rename
+    survives a crash. ``owner`` None keeps the writer's own uid and gid.
+    """
+    directory = path.parent
+    ensure_dir(directory)
+    tmp = directory / f".{path.name}.azagent-{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            if owner is not None:
+                os.fchown(fd, *owner)
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def read_bytes_limited(path: Path, limit: int) -> bytes:
+    """Read at most ``limit`` bytes of ``path``; larger files are an error."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path} is larger than {limit} bytes")
+    return data
+
+
+@contextmanager
+def exclusive_lock(path: Path, *, timeout: float = 30.0) -> Iterator[None]:
+    """Hold an flock on ``path`` for the duration of the block.
+
+    Waits at most ``timeout`` seconds, polling, so that a hung run of the
+    same stage is reported instead of hanging the boot.
+    """
+    ensure_dir(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                    raise LockBusy(
+                        f"another run holds {path}"
+                        + (f" (pid {holder})" if holder else "")
+                        + f" after waiting {timeout:g} s"
+                    ) from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

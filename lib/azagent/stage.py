@@ -1,0 +1,248 @@
+"""The stage runner: the one contract every boot stage follows.
+
+A stage executable in stages/ defines ``plan(ctx) -> Plan`` and calls
+:func:`main`. The runner parses the common options, loads the configuration,
+takes the stage's lock, asks for the plan and applies it, records the result
+in ``/run/azagent/stages/<stage>.json`` and maps the outcome to an exit code:
+
+====  ==========================================================
+0     done, nothing to do, or skipped (the stage does not apply)
+1     expected failure; the reason is logged and recorded
+2     usage error
+3     unexpected error; the traceback goes to the journal
+====  ==========================================================
+
+``plan`` only reads and decides. Every change is an :class:`Action` whose
+``apply`` runs only when the run is not a dry run. An empty plan means the
+system is already as it should be, so a second run changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from azagent import config as configuration
+from azagent import journal
+from azagent.context import Context
+from azagent.errors import AzagentError
+from azagent.fsutil import atomic_write, exclusive_lock
+from azagent.redact import redact
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNEXPECTED = 3
+
+STATE_DONE = "done"
+STATE_NOTHING = "nothing-to-do"
+STATE_SKIPPED = "skipped"
+STATE_FAILED = "failed"
+
+log = journal.log
+
+
+@dataclass(frozen=True)
+class Action:
+    """One change: a sentence saying what it does and the function doing it."""
+
+    summary: str
+    apply: Callable[[], None]
+
+
+@dataclass
+class Plan:
+    """What a stage will change, or why it does not apply at all."""
+
+    actions: list[Action] = field(default_factory=list)
+    skip: Optional[str] = None
+
+    def add(self, summary: str, apply: Callable[[], None]) -> None:
+        self.actions.append(Action(summary, apply))
+
+    @classmethod
+    def skipped(cls, reason: str) -> Plan:
+        return cls(skip=reason)
+
+
+PlanFunction = Callable[[Context], Plan]
+
+
+@dataclass(frozen=True)
+class Result:
+    stage: str
+    state: str
+    start: float
+    end: float
+    reason: str = ""
+    changes: tuple[str, ...] = ()
+    exit_status: int = EXIT_OK
+
+    def to_json(self) -> bytes:
+        document = {
+            "stage": self.stage,
+            "state": self.state,
+            "start": _iso(self.start),
+            "end": _iso(self.end),
+            "duration_ms": round((self.end - self.start) * 1000),
+            "reason": redact(self.reason),
+            "changes": [redact(change) for change in self.changes],
+            "exit_status": self.exit_status,
+        }
+        return (json.dumps(document, indent=2) + "\n").encode()
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def result_path(root: Path, stage: str) -> Path:
+    return root / "run/azagent/stages" / f"{stage}.json"
+
+
+def lock_path(root: Path, stage: str) -> Path:
+    return root / "run/azagent/lock" / f"{stage}.lock"
+
+
+def argument_parser(name: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=name, description=description)
+    parser.add_argument(
+        "--root",
+        default="/",
+        metavar="DIR",
+        help="act on the system image or test tree under DIR instead of / (default: /)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would change and change nothing",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="configuration file (default: /etc/waagent.conf under the root); "
+        "drop-ins are read from PATH.d/*.conf",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    return parser
+
+
+def load_config(root: Path, explicit: Optional[str]) -> configuration.Config:
+    if explicit is not None:
+        return configuration.load(Path(explicit), required=True)
+    return configuration.load(root / configuration.DEFAULT_PATH.lstrip("/"))
+
+
+def _record(ctx_root: Path, result: Result) -> None:
+    try:
+        atomic_write(result_path(ctx_root, result.stage), result.to_json(), mode=0o644)
+    except OSError as e:
+        log.warning("cannot record the result of %s: %s", result.stage, e)
+
+
+def _log_failure(name: str, reason: str) -> None:
+    log.error(
+        "%s failed: %s",
+        name,
+        reason,
+        extra={"REASON": reason, "MESSAGE_ID": journal.MESSAGE_STAGE_FAILED},
+    )
+
+
+def main(
+    name: str,
+    description: str,
+    plan: PlanFunction,
+    argv: Optional[Sequence[str]] = None,
+) -> int:
+    """Run one stage from the command line; returns the exit status."""
+    args = argument_parser(name, description).parse_args(argv)
+    journal.setup(name, verbose=args.verbose)
+
+    root = Path(args.root)
+    if not root.is_dir():
+        print(f"{name}: --root {args.root}: not a directory", file=sys.stderr)
+        return EXIT_USAGE
+    root = root.resolve()
+    start = time.time()
+
+    def finish(state: str, status: int, reason: str = "", changes: Sequence[str] = ()) -> int:
+        if not args.dry_run:
+            _record(root, Result(name, state, start, time.time(), reason, tuple(changes), status))
+        return status
+
+    try:
+        config = load_config(root, args.config)
+    except AzagentError as e:
+        _log_failure(name, e.reason)
+        return finish(STATE_FAILED, EXIT_FAILED, e.reason)
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    if config.get_bool("Logs.Verbose") and not args.verbose:
+        journal.setup(name, verbose=True)
+
+    ctx = Context(stage=name, root=root, config=config, dry_run=args.dry_run, verbose=args.verbose)
+    applied: list[str] = []
+    try:
+        if ctx.dry_run:
+            return _dry_run(ctx, plan)
+        with exclusive_lock(lock_path(root, name)):
+            stage_plan = plan(ctx)
+            if stage_plan.skip is not None:
+                log.info("skipped: %s", stage_plan.skip, extra={"REASON": stage_plan.skip})
+                return finish(STATE_SKIPPED, EXIT_OK, stage_plan.skip)
+            if not stage_plan.actions:
+                log.info("nothing to do: the system is already as configured")
+                return finish(STATE_NOTHING, EXIT_OK, "already as configured")
+            for action in stage_plan.actions:
+                log.info("%s", action.summary)
+                action.apply()
+                applied.append(action.summary)
+        log.info(
+            "done: %d change(s)",
+            len(applied),
+            extra={"MESSAGE_ID": journal.MESSAGE_STAGE_DONE},
+        )
+        return finish(STATE_DONE, EXIT_OK, changes=applied)
+    except AzagentError as e:
+        _log_failure(name, e.reason)
+        return finish(STATE_FAILED, EXIT_FAILED, e.reason, applied)
+    except Exception as e:
+        reason = f"unexpected error: {type(e).__name__}: {e}"
+        log.exception(
+            "%s failed: %s",
+            name,
+            reason,
+            extra={"REASON": reason, "MESSAGE_ID": journal.MESSAGE_STAGE_FAILED},
+        )
+        return finish(STATE_FAILED, EXIT_UNEXPECTED, reason, applied)
+
+
+def _dry_run(ctx: Context, plan: PlanFunction) -> int:
+    stage_plan = plan(ctx)
+    out = sys.stdout
+    if stage_plan.skip is not None:
+        print(f"{ctx.stage}: would skip: {redact(stage_plan.skip)}", file=out)
+    elif not stage_plan.actions:
+        print(f"{ctx.stage}: nothing to do", file=out)
+    else:
+        print(f"{ctx.stage}: would:", file=out)
+        for action in stage_plan.actions:
+            print(f"  - {redact(action.summary)}", file=out)
+    return EXIT_OK
+
+
+def read_result(root: Path, stage: str) -> Optional[dict[str, object]]:
+    """The last recorded result of ``stage``, or None if it never ran (or is unreadable)."""
+    try:
+        with open(result_path(root, stage), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
