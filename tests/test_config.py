@@ -78,7 +78,9 @@ def test_seed_sample_equals_the_defaults(tmp_path: Path) -> None:
     for line in SEED_DEFAULTS.splitlines():
         name = line.split("=")[0]
         assert loaded.values[name] == defaults.values[name], name
-        assert loaded.origins[name].endswith(f"waagent.conf:{SEED_DEFAULTS.splitlines().index(line) + 1}")
+        assert loaded.origins[name].endswith(
+            f"waagent.conf:{SEED_DEFAULTS.splitlines().index(line) + 1}"
+        )
 
 
 def test_typed_defaults() -> None:
@@ -142,7 +144,8 @@ def test_show_configuration_prints_every_key_with_its_origin() -> None:
     assert shown["OS.SshClientAliveInterval"].split("#")[0].strip().endswith("= 42")
     assert shown["OS.SshClientAliveInterval"].endswith(f"# {SAMPLE}:86")
     assert shown["HttpProxy.Host"].endswith("# default")
-    assert "FauxKey1" in result.stderr and "test_waagent.conf:7" in result.stderr
+    assert "FauxKey1" in result.stderr
+    assert "test_waagent.conf:7" in result.stderr
 
 
 def test_waagent_spelling_of_show_configuration(root: Path) -> None:
@@ -195,8 +198,14 @@ def test_none_and_case(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("ResourceDisk.EnableSwap=maybe", "ResourceDisk.EnableSwap='maybe' is not valid: expected y or n"),
-        ("ResourceDisk.SwapSizeMB=lots", "ResourceDisk.SwapSizeMB='lots' is not valid: expected a decimal integer"),
+        (
+            "ResourceDisk.EnableSwap=maybe",
+            "ResourceDisk.EnableSwap='maybe' is not valid: expected y or n",
+        ),
+        (
+            "ResourceDisk.SwapSizeMB=lots",
+            "ResourceDisk.SwapSizeMB='lots' is not valid: expected a decimal integer",
+        ),
         ("ResourceDisk.SwapSizeMB=-1", "expected a decimal integer from 0 to"),
         ("ResourceDisk.EnableSwap=None", "expected y or n"),
         ("Provisioning.PasswordCryptId=7", "expected one of 1, 2a, 5, 6"),
@@ -219,7 +228,7 @@ def test_malformed_value_names_file_line_key_and_accepted(
     path = write(tmp_path / "waagent.conf", f"# comment\n\n{line}\n")
     with pytest.raises(ConfigError) as error:
         config.load(path)
-    assert str(error.value).startswith(f"{path}:3: {line.split('=')[0]}=")
+    assert str(error.value).startswith(f"{path}:3: {line.split('=', maxsplit=1)[0]}=")
     assert expected in str(error.value)
 
 

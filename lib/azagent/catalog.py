@@ -15,8 +15,6 @@ class StageInfo:
         return f"azure-{self.name}.service"
 
 
-STAGES: tuple[StageInfo, ...] = (
-    StageInfo("kernel-tune", "SCSI timeout of the Hyper-V disks"),
-)
+STAGES: tuple[StageInfo, ...] = (StageInfo("kernel-tune", "SCSI timeout of the Hyper-V disks"),)
 
 STAGES_BY_NAME = {stage.name: stage for stage in STAGES}

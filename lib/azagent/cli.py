@@ -13,8 +13,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from azagent import __version__, catalog
 from azagent.errors import AzagentError
@@ -63,7 +63,7 @@ def translate_waagent_args(argv: Sequence[str]) -> list[str]:
     return command + rest
 
 
-def find_stage(name: str) -> Optional[Path]:
+def find_stage(name: str) -> Path | None:
     """The executable of stage ``name``: installed, or in this source checkout."""
     candidates = []
     if os.environ.get(STAGE_DIRS_ENV):
@@ -110,8 +110,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"azagent: the executable of stage {info.name} is not installed", file=sys.stderr)
         return EXIT_FAILED
     command = [sys.executable, str(path), *args.stage_args]
-    os.execv(sys.executable, command)
-    return EXIT_FAILED  # not reached
+    # Replace this process, so the stage's exit status and signals are the caller's.
+    os.execv(sys.executable, command)  # noqa: S606 - argv list, no shell
 
 
 def status_rows(root: Path) -> list[dict[str, str]]:
@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     arguments = translate_waagent_args(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(arguments)

@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Union
 
 from azagent.errors import ConfigError
 
@@ -30,7 +30,7 @@ MAX_FILE_SIZE = 1024 * 1024
 MAX_DROPINS = 256
 
 
-def _absolute_path(value: str) -> Optional[str]:
+def _absolute_path(value: str) -> str | None:
     if not value.startswith("/"):
         return "an absolute path"
     if any(part == ".." for part in value.split("/")):
@@ -40,25 +40,25 @@ def _absolute_path(value: str) -> Optional[str]:
     return None
 
 
-def _url(value: str) -> Optional[str]:
+def _url(value: str) -> str | None:
     if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?/?", value):
         return "an http:// or https:// base URL such as http://127.0.0.1:8080"
     return None
 
 
-def _word(value: str) -> Optional[str]:
+def _word(value: str) -> str | None:
     if not re.fullmatch(r"[A-Za-z0-9_.+-]{1,64}", value):
         return "a single word of letters, digits, '.', '_', '+' or '-'"
     return None
 
 
-def _mount_options(value: str) -> Optional[str]:
+def _mount_options(value: str) -> str | None:
     if not re.fullmatch(r"[A-Za-z0-9_.,=:/+-]{1,512}", value):
         return "a comma-separated list of mount(8) options without spaces"
     return None
 
 
-def _host(value: str) -> Optional[str]:
+def _host(value: str) -> str | None:
     if not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]{1,253}", value):
         return "a host name or IP address"
     return None
@@ -74,9 +74,9 @@ class Key:
     help: str
     nullable: bool = False
     choices: tuple[str, ...] = ()
-    minimum: Optional[int] = None
-    maximum: Optional[int] = None
-    check: Optional[Callable[[str], Optional[str]]] = None
+    minimum: int | None = None
+    maximum: int | None = None
+    check: Callable[[str], str | None] | None = None
 
     def accepted(self) -> str:
         """Describe the accepted values, for error messages."""
@@ -366,12 +366,12 @@ class Config:
         assert isinstance(value, bool)
         return value
 
-    def get_int(self, name: str) -> Optional[int]:
+    def get_int(self, name: str) -> int | None:
         value = self._get(name, int)
         assert value is None or isinstance(value, int)
         return value
 
-    def get_str(self, name: str) -> Optional[str]:
+    def get_str(self, name: str) -> str | None:
         value = self._get(name, str)
         assert value is None or isinstance(value, str)
         return value

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from azagent.redact import redact
 
@@ -69,7 +69,7 @@ class JournalHandler(logging.Handler):
     terminal run never imports systemd-python.
     """
 
-    def __init__(self, stage: str, send: Optional[Callable[..., Any]] = None) -> None:
+    def __init__(self, stage: str, send: Callable[..., Any] | None = None) -> None:
         super().__init__()
         self.stage = stage
         self._send = send
@@ -129,7 +129,7 @@ def stderr_is_journal() -> bool:
     return f"{st.st_dev}:{st.st_ino}" == stream
 
 
-def setup(stage: str, *, verbose: bool = False, journal: Optional[bool] = None) -> None:
+def setup(stage: str, *, verbose: bool = False, journal: bool | None = None) -> None:
     """Route the ``azagent`` logger to the journal under systemd, else stderr."""
     use_journal = stderr_is_journal() if journal is None else journal
     handler: logging.Handler

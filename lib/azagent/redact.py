@@ -101,8 +101,8 @@ def register(value: str) -> None:
     Multi-line values are also registered line by line, since a message may
     quote only a part of them.
     """
-    for candidate in (value, *value.splitlines()):
-        candidate = candidate.strip()
+    for part in (value, *value.splitlines()):
+        candidate = part.strip()
         if len(candidate) >= _MIN_REGISTERED_LEN:
             _registered.add(candidate)
 

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable
 
 from azagent import config as configuration
 from azagent import journal
@@ -61,7 +63,7 @@ class Plan:
     """What a stage will change, or why it does not apply at all."""
 
     actions: list[Action] = field(default_factory=list)
-    skip: Optional[str] = None
+    skip: str | None = None
 
     def add(self, summary: str, apply: Callable[[], None]) -> None:
         self.actions.append(Action(summary, apply))
@@ -110,6 +112,18 @@ def lock_path(root: Path, stage: str) -> Path:
     return root / "run/azagent/lock" / f"{stage}.lock"
 
 
+LOCK_TIMEOUT_ENV = "AZAGENT_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT = 30.0
+
+
+def lock_timeout() -> float:
+    """Seconds to wait for another run of the same stage (env AZAGENT_LOCK_TIMEOUT)."""
+    try:
+        return max(0.0, float(os.environ.get(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT)))
+    except ValueError:
+        return DEFAULT_LOCK_TIMEOUT
+
+
 def argument_parser(name: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=name, description=description)
     parser.add_argument(
@@ -133,7 +147,7 @@ def argument_parser(name: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def load_config(root: Path, explicit: Optional[str]) -> configuration.Config:
+def load_config(root: Path, explicit: str | None) -> configuration.Config:
     if explicit is not None:
         return configuration.load(Path(explicit), required=True)
     return configuration.load(root / configuration.DEFAULT_PATH.lstrip("/"))
@@ -159,7 +173,7 @@ def main(
     name: str,
     description: str,
     plan: PlanFunction,
-    argv: Optional[Sequence[str]] = None,
+    argv: Sequence[str] | None = None,
 ) -> int:
     """Run one stage from the command line; returns the exit status."""
     args = argument_parser(name, description).parse_args(argv)
@@ -192,7 +206,7 @@ def main(
     try:
         if ctx.dry_run:
             return _dry_run(ctx, plan)
-        with exclusive_lock(lock_path(root, name)):
+        with exclusive_lock(lock_path(root, name), timeout=lock_timeout()):
             stage_plan = plan(ctx)
             if stage_plan.skip is not None:
                 log.info("skipped: %s", stage_plan.skip, extra={"REASON": stage_plan.skip})
@@ -238,7 +252,7 @@ def _dry_run(ctx: Context, plan: PlanFunction) -> int:
     return EXIT_OK
 
 
-def read_result(root: Path, stage: str) -> Optional[dict[str, object]]:
+def read_result(root: Path, stage: str) -> dict[str, object] | None:
     """The last recorded result of ``stage``, or None if it never ran (or is unreadable)."""
     try:
         with open(result_path(root, stage), encoding="utf-8") as f:

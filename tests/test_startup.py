@@ -1,0 +1,46 @@
+"""Start-up budget: stages that need neither HTTP nor crypto do not import them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import STAGES
+
+HEAVY = ("requests", "cryptography", "urllib3", "xmltodict", "pyudev", "systemd")
+
+# Stages that legitimately talk HTTP or do crypto go here as they land.
+NEEDS_HTTP_OR_CRYPTO: set[str] = set()
+
+
+def imported_modules(command: list[str]) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    modules = set()
+    for line in done.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            modules.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+    assert done.returncode == 0, done.stderr
+    return modules
+
+
+@pytest.mark.parametrize("stage", sorted(p.name for p in STAGES.iterdir()))
+def test_light_stages_do_not_import_heavy_libraries(stage: str, root: Path) -> None:
+    if stage in NEEDS_HTTP_OR_CRYPTO:
+        pytest.skip(f"{stage} needs HTTP or crypto")
+    modules = imported_modules([str(STAGES / stage), "--root", str(root), "--dry-run"])
+    assert "azagent" in modules  # the measurement works
+    assert not modules & set(HEAVY), sorted(modules & set(HEAVY))
+
+
+def test_cli_status_and_configuration_stay_light(root: Path) -> None:
+    for args in (["status", "--root", str(root)], ["show-configuration", "--root", str(root)]):
+        modules = imported_modules(["-m", "azagent", *args])
+        assert not modules & set(HEAVY), (args, sorted(modules & set(HEAVY)))

@@ -1,0 +1,73 @@
+"""Unit files: systemd accepts them, and every stage has exactly one."""
+
+from __future__ import annotations
+
+import configparser
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import REPO, STAGES
+
+from azagent import catalog
+
+UNITS = REPO / "units"
+
+
+def unit_files() -> list[Path]:
+    return sorted(p for p in UNITS.iterdir() if p.suffix in (".service", ".target", ".path"))
+
+
+def parse(unit: Path) -> configparser.RawConfigParser:
+    parser = configparser.RawConfigParser(strict=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(unit)
+    return parser
+
+
+def test_catalog_stages_units_and_executables_match() -> None:
+    executables = sorted(p.name for p in STAGES.iterdir() if p.is_file())
+    assert executables == sorted(stage.name for stage in catalog.STAGES)
+    services = sorted(p.name for p in UNITS.glob("azure-*.service"))
+    for stage in catalog.STAGES:
+        assert stage.unit in services
+        assert (STAGES / stage.name).stat().st_mode & 0o111, f"{stage.name} is not executable"
+
+
+@pytest.mark.parametrize("unit", unit_files(), ids=lambda p: p.name)
+def test_stage_units_follow_the_conventions(unit: Path) -> None:
+    parsed = parse(unit)
+    assert unit.name.startswith("azure-")
+    assert parsed.get("Unit", "Description")
+    assert parsed.get("Unit", "Documentation")
+    assert unit.read_text().startswith("#"), "a header comment says why it is ordered so"
+    if unit.suffix == ".service":
+        assert parsed.get("Service", "Type") == "oneshot"
+        assert parsed.get("Service", "RemainAfterExit") == "yes"
+        assert parsed.get("Service", "ExecStart").startswith("/usr/libexec/azagent/")
+        assert parsed.get("Service", "ProtectSystem") == "strict"
+        if parsed.get("Unit", "DefaultDependencies", fallback="yes") == "no":
+            assert "shutdown.target" in parsed.get("Unit", "Conflicts")
+            assert "shutdown.target" in parsed.get("Unit", "Before")
+
+
+def test_systemd_analyze_verify_prints_nothing(tmp_path: Path) -> None:
+    """systemd-analyze verify exits 0 on many problems, so any output is a failure.
+
+    ExecStart= points at the installed location; the copies checked here point
+    at this checkout's stages/ so verify can see the executables.
+    """
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.fail("systemd-analyze is missing: tools/bootstrap installs it")
+    copies = []
+    for unit in unit_files():
+        text = unit.read_text().replace("/usr/libexec/azagent/", f"{STAGES}/")
+        copy = tmp_path / unit.name
+        copy.write_text(text)
+        copies.append(str(copy))
+    done = subprocess.run(
+        [analyze, "verify", *copies], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")
