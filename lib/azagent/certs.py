@@ -1,0 +1,964 @@
+"""The WireServer certificates: transport certificate, CMS envelope and PFX.
+
+The agent fetches the goal state's Certificates URI with its transport
+certificate in a header; the platform answers with a ``CertificateFile`` whose
+``Data`` is a CMS EnvelopedData encrypted to that certificate's key, holding a
+password-less PKCS#12 (PFX) with the tenant's certificates and private keys
+(PROTOCOL.md 4.4). This module is both ends of that exchange: the agent
+decrypts and unpacks, the fabric emulator builds the same blob, so there is one
+definition of the format. It never runs openssl and never touches the OS.
+
+Why our own small DER code: ``cryptography``'s CMS decryption refuses the
+platform's subjectKeyIdentifier recipients, the distributions ship versions that
+predate it, and its PKCS#12 loader returns only one private key where a VM with
+several Key Vault certificates gets several. The reader is strict (definite
+lengths, minimal encodings, bounded size, depth and iteration counts) because
+every byte here comes from the network; every failure is a
+:class:`CertificateError` with a fixed reason that never carries key material.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import hashlib
+import hmac
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+from xml.parsers.expat import ExpatError
+from xml.sax.saxutils import escape
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+from cryptography.hazmat.primitives.padding import PKCS7
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import NameOID
+
+from azagent.errors import AzagentError
+
+if TYPE_CHECKING:  # the alias is newer (40) than some distributions' cryptography
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+try:  # cryptography >= 43 files 3DES under "decrepit"; the platform still uses it.
+    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+except ImportError:  # pragma: no cover - the distributions' older cryptography
+    from cryptography.hazmat.primitives.ciphers.algorithms import TripleDES
+
+KeyTransport = Literal["oaep", "pkcs1v15"]
+ContentCipher = Literal["aes128", "des3"]
+
+FORMAT_PFX = "Pkcs7BlobWithPfxContents"
+TRANSPORT_SUBJECT = "LinuxTransport"
+
+# Real blobs are a few KiB; even hundreds of Key Vault certificates stay far
+# below these. Anything bigger is not a certificates document.
+_MAX_DER = 4 * 1024 * 1024
+_MAX_XML = 8 * 1024 * 1024
+# The deepest real structure (PFX bags inside a CMS envelope) nests about 10.
+_MAX_DEPTH = 32
+# The platform uses 2000; a hostile count must not stall the boot.
+_MAX_ITERATIONS = 1_000_000
+_TRANSPORT_VALIDITY = datetime.timedelta(days=3 * 365)
+# PKCS#12 passwords are BMPStrings with a terminating NUL, so the platform's
+# "no password" is two zero bytes (checked against the samples' MAC).
+_EMPTY_BMP_PASSWORD = b"\x00\x00"
+_PFX_ITERATIONS = 2000
+
+
+class CertificateError(AzagentError):
+    """The certificates document, its CMS envelope or its PFX is unusable."""
+
+
+@dataclass(frozen=True)
+class CertificateItem:
+    """One certificate of the PFX and, when the PFX holds it, its private key.
+
+    Callers store these as ``<thumbprint>.crt`` / ``<thumbprint>.prv``; the key
+    is kept out of ``repr`` so that logging an item cannot leak it.
+    """
+
+    thumbprint: str
+    certificate_pem: bytes
+    private_key_pem: bytes | None = field(default=None, repr=False)
+
+
+# --- DER writing ------------------------------------------------------------
+
+_INTEGER = 0x02
+_OCTET_STRING = 0x04
+_NULL = 0x05
+_OID = 0x06
+_SEQUENCE = 0x30
+_SET = 0x31
+_CONSTRUCTED = 0x20
+_CONTEXT_0 = 0x80  # [0] IMPLICIT, primitive
+_EXPLICIT_0 = 0xA0  # [0], constructed
+_EXPLICIT_1 = 0xA1
+_EXPLICIT_2 = 0xA2
+
+
+def _oid(dotted: str) -> bytes:
+    """The content octets of an OBJECT IDENTIFIER: what we write and compare."""
+    arcs = [int(arc) for arc in dotted.split(".")]
+    out = bytearray([40 * arcs[0] + arcs[1]])
+    for arc in arcs[2:]:
+        chunk = [arc & 0x7F]
+        rest = arc >> 7
+        while rest:
+            chunk.append(0x80 | (rest & 0x7F))
+            rest >>= 7
+        out += bytes(reversed(chunk))
+    return bytes(out)
+
+
+def _tlv(tag: int, value: bytes) -> bytes:
+    size = len(value)
+    if size < 0x80:
+        return bytes([tag, size]) + value
+    raw = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(raw)]) + raw + value
+
+
+def _seq(*items: bytes) -> bytes:
+    return _tlv(_SEQUENCE, b"".join(items))
+
+
+def _set_of(*items: bytes) -> bytes:
+    """DER orders the members of a SET OF by their encodings."""
+    return _tlv(_SET, b"".join(sorted(items)))
+
+
+def _integer(value: int) -> bytes:
+    return _tlv(_INTEGER, value.to_bytes(value.bit_length() // 8 + 1, "big"))
+
+
+def _octets(value: bytes) -> bytes:
+    return _tlv(_OCTET_STRING, value)
+
+
+def _algorithm(oid: bytes, parameters: bytes | None = None) -> bytes:
+    return _seq(_tlv(_OID, oid), parameters if parameters is not None else b"")
+
+
+def _content_info(content_type: bytes, content: bytes) -> bytes:
+    return _seq(_tlv(_OID, content_type), _tlv(_EXPLICIT_0, content))
+
+
+# --- OIDs (content octets) ----------------------------------------------------
+
+_OID_DATA = _oid("1.2.840.113549.1.7.1")
+_OID_ENVELOPED_DATA = _oid("1.2.840.113549.1.7.3")
+_OID_ENCRYPTED_DATA = _oid("1.2.840.113549.1.7.6")
+_OID_RSA_ENCRYPTION = _oid("1.2.840.113549.1.1.1")
+_OID_RSAES_OAEP = _oid("1.2.840.113549.1.1.7")
+_OID_MGF1 = _oid("1.2.840.113549.1.1.8")
+_OID_DES3_CBC = _oid("1.2.840.113549.3.7")
+_OID_AES128_CBC = _oid("2.16.840.1.101.3.4.1.2")
+_OID_AES192_CBC = _oid("2.16.840.1.101.3.4.1.22")
+_OID_AES256_CBC = _oid("2.16.840.1.101.3.4.1.42")
+_OID_SHA1 = _oid("1.3.14.3.2.26")
+_OID_SHA256 = _oid("2.16.840.1.101.3.4.2.1")
+_OID_SHA384 = _oid("2.16.840.1.101.3.4.2.2")
+_OID_SHA512 = _oid("2.16.840.1.101.3.4.2.3")
+_OID_HMAC_SHA1 = _oid("1.2.840.113549.2.7")
+_OID_HMAC_SHA256 = _oid("1.2.840.113549.2.9")
+_OID_HMAC_SHA384 = _oid("1.2.840.113549.2.10")
+_OID_HMAC_SHA512 = _oid("1.2.840.113549.2.11")
+_OID_PBES2 = _oid("1.2.840.113549.1.5.13")
+_OID_PBKDF2 = _oid("1.2.840.113549.1.5.12")
+_OID_PBE_SHA1_3DES = _oid("1.2.840.113549.1.12.1.3")
+_OID_KEY_BAG = _oid("1.2.840.113549.1.12.10.1.1")
+_OID_SHROUDED_KEY_BAG = _oid("1.2.840.113549.1.12.10.1.2")
+_OID_CERT_BAG = _oid("1.2.840.113549.1.12.10.1.3")
+_OID_SAFE_CONTENTS_BAG = _oid("1.2.840.113549.1.12.10.1.6")
+_OID_X509_CERTIFICATE = _oid("1.2.840.113549.1.9.22.1")
+_OID_LOCAL_KEY_ID = _oid("1.2.840.113549.1.9.21")
+
+# name, key size in bytes, block size in bytes
+_CIPHERS: dict[bytes, tuple[str, int, int]] = {
+    _OID_DES3_CBC: ("des3", 24, 8),
+    _OID_AES128_CBC: ("aes", 16, 16),
+    _OID_AES192_CBC: ("aes", 24, 16),
+    _OID_AES256_CBC: ("aes", 32, 16),
+}
+_HASHES: dict[bytes, type[hashes.HashAlgorithm]] = {
+    _OID_SHA1: hashes.SHA1,
+    _OID_SHA256: hashes.SHA256,
+    _OID_SHA384: hashes.SHA384,
+    _OID_SHA512: hashes.SHA512,
+}
+_HMACS: dict[bytes, type[hashes.HashAlgorithm]] = {
+    _OID_HMAC_SHA1: hashes.SHA1,
+    _OID_HMAC_SHA256: hashes.SHA256,
+    _OID_HMAC_SHA384: hashes.SHA384,
+    _OID_HMAC_SHA512: hashes.SHA512,
+}
+
+
+# --- DER reading --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Tlv:
+    """One DER element; ``encoded`` is the whole element, header included."""
+
+    tag: int
+    encoded: bytes
+    header: int
+
+    @property
+    def value(self) -> bytes:
+        return self.encoded[self.header :]
+
+
+def _header(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
+    """Tag, content start and content end of the element at ``pos``; strict DER."""
+    if end - pos < 2:
+        raise CertificateError("DER element is truncated")
+    tag = data[pos]
+    if tag & 0x1F == 0x1F:
+        raise CertificateError("DER tag is not supported")
+    first = data[pos + 1]
+    pos += 2
+    if first == 0x80:
+        raise CertificateError("DER indefinite length is not allowed")
+    if first < 0x80:
+        size = first
+    else:
+        count = first & 0x7F
+        if count > 4:
+            raise CertificateError("DER length is too large")
+        if end - pos < count:
+            raise CertificateError("DER element is truncated")
+        raw = data[pos : pos + count]
+        size = int.from_bytes(raw, "big")
+        if raw[0] == 0 or size < 0x80:
+            raise CertificateError("DER length is not minimal")
+        pos += count
+    if size > end - pos:
+        raise CertificateError("DER length points past the end of the data")
+    return tag, pos, pos + size
+
+
+def _split(data: bytes) -> list[_Tlv]:
+    """The elements that exactly fill ``data`` (the content of a constructed value)."""
+    elements = []
+    pos = 0
+    while pos < len(data):
+        tag, start, end = _header(data, pos, len(data))
+        elements.append(_Tlv(tag, data[pos:end], start - pos))
+        pos = end
+    return elements
+
+
+def _decode(data: bytes, what: str) -> _Tlv:
+    """Check that ``data`` is one well-formed DER element, bounded, and return it.
+
+    The whole tree is walked up front (iteratively, with a depth limit) so that
+    later navigation meets no surprise and a hostile blob costs at most one pass.
+    """
+    if len(data) > _MAX_DER:
+        raise CertificateError(f"{what} is too large")
+    first_tag, content, end = _header(data, 0, len(data))
+    if end != len(data):
+        raise CertificateError(f"{what} has trailing bytes")
+    pending = [(content, end, 1)] if first_tag & _CONSTRUCTED else []
+    while pending:
+        pos, stop, depth = pending.pop()
+        if depth > _MAX_DEPTH:
+            raise CertificateError(f"{what} is nested too deeply")
+        while pos < stop:
+            tag, start, pos = _header(data, pos, stop)
+            if tag & _CONSTRUCTED:
+                pending.append((start, pos, depth + 1))
+    return _Tlv(first_tag, data, content)
+
+
+def _fields(element: _Tlv, what: str, tag: int = _SEQUENCE) -> list[_Tlv]:
+    if element.tag != tag:
+        raise CertificateError(f"{what} is malformed")
+    return _split(element.value)
+
+
+def _expect(element: _Tlv, tag: int, what: str) -> bytes:
+    if element.tag != tag:
+        raise CertificateError(f"{what} is malformed")
+    return element.value
+
+
+def _small_int(element: _Tlv, what: str) -> int:
+    """A non-negative INTEGER that fits 32 bits (versions, iteration counts)."""
+    raw = _expect(element, _INTEGER, what)
+    non_minimal = len(raw) > 1 and raw[0] == 0 and raw[1] < 0x80
+    if not raw or len(raw) > 5 or raw[0] & 0x80 or non_minimal:
+        raise CertificateError(f"{what} is malformed")
+    value = int.from_bytes(raw, "big")
+    if value >= 1 << 32:
+        raise CertificateError(f"{what} is malformed")
+    return value
+
+
+def _explicit(element: _Tlv, tag: int, what: str) -> _Tlv:
+    """The single element inside an EXPLICIT context tag."""
+    inner = _fields(element, what, tag)
+    if len(inner) != 1:
+        raise CertificateError(f"{what} is malformed")
+    return inner[0]
+
+
+def _read_content_info(element: _Tlv, what: str) -> tuple[bytes, _Tlv]:
+    parts = _fields(element, what)
+    if len(parts) != 2:
+        raise CertificateError(f"{what} is malformed")
+    return _expect(parts[0], _OID, what), _explicit(parts[1], _EXPLICIT_0, what)
+
+
+def _read_algorithm(element: _Tlv, what: str) -> tuple[bytes, _Tlv | None]:
+    parts = _fields(element, what)
+    if not 1 <= len(parts) <= 2:
+        raise CertificateError(f"{what} is malformed")
+    oid = _expect(parts[0], _OID, what)
+    if len(parts) == 1 or parts[1].tag == _NULL:
+        return oid, None
+    return oid, parts[1]
+
+
+# --- Symmetric pieces -----------------------------------------------------------
+
+
+def _block_cipher(name: str, key: bytes) -> BlockCipherAlgorithm:
+    if name == "des3":
+        return TripleDES(key)
+    return algorithms.AES(key)
+
+
+def _cbc_decrypt(name: str, key: bytes, iv: bytes, data: bytes, reason: str) -> bytes:
+    """CBC-decrypt and strip PKCS#7 padding; a wrong key nearly always fails here."""
+    algorithm = _block_cipher(name, key)
+    if not data or len(data) % (algorithm.block_size // 8):
+        raise CertificateError(reason)
+    decryptor = Cipher(algorithm, modes.CBC(iv)).decryptor()
+    padded = decryptor.update(data) + decryptor.finalize()
+    unpadder = PKCS7(algorithm.block_size).unpadder()
+    try:
+        return unpadder.update(padded) + unpadder.finalize()
+    except ValueError:
+        raise CertificateError(reason) from None
+
+
+def _cbc_encrypt(name: str, key: bytes, iv: bytes, data: bytes) -> bytes:
+    algorithm = _block_cipher(name, key)
+    padder = PKCS7(algorithm.block_size).padder()
+    encryptor = Cipher(algorithm, modes.CBC(iv)).encryptor()
+    return encryptor.update(padder.update(data) + padder.finalize()) + encryptor.finalize()
+
+
+def _pkcs12_kdf(password: bytes, salt: bytes, purpose: int, iterations: int, size: int) -> bytes:
+    """RFC 7292 appendix B.2 with SHA-1: the PBE key/IV and MAC key derivation.
+
+    ``purpose`` is 1 for a key, 2 for an IV, 3 for a MAC key. cryptography does
+    not expose it, and its handling of the empty password differs by version.
+    """
+    v, u = 64, 20
+
+    def fill(data: bytes) -> bytes:
+        if not data:
+            return b""
+        length = v * -(-len(data) // v)
+        return (data * (length // len(data) + 1))[:length]
+
+    block = bytearray(fill(salt) + fill(password))
+    prefix = bytes([purpose]) * v
+    out = b""
+    while len(out) < size:
+        digest = prefix + bytes(block)
+        for _ in range(iterations):
+            digest = hashlib.sha1(digest).digest()  # noqa: S324 - RFC 7292 fixes SHA-1
+        out += digest
+        addend = int.from_bytes((digest * (v // u + 1))[:v], "big") + 1
+        for start in range(0, len(block), v):
+            total = (int.from_bytes(block[start : start + v], "big") + addend) % (1 << (8 * v))
+            block[start : start + v] = total.to_bytes(v, "big")
+    return out[:size]
+
+
+def _iterations(element: _Tlv, what: str) -> int:
+    count = _small_int(element, what)
+    if not 1 <= count <= _MAX_ITERATIONS:
+        raise CertificateError(f"{what} has an unreasonable iteration count")
+    return count
+
+
+def _pbe_decrypt(algorithm: _Tlv, data: bytes, what: str) -> bytes:
+    """Decrypt PFX content protected with the empty password.
+
+    The platform uses PKCS#12's SHA-1/3DES scheme; PBES2 (PBKDF2 + AES or 3DES)
+    is what newer Windows and OpenSSL write, so both are accepted.
+    """
+    reason = f"{what} could not be decrypted"
+    oid, parameters = _read_algorithm(algorithm, what)
+    if parameters is None:
+        raise CertificateError(f"{what} is malformed")
+    if oid == _OID_PBE_SHA1_3DES:
+        parts = _fields(parameters, what)
+        if len(parts) != 2:
+            raise CertificateError(f"{what} is malformed")
+        salt = _expect(parts[0], _OCTET_STRING, what)
+        count = _iterations(parts[1], what)
+        key = _pkcs12_kdf(_EMPTY_BMP_PASSWORD, salt, 1, count, 24)
+        iv = _pkcs12_kdf(_EMPTY_BMP_PASSWORD, salt, 2, count, 8)
+        return _cbc_decrypt("des3", key, iv, data, reason)
+    if oid != _OID_PBES2:
+        raise CertificateError(f"{what} uses an unsupported encryption")
+    parts = _fields(parameters, what)
+    if len(parts) != 2:
+        raise CertificateError(f"{what} is malformed")
+    kdf_oid, kdf_parameters = _read_algorithm(parts[0], what)
+    cipher_oid, iv_element = _read_algorithm(parts[1], what)
+    if kdf_oid != _OID_PBKDF2 or kdf_parameters is None or cipher_oid not in _CIPHERS:
+        raise CertificateError(f"{what} uses an unsupported encryption")
+    name, key_size, block_size = _CIPHERS[cipher_oid]
+    iv = _expect(iv_element, _OCTET_STRING, what) if iv_element else b""
+    kdf_parts = _fields(kdf_parameters, what)
+    if not 2 <= len(kdf_parts) <= 4 or len(iv) != block_size:
+        raise CertificateError(f"{what} is malformed")
+    salt = _expect(kdf_parts[0], _OCTET_STRING, what)
+    count = _iterations(kdf_parts[1], what)
+    prf: type[hashes.HashAlgorithm] = hashes.SHA1
+    for extra in kdf_parts[2:]:
+        if extra.tag == _INTEGER:
+            if _small_int(extra, what) != key_size:
+                raise CertificateError(f"{what} is malformed")
+        else:
+            prf_oid, _ = _read_algorithm(extra, what)
+            if prf_oid not in _HMACS:
+                raise CertificateError(f"{what} uses an unsupported encryption")
+            prf = _HMACS[prf_oid]
+    # PBES2 inside PKCS#12 takes the password as plain bytes: empty.
+    key = PBKDF2HMAC(prf(), key_size, salt, count).derive(b"")
+    return _cbc_decrypt(name, key, iv, data, reason)
+
+
+def _pbe_encrypt(data: bytes) -> tuple[bytes, bytes]:
+    """Encrypt as the platform does (SHA-1/3DES PBE, empty password).
+
+    Returns the AlgorithmIdentifier and the ciphertext.
+    """
+    salt = os.urandom(8)
+    key = _pkcs12_kdf(_EMPTY_BMP_PASSWORD, salt, 1, _PFX_ITERATIONS, 24)
+    iv = _pkcs12_kdf(_EMPTY_BMP_PASSWORD, salt, 2, _PFX_ITERATIONS, 8)
+    algorithm = _algorithm(_OID_PBE_SHA1_3DES, _seq(_octets(salt), _integer(_PFX_ITERATIONS)))
+    return algorithm, _cbc_encrypt("des3", key, iv, data)
+
+
+# --- Loading keys and certificates ------------------------------------------------
+
+
+def _load_certificate(data: bytes) -> x509.Certificate:
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise CertificateError("not a valid certificate") from None
+
+
+def _load_private_key(data: bytes) -> PrivateKeyTypes:
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            return serialization.load_pem_private_key(data, password=None)
+        return serialization.load_der_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise CertificateError("not a valid unencrypted private key") from None
+
+
+def _public_der(owner: PrivateKeyTypes | x509.Certificate) -> bytes | None:
+    """SubjectPublicKeyInfo of a certificate's or private key's public key.
+
+    None for key types cryptography cannot express, which then match nothing.
+    """
+    try:
+        return owner.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return None
+
+
+def _sha1(der: bytes) -> bytes:
+    """Thumbprints and key ids name a certificate; they protect nothing (FIPS allows this)."""
+    return hashlib.sha1(der, usedforsecurity=False).digest()
+
+
+def _certificate_der(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.DER)
+
+
+def _private_pem(key: PrivateKeyTypes) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+# --- Transport certificate ----------------------------------------------------------
+
+
+def generate_transport_certificate() -> tuple[bytes, bytes]:
+    """A fresh self-signed RSA-2048 ``CN=LinuxTransport`` certificate and its key.
+
+    The platform encrypts the certificates blob to this key, so it is made per
+    agent and never leaves the VM; returns (certificate PEM, PKCS#8 key PEM).
+    It starts a day in the past because a freshly booted VM's clock may lag.
+    """
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, TRANSPORT_SUBJECT)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + _TRANSPORT_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM), _private_pem(key)
+
+
+def certificate_header_value(cert_pem: bytes) -> str:
+    """The ``x-ms-guest-agent-public-x509-cert`` header: base64 DER, one line, no armour."""
+    return base64.b64encode(_certificate_der(_load_certificate(cert_pem))).decode("ascii")
+
+
+def thumbprint(cert: bytes) -> str:
+    """SHA-1 of the DER certificate in upper-case hex: the platform's name for it.
+
+    Accepts PEM or DER; file names (``<thumbprint>.crt``) and OVF fingerprints use it.
+    """
+    return _sha1(_certificate_der(_load_certificate(cert))).hex().upper()
+
+
+def _subject_key_identifier(certificate: x509.Certificate) -> bytes:
+    """How the platform names the recipient: the certificate's SKI extension.
+
+    Without one, the RFC 5280 method-1 value (SHA-1 of the subjectPublicKey bit
+    string), which is also what the samples' SKI extensions hold.
+    """
+    try:
+        extension = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    except x509.ExtensionNotFound:
+        return x509.SubjectKeyIdentifier.from_public_key(certificate.public_key()).digest
+    return extension.value.digest
+
+
+# --- PFX ------------------------------------------------------------------------------
+
+
+def build_pfx(items: Sequence[tuple[bytes, bytes | None]]) -> bytes:
+    """A password-less PFX shaped like the platform's, for the fabric emulator.
+
+    ``items`` are (certificate PEM/DER, private key PEM/DER or None). Keys go in
+    3DES-shrouded key bags, certificates in one encrypted bag, each key tied to
+    its certificate by a localKeyId; a SHA-1 MAC with the empty password closes
+    it, so ``openssl pkcs12`` and Windows read it too. Unlike cryptography's
+    serializer this holds any number of keys, as a real VM's PFX can.
+    """
+    if not items:
+        raise ValueError("a PFX needs at least one certificate")
+    key_bags: list[bytes] = []
+    cert_bags: list[bytes] = []
+    for cert_data, key_data in items:
+        certificate = _load_certificate(cert_data)
+        der = _certificate_der(certificate)
+        attributes = b""
+        if key_data is not None:
+            key = _load_private_key(key_data)
+            if _public_der(key) != _public_der(certificate):
+                raise ValueError("a private key does not belong to its certificate")
+            local_key_id = _seq(_tlv(_OID, _OID_LOCAL_KEY_ID), _set_of(_octets(_sha1(der))))
+            attributes = _set_of(local_key_id)
+            key_bags.append(_safe_bag(_OID_SHROUDED_KEY_BAG, _shrouded_key(key), attributes))
+        cert_bag = _seq(_tlv(_OID, _OID_X509_CERTIFICATE), _tlv(_EXPLICIT_0, _octets(der)))
+        cert_bags.append(_safe_bag(_OID_CERT_BAG, cert_bag, attributes))
+    safes = []
+    if key_bags:
+        safes.append(_content_info(_OID_DATA, _octets(_seq(*key_bags))))
+    algorithm, encrypted = _pbe_encrypt(_seq(*cert_bags))
+    encrypted_content_info = _seq(_tlv(_OID, _OID_DATA), algorithm, _tlv(_CONTEXT_0, encrypted))
+    safes.append(_content_info(_OID_ENCRYPTED_DATA, _seq(_integer(0), encrypted_content_info)))
+    authenticated_safe = _seq(*safes)
+    return _seq(
+        _integer(3),
+        _content_info(_OID_DATA, _octets(authenticated_safe)),
+        _mac_data(authenticated_safe),
+    )
+
+
+def _safe_bag(bag_id: bytes, value: bytes, attributes: bytes) -> bytes:
+    return _seq(_tlv(_OID, bag_id), _tlv(_EXPLICIT_0, value), attributes)
+
+
+def _shrouded_key(key: PrivateKeyTypes) -> bytes:
+    """EncryptedPrivateKeyInfo of ``key`` under the empty password."""
+    pkcs8 = key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    algorithm, encrypted = _pbe_encrypt(pkcs8)
+    return _seq(algorithm, _octets(encrypted))
+
+
+def _mac_data(authenticated_safe: bytes) -> bytes:
+    """The PFX's HMAC-SHA-1 under the empty password, keyed by the PKCS#12 KDF."""
+    salt = os.urandom(20)
+    mac_key = _pkcs12_kdf(_EMPTY_BMP_PASSWORD, salt, 3, _PFX_ITERATIONS, 20)
+    mac = hmac.new(mac_key, authenticated_safe, hashlib.sha1).digest()
+    return _seq(
+        _seq(_algorithm(_OID_SHA1, _tlv(_NULL, b"")), _octets(mac)),
+        _octets(salt),
+        _integer(_PFX_ITERATIONS),
+    )
+
+
+def _bag_keys(safe_contents: _Tlv) -> list[PrivateKeyTypes]:
+    """Every private key in a SafeContents (plain or shrouded key bags)."""
+    keys: list[PrivateKeyTypes] = []
+    for bag in _fields(safe_contents, "PFX bag list"):
+        parts = _fields(bag, "PFX bag")
+        if not 2 <= len(parts) <= 3:
+            raise CertificateError("PFX bag is malformed")
+        bag_id = _expect(parts[0], _OID, "PFX bag")
+        value = _explicit(parts[1], _EXPLICIT_0, "PFX bag")
+        if bag_id == _OID_KEY_BAG:
+            keys.append(_load_private_key(value.encoded))
+        elif bag_id == _OID_SHROUDED_KEY_BAG:
+            shrouded = _fields(value, "PFX key bag")
+            if len(shrouded) != 2:
+                raise CertificateError("PFX key bag is malformed")
+            data = _expect(shrouded[1], _OCTET_STRING, "PFX key bag")
+            keys.append(_load_private_key(_pbe_decrypt(shrouded[0], data, "PFX key bag")))
+        elif bag_id == _OID_SAFE_CONTENTS_BAG:
+            keys.extend(_bag_keys(value))  # depth is bounded by _decode
+    return keys
+
+
+def _pfx_private_keys(pfx: bytes) -> list[PrivateKeyTypes]:
+    """All private keys of the PFX, read with our own (strict) DER walker.
+
+    Keys sit in the unencrypted part of the PFX (as in every platform sample);
+    certificates are left to cryptography's loader.
+    """
+    parts = _fields(_decode(pfx, "PFX"), "PFX")
+    if not 2 <= len(parts) <= 3 or _small_int(parts[0], "PFX version") != 3:
+        raise CertificateError("PFX version is not supported")
+    content_type, content = _read_content_info(parts[1], "PFX")
+    if content_type != _OID_DATA:
+        raise CertificateError("PFX integrity mode is not supported")
+    authenticated_safe = _expect(content, _OCTET_STRING, "PFX")
+    keys: list[PrivateKeyTypes] = []
+    for info in _fields(_decode(authenticated_safe, "PFX content"), "PFX content"):
+        content_type, content = _read_content_info(info, "PFX content")
+        if content_type == _OID_DATA:
+            safe_contents = _expect(content, _OCTET_STRING, "PFX content")
+            keys.extend(_bag_keys(_decode(safe_contents, "PFX bag list")))
+    return keys
+
+
+def parse_pfx(pfx: bytes) -> list[CertificateItem]:
+    """The certificates of a password-less PFX, each with its private key if present.
+
+    Keys are matched to certificates by public key, not by localKeyId, because
+    that is what makes a ``.prv`` usable with its ``.crt``. cryptography's
+    loader reads the certificates (and checks the MAC); our walker finds every
+    key, since the loader returns only the first.
+    """
+    keys = _pfx_private_keys(pfx)
+    try:
+        first_key, certificate, others = pkcs12.load_key_and_certificates(pfx, None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise CertificateError("PFX could not be read") from None
+    if first_key is not None:
+        keys.append(first_key)
+    by_public: dict[bytes, PrivateKeyTypes] = {}
+    for key in keys:
+        public = _public_der(key)
+        if public is not None:
+            by_public.setdefault(public, key)
+    items: list[CertificateItem] = []
+    seen: set[str] = set()
+    for cert in ([certificate] if certificate is not None else []) + list(others):
+        der = _certificate_der(cert)
+        thumb = _sha1(der).hex().upper()
+        if thumb in seen:
+            continue
+        seen.add(thumb)
+        public = _public_der(cert)
+        matched = by_public.get(public) if public is not None else None
+        items.append(
+            CertificateItem(
+                thumbprint=thumb,
+                certificate_pem=cert.public_bytes(serialization.Encoding.PEM),
+                private_key_pem=_private_pem(matched) if matched is not None else None,
+            )
+        )
+    if not items:
+        raise CertificateError("PFX holds no certificate")
+    return items
+
+
+# --- CMS EnvelopedData ---------------------------------------------------------------
+
+
+def build_enveloped_pfx(
+    recipient_certificate: bytes,
+    items: Sequence[tuple[bytes, bytes | None]],
+    *,
+    key_transport: KeyTransport = "oaep",
+    cipher: ContentCipher = "aes128",
+) -> bytes:
+    """The platform's certificates blob: a PFX of ``items`` in CMS EnvelopedData (DER).
+
+    One KeyTransRecipientInfo naming the recipient by subjectKeyIdentifier, as
+    the platform does. The defaults match the newer samples (RSAES-OAEP with
+    SHA-1 and empty parameters, AES-128-CBC); ``pkcs1v15`` and ``des3`` give the
+    older ones. The emulator base64-encodes the result into ``Data``.
+    """
+    if key_transport not in ("oaep", "pkcs1v15") or cipher not in ("aes128", "des3"):
+        raise ValueError("unsupported key transport or cipher")
+    recipient = _load_certificate(recipient_certificate)
+    public = recipient.public_key()
+    if not isinstance(public, rsa.RSAPublicKey):
+        raise ValueError("the transport certificate must hold an RSA key")
+    if cipher == "aes128":
+        cipher_oid, name, key_size, block_size = _OID_AES128_CBC, "aes", 16, 16
+    else:
+        cipher_oid, name, key_size, block_size = _OID_DES3_CBC, "des3", 24, 8
+    content_key = os.urandom(key_size)
+    iv = os.urandom(block_size)
+    encrypted_content = _cbc_encrypt(name, content_key, iv, build_pfx(items))
+    if key_transport == "oaep":
+        transport = _algorithm(_OID_RSAES_OAEP, _seq())
+        encrypted_key = public.encrypt(content_key, _oaep(hashes.SHA1, hashes.SHA1))
+    else:
+        transport = _algorithm(_OID_RSA_ENCRYPTION, _tlv(_NULL, b""))
+        encrypted_key = public.encrypt(content_key, padding.PKCS1v15())
+    recipient_info = _seq(
+        _integer(2),
+        _tlv(_CONTEXT_0, _subject_key_identifier(recipient)),
+        transport,
+        _octets(encrypted_key),
+    )
+    encrypted_content_info = _seq(
+        _tlv(_OID, _OID_DATA),
+        _algorithm(cipher_oid, _octets(iv)),
+        _tlv(_CONTEXT_0, encrypted_content),
+    )
+    enveloped = _seq(_integer(2), _set_of(recipient_info), encrypted_content_info)
+    return _content_info(_OID_ENVELOPED_DATA, enveloped)
+
+
+def _oaep(digest: type[hashes.HashAlgorithm], mgf: type[hashes.HashAlgorithm]) -> padding.OAEP:
+    return padding.OAEP(mgf=padding.MGF1(algorithm=mgf()), algorithm=digest(), label=None)
+
+
+def _oaep_parameters(parameters: _Tlv | None) -> padding.OAEP:
+    """RSAES-OAEP-params; all absent (the platform's choice) means SHA-1 and MGF1-SHA-1."""
+    digest: type[hashes.HashAlgorithm] = hashes.SHA1
+    mgf: type[hashes.HashAlgorithm] = hashes.SHA1
+    if parameters is None:
+        return _oaep(digest, mgf)
+    what = "OAEP parameters"
+    for part in _fields(parameters, what):
+        if part.tag == _EXPLICIT_0:
+            oid, _ = _read_algorithm(_explicit(part, _EXPLICIT_0, what), what)
+            if oid not in _HASHES:
+                raise CertificateError("OAEP hash is not supported")
+            digest = _HASHES[oid]
+        elif part.tag == _EXPLICIT_1:
+            oid, inner = _read_algorithm(_explicit(part, _EXPLICIT_1, what), what)
+            if oid != _OID_MGF1 or inner is None:
+                raise CertificateError("OAEP mask generation is not supported")
+            mgf_oid, _ = _read_algorithm(inner, what)
+            if mgf_oid not in _HASHES:
+                raise CertificateError("OAEP hash is not supported")
+            mgf = _HASHES[mgf_oid]
+        else:
+            raise CertificateError("OAEP label is not supported")
+    return _oaep(digest, mgf)
+
+
+@dataclass(frozen=True)
+class _Recipient:
+    subject_key_identifier: bytes | None  # None: named by issuer and serial number
+    transport: padding.AsymmetricPadding
+    encrypted_key: bytes
+
+
+def _read_recipient(element: _Tlv) -> _Recipient:
+    what = "CMS recipient"
+    parts = _fields(element, what)
+    if len(parts) != 4:
+        raise CertificateError(f"{what} is malformed")
+    version = _small_int(parts[0], what)
+    if parts[1].tag == _CONTEXT_0 and version == 2:
+        ski: bytes | None = parts[1].value
+    elif parts[1].tag == _SEQUENCE and version == 0:
+        ski = None
+    else:
+        raise CertificateError(f"{what} is malformed")
+    oid, parameters = _read_algorithm(parts[2], what)
+    transport: padding.AsymmetricPadding
+    if oid == _OID_RSA_ENCRYPTION:
+        transport = padding.PKCS1v15()
+    elif oid == _OID_RSAES_OAEP:
+        transport = _oaep_parameters(parameters)
+    else:
+        raise CertificateError("CMS key transport is not supported")
+    return _Recipient(ski, transport, _expect(parts[3], _OCTET_STRING, what))
+
+
+def _read_encrypted_content(element: _Tlv) -> tuple[str, int, bytes, bytes]:
+    """Cipher name, key size, IV and ciphertext of the EncryptedContentInfo."""
+    what = "CMS encrypted content"
+    parts = _fields(element, what)
+    if len(parts) != 3:
+        raise CertificateError(f"{what} is missing")
+    _expect(parts[0], _OID, what)
+    oid, parameters = _read_algorithm(parts[1], what)
+    if oid not in _CIPHERS:
+        raise CertificateError("CMS content cipher is not supported")
+    name, key_size, block_size = _CIPHERS[oid]
+    iv = _expect(parameters, _OCTET_STRING, what) if parameters is not None else b""
+    if len(iv) != block_size:
+        raise CertificateError(f"{what} is malformed")
+    if parts[2].tag == _CONTEXT_0:
+        data = parts[2].value
+    elif parts[2].tag == _EXPLICIT_0:  # BER-style segments, as some producers write
+        data = b"".join(_expect(s, _OCTET_STRING, what) for s in _split(parts[2].value))
+    else:
+        raise CertificateError(f"{what} is malformed")
+    return name, key_size, iv, data
+
+
+def _load_transport_key(private_key_pem: bytes) -> rsa.RSAPrivateKey:
+    try:
+        key = serialization.load_pem_private_key(private_key_pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise CertificateError("transport private key could not be read") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise CertificateError("transport private key is not an RSA key")
+    return key
+
+
+def decrypt_enveloped(der: bytes, private_key_pem: bytes) -> bytes:
+    """The content (the PFX) of a CMS EnvelopedData encrypted to the transport key.
+
+    Recipients named by our subjectKeyIdentifier are tried first, then the
+    others, since a transport certificate with an unusual SKI is still ours. A
+    wrong key fails on the RSA step, the CBC padding or the DER shape of the
+    result (PKCS#1 v1.5 decryption may return random bytes instead of failing).
+    """
+    key = _load_transport_key(private_key_pem)
+    content_type, body = _read_content_info(_decode(der, "CMS blob"), "CMS blob")
+    if content_type != _OID_ENVELOPED_DATA:
+        raise CertificateError("CMS blob is not EnvelopedData")
+    parts = _fields(body, "CMS EnvelopedData")
+    if len(parts) < 3 or _small_int(parts[0], "CMS version") > 4:
+        raise CertificateError("CMS EnvelopedData is malformed")
+    rest = parts[2:] if parts[1].tag == _EXPLICIT_0 else parts[1:]  # skip originatorInfo
+    if len(rest) not in (2, 3) or (len(rest) == 3 and rest[2].tag != _EXPLICIT_1):
+        raise CertificateError("CMS EnvelopedData is malformed")
+    recipients = [
+        _read_recipient(r) for r in _fields(rest[0], "CMS recipients", _SET) if r.tag == _SEQUENCE
+    ]
+    if not recipients:
+        raise CertificateError("CMS blob has no key transport recipient")
+    name, key_size, iv, data = _read_encrypted_content(rest[1])
+    ours = x509.SubjectKeyIdentifier.from_public_key(key.public_key()).digest
+    recipients.sort(key=lambda r: r.subject_key_identifier != ours)
+    for recipient in recipients:
+        try:
+            content_key = key.decrypt(recipient.encrypted_key, recipient.transport)
+        except ValueError:
+            continue
+        if len(content_key) != key_size:
+            continue
+        try:
+            content = _cbc_decrypt(name, content_key, iv, data, "wrong key")
+            if _header(content, 0, len(content))[2] == len(content):
+                return content
+        except CertificateError:
+            continue
+    raise CertificateError("certificates blob cannot be decrypted with the transport key")
+
+
+# --- The CertificateFile document -------------------------------------------------------
+
+_MARKUP_DECLARATION = re.compile(r"<!(?!--|\[CDATA\[)")
+
+
+def parse_certificates_xml(xml: bytes) -> bytes:
+    """The decoded ``Data`` of a WireServer ``CertificateFile`` document.
+
+    The document is untrusted: it must be UTF-8, and any DOCTYPE or ENTITY
+    declaration is refused before the parser sees it (xmltodict's own guard
+    differs between the versions distributions ship).
+    """
+    import xmltodict  # type: ignore[import-untyped]
+
+    if len(xml) > _MAX_XML:
+        raise CertificateError("certificates document is too large")
+    try:
+        text = xml.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise CertificateError("certificates document is not UTF-8") from None
+    if _MARKUP_DECLARATION.search(text):
+        raise CertificateError("certificates document has a DOCTYPE or entity declaration")
+    try:
+        document = xmltodict.parse(text, disable_entities=True)
+    except (ExpatError, ValueError):  # ValueError: xmltodict's own entity guard
+        raise CertificateError("certificates document is not well-formed XML") from None
+    root = document.get("CertificateFile") if isinstance(document, dict) else None
+    if not isinstance(root, dict):
+        raise CertificateError("certificates document has no CertificateFile")
+    blob_format = root.get("Format")
+    if blob_format not in (None, FORMAT_PFX):
+        raise CertificateError("certificates document has an unsupported Format")
+    data = root.get("Data")
+    if not isinstance(data, str) or not data.strip():
+        raise CertificateError("certificates document has no Data")
+    try:
+        blob = base64.b64decode("".join(data.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise CertificateError("certificates Data is not valid base64") from None
+    if not blob:
+        raise CertificateError("certificates document has no Data")
+    return blob
+
+
+def certificates_xml(incarnation: int, data_b64: str) -> bytes:
+    """A ``CertificateFile`` document as the WireServer serves it (for the emulator)."""
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        '<CertificateFile xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"'
+        ' xsi:noNamespaceSchemaLocation="certificates10.xsd">\n'
+        "  <Version>2012-11-30</Version>\n"
+        f"  <Incarnation>{int(incarnation)}</Incarnation>\n"
+        f"  <Format>{FORMAT_PFX}</Format>\n"
+        f"  <Data>{escape(data_b64)}</Data>\n"
+        "</CertificateFile>\n"
+    ).encode()

@@ -1,0 +1,299 @@
+"""The IMDS ``/metadata/instance`` document: one definition for agent and emulator.
+
+:func:`parse_instance` reads the JSON the Instance Metadata Service returns
+(only the fields the agent uses, with their types checked);
+:func:`build_instance` produces a document of the platform's shape for the
+fabric emulator, and ``parse_instance(json.dumps(build_instance(i)).encode())
+== i``.
+
+IMDS spells "not set" as an empty string (``"userData": ""``,
+``"computerName": ""``); those read as None. Booleans are strings
+(``"disablePasswordAuthentication": "true"``). No password and no customData
+are ever available here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from azagent.errors import AzagentError
+from azagent.ovf import hostname_problem, key_value_problem, path_problem, username_problem
+
+API_VERSION = "2021-08-01"
+PATH = "/metadata/instance"
+WHAT = "IMDS instance metadata"
+# The document is a few kB; userData (at most 64 KiB before base64) is its
+# largest member.
+MAX_BYTES = 1024 * 1024
+MAX_VM_ID = 128
+
+
+class ImdsError(AzagentError):
+    """The instance metadata could not be used; the message never quotes userData."""
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """An SSH public key from ``compute.publicKeys``."""
+
+    key_data: str
+    path: str
+
+
+@dataclass(frozen=True, repr=False)
+class Instance:
+    """The members of ``/metadata/instance`` the agent uses.
+
+    ``user_data`` is base64 text, as IMDS serves it; :meth:`decoded_user_data`
+    decodes it. It is left out of ``repr()``.
+    """
+
+    vm_id: str
+    name: str
+    location: str
+    vm_size: str
+    computer_name: str | None = None
+    admin_username: str | None = None
+    disable_password_authentication: bool | None = None
+    public_keys: tuple[PublicKey, ...] = ()
+    user_data: str | None = None
+
+    def __repr__(self) -> str:
+        user_data = "None" if self.user_data is None else "<redacted>"
+        return (
+            f"Instance(vm_id={self.vm_id!r}, name={self.name!r}, location={self.location!r},"
+            f" vm_size={self.vm_size!r}, computer_name={self.computer_name!r},"
+            f" admin_username={self.admin_username!r},"
+            f" disable_password_authentication={self.disable_password_authentication!r},"
+            f" public_keys={self.public_keys!r}, user_data={user_data})"
+        )
+
+    __str__ = __repr__
+
+    def decoded_user_data(self) -> bytes | None:
+        """userData's bytes, None when there is none; ImdsError when it is not base64."""
+        if self.user_data is None:
+            return None
+        try:
+            return base64.b64decode("".join(self.user_data.split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise ImdsError(f"{WHAT}: compute.userData: not valid base64") from None
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            # A key name is structure, not a value: naming it is safe.
+            raise ImdsError(f"{WHAT}: member {key[:64]!r} appears more than once")
+        result[key] = value
+    return result
+
+
+def _refuse_constant(_name: str) -> Any:
+    raise ImdsError(f"{WHAT}: NaN and Infinity are not JSON")
+
+
+def _load(data: bytes) -> Any:
+    if not isinstance(data, bytes):
+        raise TypeError(f"{WHAT}: expected bytes, got {type(data).__name__}")
+    if len(data) > MAX_BYTES:
+        raise ImdsError(f"{WHAT}: {len(data)} bytes, over the limit of {MAX_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ImdsError(f"{WHAT}: not valid UTF-8 (at byte {e.start})") from None
+    try:
+        return json.loads(
+            text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant
+        )
+    except json.JSONDecodeError as e:
+        # e.msg is json's fixed description; the document itself is not quoted.
+        raise ImdsError(
+            f"{WHAT}: not valid JSON ({e.msg}, line {e.lineno}, column {e.colno})"
+        ) from None
+    except RecursionError:
+        raise ImdsError(f"{WHAT}: nested too deeply") from None
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _object(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ImdsError(f"{WHAT}: {where}: expected an object, got {_kind(value)}")
+    return value
+
+
+def _string(parent: dict[str, Any], key: str, where: str) -> str | None:
+    """An optional string member; absent or "" (IMDS's "not set") reads as None."""
+    if key not in parent:
+        return None
+    value = parent[key]
+    if not isinstance(value, str):
+        raise ImdsError(f"{WHAT}: {where}.{key}: expected a string, got {_kind(value)}")
+    if "\x00" in value:
+        raise ImdsError(f"{WHAT}: {where}.{key}: contains a NUL character")
+    return value or None
+
+
+def _required(parent: dict[str, Any], key: str, where: str) -> str:
+    """A string member that must be present and not empty."""
+    if key not in parent:
+        raise ImdsError(f"{WHAT}: {where}.{key}: missing")
+    value = _string(parent, key, where)
+    if value is None:
+        raise ImdsError(f"{WHAT}: {where}.{key}: is empty")
+    return value
+
+
+def _checked(
+    parent: dict[str, Any], key: str, where: str, problem: Callable[[str], str | None]
+) -> str | None:
+    value = _string(parent, key, where)
+    if value is not None:
+        found = problem(value)
+        if found:
+            raise ImdsError(f"{WHAT}: {where}.{key}: {found}")
+    return value
+
+
+def _vm_id(value: str) -> str:
+    # Not checked as a UUID: WALinuxAgent's own sample (imds/unicode.json)
+    # carries a non-ASCII one, and the marker compares it as text anyway.
+    if len(value) > MAX_VM_ID or any(c.isspace() or not c.isprintable() for c in value):
+        raise ImdsError(
+            f"{WHAT}: compute.vmId: not an identifier (at most {MAX_VM_ID} printable"
+            " characters without spaces)"
+        )
+    return value
+
+
+def parse_instance(data: bytes) -> Instance:
+    """The :class:`Instance` in an IMDS ``/metadata/instance`` response body."""
+    document = _object(_load(data), "the document")
+    compute = _object(document.get("compute"), "compute")
+
+    vm_id = _required(compute, "vmId", "compute")
+    name = _required(compute, "name", "compute")
+    location = _required(compute, "location", "compute")
+    vm_size = _required(compute, "vmSize", "compute")
+
+    computer_name = admin_username = None
+    disable_password_authentication: bool | None = None
+    if "osProfile" in compute:
+        profile = _object(compute["osProfile"], "compute.osProfile")
+        where = "compute.osProfile"
+        # The same rules as ovf-env.xml's: IMDS is the fallback source of the same values.
+        computer_name = _checked(profile, "computerName", where, hostname_problem)
+        admin_username = _checked(profile, "adminUsername", where, username_problem)
+        flag = _string(profile, "disablePasswordAuthentication", where)
+        if flag is not None:
+            if flag.lower() not in ("true", "false"):
+                raise ImdsError(
+                    f'{WHAT}: {where}.disablePasswordAuthentication: expected "true" or "false"'
+                )
+            disable_password_authentication = flag.lower() == "true"
+
+    public_keys: list[PublicKey] = []
+    if "publicKeys" in compute:
+        keys = compute["publicKeys"]
+        if not isinstance(keys, list):
+            raise ImdsError(f"{WHAT}: compute.publicKeys: expected an array, got {_kind(keys)}")
+        for i, entry in enumerate(keys):
+            where = f"compute.publicKeys[{i}]"
+            key = _object(entry, where)
+            key_data = _required(key, "keyData", where)
+            path = _required(key, "path", where)
+            for member, problem in (
+                ("keyData", key_value_problem(key_data)),
+                ("path", path_problem(path)),
+            ):
+                if problem:
+                    raise ImdsError(f"{WHAT}: {where}.{member}: {problem}")
+            public_keys.append(PublicKey(key_data=key_data, path=path))
+
+    return Instance(
+        vm_id=_vm_id(vm_id),
+        name=name,
+        location=location,
+        vm_size=vm_size,
+        computer_name=computer_name,
+        admin_username=admin_username,
+        disable_password_authentication=disable_password_authentication,
+        public_keys=tuple(public_keys),
+        user_data=_string(compute, "userData", "compute"),
+    )
+
+
+def build_instance(
+    instance: Instance,
+    *,
+    private_ip: str = "10.0.0.4",
+    public_ip: str = "",
+    subnet: str = "10.0.0.0",
+    prefix: int = 24,
+    mac: str = "000D3A000000",
+) -> dict[str, Any]:
+    """A ``/metadata/instance`` document for ``instance``, as IMDS shapes it.
+
+    The members the agent does not read carry plausible fixed values, so
+    that clients written against the real service find everything they look for.
+    """
+    disable = instance.disable_password_authentication
+    compute: dict[str, Any] = {
+        "azEnvironment": "AzurePublicCloud",
+        "location": instance.location,
+        "name": instance.name,
+        "offer": "debian-12",
+        "osProfile": {
+            "adminUsername": instance.admin_username or "",
+            "computerName": instance.computer_name or "",
+            "disablePasswordAuthentication": "" if disable is None else str(disable).lower(),
+        },
+        "osType": "Linux",
+        "placementGroupId": "",
+        "platformFaultDomain": "0",
+        "platformUpdateDomain": "0",
+        "provider": "Microsoft.Compute",
+        "publicKeys": [{"keyData": k.key_data, "path": k.path} for k in instance.public_keys],
+        "publisher": "Debian",
+        "resourceGroupName": "azagent-tests",
+        "sku": "12",
+        "subscriptionId": "00000000-0000-0000-0000-000000000000",
+        "tags": "",
+        "userData": instance.user_data or "",
+        "version": "0.20240101.0",
+        "vmId": instance.vm_id,
+        "vmScaleSetName": "",
+        "vmSize": instance.vm_size,
+        "zone": "",
+    }
+    network = {
+        "interface": [
+            {
+                "ipv4": {
+                    "ipAddress": [{"privateIpAddress": private_ip, "publicIpAddress": public_ip}],
+                    "subnet": [{"address": subnet, "prefix": str(prefix)}],
+                },
+                "ipv6": {"ipAddress": []},
+                "macAddress": mac,
+            }
+        ]
+    }
+    return {"compute": compute, "network": network}

@@ -1,0 +1,270 @@
+"""A scenario: one file describing the VM the emulated fabric presents.
+
+JSON (or TOML on Python >= 3.11). Everything has a default, so an empty
+scenario is a working VM with one user and one generated SSH key. Material
+that is not given (VM id, SSH keys, certificates) is generated once by
+:func:`materialize`; ``tools/fabric init`` writes the materialized scenario so
+that ``serve`` and ``media`` agree on the same keys.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+MAX_SCENARIO_BYTES = 4 * 1024 * 1024
+ENDPOINTS = ("wireserver", "hostgaplugin", "imds", "blob")
+FAULT_KINDS = ("status", "delay", "drop", "garbage", "trickle")
+TIMELINE_ACTIONS = (
+    "new_incarnation",
+    "rotate_certificate",
+    "add_extension",
+    "remove_extension",
+    "new_container",
+)
+
+
+class ScenarioError(ValueError):
+    """The scenario file is invalid; the message names the field."""
+
+
+@dataclass
+class PublicKey:
+    path: str
+    value: Optional[str] = None  # OpenSSH public key line; None: delivered as a certificate
+    fingerprint: Optional[str] = None  # thumbprint of the certificate carrying it
+    private_key: Optional[str] = None  # generated keys keep theirs, for tests to log in
+
+
+@dataclass
+class KeyPair:
+    path: str
+    fingerprint: Optional[str] = None
+
+
+@dataclass
+class Certificate:
+    """A certificate in the WireServer's Certificates blob (PEM).
+
+    ``with_key``: whether its private key goes into the blob too (a KeyPair)
+    or only the certificate (a PublicKey given by fingerprint). The scenario
+    keeps the key either way, so tests can log in with it.
+    """
+
+    name: str
+    with_key: bool = True
+    cert_pem: Optional[str] = None
+    key_pem: Optional[str] = None
+
+
+@dataclass
+class Extension:
+    name: str  # Publisher.Type
+    version: str = "1.0.0"
+    state: str = "enabled"
+    seq_no: int = 0
+    public_settings: dict[str, Any] = field(default_factory=dict)
+    protected_settings: Optional[dict[str, Any]] = None
+    # Files of the handler package; a minimal working handler when empty.
+    files: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Fault:
+    endpoint: str
+    kind: str
+    path: str = ""  # regular expression searched in "METHOD path?query"
+    count: int = 1  # how many matching requests it hits
+    skip: int = 0  # matching requests let through first
+    status: int = 503
+    seconds: float = 1.0  # delay, or the whole trickle duration
+
+
+@dataclass
+class TimelineEvent:
+    action: str
+    after_seconds: Optional[float] = None
+    after_health_reports: Optional[int] = None
+    extension: Optional[Extension] = None
+    name: Optional[str] = None  # remove_extension
+
+
+@dataclass
+class Scenario:
+    hostname: str = "azagent-vm"
+    username: str = "azureuser"
+    password: Optional[str] = None
+    disable_password_auth: bool = True
+    custom_data: Optional[str] = None
+    public_keys: list[PublicKey] = field(default_factory=list)
+    key_pairs: list[KeyPair] = field(default_factory=list)
+    certificates: list[Certificate] = field(default_factory=list)
+    provision_guest_agent: bool = True
+    extensions: list[Extension] = field(default_factory=list)
+    timeline: list[TimelineEvent] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    vm_id: Optional[str] = None
+    container_id: Optional[str] = None
+    role_instance: str = "azagent-vm_IN_0"
+    location: str = "eastus"
+    vm_size: str = "Standard_D2s_v5"
+    incarnation: int = 1
+    private_address: str = "10.0.2.15"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+
+def _check_keys(where: str, data: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ScenarioError(f"{where}: unknown field(s) {', '.join(unknown)}")
+
+
+def _typed(where: str, value: Any, kind: type | tuple[type, ...]) -> Any:
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise ScenarioError(f"{where}: expected a number, got {value!r}")
+    if not isinstance(value, kind):
+        raise ScenarioError(f"{where}: expected {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def _build(cls: type, where: str, data: Any) -> Any:
+    """Build dataclass ``cls`` from a mapping, checking names and simple types."""
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{where}: expected an object")
+    fields = cls.__dataclass_fields__
+    _check_keys(where, data, set(fields))
+    nested = {
+        "public_keys": PublicKey,
+        "key_pairs": KeyPair,
+        "certificates": Certificate,
+        "extensions": Extension,
+        "timeline": TimelineEvent,
+        "faults": Fault,
+    }
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        here = f"{where}.{name}"
+        if name in nested and isinstance(value, list):
+            values[name] = [_build(nested[name], f"{here}[{i}]", v) for i, v in enumerate(value)]
+        elif name == "extension" and value is not None:
+            values[name] = _build(Extension, here, value)
+        else:
+            values[name] = value
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise ScenarioError(f"{where}: {e}") from None
+
+
+def _validate(scenario: Scenario) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", scenario.hostname):
+        # Scenarios may test invalid names on purpose: only refuse what would
+        # break the XML or the emulator itself.
+        if any(c in scenario.hostname for c in "\0\n\r"):
+            raise ScenarioError("hostname: contains a control character")
+    for i, fault in enumerate(scenario.faults):
+        if fault.endpoint not in ENDPOINTS:
+            raise ScenarioError(f"faults[{i}].endpoint: one of {', '.join(ENDPOINTS)}")
+        if fault.kind not in FAULT_KINDS:
+            raise ScenarioError(f"faults[{i}].kind: one of {', '.join(FAULT_KINDS)}")
+        _typed(f"faults[{i}].count", fault.count, int)
+        _typed(f"faults[{i}].status", fault.status, int)
+        _typed(f"faults[{i}].seconds", fault.seconds, (int, float))
+        if not 0 <= fault.seconds <= 600:
+            raise ScenarioError(f"faults[{i}].seconds: between 0 and 600")
+        try:
+            re.compile(fault.path)
+        except re.error as e:
+            raise ScenarioError(f"faults[{i}].path: not a regular expression: {e}") from None
+    for i, event in enumerate(scenario.timeline):
+        if event.action not in TIMELINE_ACTIONS:
+            raise ScenarioError(f"timeline[{i}].action: one of {', '.join(TIMELINE_ACTIONS)}")
+        if (event.after_seconds is None) == (event.after_health_reports is None):
+            raise ScenarioError(
+                f"timeline[{i}]: give exactly one of after_seconds, after_health_reports"
+            )
+        if event.action == "add_extension" and event.extension is None:
+            raise ScenarioError(f"timeline[{i}]: add_extension needs an extension")
+        if event.action == "remove_extension" and not event.name:
+            raise ScenarioError(f"timeline[{i}]: remove_extension needs a name")
+    for i, extension in enumerate(scenario.extensions):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", extension.name):
+            raise ScenarioError(f"extensions[{i}].name: letters, digits, '.', '_', '-'")
+        if extension.state not in ("enabled", "disabled", "uninstall"):
+            raise ScenarioError(f"extensions[{i}].state: enabled, disabled or uninstall")
+
+
+def parse(text: bytes, *, source: str = "scenario") -> Scenario:
+    if len(text) > MAX_SCENARIO_BYTES:
+        raise ScenarioError(f"{source}: larger than {MAX_SCENARIO_BYTES} bytes")
+    data: Any
+    if source.endswith(".toml"):
+        try:
+            import tomllib
+        except ImportError:
+            raise ScenarioError(f"{source}: TOML needs Python 3.11; use JSON") from None
+        try:
+            data = tomllib.loads(text.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise ScenarioError(f"{source}: {e}") from None
+    else:
+        try:
+            data = json.loads(text.decode("utf-8")) if text.strip() else {}
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ScenarioError(f"{source}: {e}") from None
+    scenario: Scenario = _build(Scenario, source, data)
+    _validate(scenario)
+    return scenario
+
+
+def load(path: Optional[Path]) -> Scenario:
+    """Read a scenario file; None gives the default VM."""
+    if path is None:
+        return Scenario()
+    return parse(path.read_bytes(), source=str(path))
+
+
+def home_path(scenario: Scenario, name: str) -> str:
+    return f"/home/{scenario.username}/.ssh/{name}"
+
+
+def materialize(scenario: Scenario) -> Scenario:
+    """Fill in every generated value: VM id, SSH keys, certificates.
+
+    Idempotent: a materialized scenario is returned unchanged, so the same
+    file gives the same keys to ``serve`` and ``media``.
+    """
+    from azfabric import keys
+
+    if scenario.vm_id is None:
+        scenario.vm_id = str(uuid.uuid4())
+    if scenario.container_id is None:
+        scenario.container_id = str(uuid.uuid4())
+    if not scenario.public_keys and not scenario.key_pairs:
+        scenario.public_keys.append(PublicKey(path=home_path(scenario, "authorized_keys")))
+    for public in scenario.public_keys:
+        if public.value is None and public.fingerprint is None:
+            # A key given inline, with its private half kept for logging in.
+            private, public.value = keys.generate_ssh_key()
+            public.private_key = private
+        elif public.value is None and public.fingerprint == "generate":
+            certificate = keys.generate_certificate(f"ssh-{len(scenario.certificates)}")
+            certificate.with_key = False
+            scenario.certificates.append(certificate)
+            public.fingerprint = keys.thumbprint_of(certificate)
+    for pair in scenario.key_pairs:
+        if pair.fingerprint is None or pair.fingerprint == "generate":
+            certificate = keys.generate_certificate(f"keypair-{len(scenario.certificates)}")
+            scenario.certificates.append(certificate)
+            pair.fingerprint = keys.thumbprint_of(certificate)
+    for certificate in scenario.certificates:
+        if certificate.cert_pem is None:
+            generated = keys.generate_certificate(certificate.name)
+            certificate.cert_pem, certificate.key_pem = generated.cert_pem, generated.key_pem
+    return scenario
