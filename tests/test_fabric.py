@@ -22,8 +22,8 @@ from xmlshape import shape
 from azagent import wireserver
 
 sys.path.insert(0, str(REPO / "tools"))
-from azfabric.scenario import Extension, Fault, KeyPair, Scenario, TimelineEvent  # noqa: E402
-from azfabric.server import Fabric  # noqa: E402
+from azfabric.scenario import Extension, Fault, KeyPair, Scenario, TimelineEvent
+from azfabric.server import Fabric
 
 WIRE = {"x-ms-agent-name": "azagent-test", "x-ms-version": "2012-11-30"}
 HGAP_VERSION = {"x-ms-version": "2015-09-01"}
@@ -97,7 +97,9 @@ def test_listens_on_loopback_only() -> None:
 def test_versions_has_the_fixture_shape(fabric: Fabric) -> None:
     reply = call(f"{fabric.urls['wireserver']}/?comp=versions")
     assert reply.status == 200
-    assert shape(reply.body) == shape((FIXTURES / "walinuxagent/wire/version_info.xml").read_bytes())
+    assert shape(reply.body) == shape(
+        (FIXTURES / "walinuxagent/wire/version_info.xml").read_bytes()
+    )
     assert wireserver.parse_versions(reply.body).preferred == "2012-11-30"
 
 
@@ -105,7 +107,9 @@ def test_default_vm_without_certificates_has_no_certificates_uri(fabric: Fabric)
     reply = call(f"{fabric.urls['wireserver']}/machine/?comp=goalstate", headers=WIRE)
     sample = FIXTURES / "walinuxagent/hibernate/goal_state_1/GoalState.xml"
     missing = shape(sample.read_bytes()) - shape(reply.body)
-    assert missing == {"/GoalState/Container/RoleInstanceList/RoleInstance/Configuration/Certificates"}
+    assert missing == {
+        "/GoalState/Container/RoleInstanceList/RoleInstance/Configuration/Certificates"
+    }
     assert wireserver.parse_goal_state(reply.body).uris.certificates is None
 
 
@@ -145,7 +149,10 @@ def check_documents(fabric: Fabric) -> None:
 def test_required_headers_are_enforced(fabric: Fabric) -> None:
     base = fabric.urls["wireserver"]
     assert call(f"{base}/machine/?comp=goalstate").status == 400
-    assert call(f"{base}/machine/?comp=goalstate", headers={"x-ms-version": "2012-11-30"}).status == 400
+    assert (
+        call(f"{base}/machine/?comp=goalstate", headers={"x-ms-version": "2012-11-30"}).status
+        == 400
+    )
     assert call(f"{base}/machine/?comp=goalstate", headers=WIRE).status == 200
 
 
@@ -158,10 +165,14 @@ def test_health_reports_are_recorded_and_checked(fabric: Fabric) -> None:
     ]
     # A stale incarnation is refused with 410, malformed XML with 400.
     assert report(fabric, "Ready", incarnation=fabric.incarnation + 5).status == 410
-    malformed = call(f"{fabric.urls['wireserver']}/machine?comp=health", "POST", WIRE, b"<Health><oops>")
+    malformed = call(
+        f"{fabric.urls['wireserver']}/machine?comp=health", "POST", WIRE, b"<Health><oops>"
+    )
     assert malformed.status == 400
     entity = b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "b">]><Health>&a;</Health>'
-    assert call(f"{fabric.urls['wireserver']}/machine?comp=health", "POST", WIRE, entity).status == 400
+    assert (
+        call(f"{fabric.urls['wireserver']}/machine?comp=health", "POST", WIRE, entity).status == 400
+    )
     assert len(fabric.health_reports) == 2
 
 
@@ -180,7 +191,9 @@ def test_role_properties_and_telemetry(fabric: Fabric) -> None:
     reply = call(f"{fabric.urls['wireserver']}/machine?comp=roleProperties", "POST", WIRE, body)
     assert reply.status == 202
     assert fabric.role_properties == [body]
-    telemetry = call(f"{fabric.urls['wireserver']}/machine?comp=telemetrydata", "POST", WIRE, b"<x/>")
+    telemetry = call(
+        f"{fabric.urls['wireserver']}/machine?comp=telemetrydata", "POST", WIRE, b"<x/>"
+    )
     assert telemetry.status == 200
 
 
@@ -246,7 +259,9 @@ def status_blob_url(fabric: Fabric) -> str:
 def test_block_blob_status_upload(fabric: Fabric) -> None:
     url = status_blob_url(fabric)
     path = urlsplit(url).path
-    reply = call(url, "PUT", {"x-ms-blob-type": "BlockBlob", "x-ms-version": "2014-02-14"}, b'{"v":1}')
+    reply = call(
+        url, "PUT", {"x-ms-blob-type": "BlockBlob", "x-ms-version": "2014-02-14"}, b'{"v":1}'
+    )
     assert reply.status == 201
     assert bytes(fabric.blobs[path].data) == b'{"v":1}'
     unsigned = url.split("?", 1)[0]
@@ -259,7 +274,12 @@ def test_page_blob_semantics(fabric: Fabric) -> None:
     create = {"x-ms-blob-type": "PageBlob", "x-ms-blob-content-length": "1024"}
     assert call(url, "PUT", create).status == 201
     page = b"s" * 512
-    ok = call(f"{url}&comp=page", "PUT", {"x-ms-range": "bytes=512-1023", "x-ms-page-write": "update"}, page)
+    ok = call(
+        f"{url}&comp=page",
+        "PUT",
+        {"x-ms-range": "bytes=512-1023", "x-ms-page-write": "update"},
+        page,
+    )
     assert ok.status == 201
     assert bytes(fabric.blobs[path].data) == bytes(512) + page
     misaligned = call(f"{url}&comp=page", "PUT", {"x-ms-range": "bytes=1-512"}, page)
@@ -296,7 +316,9 @@ def faulty(*faults: Fault) -> Fabric:
 
 
 def test_fault_status_n_times_then_normal() -> None:
-    fabric = faulty(Fault(endpoint="wireserver", kind="status", path="comp=versions", status=503, count=2))
+    fabric = faulty(
+        Fault(endpoint="wireserver", kind="status", path="comp=versions", status=503, count=2)
+    )
     try:
         url = f"{fabric.urls['wireserver']}/?comp=versions"
         assert [call(url).status for _ in range(3)] == [503, 503, 200]
@@ -306,7 +328,9 @@ def test_fault_status_n_times_then_normal() -> None:
 
 
 def test_fault_skip_lets_the_first_requests_through() -> None:
-    fabric = faulty(Fault(endpoint="wireserver", kind="status", path="versions", status=500, skip=1))
+    fabric = faulty(
+        Fault(endpoint="wireserver", kind="status", path="versions", status=500, skip=1)
+    )
     try:
         url = f"{fabric.urls['wireserver']}/?comp=versions"
         assert [call(url).status for _ in range(3)] == [200, 500, 200]
@@ -327,8 +351,13 @@ def test_fault_delay() -> None:
 def test_fault_dropped_connection() -> None:
     fabric = faulty(Fault(endpoint="imds", kind="drop"))
     try:
-        with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError, http.client.BadStatusLine)):
-            call(f"{fabric.urls['imds']}/metadata/instance?api-version=2021-08-01", headers={"Metadata": "true"})
+        with pytest.raises(
+            (http.client.RemoteDisconnected, ConnectionResetError, http.client.BadStatusLine)
+        ):
+            call(
+                f"{fabric.urls['imds']}/metadata/instance?api-version=2021-08-01",
+                headers={"Metadata": "true"},
+            )
     finally:
         fabric.stop()
 
@@ -363,14 +392,18 @@ def test_timeline_after_health_reports_and_after_seconds() -> None:
     scenario = Scenario(
         timeline=[
             TimelineEvent(action="new_incarnation", after_health_reports=1),
-            TimelineEvent(action="add_extension", after_seconds=0.3, extension=Extension(name="Later.Ext")),
+            TimelineEvent(
+                action="add_extension", after_seconds=0.3, extension=Extension(name="Later.Ext")
+            ),
         ]
     )
     with Fabric(scenario) as fabric:
         start = fabric.incarnation
         assert report(fabric).status == 200
         assert fabric.incarnation == start + 1
-        assert fabric.wait_for(lambda: any(e.name == "Later.Ext" for e in fabric.extensions), timeout=5)
+        assert fabric.wait_for(
+            lambda: any(e.name == "Later.Ext" for e in fabric.extensions), timeout=5
+        )
         assert fabric.incarnation == start + 2
 
 
@@ -387,9 +420,13 @@ def test_request_log_redacts_secrets(tmp_path: Path) -> None:
     assert [e["endpoint"] for e in entries][-1] == "blob"
     printed = subprocess.run(
         [sys.executable, str(REPO / "tools/fabric"), "log", str(log), "--bodies"],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
-    assert "PUT" in printed and "hunter2" not in printed
+    assert "PUT" in printed
+    assert "hunter2" not in printed
 
 
 # -- IMDS ------------------------------------------------------------------
@@ -399,12 +436,17 @@ def test_imds_requires_the_metadata_header(fabric: Fabric) -> None:
     base = f"{fabric.urls['imds']}/metadata/instance"
     assert call(f"{base}?api-version=2021-08-01").status == 400
     assert call(base, headers={"Metadata": "true"}).status == 400
-    proxied = call(f"{base}?api-version=2021-08-01", headers={"Metadata": "true", "X-Forwarded-For": "1.2.3.4"})
+    proxied = call(
+        f"{base}?api-version=2021-08-01", headers={"Metadata": "true", "X-Forwarded-For": "1.2.3.4"}
+    )
     assert proxied.status == 400
 
 
 def test_imds_document_matches_the_scenario(fabric: Fabric) -> None:
-    reply = call(f"{fabric.urls['imds']}/metadata/instance?api-version=2021-08-01", headers={"Metadata": "true"})
+    reply = call(
+        f"{fabric.urls['imds']}/metadata/instance?api-version=2021-08-01",
+        headers={"Metadata": "true"},
+    )
     assert reply.status == 200
     document = json.loads(reply.body)
     assert document["compute"]["vmId"] == fabric.scenario.vm_id
@@ -450,7 +492,10 @@ def test_init_materializes_keys_privately(tmp_path: Path) -> None:
     out = tmp_path / "vm"
     subprocess.run(
         [sys.executable, str(REPO / "tools/fabric"), "init", "--out", str(out)],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     scenario = json.loads((out / "scenario.json").read_text())
     assert (out / "scenario.json").stat().st_mode & 0o777 == 0o600
@@ -464,7 +509,10 @@ def test_bad_scenario_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"faults": [{"endpoint": "dns", "kind": "status"}]}))
     done = subprocess.run(
         [sys.executable, str(REPO / "tools/fabric"), "serve", "--scenario", str(bad)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode != 0
     assert "faults[0].endpoint" in done.stderr

@@ -17,9 +17,9 @@ from xmlshape import shape
 from azagent import certs, ovf, wireserver
 
 sys.path.insert(0, str(REPO / "tools"))
-from azfabric import keys  # noqa: E402
-from azfabric.scenario import KeyPair, PublicKey, Scenario, materialize  # noqa: E402
-from azfabric.server import Fabric  # noqa: E402
+from azfabric import keys
+from azfabric.scenario import KeyPair, PublicKey, Scenario, materialize
+from azfabric.server import Fabric
 
 SECRET_SCENARIO = {
     "hostname": "media-vm",
@@ -82,7 +82,9 @@ def test_images_carry_the_document(tmp_path: Path, kind: str) -> None:
     assert (b"NSR0" in data) == (kind == "udf")
     extracted = subprocess.run(
         [isoinfo, "-R", "-i", str(image), "-x", "/ovf-env.xml"],
-        capture_output=True, timeout=60, check=True,
+        capture_output=True,
+        timeout=60,
+        check=True,
     ).stdout
     check_document(extracted)
 
@@ -90,14 +92,30 @@ def test_images_carry_the_document(tmp_path: Path, kind: str) -> None:
 def test_same_materialized_scenario_gives_the_same_keys(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(REPO / "tools/fabric"), "init", "--out", str(tmp_path / "vm")],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     scenario = json.loads(done.stdout)["scenario"]
     value = json.loads(Path(scenario).read_text())["public_keys"][0]["value"]
     out = tmp_path / "media"
     subprocess.run(
-        [sys.executable, str(REPO / "tools/fabric"), "media", "--scenario", scenario, "--out", str(out), "--format", "dir"],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            sys.executable,
+            str(REPO / "tools/fabric"),
+            "media",
+            "--scenario",
+            scenario,
+            "--out",
+            str(out),
+            "--format",
+            "dir",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     parsed = ovf.parse_ovf((out / "ovf/ovf-env.xml").read_bytes())
     assert parsed.public_keys[0].value == value
@@ -109,14 +127,18 @@ def test_same_materialized_scenario_gives_the_same_keys(tmp_path: Path) -> None:
 def certificate_scenario() -> Scenario:
     return materialize(
         Scenario(
-            public_keys=[PublicKey(path="/home/azureuser/.ssh/authorized_keys", fingerprint="generate")],
+            public_keys=[
+                PublicKey(path="/home/azureuser/.ssh/authorized_keys", fingerprint="generate")
+            ],
             key_pairs=[KeyPair(path="/home/azureuser/.ssh/id_rsa")],
         )
     )
 
 
 def fetch_certificates(fabric: Fabric, transport_pem: bytes, cipher: str = "AES128_CBC") -> bytes:
-    goal = wireserver.parse_goal_state(call(f"{fabric.urls['wireserver']}/machine/?comp=goalstate", headers=WIRE).body)
+    goal = wireserver.parse_goal_state(
+        call(f"{fabric.urls['wireserver']}/machine/?comp=goalstate", headers=WIRE).body
+    )
     assert goal.uris.certificates is not None
     headers = {
         **WIRE,
@@ -142,7 +164,10 @@ def test_certificates_to_a_fresh_transport_certificate() -> None:
     with Fabric(scenario) as fabric:
         for cipher in ("AES128_CBC", ""):
             blob = fetch_certificates(fabric, transport_cert, cipher)
-            assert thumbprints(certs.parse_pfx(certs.decrypt_enveloped(blob, transport_key))) == expected
+            assert (
+                thumbprints(certs.parse_pfx(certs.decrypt_enveloped(blob, transport_key)))
+                == expected
+            )
         # The thumbprints named in the OVF are the ones delivered.
         assert scenario.key_pairs[0].fingerprint in expected
         assert scenario.public_keys[0].fingerprint in expected
@@ -160,10 +185,15 @@ def test_certificates_to_the_fixture_transport_certificate() -> None:
 
 def test_certificates_need_the_transport_header() -> None:
     with Fabric(certificate_scenario()) as fabric:
-        goal = wireserver.parse_goal_state(call(f"{fabric.urls['wireserver']}/machine/?comp=goalstate", headers=WIRE).body)
+        goal = wireserver.parse_goal_state(
+            call(f"{fabric.urls['wireserver']}/machine/?comp=goalstate", headers=WIRE).body
+        )
         assert goal.uris.certificates is not None
         assert call(goal.uris.certificates, headers=WIRE).status == 400
-        bad = {**WIRE, "x-ms-guest-agent-public-x509-cert": base64.b64encode(b"not a certificate").decode()}
+        bad = {
+            **WIRE,
+            "x-ms-guest-agent-public-x509-cert": base64.b64encode(b"not a certificate").decode(),
+        }
         assert call(goal.uris.certificates, headers=bad).status == 400
 
 
@@ -171,10 +201,26 @@ def test_rotated_certificate_changes_thumbprints_and_incarnation() -> None:
     scenario = certificate_scenario()
     transport_cert, transport_key = certs.generate_transport_certificate()
     with Fabric(scenario) as fabric:
-        before = set(thumbprints(certs.parse_pfx(certs.decrypt_enveloped(fetch_certificates(fabric, transport_cert), transport_key))))
+        before = set(
+            thumbprints(
+                certs.parse_pfx(
+                    certs.decrypt_enveloped(
+                        fetch_certificates(fabric, transport_cert), transport_key
+                    )
+                )
+            )
+        )
         incarnation = fabric.incarnation
         fabric.rotate_certificate()
-        after = set(thumbprints(certs.parse_pfx(certs.decrypt_enveloped(fetch_certificates(fabric, transport_cert), transport_key))))
+        after = set(
+            thumbprints(
+                certs.parse_pfx(
+                    certs.decrypt_enveloped(
+                        fetch_certificates(fabric, transport_cert), transport_key
+                    )
+                )
+            )
+        )
         assert fabric.incarnation == incarnation + 1
         assert before.isdisjoint(after)
         assert scenario.key_pairs[0].fingerprint in after

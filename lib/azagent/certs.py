@@ -845,13 +845,7 @@ def _read_encrypted_content(element: _Tlv) -> tuple[str, int, bytes, bytes]:
     iv = _expect(parameters, _OCTET_STRING, what) if parameters is not None else b""
     if len(iv) != block_size:
         raise CertificateError(f"{what} is malformed")
-    if parts[2].tag == _CONTEXT_0:
-        data = parts[2].value
-    elif parts[2].tag == _EXPLICIT_0:  # BER-style segments, as some producers write
-        data = b"".join(_expect(s, _OCTET_STRING, what) for s in _split(parts[2].value))
-    else:
-        raise CertificateError(f"{what} is malformed")
-    return name, key_size, iv, data
+    return name, key_size, iv, _expect(parts[2], _CONTEXT_0, what)
 
 
 def _load_transport_key(private_key_pem: bytes) -> rsa.RSAPrivateKey:

@@ -97,7 +97,9 @@ def extensions_config_xml(goal: ExtensionsGoalState, *, location: str = "eastus"
     return "".join(parts).encode()
 
 
-def vm_settings_json(goal: ExtensionsGoalState, *, vm_id: str, vm_name: str, location: str) -> bytes:
+def vm_settings_json(
+    goal: ExtensionsGoalState, *, vm_id: str, vm_name: str, location: str
+) -> bytes:
     """The HostGAPlugin's vmSettings document for the same goal state."""
     extensions = []
     for plugin in goal.plugins:
@@ -133,7 +135,10 @@ def vm_settings_json(goal: ExtensionsGoalState, *, vm_id: str, vm_name: str, loc
         "extensionsLastModifiedTickCount": 637726657706205299 + goal.incarnation,
         "extensionGoalStatesSource": "FastTrack",
         "onHold": False,
-        "statusUploadBlob": {"statusBlobType": goal.status_blob_type, "value": goal.status_upload_blob},
+        "statusUploadBlob": {
+            "statusBlobType": goal.status_blob_type,
+            "value": goal.status_upload_blob,
+        },
         "inVMMetadata": {
             "subscriptionId": "00000000-0000-0000-0000-000000000000",
             "resourceGroupName": "azagent-emulator",

@@ -3,8 +3,8 @@
 :func:`parse_instance` reads the JSON the Instance Metadata Service returns
 (only the fields the agent uses, with their types checked);
 :func:`build_instance` produces a document of the platform's shape for the
-fabric emulator, and ``parse_instance(json.dumps(build_instance(i)).encode())
-== i``.
+fabric emulator; given an :class:`Instance`'s fields as keywords, its document
+parses back to that same Instance.
 
 IMDS spells "not set" as an empty string (``"userData": ""``,
 ``"computerName": ""``); those read as None. Booleans are strings
@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -242,28 +243,40 @@ def parse_instance(data: bytes) -> Instance:
 
 
 def build_instance(
-    instance: Instance,
     *,
-    private_ip: str = "10.0.0.4",
-    public_ip: str = "",
+    vm_id: str,
+    name: str,
+    location: str,
+    vm_size: str,
+    computer_name: str | None = None,
+    admin_username: str | None = None,
+    disable_password_authentication: bool | None = None,
+    public_keys: Iterable[PublicKey | tuple[str, str]] = (),
+    user_data: str | None = None,
+    private_address: str = "10.0.0.4",
+    public_address: str = "",
     subnet: str = "10.0.0.0",
     prefix: int = 24,
     mac: str = "000D3A000000",
 ) -> dict[str, Any]:
-    """A ``/metadata/instance`` document for ``instance``, as IMDS shapes it.
+    """A ``/metadata/instance`` document, shaped as IMDS serves it.
 
-    The members the agent does not read carry plausible fixed values, so
-    that clients written against the real service find everything they look for.
+    The keywords are :class:`Instance`'s fields (``public_keys`` may also be
+    ``(key_data, path)`` pairs) plus the one network interface's addresses.
+    The members the agent does not read carry plausible fixed values, so that
+    clients written against the real service find everything they look for.
+    Nothing is validated: the emulator may serve what the agent must refuse.
     """
-    disable = instance.disable_password_authentication
+    keys = [k if isinstance(k, PublicKey) else PublicKey(*k) for k in public_keys]
+    disable = disable_password_authentication
     compute: dict[str, Any] = {
         "azEnvironment": "AzurePublicCloud",
-        "location": instance.location,
-        "name": instance.name,
+        "location": location,
+        "name": name,
         "offer": "debian-12",
         "osProfile": {
-            "adminUsername": instance.admin_username or "",
-            "computerName": instance.computer_name or "",
+            "adminUsername": admin_username or "",
+            "computerName": computer_name or "",
             "disablePasswordAuthentication": "" if disable is None else str(disable).lower(),
         },
         "osType": "Linux",
@@ -271,24 +284,26 @@ def build_instance(
         "platformFaultDomain": "0",
         "platformUpdateDomain": "0",
         "provider": "Microsoft.Compute",
-        "publicKeys": [{"keyData": k.key_data, "path": k.path} for k in instance.public_keys],
+        "publicKeys": [{"keyData": k.key_data, "path": k.path} for k in keys],
         "publisher": "Debian",
         "resourceGroupName": "azagent-tests",
         "sku": "12",
         "subscriptionId": "00000000-0000-0000-0000-000000000000",
         "tags": "",
-        "userData": instance.user_data or "",
+        "userData": user_data or "",
         "version": "0.20240101.0",
-        "vmId": instance.vm_id,
+        "vmId": vm_id,
         "vmScaleSetName": "",
-        "vmSize": instance.vm_size,
+        "vmSize": vm_size,
         "zone": "",
     }
     network = {
         "interface": [
             {
                 "ipv4": {
-                    "ipAddress": [{"privateIpAddress": private_ip, "publicIpAddress": public_ip}],
+                    "ipAddress": [
+                        {"privateIpAddress": private_address, "publicIpAddress": public_address}
+                    ],
                     "subnet": [{"address": subnet, "prefix": str(prefix)}],
                 },
                 "ipv6": {"ipAddress": []},

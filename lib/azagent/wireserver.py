@@ -89,8 +89,7 @@ def goal_state_xml(goal: GoalState) -> bytes:
     if uris.certificates is not None:
         certificates = f"<Certificates>{_text(uris.certificates)}</Certificates>"
     return (
-        XML_DECLARATION
-        + '<GoalState xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+        XML_DECLARATION + '<GoalState xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
         'xsi:noNamespaceSchemaLocation="goalstate10.xsd">'
         "<Version>2012-11-30</Version>"
         f"<Incarnation>{goal.incarnation}</Incarnation>"
@@ -134,8 +133,7 @@ def hosting_environment_xml(incarnation: int, instance: str, thumbprints: tuple[
 
 def shared_config_xml(incarnation: int, instance: str, address: str) -> bytes:
     return (
-        XML_DECLARATION
-        + f'<SharedConfig version="1.0.0.0" goalStateIncarnation="{incarnation}">'
+        XML_DECLARATION + f'<SharedConfig version="1.0.0.0" goalStateIncarnation="{incarnation}">'
         f"<Incarnation number={quoteattr(str(incarnation))} instance={quoteattr(instance)} "
         'guid="{00000000-0000-0000-0000-000000000000}" />'
         f"<Instances><Instance id={quoteattr(instance)} address={quoteattr(address)}>"
@@ -154,8 +152,7 @@ def health_xml(report: HealthReport) -> bytes:
             details += f"<Description>{_text(description)}</Description>"
         details += "</Details>"
     return (
-        XML_DECLARATION
-        + '<Health xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+        XML_DECLARATION + '<Health xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
         'xmlns:xsd="http://www.w3.org/2001/XMLSchema">'
         f"<GoalStateIncarnation>{report.incarnation}</GoalStateIncarnation>"
         f"<Container><ContainerId>{_text(report.container_id)}</ContainerId>"

@@ -8,8 +8,9 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from azfabric import scenario as scenarios
 
@@ -87,7 +88,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         {"incarnation": r.incarnation, "state": r.state, "substatus": r.substatus}
         for r in fabric.health_reports
     ]
-    print(json.dumps({"stopped": True, "requests": len(fabric.requests), "health": reports}), flush=True)
+    print(
+        json.dumps({"stopped": True, "requests": len(fabric.requests), "health": reports}),
+        flush=True,
+    )
     return 0
 
 
@@ -96,7 +100,9 @@ def cmd_media(args: argparse.Namespace) -> int:
 
     scenario = scenarios.materialize(_load(args.scenario))
     try:
-        written = media.write(scenario, Path(args.out), formats=args.format or ["dir", "udf", "iso9660"])
+        written = media.write(
+            scenario, Path(args.out), formats=args.format or ["dir", "udf", "iso9660"]
+        )
     except media.MediaError as e:
         raise SystemExit(f"fabric: {e}") from None
     print(json.dumps({name: str(path) for name, path in written.items()}))
@@ -109,7 +115,8 @@ def cmd_log(args: argparse.Namespace) -> int:
         for line in f:
             entry = json.loads(line)
             fault = f" [fault: {entry['fault']}]" if entry.get("fault") else ""
-            print(f"{entry['time']:.3f} {entry['endpoint']:<12} {entry['method']:<4} {entry['path']} -> {entry['status']}{fault}")
+            where = f"{entry['endpoint']:<12} {entry['method']:<4} {entry['path']}"
+            print(f"{entry['time']:.3f} {where} -> {entry['status']}{fault}")
             if args.bodies and entry.get("body"):
                 print("    " + entry["body"].replace("\n", "\n    "))
     return 0
@@ -132,7 +139,8 @@ def cmd_kvp(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fabric",
-        description="An emulated Azure fabric (WireServer, HostGAPlugin, IMDS, blob store) on loopback.",
+        description="An emulated Azure fabric on loopback: "
+        "WireServer, HostGAPlugin, IMDS and a blob store.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -140,14 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--scenario", metavar="FILE", help="scenario file (default: the default VM)")
     serve.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
     for name in ("wireserver", "hostgaplugin", "imds", "blob"):
-        serve.add_argument(f"--{name}-port", type=int, metavar="PORT", help="0 or absent: any free port")
+        serve.add_argument(
+            f"--{name}-port", type=int, metavar="PORT", help="0 or absent: any free port"
+        )
     serve.add_argument(
         "--advertise",
         action="append",
         metavar="ENDPOINT=URL",
         help="URL clients use for an endpoint (e.g. behind a VM's port forward)",
     )
-    serve.add_argument("--log", metavar="FILE", help="append every request (redacted) as JSON lines")
+    serve.add_argument(
+        "--log", metavar="FILE", help="append every request (redacted) as JSON lines"
+    )
     serve.set_defaults(func=cmd_serve)
 
     init = sub.add_parser("init", help="write a materialized scenario and its private keys")

@@ -9,14 +9,15 @@ import zipfile
 from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import quote, urlsplit
 
-from azfabric.scenario import Extension
-
 from azagent import extconf, wireserver
+from azfabric.scenario import Extension
 
 if TYPE_CHECKING:
     from azfabric.server import Fabric, FabricHandler
 
-STATUS_SAS = "sv=2018-03-28&sr=b&sk=system-1&sig=ZmFicmljLWVtdWxhdG9y&se=9999-01-01T00%3A00%3A00Z&sp=rw"
+STATUS_SAS = (
+    "sv=2018-03-28&sr=b&sk=system-1&sig=ZmFicmljLWVtdWxhdG9y&se=9999-01-01T00%3A00%3A00Z&sp=rw"
+)
 
 HANDLER_MANIFEST = [
     {
@@ -69,7 +70,10 @@ def _zip(files: dict[str, str]) -> bytes:
 def handler_files(extension: Extension) -> dict[str, str]:
     if extension.files:
         return dict(extension.files)
-    return {"HandlerManifest.json": json.dumps(HANDLER_MANIFEST, indent=2), "handler.sh": HANDLER_SCRIPT}
+    return {
+        "HandlerManifest.json": json.dumps(HANDLER_MANIFEST, indent=2),
+        "handler.sh": HANDLER_SCRIPT,
+    }
 
 
 class Artifacts:
@@ -84,7 +88,8 @@ class Artifacts:
 
     @staticmethod
     def package_path(extension: Extension) -> str:
-        return f"/extensions/{quote(extension.name)}/{quote(extension.name)}__{quote(extension.version)}.zip"
+        name = quote(extension.name)
+        return f"/extensions/{name}/{name}__{quote(extension.version)}.zip"
 
     GA_MANIFEST = "/ga/manifest.xml"
 
@@ -107,16 +112,17 @@ def _protected(fabric: Fabric, extension: Extension) -> tuple[Optional[str], Opt
     """Encrypt protected settings to the first certificate with a key, as the platform does."""
     if extension.protected_settings is None:
         return None, None
-    from azfabric import keys
-
     from azagent import certs
+    from azfabric import keys
 
     for certificate in fabric.scenario.certificates:
         if certificate.with_key and certificate.cert_pem:
             content = json.dumps(extension.protected_settings).encode()
             blob = certs.encrypt_enveloped(certificate.cert_pem.encode(), content)
             return base64.b64encode(blob).decode(), keys.thumbprint_of(certificate)
-    raise ValueError(f"extension {extension.name} has protected settings but no certificate has a key")
+    raise ValueError(
+        f"extension {extension.name} has protected settings but no certificate has a key"
+    )
 
 
 def extensions_goal_state(fabric: Fabric) -> extconf.ExtensionsGoalState:
@@ -175,9 +181,14 @@ def certificates(fabric: Fabric, transport_header: str, cipher_name: str) -> byt
         for c in fabric.scenario.certificates
         if c.cert_pem
     ]
-    cipher = "aes128" if cipher_name == "AES128_CBC" else "des3"
+    # The platform honours the cipher the client names; without one it uses 3DES.
     try:
-        blob = certs.build_enveloped_pfx(transport, items, key_transport="oaep", cipher=cipher)
+        blob = certs.build_enveloped_pfx(
+            transport,
+            items,
+            key_transport="oaep",
+            cipher="aes128" if cipher_name == "AES128_CBC" else "des3",
+        )
     except certs.CertificateError as e:
         raise ValueError(str(e)) from None
     return certs.certificates_xml(fabric.incarnation, base64.b64encode(blob).decode())

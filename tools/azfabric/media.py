@@ -12,10 +12,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from azfabric.scenario import Scenario
-
 from azagent import ovf
 from azagent.redact import Secret
+from azfabric.scenario import Scenario
 
 LABEL = "rd_rdfe_stable"
 
@@ -55,8 +54,12 @@ def ovf_env(scenario: Scenario) -> bytes:
 def _genisoimage(*args: str) -> None:
     tool = shutil.which("genisoimage")
     if tool is None:
-        raise MediaError("genisoimage is missing (Debian package genisoimage; tools/bootstrap installs it)")
-    done = subprocess.run([tool, "-quiet", *args], capture_output=True, text=True, check=False, timeout=120)
+        raise MediaError(
+            "genisoimage is missing (Debian package genisoimage; tools/bootstrap installs it)"
+        )
+    done = subprocess.run(
+        [tool, "-quiet", *args], capture_output=True, text=True, check=False, timeout=120
+    )
     if done.returncode != 0:
         raise MediaError(f"genisoimage failed: {done.stderr.strip()}")
 

@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, quote, urlsplit
 
-from azfabric import documents
-from azfabric.scenario import Extension, Fault, Scenario, TimelineEvent, materialize
-
 from azagent import wireserver
 from azagent.redact import redact
+from azfabric import documents
+from azfabric.scenario import Extension, Fault, Scenario, TimelineEvent, materialize
 
 MAX_BODY = 8 * 1024 * 1024
 Response = tuple[int, dict[str, str], bytes]
@@ -140,19 +139,25 @@ class Fabric:
 
     def start(self) -> Fabric:
         handlers: dict[str, Callable[[FabricHandler], Response]] = {
-            "wireserver": lambda h: self._wireserver(h),
-            "hostgaplugin": lambda h: self._hostgaplugin(h),
-            "imds": lambda h: self._imds(h),
-            "blob": lambda h: self._blob(h),
+            "wireserver": self._wireserver,
+            "hostgaplugin": self._hostgaplugin,
+            "imds": self._imds,
+            "blob": self._blob,
         }
         for name, route in handlers.items():
-            handler = type(f"{name}Handler", (FabricHandler,), {"fabric": self, "endpoint": name, "route": staticmethod(route)})
+            handler = type(
+                f"{name}Handler",
+                (FabricHandler,),
+                {"fabric": self, "endpoint": name, "route": staticmethod(route)},
+            )
             server = ThreadingHTTPServer((self.host, self._ports.get(name, 0)), handler)
             server.daemon_threads = True
             self._servers[name] = server
         self.artifacts.publish(self)
         for server in self._servers.values():
-            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+            thread = threading.Thread(
+                target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
+            )
             thread.start()
             self._threads.append(thread)
         self._started_at = time.monotonic()
@@ -182,6 +187,7 @@ class Fabric:
         urls = {}
         for name, server in self._servers.items():
             host, port = server.server_address[:2]
+            host = host.decode() if isinstance(host, bytes) else host
             urls[name] = f"http://{host}:{port}"
         urls.update(self._advertise)
         return urls
@@ -336,7 +342,8 @@ class Fabric:
         return _error(404, "not found")
 
     def _goal_state(self, h: FabricHandler) -> wireserver.GoalState:
-        base = f"{self.base_url('wireserver', h)}/machine/{self.container_id}/{quote(self.scenario.role_instance)}"
+        role = quote(self.scenario.role_instance)
+        base = f"{self.base_url('wireserver', h)}/machine/{self.container_id}/{role}"
         n = self.incarnation
 
         def config(kind: str) -> str:
@@ -349,9 +356,13 @@ class Fabric:
             uris=wireserver.ConfigUris(
                 hosting_environment=config("hostingEnvironmentConfig"),
                 shared_config=config("sharedConfig"),
-                extensions_config=config("extensionsConfig") if self.scenario.provision_guest_agent else None,
+                extensions_config=config("extensionsConfig")
+                if self.scenario.provision_guest_agent
+                else None,
                 full_config=config("fullConfig"),
-                certificates=f"{base}?comp=certificates&incarnation={n}" if self.scenario.certificates else None,
+                certificates=f"{base}?comp=certificates&incarnation={n}"
+                if self.scenario.certificates
+                else None,
                 config_name=f"{self.deployment}.{n}.{self.deployment}.{n}.{self.scenario.role_instance}.1.xml",
             ),
         )
@@ -430,7 +441,9 @@ class Fabric:
         try:
             document = json.loads(body)
             uri = str(document["requestUri"])
-            headers = {str(h["headerName"]): str(h["headerValue"]) for h in document.get("headers", [])}
+            headers = {
+                str(h["headerName"]): str(h["headerValue"]) for h in document.get("headers", [])
+            }
             content = base64.b64decode(document.get("content", ""), validate=True)
         except (ValueError, KeyError, TypeError):
             return _error(400, "malformed status request")
@@ -454,7 +467,9 @@ class Fabric:
                 return self._blob_put(url.path, url.query, dict(h.headers.items()), h.body)
         return _error(405, "method not allowed")
 
-    def _blob_put(self, path: str, query_text: str, headers: dict[str, str], body: bytes) -> Response:
+    def _blob_put(
+        self, path: str, query_text: str, headers: dict[str, str], body: bytes
+    ) -> Response:
         lower = {k.lower(): v for k, v in headers.items()}
         query = {k: v[-1] for k, v in parse_qs(query_text).items()}
         if "sig" not in query:
@@ -464,7 +479,9 @@ class Fabric:
                 blob = self.blobs.get(path)
                 if blob is None or blob.kind != "PageBlob":
                     return _error(404, "BlobNotFound")
-                match = re.fullmatch(r"bytes=(\d+)-(\d+)", lower.get("x-ms-range", lower.get("range", "")))
+                match = re.fullmatch(
+                    r"bytes=(\d+)-(\d+)", lower.get("x-ms-range", lower.get("range", ""))
+                )
                 if match is None:
                     return _error(400, "x-ms-range is required")
                 start, end = int(match.group(1)), int(match.group(2))
@@ -521,7 +538,10 @@ _JSON = {"Content-Type": "application/json; charset=utf-8"}
 
 
 def _error(status: int, message: str) -> Response:
-    body = f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{status}</Code><Message>{message}</Message></Error>'
+    body = (
+        '<?xml version="1.0" encoding="utf-8"?>'
+        f"<Error><Code>{status}</Code><Message>{message}</Message></Error>"
+    )
     return status, _XML, body.encode()
 
 
@@ -535,7 +555,7 @@ class FabricHandler(BaseHTTPRequestHandler):
     server_version = "azagent-fabric-emulator"
     body = b""
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # the request log replaces stderr chatter
 
     def do_GET(self) -> None:
@@ -556,7 +576,14 @@ class FabricHandler(BaseHTTPRequestHandler):
             self._send(413, {}, b"")
             return
         self.body = self.rfile.read(length) if length > 0 else b""
-        request = Request(time.time(), self.endpoint, self.command, self.path, dict(self.headers.items()), self.body)
+        request = Request(
+            time.time(),
+            self.endpoint,
+            self.command,
+            self.path,
+            dict(self.headers.items()),
+            self.body,
+        )
         fault = self.fabric.fault_for(self.endpoint, f"{self.command} {self.path}")
         if fault is not None:
             request.fault = fault.kind
