@@ -25,11 +25,9 @@ import datetime
 import hashlib
 import hmac
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
-from xml.parsers.expat import ExpatError
 from xml.sax.saxutils import escape
 
 from cryptography import x509
@@ -42,6 +40,7 @@ from cryptography.hazmat.primitives.padding import PKCS7
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
+from azagent import xmlsafe
 from azagent.errors import AzagentError
 
 if TYPE_CHECKING:  # the alias is newer (40) than some distributions' cryptography
@@ -732,24 +731,42 @@ def build_enveloped_pfx(
 ) -> bytes:
     """The platform's certificates blob: a PFX of ``items`` in CMS EnvelopedData (DER).
 
-    One KeyTransRecipientInfo naming the recipient by subjectKeyIdentifier, as
-    the platform does. The defaults match the newer samples (RSAES-OAEP with
-    SHA-1 and empty parameters, AES-128-CBC); ``pkcs1v15`` and ``des3`` give the
-    older ones. The emulator base64-encodes the result into ``Data``.
+    The defaults match the newer samples (RSAES-OAEP, AES-128-CBC); ``pkcs1v15``
+    and ``des3`` give the older ones. The emulator base64-encodes the result
+    into ``Data``.
+    """
+    return encrypt_enveloped(
+        recipient_certificate, build_pfx(items), key_transport=key_transport, cipher=cipher
+    )
+
+
+def encrypt_enveloped(
+    recipient_certificate: bytes,
+    content: bytes,
+    *,
+    key_transport: KeyTransport = "oaep",
+    cipher: ContentCipher = "aes128",
+) -> bytes:
+    """CMS EnvelopedData (DER) of ``content`` for one RSA recipient, as the platform writes it.
+
+    Version 2, one KeyTransRecipientInfo naming the recipient by
+    subjectKeyIdentifier, RSAES-OAEP with SHA-1 and empty (default) parameters
+    or PKCS#1 v1.5. Used for the certificates blob and for the protected
+    settings the emulator encrypts to a tenant certificate; ``openssl cms
+    -decrypt`` reads both.
     """
     if key_transport not in ("oaep", "pkcs1v15") or cipher not in ("aes128", "des3"):
         raise ValueError("unsupported key transport or cipher")
     recipient = _load_certificate(recipient_certificate)
     public = recipient.public_key()
     if not isinstance(public, rsa.RSAPublicKey):
-        raise ValueError("the transport certificate must hold an RSA key")
+        raise CertificateError("the recipient certificate does not hold an RSA key")
     if cipher == "aes128":
         cipher_oid, name, key_size, block_size = _OID_AES128_CBC, "aes", 16, 16
     else:
         cipher_oid, name, key_size, block_size = _OID_DES3_CBC, "des3", 24, 8
     content_key = os.urandom(key_size)
     iv = os.urandom(block_size)
-    encrypted_content = _cbc_encrypt(name, content_key, iv, build_pfx(items))
     if key_transport == "oaep":
         transport = _algorithm(_OID_RSAES_OAEP, _seq())
         encrypted_key = public.encrypt(content_key, _oaep(hashes.SHA1, hashes.SHA1))
@@ -765,7 +782,7 @@ def build_enveloped_pfx(
     encrypted_content_info = _seq(
         _tlv(_OID, _OID_DATA),
         _algorithm(cipher_oid, _octets(iv)),
-        _tlv(_CONTEXT_0, encrypted_content),
+        _tlv(_CONTEXT_0, _cbc_encrypt(name, content_key, iv, content)),
     )
     enveloped = _seq(_integer(2), _set_of(recipient_info), encrypted_content_info)
     return _content_info(_OID_ENVELOPED_DATA, enveloped)
@@ -902,45 +919,31 @@ def decrypt_enveloped(der: bytes, private_key_pem: bytes) -> bytes:
 
 # --- The CertificateFile document -------------------------------------------------------
 
-_MARKUP_DECLARATION = re.compile(r"<!(?!--|\[CDATA\[)")
-
 
 def parse_certificates_xml(xml: bytes) -> bytes:
     """The decoded ``Data`` of a WireServer ``CertificateFile`` document.
 
-    The document is untrusted: it must be UTF-8, and any DOCTYPE or ENTITY
-    declaration is refused before the parser sees it (xmltodict's own guard
-    differs between the versions distributions ship).
+    The document is untrusted: :mod:`azagent.xmlsafe` refuses DOCTYPE and entity
+    declarations, other encodings and oversized input before expat sees it.
+    ``Format`` may be empty (older hosts); any other format is not ours to read.
     """
-    import xmltodict  # type: ignore[import-untyped]
-
-    if len(xml) > _MAX_XML:
-        raise CertificateError("certificates document is too large")
+    what = "certificates document"
     try:
-        text = xml.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise CertificateError("certificates document is not UTF-8") from None
-    if _MARKUP_DECLARATION.search(text):
-        raise CertificateError("certificates document has a DOCTYPE or entity declaration")
-    try:
-        document = xmltodict.parse(text, disable_entities=True)
-    except (ExpatError, ValueError):  # ValueError: xmltodict's own entity guard
-        raise CertificateError("certificates document is not well-formed XML") from None
-    root = document.get("CertificateFile") if isinstance(document, dict) else None
-    if not isinstance(root, dict):
-        raise CertificateError("certificates document has no CertificateFile")
-    blob_format = root.get("Format")
-    if blob_format not in (None, FORMAT_PFX):
-        raise CertificateError("certificates document has an unsupported Format")
-    data = root.get("Data")
-    if not isinstance(data, str) or not data.strip():
-        raise CertificateError("certificates document has no Data")
+        root = xmlsafe.Element.root(xmlsafe.parse(xml, what=what, max_bytes=_MAX_XML), what=what)
+        if not root.is_("", "CertificateFile"):
+            raise CertificateError(f"{what} is not a CertificateFile")
+        blob_format = root.child("", "Format")
+        if blob_format is not None and blob_format.text(strip=True) not in ("", FORMAT_PFX):
+            raise CertificateError(f"{what} has an unsupported Format")
+        data = root.require("", "Data").text()
+    except xmlsafe.XmlError as e:  # its messages never quote the document
+        raise CertificateError(str(e)) from None
     try:
         blob = base64.b64decode("".join(data.split()), validate=True)
     except (binascii.Error, ValueError):
         raise CertificateError("certificates Data is not valid base64") from None
     if not blob:
-        raise CertificateError("certificates document has no Data")
+        raise CertificateError(f"{what} has no Data")
     return blob
 
 

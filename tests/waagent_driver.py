@@ -1,0 +1,195 @@
+"""Drive WALinuxAgent's own WireServer client against the fabric emulator.
+
+Run by tests/test_reference_client.py in a subprocess, with PYTHONPATH set to
+an extracted Debian ``waagent`` package (tools/fetch-waagent) and Debian's
+python3, the interpreter that package is built for:
+
+    waagent_driver.py --endpoint 127.0.0.1:PORT --workdir DIR --out RESULT.json
+
+Everything waagent writes goes under DIR: its configuration file, its lib
+directory (transport certificate, goal state, ``<THUMBPRINT>.crt``/``.prv``)
+and its log. Nothing here speaks the protocol: each step calls waagent's
+public protocol API and records what came back, or the exception, in
+RESULT.json for the test to judge.
+
+Safety: before waagent is imported, every socket connection to an address
+other than loopback is refused inside this process (and recorded), so a code
+path that reaches for 168.63.129.16 or 169.254.169.254 fails instead. A
+SIGALRM watchdog bounds the whole run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+blocked: list[str] = []
+
+
+def _guard(connect: Callable[..., Any]) -> Callable[..., Any]:
+    def guarded(self: socket.socket, address: Any) -> Any:
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            host = str(address[0])
+            if host not in LOOPBACK and not host.startswith("127."):
+                blocked.append(f"{host}:{address[1]}")
+                raise ConnectionRefusedError(f"waagent_driver: connection to {host} blocked")
+        return connect(self, address)
+
+    return guarded
+
+
+def block_non_loopback() -> None:
+    socket.socket.connect = _guard(socket.socket.connect)  # type: ignore[method-assign]
+    socket.socket.connect_ex = _guard(socket.socket.connect_ex)  # type: ignore[method-assign]
+
+
+class Watchdog(Exception):
+    """The run took longer than --timeout."""
+
+
+def on_alarm(signum: int, frame: object) -> None:
+    raise Watchdog("the driver's time limit ran out")
+
+
+def write_conf(workdir: Path) -> Path:
+    """A waagent.conf that keeps every path waagent touches inside workdir."""
+    lib = workdir / "lib"
+    lib.mkdir(mode=0o700, exist_ok=True)
+    settings = {
+        "Lib.Dir": lib,
+        "Pid.File": workdir / "waagent.pid",
+        "Extension.LogDir": workdir / "extension-logs",
+        "OS.SshDir": workdir / "ssh",
+        "OS.HomeDir": workdir / "home",
+        "OS.PasswordPath": workdir / "shadow",
+        "OS.SudoersDir": workdir / "sudoers.d",
+        "DVD.MountPoint": workdir / "dvd",
+        "ResourceDisk.MountPoint": workdir / "resource",
+        "OS.OpensslPath": "openssl",
+        "Logs.Verbose": "y",
+        "Logs.Console": "n",
+        "Logs.Collect": "n",
+        "OS.EnableFirewall": "n",
+        "Extensions.Enabled": "n",
+        "AutoUpdate.Enabled": "n",
+        "Provisioning.Agent": "disabled",
+    }
+    path = workdir / "waagent.conf"
+    path.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--endpoint", required=True, help="host:port of the emulated WireServer")
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--timeout", type=int, default=90)
+    parser.add_argument("--role-thumbprint", default="")
+    args = parser.parse_args()
+
+    block_non_loopback()
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(args.timeout)
+
+    result: dict[str, Any] = {"steps": {}, "blocked": blocked}
+    workdir: Path = args.workdir.resolve()
+
+    def step(name: str, action: Callable[[], Any]) -> bool:
+        try:
+            result["steps"][name] = {"ok": True, "value": action()}
+            return True
+        except BaseException as e:  # Watchdog included: record it, then stop
+            result["steps"][name] = {
+                "ok": False,
+                "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc(),
+            }
+            return False
+
+    try:
+        from azurelinuxagent.common import conf, logger
+        from azurelinuxagent.common.version import AGENT_VERSION
+
+        conf.load_conf_from_file(str(write_conf(workdir)))
+        logger.add_logger_appender(
+            logger.AppenderType.FILE, logger.LogLevel.VERBOSE, path=str(workdir / "waagent.log")
+        )
+        result["agent_version"] = AGENT_VERSION
+        result["lib_dir"] = conf.get_lib_dir()
+
+        from azurelinuxagent.common.protocol.restapi import ProvisionStatus
+        from azurelinuxagent.common.protocol.wire import WireProtocol
+
+        protocol = WireProtocol(args.endpoint)
+
+        # Version check, transport certificate, full goal state (certificates included).
+        if not step("detect", protocol.detect):
+            return 0
+
+        def goal_state() -> dict[str, Any]:
+            client = protocol.client
+            goal = client.get_goal_state()
+            hosting = client.get_hosting_env()
+            return {
+                "incarnation": goal.incarnation,
+                "container_id": goal.container_id,
+                "role_instance_id": goal.role_instance_id,
+                "role_config_name": goal.role_config_name,
+                "vm_name": hosting.vm_name,
+                "role_name": hosting.role_name,
+                "deployment_name": hosting.deployment_name,
+                "incarnation_via_api": protocol.get_incarnation(),
+            }
+
+        step("goal_state", goal_state)
+
+        def certificates() -> list[str]:
+            listed = protocol.get_certs()
+            return sorted(c.thumbprint for c in listed.certificates) if listed else []
+
+        step("certificates", certificates)
+
+        def extensions() -> dict[str, Any]:
+            goal = protocol.get_extensions_goal_state()
+            return {
+                "names": [e.name for e in goal.extensions],
+                "versions": [e.version for e in goal.extensions],
+                "status_upload_blob": goal.status_upload_blob,
+            }
+
+        step("extensions", extensions)
+
+        def report(status: str, substatus: Any, description: Any, thumbprint: str = "") -> None:
+            provision = ProvisionStatus(status=status, subStatus=substatus, description=description)
+            if thumbprint:
+                provision.properties.certificateThumbprint = thumbprint
+            protocol.report_provision_status(provision)
+
+        step(
+            "not_ready",
+            lambda: report("NotReady", "ProvisioningFailed", "reference client says <no> & stops"),
+        )
+        step("ready", lambda: report("Ready", None, None, args.role_thumbprint))
+    except BaseException as e:
+        result["fatal"] = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
+    finally:
+        signal.alarm(0)
+        lib = workdir / "lib"
+        result["lib_files"] = sorted(p.name for p in lib.iterdir()) if lib.is_dir() else []
+        args.out.write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path[:] = [p for p in sys.path if p]  # no current-directory imports
+    os.umask(0o077)
+    sys.exit(main())
