@@ -7,9 +7,8 @@ import difflib
 import io
 import re
 import traceback
-import xml.etree.ElementTree as ET  # noqa: S405 - reads our own fixtures and build output
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from conftest import FIXTURES
@@ -23,7 +22,7 @@ SAMPLES = FIXTURES / "walinuxagent"
 FINGERPRINT = "EB0C0AB4B2D5FC35F2F0658D19F44C8283E2DD62"
 
 # Secrets planted in hostile documents: no error message may ever show them.
-PASSWORD = "Pw-9f3Kx!hunter2"
+PASSWORD = "Pw-9f3Kx!hunter2"  # noqa: S105 - planted in test documents
 CUSTOM_DATA = "c2VjcmV0LWN1c3RvbS1kYXRhLXBheWxvYWQ="
 
 
@@ -121,7 +120,7 @@ def full() -> Provisioning:
     return Provisioning(
         hostname="vm-01.example.internal",
         username="alice_adm",
-        password=Secret(' <p&ss>"word\' '),
+        password=Secret(" <p&ss>\"word' "),
         custom_data_base64=ovf.encode_custom_data(b"#!/bin/sh\necho hi\n\x00\xff"),
         disable_ssh_password_auth=True,
         public_keys=(
@@ -252,11 +251,42 @@ def test_prefixes_do_not_matter() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("element", "expected"),
+    [
+        (b"<ns1:PreprovisionedVmType>Savable</ns1:PreprovisionedVmType>", "Savable"),
+        (b'<ns1:PreprovisionedVMType xsi:nil="true"/>', None),
+        (b"<ns1:PreprovisionedVMType></ns1:PreprovisionedVMType>", None),
+    ],
+)
+def test_preprovisioned_vm_type_spellings(element: bytes, expected: str | None) -> None:
+    data = re.sub(
+        rb"<ns1:PreprovisionedVMType>.*?</ns1:PreprovisionedVMType>", element, OTHER_PREFIXES
+    )
+    data = data.replace(
+        b"<ns0:Environment ",
+        b'<ns0:Environment xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" ',
+    )
+    assert ovf.parse_ovf(data).preprovisioned_vm_type == expected
+
+
+def test_preprovisioned_vm_type_must_be_a_word() -> None:
+    data = OTHER_PREFIXES.replace(b">Running<", b">Run ning<")
+    with pytest.raises(
+        OvfError, match="PlatformSettings/PreprovisionedVMType: is not a single word"
+    ):
+        ovf.parse_ovf(data)
+
+
 def test_absent_flags_take_waagents_defaults() -> None:
     # No DisableSshPasswordAuthentication: password login stays enabled; no
     # PlatformSettingsSection: the guest agent is provisioned.
-    data = re.sub(rb"<ns1:DisableSsh.*?</ns1:DisableSshPasswordAuthentication>", b"", OTHER_PREFIXES)
-    data = re.sub(rb"<ns1:PlatformSettingsSection>.*</ns1:PlatformSettingsSection>", b"", data, flags=re.S)
+    data = re.sub(
+        rb"<ns1:DisableSsh.*?</ns1:DisableSshPasswordAuthentication>", b"", OTHER_PREFIXES
+    )
+    data = re.sub(
+        rb"<ns1:PlatformSettingsSection>.*</ns1:PlatformSettingsSection>", b"", data, flags=re.S
+    )
     p = ovf.parse_ovf(data)
     assert p.disable_ssh_password_auth is False
     assert p.provision_guest_agent is True
@@ -267,7 +297,9 @@ def test_an_element_in_the_wrong_namespace_does_not_count() -> None:
     data = OTHER_PREFIXES.replace(
         b"<ns1:UserName>bob</ns1:UserName>", b'<UserName xmlns="urn:elsewhere">bob</UserName>'
     )
-    with pytest.raises(xmlsafe.XmlStructureError, match="LinuxProvisioningConfigurationSet/UserName: missing"):
+    with pytest.raises(
+        xmlsafe.XmlStructureError, match="LinuxProvisioningConfigurationSet/UserName: missing"
+    ):
         ovf.parse_ovf(data)
 
 
@@ -328,23 +360,44 @@ EXTERNAL = '<!DOCTYPE Environment [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>\n
 
 HOSTILE = [
     pytest.param(
-        document(doctype=BILLION_LAUGHS, username="&lol3;"), xmlsafe.XmlRefused, "DOCTYPE", id="billion-laughs"
+        document(doctype=BILLION_LAUGHS, username="&lol3;"),
+        xmlsafe.XmlRefused,
+        "DOCTYPE",
+        id="billion-laughs",
     ),
-    pytest.param(document(doctype=EXTERNAL, username="&xxe;"), xmlsafe.XmlRefused, "DOCTYPE", id="external-entity"),
+    pytest.param(
+        document(doctype=EXTERNAL, username="&xxe;"),
+        xmlsafe.XmlRefused,
+        "DOCTYPE",
+        id="external-entity",
+    ),
     pytest.param(
         document(doctype='<!DOCTYPE Environment SYSTEM "http://127.0.0.1:9/ovf.dtd">\n'),
         xmlsafe.XmlRefused,
         "DOCTYPE",
         id="external-dtd",
     ),
-    pytest.param(document(doctype="<!doctype Environment>\n"), xmlsafe.XmlRefused, "DOCTYPE", id="doctype-lowercase"),
     pytest.param(
-        document(custom=CUSTOM_DATA + "A" * ovf.MAX_BYTES), xmlsafe.XmlTooLarge, "over the limit", id="oversized"
+        document(doctype="<!doctype Environment>\n"),
+        xmlsafe.XmlRefused,
+        "DOCTYPE",
+        id="doctype-lowercase",
     ),
     pytest.param(
-        document(hostname="h\u00e9te").decode().encode("latin-1"), xmlsafe.XmlEncodingError, "UTF-8", id="latin-1"
+        document(custom=CUSTOM_DATA + "A" * ovf.MAX_BYTES),
+        xmlsafe.XmlTooLarge,
+        "over the limit",
+        id="oversized",
     ),
-    pytest.param(document().decode().encode("utf-16"), xmlsafe.XmlEncodingError, "UTF-8", id="utf-16"),
+    pytest.param(
+        document(hostname="h\u00e9te").decode().encode("latin-1"),
+        xmlsafe.XmlEncodingError,
+        "UTF-8",
+        id="latin-1",
+    ),
+    pytest.param(
+        document().decode().encode("utf-16"), xmlsafe.XmlEncodingError, "UTF-8", id="utf-16"
+    ),
     pytest.param(
         document().replace(b'encoding="utf-8"', b'encoding="iso-8859-1"'),
         xmlsafe.XmlEncodingError,
@@ -358,27 +411,91 @@ HOSTILE = [
         "UserName: appears 2 times",
         id="duplicate-username",
     ),
-    pytest.param(document(username="ali\x00ce"), xmlsafe.XmlMalformed, "not well-formed", id="username-nul"),
-    pytest.param(document(username="ali&#0;ce"), xmlsafe.XmlMalformed, "not well-formed", id="username-nul-ref"),
-    pytest.param(document(username="ali\nce"), OvfError, "UserName: contains a control character", id="username-newline"),
-    pytest.param(document(username="ali&#10;ce"), OvfError, "UserName: contains a control", id="username-newline-ref"),
-    pytest.param(document(username="root:x:0"), OvfError, "UserName: is not a user name", id="username-colon"),
-    pytest.param(document(username="-rf"), OvfError, "UserName: is not a user name", id="username-dash"),
-    pytest.param(document(username="u" * 65), OvfError, "UserName: is 65 characters long", id="username-long"),
-    pytest.param(document(username=""), OvfError, "UserName: is empty", id="username-empty"),
-    pytest.param(document(hostname="h" * 300), OvfError, "HostName: is 300 characters long", id="hostname-300"),
-    pytest.param(document(hostname="a" * 64 + ".example"), OvfError, "HostName: has a label of 64", id="label-64"),
-    pytest.param(document(hostname="bad_host"), OvfError, "HostName: is not a DNS name", id="hostname-underscore"),
-    pytest.param(document(hostname="-lead"), OvfError, "HostName: is not a DNS name", id="hostname-dash"),
-    pytest.param(document(hostname="a..b"), OvfError, "HostName: is not a DNS name", id="hostname-empty-label"),
-    pytest.param(document(fingerprint="EB0C0AB4"), OvfError, "Fingerprint: is not a certificate", id="fingerprint-short"),
     pytest.param(
-        document(fingerprint="ZZ" + FINGERPRINT[2:]), OvfError, "Fingerprint: is not a certificate", id="fingerprint-hex"
+        document(username="ali\x00ce"), xmlsafe.XmlMalformed, "not well-formed", id="username-nul"
     ),
-    pytest.param(document(path="alice/.ssh/authorized_keys"), OvfError, "Path: is neither", id="path-relative"),
-    pytest.param(document(path="$HOMEalice/x"), OvfError, "Path: is neither", id="path-home-no-slash"),
-    pytest.param(document(path="$HOME/../../etc/shadow"), OvfError, "Path: contains a '..'", id="path-dotdot"),
-    pytest.param(document(path="/home/a b/.ssh/k"), OvfError, "Path: contains a space", id="path-space"),
+    pytest.param(
+        document(username="ali&#0;ce"),
+        xmlsafe.XmlMalformed,
+        "not well-formed",
+        id="username-nul-ref",
+    ),
+    pytest.param(
+        document(username="ali\nce"),
+        OvfError,
+        "UserName: contains a control character",
+        id="username-newline",
+    ),
+    pytest.param(
+        document(username="ali&#10;ce"),
+        OvfError,
+        "UserName: contains a control",
+        id="username-newline-ref",
+    ),
+    pytest.param(
+        document(username="root:x:0"), OvfError, "UserName: is not a user name", id="username-colon"
+    ),
+    pytest.param(
+        document(username="-rf"), OvfError, "UserName: is not a user name", id="username-dash"
+    ),
+    pytest.param(
+        document(username="u" * 65), OvfError, "UserName: is 65 characters long", id="username-long"
+    ),
+    pytest.param(document(username=""), OvfError, "UserName: is empty", id="username-empty"),
+    pytest.param(
+        document(hostname="h" * 300),
+        OvfError,
+        "HostName: is 300 characters long",
+        id="hostname-300",
+    ),
+    pytest.param(
+        document(hostname="a" * 64 + ".example"),
+        OvfError,
+        "HostName: has a label of 64",
+        id="label-64",
+    ),
+    pytest.param(
+        document(hostname="bad_host"),
+        OvfError,
+        "HostName: is not a DNS name",
+        id="hostname-underscore",
+    ),
+    pytest.param(
+        document(hostname="-lead"), OvfError, "HostName: is not a DNS name", id="hostname-dash"
+    ),
+    pytest.param(
+        document(hostname="a..b"),
+        OvfError,
+        "HostName: is not a DNS name",
+        id="hostname-empty-label",
+    ),
+    pytest.param(
+        document(fingerprint="EB0C0AB4"),
+        OvfError,
+        "Fingerprint: is not a certificate",
+        id="fingerprint-short",
+    ),
+    pytest.param(
+        document(fingerprint="ZZ" + FINGERPRINT[2:]),
+        OvfError,
+        "Fingerprint: is not a certificate",
+        id="fingerprint-hex",
+    ),
+    pytest.param(
+        document(path="alice/.ssh/authorized_keys"),
+        OvfError,
+        "Path: is neither",
+        id="path-relative",
+    ),
+    pytest.param(
+        document(path="$HOMEalice/x"), OvfError, "Path: is neither", id="path-home-no-slash"
+    ),
+    pytest.param(
+        document(path="$HOME/../../etc/shadow"), OvfError, "Path: contains a '..'", id="path-dotdot"
+    ),
+    pytest.param(
+        document(path="/home/a b/.ssh/k"), OvfError, "Path: contains a space", id="path-space"
+    ),
     pytest.param(document(path=""), OvfError, "Path: is empty", id="path-empty"),
 ]
 
@@ -409,7 +526,10 @@ def test_hostile_documents_are_refused_without_leaking_secrets(
             rb"<LinuxProvisioningConfigurationSet .*</LinuxProvisioningConfigurationSet>",
             "ProvisioningSection/LinuxProvisioningConfigurationSet: missing",
         ),
-        (rb"<wa:ProvisioningSection>.*</wa:ProvisioningSection>", "Environment/ProvisioningSection: missing"),
+        (
+            rb"<wa:ProvisioningSection>.*</wa:ProvisioningSection>",
+            "Environment/ProvisioningSection: missing",
+        ),
         (rb"<Path>.*?</Path>", "PublicKey/Path: missing"),
     ],
 )
@@ -424,24 +544,40 @@ def test_missing_required_elements(remove: bytes, message: str) -> None:
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
-        (b"<Environment xmlns=", b"<Other xmlns=", "the root element is not an OVF Environment"),
         (b"<wa:Version>1.0<", b"<wa:Version>one<", "Version: is not a version number"),
         (b"<HostName>good-host<", b"<HostName>  <", "HostName: is empty"),
-        (b">LinuxProvisioningConfiguration<", b">WindowsProvisioningConfiguration<", "is not LinuxProv"),
-        (b"<Fingerprint>" + FINGERPRINT.encode() + b"</Fingerprint>", b"", "neither a Fingerprint nor a Value"),
+        (
+            b">LinuxProvisioningConfiguration<",
+            b">WindowsProvisioningConfiguration<",
+            "is not LinuxProv",
+        ),
+        (
+            b"<Fingerprint>" + FINGERPRINT.encode() + b"</Fingerprint>",
+            b"",
+            "neither a Fingerprint nor a Value",
+        ),
         (b"<HostName>good-host", b"<HostName><x>good-host</x>", "HostName: holds elements"),
-        (b"<UserPassword>" + PASSWORD.encode(), b"<UserPassword><b/>" + PASSWORD.encode(), "UserPassword: holds"),
+        (
+            b"<UserPassword>" + PASSWORD.encode(),
+            b"<UserPassword><b/>" + PASSWORD.encode(),
+            "UserPassword: holds",
+        ),
     ],
 )
 def test_invalid_content(old: bytes, new: bytes, message: str) -> None:
-    data = document().replace(old.replace(b"</Environment", b"</Other"), new)
-    if old.startswith(b"<Environment"):
-        data = data.replace(b"</Environment>", b"</Other>")
+    data = document().replace(old, new)
     assert data != document()
     with pytest.raises(AzagentError) as caught:
         ovf.parse_ovf(data)
     assert message in str(caught.value)
     assert PASSWORD not in str(caught.value)
+
+
+def test_the_root_must_be_an_ovf_environment() -> None:
+    data = document().replace(b"<Environment xmlns=", b"<Other xmlns=")
+    data = data.replace(b"</Environment>", b"</Other>")
+    with pytest.raises(OvfError, match="the root element is not an OVF Environment"):
+        ovf.parse_ovf(data)
 
 
 def test_the_parser_refuses_a_dtd_even_when_the_byte_check_misses_it(
@@ -568,7 +704,3 @@ def test_malformed_xml_message_has_position_not_content() -> None:
         xmlsafe.parse(b"<a>\n<secret-" + PASSWORD.encode() + b"></a>", what="doc")
     assert re.fullmatch(r"doc: not well-formed XML \(.+, line \d+, column \d+\)", str(caught.value))
     assert PASSWORD not in str(caught.value)
-
-
-def test_fixtures_are_read_from_the_repository() -> None:
-    assert Path(SAMPLES).resolve().is_relative_to(Path(__file__).resolve().parent)

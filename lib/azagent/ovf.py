@@ -331,14 +331,18 @@ def parse_ovf(data: bytes) -> Provisioning:
             settings.child(WA_NS, "ProvisionGuestProxyAgent"), when="true"
         )
         preprovisioned_vm = _flag(settings.child(WA_NS, "PreprovisionedVm"), when="true")
-        # Both spellings exist in the wild; PROTOCOL.md and cloud-init use this one.
-        for spelling in ("PreprovisionedVMType", "PreprovisionedVmType"):
-            type_element = settings.child(WA_NS, spelling)
-            preprovisioned_vm_type = _text(type_element)
-            if type_element is not None and preprovisioned_vm_type is not None:
-                if not _WORD.fullmatch(preprovisioned_vm_type):
-                    raise OvfError(f"{_where(type_element)}: is not a single word")
-                break
+        # Two spellings exist in the wild: PROTOCOL.md's and cloud-init's
+        # "VMType", azure-init's "VmType".
+        type_element = settings.child(WA_NS, "PreprovisionedVMType") or settings.child(
+            WA_NS, "PreprovisionedVmType"
+        )
+        preprovisioned_vm_type = _text(type_element)
+        if (
+            type_element is not None
+            and preprovisioned_vm_type is not None
+            and not _WORD.fullmatch(preprovisioned_vm_type)
+        ):
+            raise OvfError(f"{_where(type_element)}: is not a single word")
 
     return Provisioning(
         hostname=hostname,

@@ -178,7 +178,7 @@ def parse(data: bytes, *, what: str, max_bytes: int = MAX_BYTES) -> dict[str, An
     return tree
 
 
-def _end_of_start_tag(data: bytes, start: int) -> int:
+def _end_of_start_tag(data: bytes, start: int, what: str) -> int:
     """Index of the ``>`` closing the start tag at ``start`` (quotes may hold a ``>``)."""
     quote = 0
     for index in range(start, len(data)):
@@ -190,7 +190,7 @@ def _end_of_start_tag(data: bytes, start: int) -> int:
             quote = byte
         elif byte == 0x3E:  # >
             return index
-    raise XmlMalformed("unterminated start tag")  # expat would have said so first
+    raise XmlMalformed(f"{what}: unterminated start tag")  # expat says so first
 
 
 def clear_elements(
@@ -214,7 +214,7 @@ def clear_elements(
             state["depth"] += 1
             return
         if split_qname(name)[1] in local_names:
-            tag_end = _end_of_start_tag(data, parser.CurrentByteIndex)
+            tag_end = _end_of_start_tag(data, parser.CurrentByteIndex, what)
             if data[tag_end - 1] != 0x2F:  # not an empty-element tag <X/>
                 state["depth"] = 1
                 state["content"] = tag_end + 1
