@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import http.client
 import json
 import os
@@ -516,3 +517,36 @@ def test_bad_scenario_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert "faults[0].endpoint" in done.stderr
+
+
+def test_kvp_command_decodes_a_pool_file(tmp_path: Path) -> None:
+    from azagent import kvp
+
+    pool = tmp_path / ".kvp_pool_1"
+    report = kvp.provisioning_report(
+        result="success",
+        timestamp=datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc),
+        vm_id="e7fdbfc4-2deb-4a4e-8615-ea6aaf50162e",
+    )
+    pool.write_bytes(kvp.encode_record("Other", "x") + kvp.encode_record("PROVISIONING_REPORT", report))
+    done = subprocess.run(
+        [sys.executable, str(REPO / "tools/fabric"), "kvp", str(pool)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    lines = done.stdout.splitlines()
+    assert lines[0] == "Other=x"
+    assert lines[1].startswith("PROVISIONING_REPORT=result=success|")
+    assert "vm_id=e7fdbfc4-2deb-4a4e-8615-ea6aaf50162e" in lines[1]
+    pool.write_bytes(b"short")
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "tools/fabric"), "kvp", str(pool)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode != 0
+    assert ".kvp_pool_1" in bad.stderr
