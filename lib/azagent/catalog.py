@@ -15,6 +15,16 @@ class StageInfo:
         return f"azure-{self.name}.service"
 
 
-STAGES: tuple[StageInfo, ...] = (StageInfo("kernel-tune", "SCSI timeout of the Hyper-V disks"),)
+STAGES: tuple[StageInfo, ...] = (
+    StageInfo("kernel-tune", "SCSI timeout of the Hyper-V disks"),
+    StageInfo("mount-ovf", "read the provisioning media once per VM"),
+    StageInfo("hostname", "set the hostname before the first DHCP request"),
+    StageInfo("create-user", "the admin user, its password hash and sudo rights"),
+    StageInfo("ssh-keys", "authorized keys, sshd password policy, fresh host keys"),
+    StageInfo("certificates", "WireServer certificates and the keys delivered by them"),
+    StageInfo("custom-data", "save customData and run it when configured"),
+    StageInfo("report-ready", "tell the platform the VM is ready (or why not)"),
+    StageInfo("report-failure", "report a failed provisioning stage at once"),
+)
 
 STAGES_BY_NAME = {stage.name: stage for stage in STAGES}

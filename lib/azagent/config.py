@@ -165,6 +165,19 @@ KEYS: tuple[Key, ...] = (
     ),
     _bool("Provisioning.DecodeCustomData", False, "Base64-decode customData."),
     _bool("Provisioning.ExecuteCustomData", False, "Run customData after provisioning."),
+    Key(
+        "Provisioning.CustomDataTimeout",
+        int,
+        600,
+        "Seconds customData may run (Provisioning.ExecuteCustomData=y).",
+        minimum=1,
+        maximum=86400,
+    ),
+    _bool(
+        "Provisioning.ReportSshHostKey",
+        True,
+        "Report the SSH host key's thumbprint to the platform (role properties).",
+    ),
     _bool(
         "Provisioning.AllowResetSysUser",
         False,
@@ -341,6 +354,22 @@ KEYS: tuple[Key, ...] = (
         check=_url,
     ),
     Key("Endpoint.IMDS", str, "http://169.254.169.254", "IMDS base URL.", check=_url),
+    Key(
+        "Endpoint.RequestTimeout",
+        int,
+        10,
+        "Seconds one request to a platform endpoint may take.",
+        minimum=1,
+        maximum=300,
+    ),
+    Key(
+        "Endpoint.RetryDeadline",
+        int,
+        300,
+        "Seconds a stage keeps retrying a platform endpoint before it gives up.",
+        minimum=1,
+        maximum=3600,
+    ),
 )
 
 KEYS_BY_NAME: dict[str, Key] = {key.name: key for key in KEYS}

@@ -40,6 +40,9 @@ class ExtensionsGoalState:
     activity_id: str = "00000000-0000-0000-0000-000000000000"
     correlation_id: str = "00000000-0000-0000-0000-000000000000"
     in_svd_seq_no: int = 1
+    # When the goal state was made (.NET ticks). ExtensionsConfig and vmSettings
+    # of one goal state carry the same value; clients compare them.
+    created_ticks: int = 637726657706205217
     ga_manifest: str = ""
 
 
@@ -89,7 +92,7 @@ def extensions_config_xml(goal: ExtensionsGoalState, *, location: str = "eastus"
     parts.append("</PluginSettings>")
     parts.append(
         f'<InVMGoalStateMetaData inSvdSeqNo="{goal.in_svd_seq_no}" '
-        'createdOnTicks="637726657706205217" '
+        f'createdOnTicks="{goal.created_ticks}" '
         f"activityId={quoteattr(goal.activity_id)} "
         f"correlationId={quoteattr(goal.correlation_id)} />"
     )
@@ -108,7 +111,7 @@ def vm_settings_json(
             "version": plugin.version,
             "location": plugin.location,
             "failoverlocation": plugin.failover_location or plugin.location,
-            "additionalLocations": [],
+            "additionalLocations": [plugin.failover_location or plugin.location],
             "state": plugin.state,
             "autoUpgrade": False,
             "runAsStartupTask": False,
@@ -132,7 +135,7 @@ def vm_settings_json(
         "activityId": goal.activity_id,
         "correlationId": goal.correlation_id,
         "inSvdSeqNo": goal.in_svd_seq_no,
-        "extensionsLastModifiedTickCount": 637726657706205299 + goal.incarnation,
+        "extensionsLastModifiedTickCount": goal.created_ticks,
         "extensionGoalStatesSource": "FastTrack",
         "onHold": False,
         "statusUploadBlob": {

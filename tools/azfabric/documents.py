@@ -149,6 +149,7 @@ def extensions_goal_state(fabric: Fabric) -> extconf.ExtensionsGoalState:
         plugins=tuple(plugins),
         status_upload_blob=f"{base}/status/{fabric.scenario.vm_id}.status?{STATUS_SAS}",
         in_svd_seq_no=fabric.incarnation,
+        created_ticks=fabric.goal_state_ticks,
         ga_manifest=f"{base}{Artifacts.GA_MANIFEST}",
     )
 

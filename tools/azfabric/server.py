@@ -133,6 +133,7 @@ class Fabric:
         self._faults = [_FaultState(f) for f in self.scenario.faults]
         self._timeline = list(self.scenario.timeline)
         self._started_at = 0.0
+        self._goal_state_time = time.time()
         self.artifacts = documents.Artifacts()
 
     # -- life cycle -------------------------------------------------------
@@ -204,18 +205,23 @@ class Fabric:
 
     # -- goal state changes ----------------------------------------------
 
+    @property
+    def goal_state_ticks(self) -> int:
+        """When the current goal state was made, in .NET ticks (100 ns since year 1)."""
+        return 621355968000000000 + int(self._goal_state_time * 10_000_000)
+
     def new_incarnation(self) -> int:
         with self._changed:
             self.incarnation += 1
             self.vm_settings_etag += 1
+            self._goal_state_time = time.time()
             self._changed.notify_all()
             return self.incarnation
 
     def new_container(self) -> str:
         with self._changed:
             self.container_id = str(uuid.uuid4())
-            self.incarnation += 1
-            self._changed.notify_all()
+            self.new_incarnation()
             return self.container_id
 
     def rotate_certificate(self) -> None:

@@ -1,0 +1,157 @@
+"""What the provisioning stages hand to each other, and the once-per-VM marker.
+
+``mount-ovf`` reads the provisioning data once (the DVD, else IMDS) and writes
+:class:`ProvisioningData` to ``/run/azagent/provisioning.json``, root-only:
+it holds the password *hash* (never the password) and customData. The other
+provisioning stages read it; when it is absent there is nothing to provision
+this boot (the VM was provisioned before, or provisioning is disabled).
+
+``report-ready`` writes the marker ``<Lib.Dir>/provisioned`` holding the VM id
+once the platform accepted Ready: later boots of the same VM skip the
+provisioning stages; a captured image booted as a new VM (new VM id)
+provisions again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from azagent.context import Context
+from azagent.errors import StageFailed
+from azagent.fsutil import atomic_write
+from azagent.redact import register
+
+STATE_PATH = "/run/azagent/provisioning.json"
+MARKER_NAME = "provisioned"
+MAX_STATE_BYTES = 2 * 1024 * 1024
+
+# The stages that make up provisioning, in order; report-ready and the
+# failure report look at their results.
+PROVISIONING_STAGES = ("mount-ovf", "create-user", "ssh-keys", "hostname", "custom-data")
+
+
+@dataclass(frozen=True)
+class Key:
+    """An SSH public key or key pair to install (``value`` or ``fingerprint``)."""
+
+    path: str
+    value: Optional[str] = None
+    fingerprint: Optional[str] = None
+
+
+@dataclass(frozen=True, repr=False)
+class ProvisioningData:
+    vm_id: str
+    source: str  # "ovf" or "imds"
+    hostname: str
+    username: str
+    password_hash: Optional[str] = None
+    disable_password_auth: bool = True
+    public_keys: tuple[Key, ...] = ()
+    key_pairs: tuple[Key, ...] = ()
+    custom_data: Optional[str] = None  # base64 text, as delivered
+    provision_guest_agent: bool = True
+    notes: tuple[str, ...] = field(default=())
+
+    def __repr__(self) -> str:
+        return (
+            f"ProvisioningData(vm_id={self.vm_id!r}, source={self.source!r}, "
+            f"hostname={self.hostname!r}, username={self.username!r}, "
+            f"password_hash={'<redacted>' if self.password_hash else None}, "
+            f"custom_data={'<redacted>' if self.custom_data else None})"
+        )
+
+    def to_json(self) -> bytes:
+        return (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ProvisioningData:
+        try:
+            document: Any = json.loads(data)
+            values = dict(document)
+            values["public_keys"] = tuple(Key(**k) for k in values.get("public_keys", ()))
+            values["key_pairs"] = tuple(Key(**k) for k in values.get("key_pairs", ()))
+            values["notes"] = tuple(values.get("notes", ()))
+            loaded = cls(**values)
+        except (ValueError, TypeError, AttributeError) as e:
+            raise StageFailed(f"{STATE_PATH} is unreadable: {type(e).__name__}") from None
+        for secret in (loaded.password_hash, loaded.custom_data):
+            if secret:
+                register(secret)
+        return loaded
+
+
+def save(ctx: Context, data: ProvisioningData) -> None:
+    atomic_write(ctx.path(STATE_PATH), data.to_json(), mode=0o600)
+
+
+def load(ctx: Context) -> Optional[ProvisioningData]:
+    """This boot's provisioning data, or None when there is nothing to provision."""
+    path = ctx.path(STATE_PATH)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_STATE_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StageFailed(f"cannot read {STATE_PATH}: {e.strerror}") from None
+    if len(raw) > MAX_STATE_BYTES:
+        raise StageFailed(f"{STATE_PATH} is larger than {MAX_STATE_BYTES} bytes")
+    return ProvisioningData.from_json(raw)
+
+
+def marker_path(ctx: Context) -> Path:
+    return ctx.path(ctx.config.required_str("Lib.Dir")) / MARKER_NAME
+
+
+def provisioned_vm_id(ctx: Context) -> Optional[str]:
+    """The VM id recorded when this disk was last provisioned, if any."""
+    try:
+        text = marker_path(ctx).read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None
+    return text or None
+
+
+def nothing_to_provision() -> str:
+    return (
+        "no provisioning data this boot: the VM is already provisioned, "
+        "provisioning is disabled, or mount-ovf did not run"
+    )
+
+
+def normalize_vm_id(vm_id: str) -> str:
+    return vm_id.strip().lower()
+
+
+def same_vm(a: str, b: str) -> bool:
+    """Whether two VM ids name the same VM.
+
+    On Gen1 VMs the SMBIOS UUID has its first three groups byte-swapped
+    relative to the platform's vmId, so either order matches.
+    """
+    a, b = normalize_vm_id(a), normalize_vm_id(b)
+    return a == b or a == swap_uuid_groups(b)
+
+
+def swap_uuid_groups(vm_id: str) -> str:
+    parts = vm_id.split("-")
+    if len(parts) != 5 or [len(p) for p in parts] != [8, 4, 4, 4, 12]:
+        return vm_id
+
+    def swapped(group: str) -> str:
+        return "".join(reversed([group[i : i + 2] for i in range(0, len(group), 2)]))
+
+    return "-".join([swapped(parts[0]), swapped(parts[1]), swapped(parts[2]), parts[3], parts[4]])
+
+
+def smbios_vm_id(ctx: Context) -> Optional[str]:
+    """The VM id the firmware reports (/sys/class/dmi/id/product_uuid)."""
+    try:
+        text = ctx.path("/sys/class/dmi/id/product_uuid").read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return normalize_vm_id(text) or None

@@ -1,0 +1,91 @@
+"""Telling the platform how provisioning went: KVP record, health report, marker.
+
+report-ready and report-failure share this: they read this boot's stage
+results (/run/azagent/stages/*.json), write the KVP PROVISIONING_REPORT
+record (first: the host reads KVP when the health report arrives), then POST
+the health report. A masked or skipped stage counts as skipped, never as a
+failure.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from datetime import datetime, timezone
+from typing import Optional
+
+from azagent import journal, kvp, provisioning
+from azagent.context import Context
+from azagent.fsutil import ensure_dir
+from azagent.stage import read_result
+
+log = logging.getLogger("azagent")
+
+KVP_POOL = "/var/lib/hyperv/.kvp_pool_1"
+STAGES_REPORTED = (*provisioning.PROVISIONING_STAGES, "certificates")
+
+
+def failures(ctx: Context) -> list[tuple[str, str]]:
+    """(stage, reason) of every provisioning stage that failed this boot."""
+    failed = []
+    for stage in STAGES_REPORTED:
+        result = read_result(ctx.root, stage)
+        if result is not None and result.get("state") == "failed":
+            failed.append((stage, str(result.get("reason") or "failed")))
+    return failed
+
+
+def failure_description(failed: list[tuple[str, str]]) -> str:
+    return "; ".join(f"{stage}: {reason}" for stage, reason in failed)
+
+
+def durations(ctx: Context) -> dict[str, str]:
+    """Per-stage durations for the KVP report (``mount_ovf_ms=12``)."""
+    fields = {}
+    for stage in STAGES_REPORTED:
+        result = read_result(ctx.root, stage)
+        if result is not None and isinstance(result.get("duration_ms"), int):
+            fields[f"{stage.replace('-', '_')}_ms"] = str(result["duration_ms"])
+    return fields
+
+
+def write_kvp(ctx: Context, value: str) -> None:
+    """Append the PROVISIONING_REPORT record to the guest-to-host pool, under flock."""
+    path = ctx.path(KVP_POOL)
+    ensure_dir(path.parent, mode=0o755)
+    record = kvp.encode_record(kvp.PROVISIONING_REPORT_KEY, value)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, record)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def kvp_report(ctx: Context, vm_id: str, reason: Optional[str] = None) -> str:
+    return kvp.provisioning_report(
+        result="error" if reason else "success",
+        reason=reason,
+        timestamp=datetime.now(timezone.utc),
+        vm_id=vm_id,
+        extra=durations(ctx),
+    )
+
+
+def report_failure(ctx: Context, vm_id: str, failed: list[tuple[str, str]]) -> None:
+    """KVP error record, then NotReady/ProvisioningFailed naming each failed stage."""
+    from azagent import wireserver
+    from azagent.wireclient import WireClient
+
+    description = failure_description(failed)
+    write_kvp(ctx, kvp_report(ctx, vm_id, description))
+    WireClient.from_context(ctx).report_health(
+        wireserver.NOT_READY, wireserver.SUBSTATUS_FAILED, description
+    )
+    log.error(
+        "provisioning failed: %s",
+        description,
+        extra={"REASON": description, "MESSAGE_ID": journal.MESSAGE_PROVISIONING_FAILED},
+    )
