@@ -114,7 +114,9 @@ class WireClient:
                 content = response.raw.read(MAX_DOCUMENT + 1, decode_content=True)
                 response.close()
                 if len(content) > MAX_DOCUMENT:
-                    raise WireServerError(f"{method} {shown}: answer larger than {MAX_DOCUMENT} bytes")
+                    raise WireServerError(
+                        f"{method} {shown}: answer larger than {MAX_DOCUMENT} bytes"
+                    )
                 if response.status_code in accept:
                     return Reply(response.status_code, content)
                 if response.status_code == GONE:
@@ -165,12 +167,20 @@ class WireClient:
             goal = goal or self.goal_state()
             body = wireserver.health_xml(
                 wireserver.HealthReport(
-                    goal.incarnation, goal.container_id, goal.instance_id, state, substatus, description
+                    goal.incarnation,
+                    goal.container_id,
+                    goal.instance_id,
+                    state,
+                    substatus,
+                    description,
                 )
             )
             try:
                 self.request(
-                    "POST", f"{self.base_url}/machine?comp=health", body=body, accept=(200, 201, 202)
+                    "POST",
+                    f"{self.base_url}/machine?comp=health",
+                    body=body,
+                    accept=(200, 201, 202),
                 )
                 return goal
             except GoneError:
@@ -181,5 +191,8 @@ class WireClient:
     def report_role_properties(self, goal: wireserver.GoalState, thumbprint: str) -> None:
         body = wireserver.role_properties_xml(goal.container_id, goal.instance_id, thumbprint)
         self.request(
-            "POST", f"{self.base_url}/machine?comp=roleProperties", body=body, accept=(200, 201, 202)
+            "POST",
+            f"{self.base_url}/machine?comp=roleProperties",
+            body=body,
+            accept=(200, 201, 202),
         )

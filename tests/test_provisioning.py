@@ -1,0 +1,371 @@
+"""mount-ovf, custom-data, report-ready and report-failure against the emulated fabric."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from azfabric.scenario import Fault
+from azfabric.server import Fabric
+from conftest import snapshot
+from provisioning_env import DVD, Scenario, Vm, make_vm
+
+from azagent import kvp, provisioning
+from azagent.config import defaults
+from azagent.context import Context
+from azagent.errors import StageFailed
+
+CUSTOM = "#!/bin/sh\necho customdata-was-here > ran.txt\n"
+
+
+@pytest.fixture
+def vm(root: Path) -> Iterator[Vm]:
+    scenario = Scenario(hostname="prov-vm", username="alice", custom_data=CUSTOM)
+    with Fabric(scenario) as fabric:
+        yield make_vm(root, scenario, fabric)
+
+
+def kvp_records(vm: Vm) -> list[tuple[str, str]]:
+    return kvp.decode_pool((vm.root / "var/lib/hyperv/.kvp_pool_1").read_bytes())
+
+
+# -- mount-ovf ----------------------------------------------------------------
+
+
+def test_mount_ovf_saves_the_data_root_only(vm: Vm) -> None:
+    run = vm.run("mount-ovf")
+    assert run.returncode == 0, run.stderr
+    state = vm.root / "run/azagent/provisioning.json"
+    assert state.stat().st_mode & 0o777 == 0o600
+    data = vm.state()
+    assert data is not None
+    assert (data["hostname"], data["username"], data["source"]) == ("prov-vm", "alice", "ovf")
+    assert data["vm_id"] == vm.scenario.vm_id
+    assert data["public_keys"][0]["value"] == vm.scenario.public_keys[0].value
+    copy = vm.root / "var/lib/waagent/ovf-env.xml"
+    assert copy.stat().st_mode & 0o777 == 0o600
+    assert b"CustomData" in copy.read_bytes()
+    assert b"IyEvYmlu" not in copy.read_bytes()  # customData's base64 is gone from the copy
+    assert "IyEvYmlu" not in run.stderr
+
+
+def test_mount_ovf_second_run_and_dry_run_change_nothing(vm: Vm) -> None:
+    before_any = snapshot(vm.root)
+    dry = vm.run("mount-ovf", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert snapshot(vm.root) == before_any
+    assert "save the provisioning data of alice@prov-vm" in dry.stdout
+    assert vm.run("mount-ovf").returncode == 0
+    before = {
+        k: v
+        for k, v in snapshot(vm.root).items()
+        if "run/azagent/stages" not in k and "lock" not in k
+    }
+    again = vm.run("mount-ovf")
+    assert again.returncode == 0, again.stderr
+    after = {
+        k: v
+        for k, v in snapshot(vm.root).items()
+        if "run/azagent/stages" not in k and "lock" not in k
+    }
+    assert after == before
+    assert vm.result("mount-ovf")["state"] == "nothing-to-do"
+
+
+@pytest.mark.parametrize(
+    ("document", "reason"),
+    [
+        (
+            b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><Environment>&a;</Environment>',
+            "DOCTYPE",
+        ),
+        (
+            b'<?xml version="1.0"?><!DOCTYPE x SYSTEM "http://127.0.0.1:1/x.dtd"><Environment/>',
+            "DOCTYPE",
+        ),
+        (b"<Environment>" + b"A" * (2 * 1024 * 1024) + b"</Environment>", "larger than"),
+        (b"<Environment xmlns='urn:wrong'><ProvisioningSection/></Environment>", "ovf-env.xml"),
+        (b"not xml at all", "not well-formed"),
+    ],
+)
+def test_mount_ovf_rejects_hostile_documents(vm: Vm, document: bytes, reason: str) -> None:
+    (vm.root / DVD / "ovf-env.xml").write_bytes(document)
+    run = vm.run("mount-ovf")
+    assert run.returncode == 1
+    assert reason in vm.result("mount-ovf")["reason"]
+    assert vm.state() is None
+    assert not (vm.root / "var/lib/waagent/ovf-env.xml").exists()
+
+
+def test_mount_ovf_rejects_an_invalid_username_clearly(root: Path) -> None:
+    scenario = Scenario(username="a;b")
+    with Fabric(scenario) as fabric:
+        vm = make_vm(root, scenario, fabric)
+        assert vm.run("mount-ovf").returncode == 1
+        assert "UserName" in vm.result("mount-ovf")["reason"]
+
+
+def test_mount_ovf_runs_once_per_vm(vm: Vm) -> None:
+    lib = vm.root / "var/lib/waagent"
+    lib.mkdir(parents=True)
+    (lib / "provisioned").write_text(f"{vm.scenario.vm_id}\n")
+    run = vm.run("mount-ovf")
+    assert run.returncode == 0
+    assert vm.result("mount-ovf")["state"] == "skipped"
+    assert "already provisioned" in vm.result("mount-ovf")["reason"]
+    assert vm.state() is None
+    # A captured image booted as a new VM provisions again.
+    (lib / "provisioned").write_text("00000000-0000-0000-0000-000000000001\n")
+    assert vm.run("mount-ovf").returncode == 0
+    assert vm.result("mount-ovf")["state"] == "done"
+
+
+def test_gen1_byte_swapped_vm_id_is_the_same_vm(vm: Vm) -> None:
+    vm_id = vm.scenario.vm_id or ""
+    lib = vm.root / "var/lib/waagent"
+    lib.mkdir(parents=True)
+    (lib / "provisioned").write_text(provisioning.swap_uuid_groups(vm_id) + "\n")
+    assert vm.run("mount-ovf").returncode == 0
+    assert vm.result("mount-ovf")["state"] == "skipped"
+
+
+@pytest.mark.parametrize(
+    ("lines", "reason"),
+    [
+        (["Provisioning.Enabled=n"], "Provisioning.Enabled=n"),
+        (["Provisioning.Agent=disabled"], "Provisioning.Agent=disabled"),
+        (["Provisioning.UseCloudInit=y"], "cloud-init"),
+    ],
+)
+def test_provisioning_disabled_skips_cleanly(vm: Vm, lines: list[str], reason: str) -> None:
+    vm.configure(*lines)
+    assert vm.run("mount-ovf").returncode == 0
+    assert vm.result("mount-ovf")["state"] == "skipped"
+    assert reason in vm.result("mount-ovf")["reason"]
+    assert vm.state() is None
+
+
+def test_active_cloud_init_is_left_to_provision(vm: Vm) -> None:
+    wants = vm.root / "etc/systemd/system/cloud-init.target.wants"
+    wants.mkdir(parents=True)
+    (wants / "cloud-init.service").symlink_to("/lib/systemd/system/cloud-init.service")
+    assert vm.run("mount-ovf").returncode == 0
+    assert "cloud-init" in vm.result("mount-ovf")["reason"]
+
+
+def test_no_media_fails_with_a_clear_reason(root: Path) -> None:
+    scenario = Scenario()
+    with Fabric(scenario) as fabric:
+        vm = make_vm(root, scenario, fabric, with_media=False)
+        assert vm.run("mount-ovf").returncode == 1
+        assert "no provisioning media" in vm.result("mount-ovf")["reason"]
+
+
+# -- custom-data --------------------------------------------------------------
+
+
+def test_custom_data_saved_root_only(vm: Vm) -> None:
+    assert vm.run("mount-ovf").returncode == 0
+    run = vm.run("custom-data")
+    assert run.returncode == 0, run.stderr
+    saved = vm.root / "var/lib/waagent/CustomData"
+    assert saved.stat().st_mode & 0o777 == 0o600
+    assert saved.read_bytes().startswith(b"IyEvYmluL3No")  # kept base64 by default
+    assert "customdata-was-here" not in run.stderr
+    vm.configure("Provisioning.DecodeCustomData=y")
+    assert vm.run("custom-data").returncode == 0
+    assert saved.read_text() == CUSTOM
+    again = vm.run("custom-data")
+    assert again.returncode == 0
+    assert vm.result("custom-data")["state"] == "nothing-to-do"
+
+
+def test_custom_data_is_not_run_against_a_root(vm: Vm) -> None:
+    assert vm.run("mount-ovf").returncode == 0
+    vm.configure("Provisioning.DecodeCustomData=y", "Provisioning.ExecuteCustomData=y")
+    assert vm.run("custom-data").returncode == 0
+    assert not (vm.root / "var/lib/waagent/ran.txt").exists()
+
+
+def _load_custom_data_stage() -> object:
+    import importlib.machinery
+    import importlib.util
+
+    from conftest import STAGES
+
+    loader = importlib.machinery.SourceFileLoader("custom_data_stage", str(STAGES / "custom-data"))
+    spec = importlib.util.spec_from_loader("custom_data_stage", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def test_custom_data_execution_time_limit_and_status(tmp_path: Path) -> None:
+    """The execution step itself, on a script of the test's own (the VM's job at boot)."""
+    stage = _load_custom_data_stage()
+    lib = tmp_path / "var/lib/waagent"
+    lib.mkdir(parents=True)
+    ctx = Context(stage="custom-data", root=tmp_path, config=defaults())
+    script = lib / "CustomData"
+
+    def write(text: str) -> None:
+        script.write_text(text)
+        os.chmod(script, 0o700)
+
+    write("#!/bin/sh\necho ran > ran.txt\n")
+    digest = hashlib.sha256(script.read_bytes()).hexdigest()
+    stage.execute(ctx, str(script), digest, "/var/lib/waagent/CustomData.executed")  # type: ignore[attr-defined]
+    assert (lib / "ran.txt").read_text() == "ran\n"
+    assert (lib / "CustomData.executed").read_text().strip() == digest
+
+    write("#!/bin/sh\nexit 7\n")
+    with pytest.raises(StageFailed, match="exited with status 7"):
+        stage.execute(ctx, str(script), "x", "/var/lib/waagent/m")  # type: ignore[attr-defined]
+
+    write("#!/bin/sh\nsleep 30\n")
+    short = Context(
+        stage="custom-data", root=tmp_path, config=_config_with("Provisioning.CustomDataTimeout", 1)
+    )
+    with pytest.raises(StageFailed, match="did not finish within 1 s"):
+        stage.execute(short, str(script), "x", "/var/lib/waagent/m")  # type: ignore[attr-defined]
+
+
+def _config_with(name: str, value: object) -> object:
+    from dataclasses import replace
+
+    base = defaults()
+    return replace(base, values={**base.values, name: value})
+
+
+# -- report-ready and report-failure ------------------------------------------
+
+
+def test_report_ready_end_to_end(vm: Vm) -> None:
+    ssh = vm.root / "etc/ssh"
+    ssh.mkdir(parents=True)
+    (ssh / "ssh_host_rsa_key.pub").write_text("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 host\n")
+    assert vm.run("mount-ovf").returncode == 0
+    run = vm.run("report-ready")
+    assert run.returncode == 0, run.stderr
+    [report] = vm.fabric.health_reports
+    assert report.state == "Ready"
+    assert report.incarnation == vm.fabric.incarnation
+    [properties] = vm.fabric.role_properties
+    blob = base64.b64decode("AAAAB3NzaC1yc2EAAAADAQABAAABAQC7")
+    expected = hashlib.md5(blob).hexdigest()  # noqa: S324 - the format ssh-keygen -E md5 prints
+    assert expected.encode() in properties
+    [(key, value)] = kvp_records(vm)
+    assert key == "PROVISIONING_REPORT"
+    fields = kvp.parse_provisioning_report(value)
+    assert fields["result"] == "success"
+    assert fields["vm_id"] == vm.scenario.vm_id
+    assert "mount_ovf_ms" in fields
+    assert (vm.root / "var/lib/waagent/provisioned").read_text().strip() == vm.scenario.vm_id
+    # Once per VM.
+    assert vm.run("report-ready").returncode == 0
+    assert vm.result("report-ready")["state"] == "skipped"
+    assert len(vm.fabric.health_reports) == 1
+
+
+def test_report_ready_reports_a_failed_stage_instead(vm: Vm) -> None:
+    assert vm.run("mount-ovf").returncode == 0
+    failed = vm.root / "run/azagent/stages/create-user.json"
+    failed.write_text(
+        '{"stage": "create-user", "state": "failed", "reason": "invalid username \\"-rf\\""}'
+    )
+    run = vm.run("report-ready")
+    assert run.returncode == 1
+    [report] = vm.fabric.health_reports
+    assert (report.state, report.substatus) == ("NotReady", "ProvisioningFailed")
+    assert report.description == 'create-user: invalid username "-rf"'
+    fields = kvp.parse_provisioning_report(kvp_records(vm)[0][1])
+    assert fields["result"] == "error"
+    assert "create-user" in fields["reason"]
+    assert not (vm.root / "var/lib/waagent/provisioned").exists()
+
+
+def test_report_failure_is_prompt_and_idempotent(vm: Vm) -> None:
+    (vm.root / DVD / "ovf-env.xml").write_bytes(b"<broken")
+    assert vm.run("mount-ovf").returncode == 1
+    run = vm.run("report-failure")
+    assert run.returncode == 0, run.stderr
+    [report] = vm.fabric.health_reports
+    assert report.state == "NotReady"
+    assert report.description is not None
+    assert report.description.startswith("mount-ovf: ovf-env.xml")
+    assert vm.run("report-failure").returncode == 0
+    assert len(vm.fabric.health_reports) == 1
+    assert vm.result("report-failure")["state"] == "nothing-to-do"
+
+
+def test_report_failure_with_nothing_failed_is_skipped(vm: Vm) -> None:
+    assert vm.run("mount-ovf").returncode == 0
+    assert vm.run("report-failure").returncode == 0
+    assert vm.result("report-failure")["state"] == "skipped"
+    assert vm.fabric.health_reports == []
+
+
+@pytest.mark.parametrize("status", [500, 503, 429, 410])
+def test_report_ready_retries_transient_errors(root: Path, status: int) -> None:
+    scenario = Scenario(
+        faults=[
+            Fault(endpoint="wireserver", kind="status", path="comp=health", status=status, count=2)
+        ]
+    )
+    with Fabric(scenario) as fabric:
+        vm = make_vm(root, scenario, fabric)
+        assert vm.run("mount-ovf").returncode == 0
+        run = vm.run("report-ready")
+        assert run.returncode == 0, run.stderr
+        assert [r.state for r in fabric.health_reports] == ["Ready"]
+        assert [r.status for r in fabric.requests if "comp=health" in r.path] == [
+            status,
+            status,
+            200,
+        ]
+
+
+def test_report_ready_gives_up_at_the_deadline_with_a_reason(root: Path) -> None:
+    scenario = Scenario(
+        faults=[
+            Fault(endpoint="wireserver", kind="status", path="goalstate", status=503, count=1000)
+        ]
+    )
+    with Fabric(scenario) as fabric:
+        vm = make_vm(root, scenario, fabric)
+        vm.configure("Endpoint.RetryDeadline=2")
+        assert vm.run("mount-ovf").returncode == 0
+        run = vm.run("report-ready")
+        assert run.returncode == 1
+        reason = vm.result("report-ready")["reason"]
+        assert "HTTP 503" in reason
+        assert "gave up after" in reason
+
+
+def test_report_ready_survives_garbage_and_timeouts(root: Path) -> None:
+    scenario = Scenario(
+        faults=[
+            Fault(endpoint="wireserver", kind="delay", path="goalstate", seconds=3, count=1),
+        ]
+    )
+    with Fabric(scenario) as fabric:
+        vm = make_vm(root, scenario, fabric)
+        vm.configure("Endpoint.RequestTimeout=1")
+        assert vm.run("mount-ovf").returncode == 0
+        run = vm.run("report-ready")
+        assert run.returncode == 0, run.stderr
+        assert [r.state for r in fabric.health_reports] == ["Ready"]
+    garbage = Scenario(faults=[Fault(endpoint="wireserver", kind="garbage", path="goalstate")])
+    other = root.parent / "other"
+    other.mkdir()
+    with Fabric(garbage) as fabric:
+        vm = make_vm(other, garbage, fabric)
+        assert vm.run("mount-ovf").returncode == 0
+        run = vm.run("report-ready")
+        assert run.returncode == 1
+        assert "goal state" in vm.result("report-ready")["reason"]
