@@ -528,7 +528,8 @@ def test_kvp_command_decodes_a_pool_file(tmp_path: Path) -> None:
         timestamp=datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc),
         vm_id="e7fdbfc4-2deb-4a4e-8615-ea6aaf50162e",
     )
-    pool.write_bytes(kvp.encode_record("Other", "x") + kvp.encode_record("PROVISIONING_REPORT", report))
+    records = kvp.encode_record("Other", "x") + kvp.encode_record("PROVISIONING_REPORT", report)
+    pool.write_bytes(records)
     done = subprocess.run(
         [sys.executable, str(REPO / "tools/fabric"), "kvp", str(pool)],
         capture_output=True,
