@@ -36,8 +36,6 @@ def test_no_command_is_a_usage_error() -> None:
 @pytest.mark.parametrize(
     ("spelling", "words"),
     [
-        (["-deprovision"], "deprovisioning is not implemented"),
-        (["-deprovision+user", "-force"], "deprovisioning is not implemented"),
         (["-serialconsole"], "serial console configuration is not implemented"),
         (["-collect-logs", "-verbose"], "log collection is not implemented"),
         (["collect-logs"], "log collection is not implemented"),

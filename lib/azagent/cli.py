@@ -39,7 +39,6 @@ _WAAGENT_COMMANDS = {
 
 # Commands whose feature has not landed yet: say so, never pretend.
 _NOT_YET = {
-    "deprovision": "deprovisioning is not implemented in this version of azagent",
     "serialconsole": "serial console configuration is not implemented in this version of azagent",
     "collect-logs": "log collection is not implemented in this version of azagent",
 }
@@ -160,6 +159,45 @@ def cmd_show_configuration(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_deprovision(args: argparse.Namespace) -> int:
+    from azagent import deprovision
+
+    root = Path(args.root).resolve()
+    try:
+        config = load_config(root, args.config)
+    except AzagentError as e:
+        print(f"azagent: {e.reason}", file=sys.stderr)
+        return EXIT_FAILED
+    from azagent.context import Context
+
+    ctx = Context(stage="deprovision", root=root, config=config, dry_run=args.dry_run)
+    plan, notes = deprovision.plan(ctx, user=args.user)
+    what = "deprovision+user" if args.user else "deprovision"
+    print(f"{what} of {root} will:" if plan.actions else f"{what}: nothing to do on {root}")
+    for action in plan.actions:
+        print(f"  - {action.summary}")
+    for note in notes:
+        print(f"note: {note}")
+    if not plan.actions or args.dry_run:
+        return EXIT_OK
+    if not args.force:
+        if not sys.stdin.isatty():
+            print("azagent: not a terminal: pass --force to proceed", file=sys.stderr)
+            return EXIT_FAILED
+        answer = input("Do you want to proceed (y/n)? ").strip().lower()
+        if answer not in ("y", "yes"):
+            print("azagent: nothing was changed")
+            return EXIT_FAILED
+    try:
+        for action in plan.actions:
+            action.apply()
+    except AzagentError as e:
+        print(f"azagent: {what} failed: {e.reason}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{what}: done")
+    return EXIT_OK
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     print(f"azagent {__version__}")
     print(f"Python {sys.version.split()[0]}")
@@ -208,12 +246,29 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--config", metavar="PATH")
     show.set_defaults(func=cmd_show_configuration)
 
+    deprovision = sub.add_parser(
+        "deprovision",
+        help="clean the VM so that its image provisions again (waagent -deprovision)",
+        description="Delete SSH host keys (when configured), nameserver configuration, the "
+        "root password (when configured), DHCP leases, the hostname and azagent's state; "
+        "with --user also the last provisioned user and its home.",
+    )
+    deprovision.add_argument(
+        "--user", action="store_true", help="also delete the last provisioned user"
+    )
+    deprovision.add_argument("--force", action="store_true", help="do not ask for confirmation")
+    deprovision.add_argument(
+        "--root", default="/", metavar="DIR", help="an image tree instead of /"
+    )
+    deprovision.add_argument("--config", metavar="PATH")
+    deprovision.add_argument("--dry-run", action="store_true", help="only print what would be done")
+    deprovision.set_defaults(func=cmd_deprovision)
+
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
     sub.add_parser("help", help="print this help").set_defaults(func=None)
 
     for command, text in _NOT_YET.items():
         p = sub.add_parser(command, help=f"(not available yet) {text}")
-        p.add_argument("--user", action="store_true", help=argparse.SUPPRESS)
         p.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
         p.set_defaults(func=cmd_not_yet)
     for command in ("daemon", "start"):
