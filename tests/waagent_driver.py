@@ -26,6 +26,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -55,11 +56,19 @@ class Watchdog(Exception):
     """The run took longer than --timeout."""
 
 
+timed_out = False
+
+
 def on_alarm(signum: int, frame: object) -> None:
+    global timed_out
+    if timed_out:  # waagent swallowed the first one and went on: stop hard
+        os._exit(3)
+    timed_out = True
+    signal.alarm(10)  # grace for writing the result
     raise Watchdog("the driver's time limit ran out")
 
 
-def write_conf(workdir: Path) -> Path:
+def write_conf(workdir: Path, fast_track: bool) -> Path:
     """A waagent.conf that keeps every path waagent touches inside workdir."""
     lib = workdir / "lib"
     lib.mkdir(mode=0o700, exist_ok=True)
@@ -81,6 +90,7 @@ def write_conf(workdir: Path) -> Path:
         "Extensions.Enabled": "n",
         "AutoUpdate.Enabled": "n",
         "Provisioning.Agent": "disabled",
+        "Debug.EnableFastTrack": "y" if fast_track else "n",
     }
     path = workdir / "waagent.conf"
     path.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
@@ -94,6 +104,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--timeout", type=int, default=90)
     parser.add_argument("--role-thumbprint", default="")
+    parser.add_argument(
+        "--fast-track",
+        action="store_true",
+        help="let waagent fetch vmSettings from the HostGAPlugin (endpoint:32526)",
+    )
     args = parser.parse_args()
 
     block_non_loopback()
@@ -104,22 +119,29 @@ def main() -> int:
     workdir: Path = args.workdir.resolve()
 
     def step(name: str, action: Callable[[], Any]) -> bool:
+        if timed_out:
+            result["steps"][name] = {"ok": False, "error": "skipped: time limit ran out"}
+            return False
+        start = time.monotonic()
         try:
-            result["steps"][name] = {"ok": True, "value": action()}
-            return True
-        except BaseException as e:  # Watchdog included: record it, then stop
+            value = action()
+        except BaseException as e:  # Watchdog included: record it, then go on or stop
             result["steps"][name] = {
                 "ok": False,
                 "error": f"{type(e).__name__}: {e}",
                 "traceback": traceback.format_exc(),
+                "seconds": time.monotonic() - start,
+                "timed_out": timed_out,
             }
             return False
+        result["steps"][name] = {"ok": True, "value": value, "seconds": time.monotonic() - start}
+        return True
 
     try:
         from azurelinuxagent.common import conf, logger
         from azurelinuxagent.common.version import AGENT_VERSION
 
-        conf.load_conf_from_file(str(write_conf(workdir)))
+        conf.load_conf_from_file(str(write_conf(workdir, args.fast_track)))
         logger.add_logger_appender(
             logger.AppenderType.FILE, logger.LogLevel.VERBOSE, path=str(workdir / "waagent.log")
         )
@@ -153,20 +175,36 @@ def main() -> int:
         step("goal_state", goal_state)
 
         def certificates() -> list[str]:
-            listed = protocol.get_certs()
-            return sorted(c.thumbprint for c in listed.certificates) if listed else []
+            # WireProtocol.get_certs() fails on a goal state without certificates.
+            listed = protocol.client.get_certs()
+            return sorted(c.thumbprint for c in listed.cert_list.certificates) if listed else []
 
         step("certificates", certificates)
 
         def extensions() -> dict[str, Any]:
             goal = protocol.get_extensions_goal_state()
             return {
+                "source": type(goal).__name__,
                 "names": [e.name for e in goal.extensions],
                 "versions": [e.version for e in goal.extensions],
                 "status_upload_blob": goal.status_upload_blob,
             }
 
         step("extensions", extensions)
+
+        def consistency() -> str:
+            # waagent's own check that vmSettings and ExtensionsConfig describe one goal state.
+            from azurelinuxagent.common.protocol.extensions_goal_state import ExtensionsGoalState
+
+            client = protocol.client
+            vm_settings = client._cached_vm_settings
+            if vm_settings is None:
+                raise RuntimeError("waagent holds no vmSettings from the HostGAPlugin")
+            ExtensionsGoalState.compare(client.get_goal_state().extensions_config, vm_settings)
+            return "match"
+
+        if args.fast_track:
+            step("fast_track_consistency", consistency)
 
         def report(status: str, substatus: Any, description: Any, thumbprint: str = "") -> None:
             provision = ProvisionStatus(status=status, subStatus=substatus, description=description)

@@ -61,7 +61,7 @@ TRANSPORT_SUBJECT = "LinuxTransport"
 # below these. Anything bigger is not a certificates document.
 _MAX_DER = 4 * 1024 * 1024
 _MAX_XML = 8 * 1024 * 1024
-# The deepest real structure (PFX bags inside a CMS envelope) nests about 10.
+# Real envelopes and PFX files nest fewer than 10 levels deep.
 _MAX_DEPTH = 32
 # The platform uses 2000; a hostile count must not stall the boot.
 _MAX_ITERATIONS = 1_000_000
@@ -881,7 +881,8 @@ def decrypt_enveloped(der: bytes, private_key_pem: bytes) -> bytes:
     Recipients named by our subjectKeyIdentifier are tried first, then the
     others, since a transport certificate with an unusual SKI is still ours. A
     wrong key fails on the RSA step, the CBC padding or the DER shape of the
-    result (PKCS#1 v1.5 decryption may return random bytes instead of failing).
+    result (PKCS#1 v1.5 decryption may return random bytes instead of failing),
+    so the content must be one DER element, as a PFX is.
     """
     key = _load_transport_key(private_key_pem)
     content_type, body = _read_content_info(_decode(der, "CMS blob"), "CMS blob")
@@ -948,7 +949,13 @@ def parse_certificates_xml(xml: bytes) -> bytes:
 
 
 def certificates_xml(incarnation: int, data_b64: str) -> bytes:
-    """A ``CertificateFile`` document as the WireServer serves it (for the emulator)."""
+    """A ``CertificateFile`` document as the WireServer serves it (for the emulator).
+
+    ``Data`` is wrapped at 64 characters, as the platform sends it: OpenSSL's
+    S/MIME reader (which some agents feed it to) fails on very long lines.
+    """
+    compact = "".join(data_b64.split())
+    wrapped = "\n".join(compact[i : i + 64] for i in range(0, len(compact), 64))
     return (
         '<?xml version="1.0" encoding="utf-8"?>\n'
         '<CertificateFile xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"'
@@ -956,6 +963,6 @@ def certificates_xml(incarnation: int, data_b64: str) -> bytes:
         "  <Version>2012-11-30</Version>\n"
         f"  <Incarnation>{int(incarnation)}</Incarnation>\n"
         f"  <Format>{FORMAT_PFX}</Format>\n"
-        f"  <Data>{escape(data_b64)}</Data>\n"
+        f"  <Data>{escape(wrapped)}</Data>\n"
         "</CertificateFile>\n"
     ).encode()
