@@ -12,6 +12,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = REPO / "stages"
+# The fabric emulator (tools/azfabric) is importable by every test.
+if str(REPO / "tools") not in sys.path:
+    sys.path.insert(0, str(REPO / "tools"))
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 

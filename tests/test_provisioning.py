@@ -157,12 +157,16 @@ def test_active_cloud_init_is_left_to_provision(vm: Vm) -> None:
     assert "cloud-init" in vm.result("mount-ovf")["reason"]
 
 
-def test_no_media_fails_with_a_clear_reason(root: Path) -> None:
+def test_no_media_leaves_the_cue_for_imds(root: Path) -> None:
     scenario = Scenario()
     with Fabric(scenario) as fabric:
         vm = make_vm(root, scenario, fabric, with_media=False)
-        assert vm.run("mount-ovf").returncode == 1
-        assert "no provisioning media" in vm.result("mount-ovf")["reason"]
+        dry = vm.run("mount-ovf", "--dry-run")
+        assert "no provisioning media" in dry.stdout
+        assert not (root / "run/azagent/imds-needed").exists()
+        assert vm.run("mount-ovf").returncode == 0
+        assert vm.result("mount-ovf")["changes"][0].startswith("no provisioning media")
+        assert (root / "run/azagent/imds-needed").exists()
 
 
 # -- custom-data --------------------------------------------------------------
@@ -369,3 +373,69 @@ def test_report_ready_survives_garbage_and_timeouts(root: Path) -> None:
         run = vm.run("report-ready")
         assert run.returncode == 1
         assert "goal state" in vm.result("report-ready")["reason"]
+
+
+# -- imds (no provisioning media) ---------------------------------------------
+
+
+def mask(vm: Vm, *stages: str) -> None:
+    units = vm.root / "etc/systemd/system"
+    units.mkdir(parents=True, exist_ok=True)
+    lib_units = vm.root / "usr/lib/systemd/system"
+    lib_units.mkdir(parents=True, exist_ok=True)
+    for stage in stages:
+        (lib_units / f"azure-{stage}.service").write_text("[Service]\nExecStart=/bin/true\n")
+        (units / f"azure-{stage}.service").symlink_to("/dev/null")
+
+
+def test_imds_provisions_when_there_is_no_media(root: Path) -> None:
+    scenario = Scenario(hostname="imds-vm", username="bob")
+    with Fabric(scenario) as fabric:
+        vm = make_vm(root, scenario, fabric, with_media=False)
+        mask(vm, "hostname", "create-user", "ssh-keys")
+        assert vm.run("imds").returncode == 0
+        assert vm.result("imds")["state"] == "skipped"  # mount-ovf has not asked for it
+        run = vm.run("mount-ovf")
+        assert run.returncode == 0, run.stderr
+        assert vm.state() is None
+        assert (root / "run/azagent/imds-needed").exists()
+        run = vm.run("imds")
+        assert run.returncode == 0, run.stderr
+        data = vm.state()
+        assert data is not None
+        assert (data["source"], data["username"], data["hostname"]) == ("imds", "bob", "imds-vm")
+        assert data["password_hash"] is None
+        assert data["custom_data"] is None
+        assert data["disable_password_auth"] is True
+        assert data["public_keys"][0]["value"] == scenario.public_keys[0].value
+        assert "no password, no customData" in run.stderr
+        assert "masked" in run.stderr
+        [imds_request] = [r for r in fabric.requests if r.endpoint == "imds"]
+        assert imds_request.header("Metadata") == "true"
+        assert vm.run("imds").returncode == 0
+        assert vm.result("imds")["state"] == "nothing-to-do"
+
+
+def test_imds_retries_while_metadata_is_not_ready(root: Path) -> None:
+    scenario = Scenario(faults=[Fault(endpoint="imds", kind="status", status=404, count=2)])
+    with Fabric(scenario) as fabric:
+        vm = make_vm(root, scenario, fabric, with_media=False)
+        mask(vm, "hostname", "create-user", "ssh-keys")
+        assert vm.run("mount-ovf").returncode == 0
+        run = vm.run("imds")
+        assert run.returncode == 0, run.stderr
+        assert [r.status for r in fabric.requests if r.endpoint == "imds"] == [404, 404, 200]
+
+
+def test_imds_failure_is_reported(root: Path) -> None:
+    scenario = Scenario(faults=[Fault(endpoint="imds", kind="status", status=500, count=1000)])
+    with Fabric(scenario) as fabric:
+        vm = make_vm(root, scenario, fabric, with_media=False)
+        vm.configure("Endpoint.RetryDeadline=2")
+        assert vm.run("mount-ovf").returncode == 0
+        assert vm.run("imds").returncode == 1
+        assert "IMDS" in vm.result("imds")["reason"]
+        assert vm.run("report-failure").returncode == 0
+        [report] = fabric.health_reports
+        assert report.description is not None
+        assert report.description.startswith("imds: IMDS")

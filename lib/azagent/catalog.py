@@ -18,6 +18,7 @@ class StageInfo:
 STAGES: tuple[StageInfo, ...] = (
     StageInfo("kernel-tune", "SCSI timeout of the Hyper-V disks"),
     StageInfo("mount-ovf", "read the provisioning media once per VM"),
+    StageInfo("imds", "provision from IMDS when there is no provisioning media"),
     StageInfo("hostname", "set the hostname before the first DHCP request"),
     StageInfo("create-user", "the admin user, its password hash and sudo rights"),
     StageInfo("ssh-keys", "authorized keys, sshd password policy, fresh host keys"),

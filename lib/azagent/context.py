@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Optional
 
 from azagent.config import Config
 
@@ -19,6 +20,7 @@ class Context:
     config: Config
     dry_run: bool = False
     verbose: bool = False
+    config_path: Optional[str] = None  # --config, when given
 
     def path(self, absolute: str) -> Path:
         """Map an absolute path of the target system under ``root``.

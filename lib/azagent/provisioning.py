@@ -25,12 +25,14 @@ from azagent.fsutil import atomic_write
 from azagent.redact import register
 
 STATE_PATH = "/run/azagent/provisioning.json"
+# Left by mount-ovf when there is no provisioning media: the imds stage's cue.
+IMDS_NEEDED = "/run/azagent/imds-needed"
 MARKER_NAME = "provisioned"
 MAX_STATE_BYTES = 2 * 1024 * 1024
 
 # The stages that make up provisioning, in order; report-ready and the
 # failure report look at their results.
-PROVISIONING_STAGES = ("mount-ovf", "create-user", "ssh-keys", "hostname", "custom-data")
+PROVISIONING_STAGES = ("mount-ovf", "imds", "hostname", "create-user", "ssh-keys", "custom-data")
 
 
 @dataclass(frozen=True)

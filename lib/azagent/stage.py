@@ -201,7 +201,14 @@ def main(
     if config.get_bool("Logs.Verbose") and not args.verbose:
         journal.setup(name, verbose=True)
 
-    ctx = Context(stage=name, root=root, config=config, dry_run=args.dry_run, verbose=args.verbose)
+    ctx = Context(
+        stage=name,
+        root=root,
+        config=config,
+        dry_run=args.dry_run,
+        verbose=args.verbose,
+        config_path=args.config,
+    )
     applied: list[str] = []
     try:
         if ctx.dry_run:

@@ -90,8 +90,13 @@ class WireClient:
         body: Optional[bytes] = None,
         headers: Optional[dict[str, str]] = None,
         accept: tuple[int, ...] = (200,),
+        retry: tuple[int, ...] = (),
     ) -> Reply:
-        """One logical request, retried on transient failures until the deadline."""
+        """One logical request, retried on transient failures until the deadline.
+
+        ``retry`` adds statuses that are transient for this request (IMDS
+        answers 404 and 410 while a VM's metadata is not ready).
+        """
         delay = FIRST_DELAY
         attempt = 0
         all_headers = {**self.headers, **(headers or {})}
@@ -119,10 +124,10 @@ class WireClient:
                     )
                 if response.status_code in accept:
                     return Reply(response.status_code, content)
-                if response.status_code == GONE:
+                if response.status_code == GONE and GONE not in retry:
                     raise GoneError(f"{method} {shown}: 410 Gone")
                 problem = f"HTTP {response.status_code}"
-                if response.status_code not in TRANSIENT:
+                if response.status_code not in TRANSIENT and response.status_code not in retry:
                     raise WireServerError(f"{method} {shown}: {problem}")
             except requests.Timeout:
                 problem = f"no answer within {self.timeout:g} s"
