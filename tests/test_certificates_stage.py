@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from azfabric import keys
+from azfabric.scenario import KeyPair, PublicKey
+from azfabric.server import Fabric
 from conftest import snapshot
 from provisioning_env import Scenario, make_vm
 
 from azagent import certs
-from azfabric import keys
-from azfabric.scenario import KeyPair, PublicKey
-from azfabric.server import Fabric
 
 
 def add_user(root: Path, name: str = "azureuser", uid: int = 1000) -> Path:
