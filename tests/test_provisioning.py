@@ -439,3 +439,20 @@ def test_imds_failure_is_reported(root: Path) -> None:
         [report] = fabric.health_reports
         assert report.description is not None
         assert report.description.startswith("imds: IMDS")
+
+
+def test_report_ready_without_provisioning_still_reports(vm: Vm) -> None:
+    """mount-ovf masked (or provisioning disabled): the VM booted, so Ready."""
+    run = vm.run("report-ready")
+    assert run.returncode == 0, run.stderr
+    assert [r.state for r in vm.fabric.health_reports] == ["Ready"]
+    marker = vm.root / "var/lib/waagent/provisioned"
+    assert marker.read_text().strip() == vm.scenario.vm_id
+
+
+def test_report_ready_leaves_cloud_init_vms_alone(vm: Vm) -> None:
+    vm.configure("Provisioning.UseCloudInit=y")
+    assert vm.run("mount-ovf").returncode == 0
+    assert vm.run("report-ready").returncode == 0
+    assert vm.result("report-ready")["state"] == "skipped"
+    assert vm.fabric.health_reports == []
