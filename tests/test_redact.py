@@ -12,7 +12,8 @@ import pytest
 
 from azagent import journal, redact
 from azagent.errors import StageFailed
-from azagent.stage import Plan, main
+from azagent.plan import Plan
+from azagent.stage import main
 
 PRIVATE_KEY = """-----BEGIN OPENSSH PRIVATE KEY-----
 b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW

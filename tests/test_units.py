@@ -48,9 +48,12 @@ def test_stage_units_follow_the_conventions(unit: Path) -> None:
     if unit.suffix == ".service":
         assert parsed.get("Service", "Type") == "oneshot"
         assert parsed.get("Service", "ExecStart").startswith("/usr/libexec/azagent/")
-        # report-failure may be started again by a later failure; the others
+        # report-failure may be started again by a later failure, and so on;
+        # the others
         # stay "active" so that `systemctl status 'azure-*'` shows what ran.
-        if unit.name != "azure-report-failure.service":
+        # and a service a .path unit starts must become inactive again, or
+        # the path unit could start it only once.
+        if unit.name != "azure-report-failure.service" and not unit.with_suffix(".path").exists():
             assert parsed.get("Service", "RemainAfterExit") == "yes"
         # custom-data runs the VM owner's script, which may install packages.
         if unit.name != "azure-custom-data.service":

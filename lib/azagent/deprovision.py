@@ -23,7 +23,7 @@ from azagent import system
 from azagent.context import Context
 from azagent.errors import AzagentError
 from azagent.fsutil import atomic_write
-from azagent.stage import Plan
+from azagent.plan import Plan
 
 HOSTNAME = "localhost.localdomain"
 LEASE_PATTERNS = (

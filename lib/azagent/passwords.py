@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import secrets
 from typing import Any, Callable, Optional
 
@@ -86,6 +87,24 @@ def hash_password(password: str, crypt_id: str, salt_length: int) -> str:
         hashed = crypt_pure(password, setting)
     register(hashed)
     return hashed
+
+
+def verify(password: str, hashed: str, crypt_id: str) -> bool:
+    """Whether ``hashed`` is a ``crypt_id`` hash of ``password``.
+
+    mount-ovf keeps the previous hash when the password did not change, so
+    that a re-run does not make create-user rewrite /etc/shadow with a fresh
+    salt; a hash of another method than the configured one does not count.
+    """
+    if "\0" in password or not hashed.startswith(f"${crypt_id}$"):
+        return False
+    candidate = crypt_with_libcrypt(password, hashed)
+    if candidate is None and crypt_id != "2a":
+        try:
+            candidate = crypt_pure(password, hashed)
+        except (PasswordHashError, ValueError):
+            return False
+    return candidate is not None and hmac.compare_digest(candidate.encode(), hashed.encode())
 
 
 def crypt_setting(crypt_id: str, salt_length: int) -> str:
@@ -156,7 +175,8 @@ def crypt_with_libcrypt(password: str, setting: str) -> Optional[str]:
         # The buffer held a copy of the password; do not leave it to the heap.
         ctypes.memset(data, 0, CRYPT_DATA_SIZE)
     # libxcrypt marks failures with a leading '*' where it does not return NULL.
-    if hashed is None or hashed.startswith("*") or not hashed.startswith(setting):
+    method = setting[: setting.find("$", 1) + 1]
+    if hashed is None or hashed.startswith("*") or not hashed.startswith(method):
         return None
     return hashed
 

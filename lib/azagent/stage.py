@@ -25,7 +25,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -35,6 +35,7 @@ from azagent import journal
 from azagent.context import Context
 from azagent.errors import AzagentError
 from azagent.fsutil import atomic_write, exclusive_lock
+from azagent.plan import Plan
 from azagent.redact import redact
 
 EXIT_OK = 0
@@ -48,29 +49,6 @@ STATE_SKIPPED = "skipped"
 STATE_FAILED = "failed"
 
 log = journal.log
-
-
-@dataclass(frozen=True)
-class Action:
-    """One change: a sentence saying what it does and the function doing it."""
-
-    summary: str
-    apply: Callable[[], None]
-
-
-@dataclass
-class Plan:
-    """What a stage will change, or why it does not apply at all."""
-
-    actions: list[Action] = field(default_factory=list)
-    skip: str | None = None
-
-    def add(self, summary: str, apply: Callable[[], None]) -> None:
-        self.actions.append(Action(summary, apply))
-
-    @classmethod
-    def skipped(cls, reason: str) -> Plan:
-        return cls(skip=reason)
 
 
 PlanFunction = Callable[[Context], Plan]

@@ -13,6 +13,7 @@ modules where azagent has one (one definition of each document).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import socket
@@ -296,7 +297,7 @@ class Fabric:
                 self._changed.wait(min(remaining, 0.5))
         return True
 
-    def _record(self, request: Request) -> None:
+    def record(self, request: Request) -> None:
         with self._changed:
             self.requests.append(request)
             if self._log_path is not None:
@@ -593,20 +594,19 @@ class FabricHandler(BaseHTTPRequestHandler):
         fault = self.fabric.fault_for(self.endpoint, f"{self.command} {self.path}")
         if fault is not None:
             request.fault = fault.kind
-        try:
-            if fault is not None and fault.kind == "drop":
-                request.status = 0
-                self.close_connection = True
+        # The request is recorded before the answer goes out, so a client that
+        # has its answer always finds its request in the log.
+        if fault is not None and fault.kind == "drop":
+            self.fabric.record(request)
+            self.close_connection = True
+            with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-                return
-            if fault is not None and fault.kind == "status":
-                request.status = fault.status
-                self._send(fault.status, _XML, _error(fault.status, "injected fault")[2])
-                return
-            if fault is not None and fault.kind == "garbage":
-                request.status = 200
-                self._send(200, _XML, b"\x00\xffgarbage<<<" + bytes(range(256)))
-                return
+            return
+        if fault is not None and fault.kind == "status":
+            status, headers, body = fault.status, _XML, _error(fault.status, "injected fault")[2]
+        elif fault is not None and fault.kind == "garbage":
+            status, headers, body = 200, _XML, b"\x00\xffgarbage<<<" + bytes(range(256))
+        else:
             if fault is not None and fault.kind == "delay":
                 time.sleep(fault.seconds)
             try:
@@ -616,15 +616,15 @@ class FabricHandler(BaseHTTPRequestHandler):
 
                 traceback.print_exc()
                 status, headers, body = _error(500, "emulator error")
-            request.status = status
+        request.status = status
+        self.fabric.record(request)
+        try:
             if fault is not None and fault.kind == "trickle":
                 self._trickle(status, headers, body, fault.seconds)
             else:
                 self._send(status, headers, body)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        finally:
-            self.fabric._record(request)
 
     def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
         self.send_response(status)
