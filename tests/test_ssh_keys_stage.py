@@ -357,12 +357,30 @@ def test_a_hard_linked_authorized_keys_is_refused(root: Path) -> None:
 
 
 def test_a_missing_user_fails_with_the_reason(root: Path) -> None:
+    """create-user ran (and said done), yet the user is missing: a failure."""
+    make_system(root)
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    provide(root, inline(ed25519_line()))
+    results = root / "run/azagent/stages"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "create-user.json").write_text('{"stage": "create-user", "state": "done"}')
+    run = run_stage("ssh-keys", "--root", str(root))
+    assert run.returncode == 1
+    assert "user alice is not in /etc/passwd" in run.stderr
+
+
+def test_a_masked_create_user_leaves_the_users_keys_out(root: Path) -> None:
+    """create-user did not run (masked): users are managed elsewhere; sshd is still set."""
     make_system(root)
     (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
     provide(root, inline(ed25519_line()))
     run = run_stage("ssh-keys", "--root", str(root))
-    assert run.returncode == 1
-    assert "user alice is not in /etc/passwd" in run.stderr
+    assert run.returncode == 0, run.stderr
+    assert "create-user did not run this boot" in run.stderr
+    assert not (root / "home/alice/.ssh").exists()
+    assert (
+        root / "etc/ssh/sshd_config.d/10-azagent.conf"
+    ).exists() or "PasswordAuthentication" in (root / "etc/ssh/sshd_config").read_text()
 
 
 # --- sshd settings -------------------------------------------------------------------------

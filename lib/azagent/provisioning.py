@@ -118,6 +118,29 @@ def provisioned_vm_id(ctx: Context) -> Optional[str]:
     return text or None
 
 
+def user_left_out(ctx: Context, username: str) -> Optional[str]:
+    """Why the user's keys cannot be installed, when create-user did not run at all.
+
+    An image builder who masks create-user manages users some other way: the
+    user's keys are then left out (and said so), not a provisioning failure.
+    When create-user ran and failed, that failure is the one reported.
+    """
+    from azagent.stage import read_result
+    from azagent.users import accounts
+
+    if read_result(ctx.root, "create-user") is not None:
+        return None
+    try:
+        if username in accounts(ctx):
+            return None
+    except StageFailed:
+        return None
+    return (
+        f"user {username} does not exist and create-user did not run this boot "
+        "(masked?): the keys for that user are not installed"
+    )
+
+
 def nothing_to_provision() -> str:
     return (
         "no provisioning data this boot: the VM is already provisioned, "
