@@ -106,3 +106,27 @@ def test_gate_keeps_stages_off_other_machines() -> None:
         [analyze, "condition", *gate], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode != 0, done.stdout + done.stderr
+
+
+def test_sandbox_exposure_at_most_5(tmp_path: Path) -> None:
+    """`systemd-analyze security` exposure <= 5.0, except custom-data (the owner's script)."""
+    analyze = shutil.which("systemd-analyze")
+    assert analyze is not None
+    system = tmp_path / "usr/lib/systemd/system"
+    system.mkdir(parents=True)
+    services = [u for u in unit_files() if u.suffix == ".service"]
+    for unit in services:
+        (system / unit.name).write_text(unit.read_text())
+    for unit in services:
+        if unit.name == "azure-custom-data.service":
+            continue
+        done = subprocess.run(
+            [analyze, "security", "--offline=true", f"--root={tmp_path}", unit.name],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        last = done.stdout.strip().splitlines()[-1]
+        exposure = float(last.split(":")[-1].split()[0])
+        assert exposure <= 5.0, f"{unit.name}: {last}"

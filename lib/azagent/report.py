@@ -55,8 +55,11 @@ def write_kvp(ctx: Context, value: str) -> None:
     path = ctx.path(KVP_POOL)
     ensure_dir(path.parent, mode=0o755)
     record = kvp.encode_record(kvp.PROVISIONING_REPORT_KEY, value)
+    created = not path.exists()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     try:
+        if created:
+            os.fchmod(fd, 0o644)  # whatever the umask: the host's KVP daemon reads it
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.write(fd, record)
         os.fsync(fd)
