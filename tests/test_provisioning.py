@@ -456,3 +456,15 @@ def test_report_ready_leaves_cloud_init_vms_alone(vm: Vm) -> None:
     assert vm.run("report-ready").returncode == 0
     assert vm.result("report-ready")["state"] == "skipped"
     assert vm.fabric.health_reports == []
+
+
+def test_provision_guest_agent_false_leaves_the_flag(root: Path) -> None:
+    scenario = Scenario(provision_guest_agent=False)
+    with Fabric(scenario) as fabric:
+        vm = make_vm(root, scenario, fabric)
+        assert vm.run("mount-ovf").returncode == 0
+        flag = root / "var/lib/waagent/guest-agent-disabled"
+        assert flag.read_text() == "ProvisionGuestAgent=false\n"
+        data = vm.state()
+        assert data is not None
+        assert data["provision_guest_agent"] is False

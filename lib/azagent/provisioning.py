@@ -28,6 +28,9 @@ STATE_PATH = "/run/azagent/provisioning.json"
 # Left by mount-ovf when there is no provisioning media: the imds stage's cue.
 IMDS_NEEDED = "/run/azagent/imds-needed"
 MARKER_NAME = "provisioned"
+# In Lib.Dir when the platform said ProvisionGuestAgent=false: the extension
+# handler's unit does not start (ConditionPathExists=!...).
+NO_GUEST_AGENT = "guest-agent-disabled"
 MAX_STATE_BYTES = 2 * 1024 * 1024
 
 # The stages that make up provisioning, in order; report-ready and the
