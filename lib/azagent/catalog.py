@@ -16,7 +16,11 @@ class StageInfo:
 
 
 STAGES: tuple[StageInfo, ...] = (
-    StageInfo("kernel-tune", "SCSI timeout of the Hyper-V disks"),
+    StageInfo("kernel-tune", "SCSI timeout, Hyper-V entropy, NUMA, RDMA"),
+    StageInfo("network", "WireServer endpoint, routes, stable interface names, proxy"),
+    StageInfo("firewall", "only root may open TCP connections to the WireServer"),
+    StageInfo("resource-disk", "format and mount the resource disk, swap file"),
+    StageInfo("scvmm", "bootstrap the SCVMM agent when its DVD is attached"),
     StageInfo("mount-ovf", "read the provisioning media once per VM"),
     StageInfo("imds", "provision from IMDS when there is no provisioning media"),
     StageInfo("hostname", "set the hostname before the first DHCP request"),
