@@ -29,6 +29,7 @@ MOUNT_POINT = "/run/azagent/media"
 # The real document is a few kB; customData is at most 64 KiB before base64.
 MAX_OVF_BYTES = 1024 * 1024
 FILESYSTEMS = ("udf", "iso9660")
+SETTLE_SECONDS = 5
 
 
 def _read_limited(path: Path) -> bytes:
@@ -97,6 +98,11 @@ def read_ovf(ctx: Context) -> Optional[tuple[str, bytes]]:
     if ctx.root != Path("/"):
         log.info("not mounting devices under --root %s", ctx.root)
         return None
+    if not cdrom_devices(ctx):
+        # Devices found at coldplug may still be in udev's queue: wait for it
+        # to drain, briefly. A VM without a DVD pays at most this, never a
+        # device timeout.
+        system.run(["udevadm", "settle", f"--timeout={SETTLE_SECONDS}"], check=False, timeout=30)
     for device in cdrom_devices(ctx):
         data = read_from_device(ctx, device)
         if data is not None:

@@ -78,7 +78,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         fabric.start()
     except OSError as e:
         raise SystemExit(f"fabric: cannot listen: {e}") from None
-    print(json.dumps({**fabric.urls, "vm_id": fabric.scenario.vm_id}), flush=True)
+    first = {**fabric.listening, "vm_id": fabric.scenario.vm_id}
+    if advertise:
+        first["advertised"] = advertise  # type: ignore[assignment]
+    print(json.dumps(first), flush=True)
     try:
         while not stopping.wait(0.5):
             pass

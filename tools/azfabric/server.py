@@ -184,15 +184,19 @@ class Fabric:
         self.stop()
 
     @property
-    def urls(self) -> dict[str, str]:
-        """Base URLs of the four endpoints as a client reaches them."""
+    def listening(self) -> dict[str, str]:
+        """Where the four endpoints listen on this machine."""
         urls = {}
         for name, server in self._servers.items():
             host, port = server.server_address[:2]
             host = host.decode() if isinstance(host, bytes) else host
             urls[name] = f"http://{host}:{port}"
-        urls.update(self._advertise)
         return urls
+
+    @property
+    def urls(self) -> dict[str, str]:
+        """Base URLs of the four endpoints as a client reaches them (--advertise wins)."""
+        return {**self.listening, **self._advertise}
 
     def base_url(self, endpoint: str, handler: Optional[FabricHandler] = None) -> str:
         """The URL the client used for ``endpoint`` (its Host header), else ours."""

@@ -1,0 +1,197 @@
+"""The VM scenarios: what one or a few boots must show, with readable failures.
+
+Each scenario boots the guest (or a sequence of boots sharing a disk) and
+checks what a user relies on. A failed check raises ScenarioFailed with the
+reason; the harness prints it with the boot's console, journal and request
+log at hand in the scenario's work directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from azfabric.scenario import PublicKey, Scenario
+from azvmtest.boot import BootResult, BootSpec, run_boot
+from azvmtest.image import Image
+
+PASSWORD = "Vm-T3st-passw0rd!"  # noqa: S105 - the test VM's password, hunted for in the guest
+CUSTOM_DATA = "#!/bin/sh\necho vmtest-customdata-marker\n"
+PROVISIONING = ("mount-ovf", "hostname", "create-user", "ssh-keys", "certificates", "custom-data")
+
+
+class ScenarioFailed(AssertionError):
+    """A check failed; the message says which and why."""
+
+
+def check(condition: bool, reason: str) -> None:
+    if not condition:
+        raise ScenarioFailed(reason)
+
+
+@dataclass
+class Context:
+    image: Image
+    workdir: Path
+
+    def boot(self, spec: BootSpec) -> BootResult:
+        result = run_boot(self.image, spec, self.workdir / spec.name)
+        ready = f"{result.ready_after:.1f}s" if result.ready_after is not None else "never"
+        up = f"{result.up_after:.1f}s" if result.up_after is not None else "never"
+        print(f"  boot {spec.name}: health report after {ready}, boot finished after {up}", flush=True)
+        check(result.up_after is not None, f"{spec.name}: the boot did not finish ({self.workdir / spec.name})")
+        check(result.text("collected") != "", f"{spec.name}: the guest's results were not collected")
+        return result
+
+
+def default_scenario(**overrides: object) -> Scenario:
+    values: dict[str, object] = {
+        "hostname": "vmtest-vm",
+        "username": "alice",
+        "password": PASSWORD,
+        "disable_password_auth": False,
+        "custom_data": CUSTOM_DATA,
+        "vm_id": str(uuid.uuid4()),
+        "public_keys": [PublicKey(path="/home/alice/.ssh/authorized_keys")],
+    }
+    values.update(overrides)
+    return Scenario(**values)  # type: ignore[arg-type]
+
+
+def reports(result: BootResult) -> list[str]:
+    return [r.state + (f"/{r.substatus}" if r.substatus else "") for r in result.fabric.health_reports]
+
+
+def stage_state(result: BootResult, stage: str) -> str:
+    return str(result.stage(stage).get("state", "never-ran"))
+
+
+def monotonic(result: BootResult, unit: str, field: str) -> int:
+    return int(result.units().get(unit, {}).get(field, "0") or 0)
+
+
+def secrets_of(result: BootResult) -> tuple[str, ...]:
+    return result.spec.secrets
+
+
+# -- scenarios ------------------------------------------------------------------
+
+
+def scenario_default(ctx: Context) -> None:
+    """Password, key, hostname, customData; Ready; SSH login; hostname timing; secrets; resource disk."""
+    scenario = default_scenario()
+    secrets = (PASSWORD, "vmtest-customdata-marker", base64.b64encode(CUSTOM_DATA.encode()).decode()[:20])
+    result = ctx.boot(BootSpec("default", scenario, ssh=True, secrets=secrets, resource_disk="ntfs-warning"))
+    check(reports(result) == ["Ready"], f"expected one Ready report, got {reports(result)}")
+    for stage in ("mount-ovf", "create-user", "ssh-keys", "custom-data", "report-ready"):
+        check(stage_state(result, stage) == "done", f"{stage}: {result.stage(stage)}")
+    # The monitor path unit re-runs hostname after the stage wrote /etc/hostname:
+    # its last result is that run's "nothing to do".
+    check(stage_state(result, "hostname") in ("done", "nothing-to-do"), str(result.stage("hostname")))
+    # SSH with the provisioned key: the user, the hostname, and sudo refusing
+    # without the password (one was set).
+    check(result.ssh_status == 0, f"ssh failed: {result.ssh_output.strip()}")
+    check("uid=" in result.ssh_output and "(alice)" in result.ssh_output, result.ssh_output)
+    check("vmtest-vm" in result.ssh_output, f"hostname not in ssh output: {result.ssh_output}")
+    check("sudo-status=1" in result.ssh_output, f"sudo -n should refuse: {result.ssh_output}")
+    check(result.text("hostname.txt").strip() == "vmtest-vm", "running hostname")
+    # The hostname is set before systemd-networkd starts, so the first DHCP
+    # request carries it; and no link was bounced.
+    named = monotonic(result, "azure-hostname.service", "ExecMainExitTimestampMonotonic")
+    networkd = monotonic(result, "systemd-networkd.service", "ExecMainStartTimestampMonotonic")
+    check(0 < named < networkd, f"hostname done at {named}, networkd started at {networkd}")
+    journal = result.text("journal.txt")
+    check(not re.search(r"en\w+: Link DOWN", journal), "an interface was bounced")
+    # Secrets: nowhere in the journal or a world-readable file.
+    check(result.text("secret-journal.txt").strip() == "0", "a secret is in the journal")
+    check(result.text("secret-files.txt").strip() == "", f"secrets in: {result.text('secret-files.txt')}")
+    # KVP and report order: the KVP record was written before Ready.
+    check(result.text("system-state").strip() in ("running", "degraded"), result.text("system-state"))
+    failed = result.text("failed.txt")
+    check("azure-" not in failed, f"failed azure units: {failed}")
+
+
+def scenario_no_dvd(ctx: Context) -> None:
+    """No provisioning media: IMDS-only provisioning, Ready."""
+    scenario = default_scenario(password=None, custom_data=None)
+    result = ctx.boot(BootSpec("no-dvd", scenario, media=False, ssh=True))
+    check(reports(result) == ["Ready"], f"expected Ready, got {reports(result)}")
+    check(stage_state(result, "imds") == "done", f"imds: {result.stage('imds')}")
+    check(result.ssh_status == 0, f"ssh with the IMDS key failed: {result.ssh_output.strip()}")
+    check("sudo-status=0" in result.ssh_output, "no password: sudo without one")
+
+
+def scenario_failure(ctx: Context) -> None:
+    """An invalid username: NotReady/ProvisioningFailed naming the stage, promptly."""
+    result = ctx.boot(BootSpec("bad-user", default_scenario(username="-rf")))
+    states = reports(result)
+    check(bool(states) and states[0] == "NotReady/ProvisioningFailed", f"reports: {states}")
+    description = result.fabric.health_reports[0].description or ""
+    check(description.startswith("mount-ovf: ") and "UserName" in description, description)
+    check(result.ready_after is not None and result.ready_after < (result.up_after or 0) + 60, "late report")
+
+
+def scenario_masking(ctx: Context) -> None:
+    """Each provisioning stage masked in turn, then all but report-ready: the boot completes, Ready."""
+    for stage in (*PROVISIONING, "all"):
+        masked = PROVISIONING if stage == "all" else (stage,)
+        args = tuple(f"systemd.mask=azure-{s}.service" for s in masked)
+        result = ctx.boot(BootSpec(f"mask-{stage}", default_scenario(), kernel_args=args, resource_disk=None))
+        check(reports(result) == ["Ready"], f"masking {stage}: reports {reports(result)}")
+        for name in masked:
+            check(
+                result.units().get(f"azure-{name}.service", {}).get("LoadState") == "masked",
+                f"azure-{name}.service is not masked",
+            )
+
+
+def scenario_reboot(ctx: Context) -> None:
+    """Second boot of the same disk: nothing re-provisions; a new VM id provisions again."""
+    scenario = default_scenario()
+    first = ctx.boot(BootSpec("first-boot", scenario, resource_disk=None))
+    check(reports(first) == ["Ready"], f"first boot: {reports(first)}")
+    same = ctx.boot(BootSpec("second-boot", scenario, disk=first.os_disk, resource_disk=None))
+    check(reports(same) == [], f"second boot reported {reports(same)}")
+    check(stage_state(same, "mount-ovf") == "skipped", f"mount-ovf: {same.stage('mount-ovf')}")
+    captured = default_scenario(hostname="captured-vm")
+    new = ctx.boot(BootSpec("new-vm-id", captured, disk=first.os_disk, resource_disk=None))
+    check(reports(new) == ["Ready"], f"new VM id: {reports(new)}")
+    check(new.text("hostname.txt").strip() == "captured-vm", "the new VM's hostname")
+
+
+def scenario_resource_disk(ctx: Context) -> None:
+    """NTFS with user data is left alone (reason logged); no resource disk: nothing waits."""
+    data = ctx.boot(BootSpec("ntfs-user-data", default_scenario(), resource_disk="ntfs-data"))
+    check(reports(data) == ["Ready"], f"reports: {reports(data)}")
+    check(stage_state(data, "resource-disk") == "failed" or "user data" in data.text("journal.txt"),
+          "the refusal to format a disk with user data is not logged")  # fmt: skip
+    none = ctx.boot(BootSpec("no-resource-disk", default_scenario(), resource_disk=None))
+    check(reports(none) == ["Ready"], f"reports: {reports(none)}")
+    check(stage_state(none, "resource-disk") == "never-ran", "the resource-disk stage ran without a disk")
+
+
+SCENARIOS: dict[str, Callable[[Context], None]] = {
+    "default": scenario_default,
+    "no-dvd": scenario_no_dvd,
+    "failure": scenario_failure,
+    "masking": scenario_masking,
+    "reboot": scenario_reboot,
+    "resource-disk": scenario_resource_disk,
+}
+
+
+@contextmanager
+def timed(name: str) -> Iterator[None]:
+    import time
+
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        print(f"scenario {name}: {time.monotonic() - start:.1f}s", flush=True)
