@@ -220,7 +220,11 @@ def running_unit() -> Optional[str]:
 
 
 def _reload(unit: str) -> None:
-    system.run(["systemctl", "reload", unit], what=f"reload {unit}")
+    # --no-block: the SSH server is ordered after this stage, so a reload job
+    # waited for here would wait for this very stage to finish (a deadlock
+    # when the stage runs as a unit, e.g. restarted by the imds stage). Queued,
+    # it runs as soon as the stage is done.
+    system.run(["systemctl", "reload", "--no-block", unit], what=f"reload {unit}")
 
 
 def plan_reload(ctx: Context) -> list[Action]:

@@ -24,6 +24,7 @@ from typing import Optional
 from azfabric import media
 from azfabric.scenario import Scenario, materialize
 from azfabric.server import Fabric
+
 from azvmtest.image import Image
 
 AZURE_ASSET_TAG = "7783-7084-3265-9085-8269-3286-77"
@@ -77,7 +78,7 @@ class BootResult:
         """`systemctl show` of the azure-* units (and a few others), by unit."""
         units: dict[str, dict[str, str]] = {}
         current: dict[str, str] = {}
-        for line in self.text("units.txt").splitlines() + [""]:
+        for line in [*self.text("units.txt").splitlines(), ""]:
             if not line.strip():
                 if "Id" in current:
                     units[current["Id"]] = current
@@ -89,7 +90,9 @@ class BootResult:
 
     def stage(self, name: str) -> dict[str, object]:
         try:
-            data: dict[str, object] = json.loads((self.share / "stages" / f"{name}.json").read_text())
+            data: dict[str, object] = json.loads(
+                (self.share / "stages" / f"{name}.json").read_text()
+            )
         except (OSError, ValueError):
             return {}
         return data
@@ -109,7 +112,9 @@ def make_resource_disk(path: Path, kind: str) -> None:
     if kind == "empty":
         return
     # One MBR partition of type 7 (NTFS) from 1 MiB, as the platform formats it.
-    subprocess.run(["sfdisk", "-q", str(path)], input="label: dos\nstart=2048, type=7\n", text=True, check=True)
+    subprocess.run(
+        ["sfdisk", "-q", str(path)], input="label: dos\nstart=2048, type=7\n", text=True, check=True
+    )
     part = path.with_suffix(".part")
     with open(part, "wb") as f:
         f.truncate(1024 * 1024 * 1024 - 2048 * 512)
@@ -121,7 +126,9 @@ def make_resource_disk(path: Path, kind: str) -> None:
     )
     warning = path.parent / "DATALOSS_WARNING_README.txt"
     warning.write_text("WARNING: THIS IS A TEMPORARY DISK.\r\n")
-    subprocess.run(["ntfscp", "-f", "-q", str(part), str(warning), "DATALOSS_WARNING_README.txt"], check=True)
+    subprocess.run(
+        ["ntfscp", "-f", "-q", str(part), str(warning), "DATALOSS_WARNING_README.txt"], check=True
+    )
     if kind == "ntfs-data":
         precious = path.parent / "precious.txt"
         precious.write_text("the user's data\n")
@@ -132,7 +139,9 @@ def make_resource_disk(path: Path, kind: str) -> None:
     part.unlink()
 
 
-def qemu_command(image: Image, result: BootResult, urls: dict[str, str], ssh_port: int) -> list[str]:
+def qemu_command(
+    image: Image, result: BootResult, urls: dict[str, str], ssh_port: int
+) -> list[str]:
     spec = result.spec
     work = result.workdir
 
@@ -152,31 +161,62 @@ def qemu_command(image: Image, result: BootResult, urls: dict[str, str], ssh_por
     )
     vm_id = spec.scenario.vm_id or ""
     command = [
-        "qemu-system-x86_64", "-accel", "tcg", "-cpu", "qemu64", "-smp", "2", "-m", "1024", "-M", "pc",
-        "-nographic", "-no-reboot", "-nodefaults",
-        "-kernel", str(image.kernel), "-initrd", str(image.initrd),
-        "-append", " ".join([KERNEL_ARGS, *spec.kernel_args]),
-        "-uuid", vm_id,
-        "-smbios", "type=1,manufacturer=Microsoft Corporation,product=Virtual Machine",
-        "-smbios", f"type=3,manufacturer=Microsoft Corporation,asset={AZURE_ASSET_TAG}",
-        "-serial", f"file:{work / 'console.log'}",
-        "-device", "virtio-scsi-pci,id=scsi0",
-        "-drive", f"file={result.os_disk},format=qcow2,if=none,id=os,cache=unsafe",
-        "-device", "scsi-hd,drive=os,bus=scsi0.0,scsi-id=0,lun=0,vendor=Msft,product=Virtual Disk,serial=os0",
-        "-netdev", netdev,
-        "-device", "virtio-net-pci,netdev=n0,romfile=",
-        "-virtfs", f"local,path={result.share},mount_tag=results,security_model=none,id=results",
-    ]  # fmt: skip
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "qemu64",
+        "-smp",
+        "2",
+        "-m",
+        "1024",
+        "-M",
+        "pc",
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-kernel",
+        str(image.kernel),
+        "-initrd",
+        str(image.initrd),
+        "-append",
+        " ".join([KERNEL_ARGS, *spec.kernel_args]),
+        "-uuid",
+        vm_id,
+        "-smbios",
+        "type=1,manufacturer=Microsoft Corporation,product=Virtual Machine",
+        "-smbios",
+        f"type=3,manufacturer=Microsoft Corporation,asset={AZURE_ASSET_TAG}",
+        "-serial",
+        f"file:{work / 'console.log'}",
+        "-device",
+        "virtio-scsi-pci,id=scsi0",
+        "-drive",
+        f"file={result.os_disk},format=qcow2,if=none,id=os,cache=unsafe",
+        "-device",
+        "scsi-hd,drive=os,bus=scsi0.0,scsi-id=0,lun=0,vendor=Msft,product=Virtual Disk,serial=os0",
+        "-netdev",
+        netdev,
+        "-device",
+        "virtio-net-pci,netdev=n0,romfile=",
+        "-virtfs",
+        f"local,path={result.share},mount_tag=results,security_model=none,id=results",
+    ]
     if spec.resource_disk is not None:
         command += [
-            "-drive", f"file={work / 'resource.raw'},format=raw,if=none,id=res,cache=unsafe",
-            "-device", "scsi-hd,drive=res,bus=scsi0.0,scsi-id=1,lun=0,vendor=Msft,product=Virtual Disk,serial=res0",
-        ]  # fmt: skip
+            "-drive",
+            f"file={work / 'resource.raw'},format=raw,if=none,id=res,cache=unsafe",
+            "-device",
+            "scsi-hd,drive=res,bus=scsi0.0,scsi-id=1,lun=0,"
+            "vendor=Msft,product=Virtual Disk,serial=res0",
+        ]
     if spec.media:
         command += [
-            "-drive", f"file={work / 'media/ovf-udf.iso'},format=raw,if=none,id=dvd,media=cdrom,readonly=on",
-            "-device", "scsi-cd,drive=dvd,bus=scsi0.0,scsi-id=0,lun=2,vendor=Msft,product=Virtual DVD-ROM",
-        ]  # fmt: skip
+            "-drive",
+            f"file={work / 'media/ovf-udf.iso'},format=raw,if=none,id=dvd,media=cdrom,readonly=on",
+            "-device",
+            "scsi-cd,drive=dvd,bus=scsi0.0,scsi-id=0,lun=2,vendor=Msft,product=Virtual DVD-ROM",
+        ]
     return command
 
 
@@ -187,11 +227,24 @@ def ssh(result: BootResult, port: int, deadline: float) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(private)
     command = [
-        "ssh", "-i", str(key), "-p", str(port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-        "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR",
+        "ssh",
+        "-i",
+        str(key),
+        "-p",
+        str(port),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "ConnectTimeout=20",
+        "-o",
+        "LogLevel=ERROR",
         f"{result.spec.scenario.username}@127.0.0.1",
         "id; hostname; sudo -n true; echo sudo-status=$?",
-    ]  # fmt: skip
+    ]
     while time.monotonic() < deadline:
         done = subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
         result.ssh_status, result.ssh_output = done.returncode, done.stdout + done.stderr
@@ -213,7 +266,18 @@ def run_boot(image: Image, spec: BootSpec, workdir: Path) -> BootResult:
         media.write(spec.scenario, workdir / "media", formats=["udf"])
     if spec.disk is None:
         subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image.disk), "-F", "raw", str(workdir / "os.qcow2")],
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                str(image.disk),
+                "-F",
+                "raw",
+                str(workdir / "os.qcow2"),
+            ],
             check=True,
         )
     if spec.resource_disk is not None:
@@ -231,7 +295,10 @@ def run_boot(image: Image, spec: BootSpec, workdir: Path) -> BootResult:
     result = BootResult(spec, workdir, fabric, started=time.monotonic())
     with open(workdir / "qemu.log", "w") as log:
         qemu = subprocess.Popen(
-            qemu_command(image, result, urls, ssh_port), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            qemu_command(image, result, urls, ssh_port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         deadline = result.started + spec.timeout

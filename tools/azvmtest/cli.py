@@ -7,10 +7,15 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from azvmtest import image, scenarios
+
+
+def _deb(args: argparse.Namespace) -> Optional[Path]:
+    return Path(args.deb).resolve() if getattr(args, "deb", None) else None
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -20,7 +25,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    built = image.build(force=args.force)
+    built = image.build(force=args.force, deb=_deb(args))
     print(built.disk)
     return 0
 
@@ -29,10 +34,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     names = list(scenarios.SCENARIOS) if args.scenario == ["all"] else args.scenario
     unknown = [n for n in names if n not in scenarios.SCENARIOS]
     if unknown:
-        print(f"vmtest: unknown scenario(s): {', '.join(unknown)}; see `tools/vmtest list`", file=sys.stderr)
+        print(
+            f"vmtest: unknown scenario(s): {', '.join(unknown)}; see `tools/vmtest list`",
+            file=sys.stderr,
+        )
         return 2
     start = time.monotonic()
-    built = image.build()
+    built = image.build(deb=_deb(args))
     print(f"image ready after {time.monotonic() - start:.1f}s", flush=True)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="vmtest-"))
     failed: list[str] = []
@@ -51,10 +59,49 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Boot the default scenario and show what happened, as a person would look at it."""
+    from azvmtest.boot import BootSpec, run_boot
+
+    start = time.monotonic()
+    built = image.build(deb=_deb(args))
+    print(f"== guest image ready after {time.monotonic() - start:.1f}s ({built.disk})", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="azagent-demo-"))
+    scenario = scenarios.default_scenario()
+    print("== booting a Debian 12 guest under qemu against the emulated Azure fabric", flush=True)
+    result = run_boot(built, BootSpec("demo", scenario, ssh=True), workdir / "demo")
+    ready = f"{result.ready_after:.1f}s" if result.ready_after is not None else "never"
+    print(f"\n== systemctl status 'azure-*', as the guest printed it (Ready after {ready})\n")
+    print(result.text("status.txt"))
+    print("== the emulator's record of the health report(s)\n")
+    for request in result.fabric.requests:
+        if "comp=health" in request.path:
+            printable = request.printable()
+            print(f"{request.method} {printable['path']} -> {request.status}")
+            print(printable["body"] + "\n")
+    print(f"== SSH login as {scenario.username} with the provisioned key\n")
+    print(f"$ ssh -i id_ed25519 {scenario.username}@vm 'id; hostname; sudo -n true'")
+    print(result.ssh_output.strip() or "(no output)")
+    ok = bool(result.fabric.health_reports) and result.fabric.health_reports[0].state == "Ready"
+    ok = ok and result.ssh_status == 0
+    print(
+        f"\n== {'Ready reported and SSH login worked' if ok else 'FAILED'}; the guest powered off"
+    )
+    if ok:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"evidence kept in {workdir}")
+    return 0 if ok else 1
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="vmtest", description="Boot azagent in a Debian guest under qemu.")
+    parser = argparse.ArgumentParser(
+        prog="vmtest", description="Boot azagent in a Debian guest under qemu."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("list", help="name the scenarios").set_defaults(func=cmd_list)
+    demo = sub.add_parser("demo", help="boot the default scenario and show it")
+    demo.set_defaults(func=cmd_demo)
     build = sub.add_parser("build", help="build (or reuse) the guest image")
     build.add_argument("--force", action="store_true", help="rebuild even when cached")
     build.set_defaults(func=cmd_build)
@@ -63,6 +110,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run.add_argument("--workdir", help="keep every boot's evidence here")
     run.add_argument("--keep", action="store_true", help="keep the evidence even when all pass")
     run.set_defaults(func=cmd_run)
+    for command in (build, run, demo):
+        command.add_argument(
+            "--deb", metavar="FILE", help="install this azagent package instead of building one"
+        )
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

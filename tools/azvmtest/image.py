@@ -15,6 +15,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 TOOLS = Path(__file__).resolve().parent.parent
 REPO = TOOLS.parent
@@ -22,18 +23,39 @@ CACHE = REPO / ".cache/vmtest"
 GUEST = Path(__file__).resolve().parent / "guest"
 
 PACKAGES = (
-    "systemd", "systemd-sysv", "udev", "dbus", "kmod", "python3", "openssh-server",
-    "linux-image-amd64", "iproute2", "sudo", "e2fsprogs", "fdisk", "util-linux", "passwd",
-    "ntfs-3g", "python3-requests", "python3-cryptography", "python3-xmltodict",
-    "python3-systemd", "python3-pyudev",
-)  # fmt: skip
+    "systemd",
+    "systemd-sysv",
+    "udev",
+    "dbus",
+    "kmod",
+    "python3",
+    "openssh-server",
+    "linux-image-amd64",
+    "iproute2",
+    "sudo",
+    "e2fsprogs",
+    "fdisk",
+    "util-linux",
+    "passwd",
+    "ntfs-3g",
+    "python3-requests",
+    "python3-cryptography",
+    "python3-xmltodict",
+    "python3-systemd",
+    "python3-pyudev",
+)
 # The initramfs only needs what mounts the OS disk; MODULES=list keeps it small.
 INITRAMFS_MODULES = ("virtio_pci", "virtio_scsi", "sd_mod", "sr_mod", "ext4", "udf", "isofs")
 MASKED = (
-    "systemd-firstboot.service", "e2scrub_reap.service", "e2scrub_all.timer",
-    "apt-daily.timer", "apt-daily-upgrade.timer", "fstrim.timer", "getty@tty1.service",
+    "systemd-firstboot.service",
+    "e2scrub_reap.service",
+    "e2scrub_all.timer",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "fstrim.timer",
+    "getty@tty1.service",
     "man-db.timer",
-)  # fmt: skip
+)
 HOST_PACKAGES = ("qemu-system-x86", "qemu-utils", "mmdebstrap", "genisoimage", "socat", "ntfs-3g")
 
 
@@ -60,7 +82,10 @@ def ensure_host_packages() -> None:
     if missing:
         print(f"vmtest: installing {' '.join(missing)}", file=sys.stderr)
         run(["apt-get", "update", "-qq"])
-        run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], stdout=subprocess.DEVNULL)
+        run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+            stdout=subprocess.DEVNULL,
+        )
 
 
 def build_deb(out: Path) -> Path:
@@ -73,13 +98,18 @@ def build_deb(out: Path) -> Path:
     return Path(done.stdout.strip())
 
 
-def cache_key() -> str:
-    """Everything that goes into the image: package list, azagent's sources, harness files."""
+def cache_key(deb: Optional[Path] = None) -> str:
+    """Everything that goes into the image: package list, azagent's sources (or the
+    given .deb), harness files."""
     digest = hashlib.sha256()
     digest.update(" ".join(PACKAGES + INITRAMFS_MODULES + MASKED).encode())
+    if deb is not None:
+        digest.update(deb.read_bytes())
     sources = [REPO / "setup.cfg", REPO / "README.md", TOOLS / "install", TOOLS / "package-deb"]
-    for directory in ("lib/azagent", "stages", "units"):
-        sources += sorted(p for p in (REPO / directory).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    for directory in ("lib/azagent", "stages", "units") if deb is None else ():
+        sources += sorted(
+            p for p in (REPO / directory).rglob("*") if p.is_file() and "__pycache__" not in p.parts
+        )
     for path in sources:
         digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
     for path in sorted(GUEST.iterdir()):
@@ -91,7 +121,8 @@ def cache_key() -> str:
 def customize(rootfs: Path, deb: Path) -> None:
     """Install azagent the way an image builder would, plus the harness's own files."""
     shutil.copy(deb, rootfs / "tmp/azagent.deb")
-    run(["chroot", str(rootfs), "dpkg", "-i", "/tmp/azagent.deb"], stdout=subprocess.DEVNULL)
+    # A path inside the image's chroot, not this machine's /tmp.
+    run(["chroot", str(rootfs), "dpkg", "-i", "/tmp/azagent.deb"], stdout=subprocess.DEVNULL)  # noqa: S108
     (rootfs / "tmp/azagent.deb").unlink()
     conf = rootfs / "etc/waagent.conf.d"
     conf.mkdir(parents=True, exist_ok=True)
@@ -100,37 +131,55 @@ def customize(rootfs: Path, deb: Path) -> None:
     collector = rootfs / "usr/local/sbin/vmtest-collect"
     shutil.copy(GUEST / "vmtest-collect", collector)
     collector.chmod(0o755)
-    shutil.copy(GUEST / "vmtest-collect.service", rootfs / "etc/systemd/system/vmtest-collect.service")
-    run(["chroot", str(rootfs), "systemctl", "enable", "-q", "vmtest-collect.service", "systemd-networkd.service"])
+    shutil.copy(
+        GUEST / "vmtest-collect.service", rootfs / "etc/systemd/system/vmtest-collect.service"
+    )
+    run(
+        [
+            "chroot",
+            str(rootfs),
+            "systemctl",
+            "enable",
+            "-q",
+            "vmtest-collect.service",
+            "systemd-networkd.service",
+        ]
+    )
     run(["chroot", str(rootfs), "systemctl", "mask", "-q", *MASKED])
     (rootfs / "etc/hostname").write_text("debian-image\n")
     (rootfs / "etc/machine-id").write_text("")  # a generalized image: a new id every VM
 
 
-def build(*, force: bool = False) -> Image:
+def build(*, force: bool = False, deb: Optional[Path] = None) -> Image:
+    """The guest image with azagent from this checkout, or from the package ``deb``."""
     ensure_host_packages()
     CACHE.mkdir(parents=True, exist_ok=True)
-    key = cache_key()
+    key = cache_key(deb)
     target = CACHE / key
     image = Image(target / "base.raw", target / "vmlinuz", target / "initrd.img")
     if image.disk.exists() and not force:
         return image
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        deb = build_deb(Path(tmp))
+        deb = deb or build_deb(Path(tmp))
         print(f"vmtest: building the guest image {key} (about a minute)", file=sys.stderr)
         rootfs = Path(tmp) / "rootfs"
         modules = Path(tmp) / "modules"
         modules.write_text("\n".join(INITRAMFS_MODULES) + "\n")
         run(
             [
-                "mmdebstrap", "--variant=minbase", "--quiet", f"--include={','.join(PACKAGES)}",
-                "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-exclude=/usr/share/man/*",
+                "mmdebstrap",
+                "--variant=minbase",
+                "--quiet",
+                f"--include={','.join(PACKAGES)}",
+                "--dpkgopt=path-exclude=/usr/share/doc/*",
+                "--dpkgopt=path-exclude=/usr/share/man/*",
                 "--dpkgopt=path-exclude=/usr/share/locale/*",
-                "--essential-hook=mkdir -p \"$1/etc/initramfs-tools/conf.d\" && "
-                "echo MODULES=list > \"$1/etc/initramfs-tools/conf.d/vmtest.conf\" && "
-                f"cp {modules} \"$1/etc/initramfs-tools/modules\"",
-                "bookworm", str(rootfs),
-            ],  # fmt: skip
+                '--essential-hook=mkdir -p "$1/etc/initramfs-tools/conf.d" && '
+                'echo MODULES=list > "$1/etc/initramfs-tools/conf.d/vmtest.conf" && '
+                f'cp {modules} "$1/etc/initramfs-tools/modules"',
+                "bookworm",
+                str(rootfs),
+            ],
             stdout=subprocess.DEVNULL,
         )
         customize(rootfs, deb)
@@ -139,7 +188,19 @@ def build(*, force: bool = False) -> Image:
         boot = rootfs / "boot"
         shutil.copy(next(boot.glob("vmlinuz-*")), staging / "vmlinuz")
         shutil.copy(next(boot.glob("initrd.img-*")), staging / "initrd.img")
-        run(["mkfs.ext4", "-q", "-F", "-L", "azagent-os", "-d", str(rootfs), str(staging / "base.raw"), "3G"])
+        run(
+            [
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-L",
+                "azagent-os",
+                "-d",
+                str(rootfs),
+                str(staging / "base.raw"),
+                "3G",
+            ]
+        )
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
