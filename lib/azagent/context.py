@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
-from azagent.config import Config
+from azagent.config import KEYS_BY_NAME, Config
 
 RUN_DIR = "/run/azagent"
+# The WireServer named by DHCP (option 245), saved by the network stage.
+WIRESERVER_PATH = "/run/azagent/wireserver"
+HOSTGAPLUGIN_PORT = 32526
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_SAVED_WIRESERVER = re.compile(rf"http://({_OCTET}(?:\.{_OCTET}){{3}})")
 
 
 @dataclass(frozen=True)
@@ -48,5 +54,24 @@ class Context:
         return self.path(RUN_DIR)
 
     def endpoint(self, name: str) -> str:
-        """A platform endpoint's base URL (no trailing slash) from the configuration."""
-        return self.config.required_str(f"Endpoint.{name}").rstrip("/")
+        """A platform endpoint's base URL (no trailing slash).
+
+        The WireServer DHCP named (saved in WIRESERVER_PATH, http://<IPv4>)
+        wins over Endpoint.WireServer; the HostGAPlugin follows its host
+        while Endpoint.HostGAPlugin is at its default.
+        """
+        configured = self.config.required_str(f"Endpoint.{name}").rstrip("/")
+        if name not in ("WireServer", "HostGAPlugin"):
+            return configured
+        try:
+            saved = self.path(WIRESERVER_PATH).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return configured
+        found = _SAVED_WIRESERVER.fullmatch(saved)
+        if found is None:
+            return configured
+        if name == "WireServer":
+            return saved
+        if configured != str(KEYS_BY_NAME["Endpoint.HostGAPlugin"].default).rstrip("/"):
+            return configured
+        return f"http://{found.group(1)}:{HOSTGAPLUGIN_PORT}"
