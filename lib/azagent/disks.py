@@ -68,3 +68,141 @@ def write_attribute(path: Path, value: str) -> None:
     """Write a sysfs attribute (which can be neither created nor renamed)."""
     with open(path, "w", encoding="ascii") as f:
         f.write(value + "\n")
+
+
+# What the kernel says is in use: mounts, swap, block device names in sysfs.
+# Used by the resource-disk stage to keep its hands off the OS disk and off
+# anything mounted; every path goes through the context, so a test tree can
+# describe a machine with a fake /proc and /sys.
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One line of /proc/self/mountinfo."""
+
+    devnum: tuple[int, int]  # st_dev of the filesystem (0:N for btrfs, tmpfs, ...)
+    target: str  # mount point, unescaped
+    fstype: str
+    source: str  # e.g. /dev/sda1, unescaped
+
+
+def _unescape_mountinfo(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as \\ooo octal."""
+    out = []
+    i = 0
+    while i < len(field):
+        if field[i] == "\\" and len(field[i + 1 : i + 4]) == 3 and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mounts(ctx: Context) -> list[Mount]:
+    """The mounts of the target system (/proc/self/mountinfo under the root), in order.
+
+    A missing file (a test tree describing no mounts) is no mounts; an
+    unreadable one on the real system is an error the caller sees.
+    """
+    path = ctx.path("/proc/self/mountinfo")
+    try:
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    except FileNotFoundError:
+        if ctx.root == Path("/"):
+            raise
+        return []
+    result = []
+    for line in text.splitlines():
+        fields = line.split()
+        if "-" not in fields:
+            continue
+        separator = fields.index("-")
+        if separator < 6 or len(fields) < separator + 3:
+            continue
+        major, _, minor = fields[2].partition(":")
+        if not (major.isdigit() and minor.isdigit()):
+            continue
+        result.append(
+            Mount(
+                devnum=(int(major), int(minor)),
+                target=_unescape_mountinfo(fields[4]),
+                fstype=fields[separator + 1],
+                source=_unescape_mountinfo(fields[separator + 2]),
+            )
+        )
+    return result
+
+
+def active_swaps(ctx: Context) -> list[str]:
+    """Paths of the active swap areas (/proc/swaps under the root)."""
+    try:
+        lines = ctx.path("/proc/swaps").read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        if ctx.root == Path("/"):
+            raise
+        return []
+    return [_unescape_mountinfo(line.split()[0]) for line in lines[1:] if line.split()]
+
+
+def kernel_name(ctx: Context, devnum: tuple[int, int]) -> str | None:
+    """The kernel name (sda, sda1, dm-0) of block device MAJOR:MINOR, from sysfs."""
+    if devnum[0] == 0:
+        return None
+    link = ctx.path(f"/sys/dev/block/{devnum[0]}:{devnum[1]}")
+    try:
+        return link.resolve(strict=True).name
+    except OSError:
+        return None
+
+
+def block_sysfs(ctx: Context, name: str) -> Path:
+    """/sys/class/block/<name> under the root (a disk or a partition)."""
+    return ctx.path(f"/sys/class/block/{name}")
+
+
+def underlying_disks(ctx: Context, name: str, _depth: int = 0) -> set[str]:
+    """The whole disks block device ``name`` lives on.
+
+    A partition lives on its disk; a device-mapper or md device on the disks
+    of its slaves (LVM, RAID, dm-crypt), however deep the stack.
+    """
+    if _depth > 16:
+        return set()
+    directory = block_sysfs(ctx, name)
+    try:
+        resolved = directory.resolve(strict=True)
+    except OSError:
+        return {name}
+    if (resolved / "partition").exists():
+        return {resolved.parent.name}
+    try:
+        slaves = sorted(entry.name for entry in (resolved / "slaves").iterdir())
+    except OSError:
+        slaves = []
+    if not slaves:
+        return {name}
+    result: set[str] = set()
+    for slave in slaves:
+        result |= underlying_disks(ctx, slave, _depth + 1)
+    return result
+
+
+def partition_name(disk: str, number: int) -> str:
+    """The kernel's name for partition ``number`` of ``disk``: sdb1, nvme0n1p1."""
+    return f"{disk}p{number}" if disk[-1:].isdigit() else f"{disk}{number}"
+
+
+def devnum_of(ctx: Context, name: str) -> tuple[int, int] | None:
+    """MAJOR:MINOR of a block device from its sysfs ``dev`` attribute."""
+    major, _, minor = _attribute(block_sysfs(ctx, name) / "dev").partition(":")
+    if major.isdigit() and minor.isdigit():
+        return int(major), int(minor)
+    return None
+
+
+def scsi_identity(ctx: Context, name: str) -> tuple[str, str]:
+    """(vendor, model) of a SCSI disk from sysfs, stripped; empty when unknown."""
+    device = block_sysfs(ctx, name) / "device"
+    return _attribute(device / "vendor"), _attribute(device / "model")
