@@ -138,6 +138,20 @@ def scenario_default(ctx: Context) -> None:
     )
     failed = result.text("failed.txt")
     check("azure-" not in failed, f"failed azure units: {failed}")
+    # The resource disk came as NTFS holding only the warning file: formatted,
+    # mounted, the warning written, and a 0600 swap file active on it.
+    check(
+        stage_state(result, "resource-disk") == "done",
+        f"resource-disk: {result.stage('resource-disk')}",
+    )
+    check(
+        re.search(r"ext4\s.*/mnt/resource", result.text("lsblk.txt")) is not None,
+        result.text("lsblk.txt"),
+    )
+    check("/mnt/resource/swapfile" in result.text("swap.txt"), f"swap: {result.text('swap.txt')}")
+    check("600 root" in result.text("stat.txt").split("/mnt/resource/swapfile")[0].splitlines()[-1],
+          f"swap file mode: {result.text('stat.txt')}")  # fmt: skip
+    check("resource -> " in result.text("azure-links.txt"), result.text("azure-links.txt"))
 
 
 def scenario_no_dvd(ctx: Context) -> None:
@@ -197,9 +211,14 @@ def scenario_resource_disk(ctx: Context) -> None:
     """NTFS with user data is left alone (reason logged); no resource disk: nothing waits."""
     data = ctx.boot(BootSpec("ntfs-user-data", default_scenario(), resource_disk="ntfs-data"))
     check(reports(data) == ["Ready"], f"reports: {reports(data)}")
+    refusal = str(data.stage("resource-disk").get("reason", ""))
     check(
-        stage_state(data, "resource-disk") == "failed" or "user data" in data.text("journal.txt"),
-        "the refusal to format a disk with user data is not logged",
+        stage_state(data, "resource-disk") == "failed" and "precious.txt" in refusal,
+        f"a disk with user data must be refused, naming it: {data.stage('resource-disk')}",
+    )
+    check(
+        "ntfs" in data.text("lsblk.txt"),
+        f"the user's NTFS disk was changed: {data.text('lsblk.txt')}",
     )
     none = ctx.boot(BootSpec("no-resource-disk", default_scenario(), resource_disk=None))
     check(reports(none) == ["Ready"], f"reports: {reports(none)}")
