@@ -36,9 +36,6 @@ def test_no_command_is_a_usage_error() -> None:
 @pytest.mark.parametrize(
     ("spelling", "words"),
     [
-        (["-serialconsole"], "serial console configuration is not implemented"),
-        (["-collect-logs", "-verbose"], "log collection is not implemented"),
-        (["collect-logs"], "log collection is not implemented"),
         (["-daemon"], "no resident daemon"),
         (["-start"], "no resident daemon"),
     ],

@@ -151,3 +151,9 @@ def test_failure_reason_in_result_file_is_redacted(
     assert "Sup3rS3cret" not in err
     assert "b3BlbnNzaC1rZXkt" not in err
     assert "could not hash" in err
+
+
+def test_url_credentials_are_redacted() -> None:
+    cleaned = redact.redact("proxy http://bob:s3cretpw@proxy.example:3128 used")
+    assert "s3cretpw" not in cleaned
+    assert "proxy.example:3128" in cleaned

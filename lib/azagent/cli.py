@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from azagent import __version__, catalog
+from azagent.context import Context
 from azagent.errors import AzagentError
 from azagent.stage import EXIT_FAILED, EXIT_OK, EXIT_USAGE, load_config, read_result
 
@@ -24,7 +25,7 @@ STAGE_DIRS_ENV = "AZAGENT_STAGES_DIR"
 INSTALLED_STAGES_DIR = "/usr/libexec/azagent"
 
 # waagent flag -> azagent words. Flags that only modify another command.
-_WAAGENT_MODIFIERS = {"-verbose": "--verbose", "-force": "--force"}
+_WAAGENT_MODIFIERS = {"-verbose": "--verbose", "-force": "--force", "-full": "--full"}
 _WAAGENT_COMMANDS = {
     "-help": ["help"],
     "-version": ["version"],
@@ -37,11 +38,6 @@ _WAAGENT_COMMANDS = {
     "-start": ["start"],
 }
 
-# Commands whose feature has not landed yet: say so, never pretend.
-_NOT_YET = {
-    "serialconsole": "serial console configuration is not implemented in this version of azagent",
-    "collect-logs": "log collection is not implemented in this version of azagent",
-}
 _NO_DAEMON = (
     "azagent has no resident daemon: systemd runs its boot stages (azure-*.service);"
     " see 'azagent status'"
@@ -131,17 +127,22 @@ def status_rows(root: Path) -> list[dict[str, str]]:
     return rows
 
 
+def status_table(rows: list[dict[str, str]]) -> str:
+    headers = ["stage", "unit", "result", "duration", "ended", "reason"]
+    widths = {h: max(len(h), *(len(row[h]) for row in rows)) for h in headers}
+    lines = ["  ".join(h.upper().ljust(widths[h]) for h in headers).rstrip()]
+    for row in rows:
+        lines.append("  ".join(row[h].ljust(widths[h]) for h in headers).rstrip())
+    return "\n".join(lines) + "\n"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     root = Path(args.root).resolve()
     rows = status_rows(root)
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
-    headers = ["stage", "unit", "result", "duration", "ended", "reason"]
-    widths = {h: max(len(h), *(len(row[h]) for row in rows)) for h in headers}
-    print("  ".join(h.upper().ljust(widths[h]) for h in headers).rstrip())
-    for row in rows:
-        print("  ".join(row[h].ljust(widths[h]) for h in headers).rstrip())
+    sys.stdout.write(status_table(rows))
     failed = [row["stage"] for row in rows if row["result"] == "failed"]
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -168,8 +169,6 @@ def cmd_deprovision(args: argparse.Namespace) -> int:
     except AzagentError as e:
         print(f"azagent: {e.reason}", file=sys.stderr)
         return EXIT_FAILED
-    from azagent.context import Context
-
     ctx = Context(stage="deprovision", root=root, config=config, dry_run=args.dry_run)
     plan, notes = deprovision.plan(ctx, user=args.user)
     what = "deprovision+user" if args.user else "deprovision"
@@ -198,15 +197,84 @@ def cmd_deprovision(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _context(args: argparse.Namespace, command: str) -> Context | None:
+    """The context of a command acting on --root, or None (reported) on a bad configuration."""
+    root = Path(args.root).resolve()
+    try:
+        config = load_config(root, args.config)
+    except AzagentError as e:
+        print(f"azagent: {e.reason}", file=sys.stderr)
+        return None
+    for warning in config.warnings:
+        print(f"azagent: warning: {warning}", file=sys.stderr)
+    return Context(stage=command, root=root, config=config, dry_run=getattr(args, "dry_run", False))
+
+
+def cmd_serialconsole(args: argparse.Namespace) -> int:
+    from azagent import diagnostics
+
+    ctx = _context(args, "serialconsole")
+    if ctx is None:
+        return EXIT_FAILED
+    wanted = " ".join(diagnostics.SERIAL_CONSOLE_ARGS)
+    try:
+        plan, notes = diagnostics.serial_console_plan(ctx)
+    except AzagentError as e:
+        print(f"azagent: serialconsole: {e.reason}", file=sys.stderr)
+        return EXIT_FAILED
+    if not plan.actions:
+        print(f"serialconsole: nothing to do: the kernel command line of {ctx.root} has {wanted}")
+    else:
+        print(f"serialconsole on {ctx.root}{' (dry run)' if ctx.dry_run else ''} will:")
+        for action in plan.actions:
+            print(f"  - {action.summary}")
+    if plan.actions and not ctx.dry_run:
+        try:
+            for action in plan.actions:
+                action.apply()
+        except AzagentError as e:
+            print(f"azagent: serialconsole failed: {e.reason}", file=sys.stderr)
+            return EXIT_FAILED
+    for note in notes:
+        print(f"note: {note}")
+    if plan.actions and not ctx.dry_run:
+        print("serialconsole: done: from the next boot the kernel logs to ttyS0")
+    return EXIT_OK
+
+
+def cmd_collect_logs(args: argparse.Namespace) -> int:
+    from azagent import diagnostics
+
+    ctx = _context(args, "collect-logs")
+    if ctx is None:
+        return EXIT_FAILED
+    output = Path(args.output).absolute() if args.output else None
+    extra = {
+        "azagent/status.txt": status_table(status_rows(ctx.root)),
+        "azagent/configuration.txt": "".join(
+            f"# warning: {warning}\n" for warning in ctx.config.warnings
+        )
+        + ctx.config.render(),
+    }
+    try:
+        archive = diagnostics.collect_logs(ctx, output, extra)
+    except (AzagentError, OSError) as e:
+        reason = e.reason if isinstance(e, AzagentError) else f"{e.filename}: {e.strerror or e}"
+        print(f"azagent: collect-logs failed: {reason}", file=sys.stderr)
+        return EXIT_FAILED
+    for note in archive.notes:
+        print(f"note: {note}")
+    print(
+        f"collect-logs: wrote {archive.path} ({len(archive.entries)} files, {archive.size} bytes,"
+        " readable by root only)"
+    )
+    return EXIT_OK
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     print(f"azagent {__version__}")
     print(f"Python {sys.version.split()[0]}")
     return EXIT_OK
-
-
-def cmd_not_yet(args: argparse.Namespace) -> int:
-    print(f"azagent: {args.command}: {_NOT_YET[args.command]}", file=sys.stderr)
-    return EXIT_FAILED
 
 
 def cmd_no_daemon(args: argparse.Namespace) -> int:
@@ -219,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="azagent",
         description="Azure Linux guest agent: one-shot boot stages run by systemd.",
         epilog="waagent spellings (-help, -version, -show-configuration, -deprovision, "
-        "-deprovision+user, -serialconsole, -collect-logs, -daemon, -start, -verbose, "
+        "-deprovision+user, -serialconsole, -collect-logs [-full], -daemon, -start, -verbose, "
         "-force) are accepted.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -264,13 +332,44 @@ def build_parser() -> argparse.ArgumentParser:
     deprovision.add_argument("--dry-run", action="store_true", help="only print what would be done")
     deprovision.set_defaults(func=cmd_deprovision)
 
+    serial = sub.add_parser(
+        "serialconsole",
+        help="send the kernel's console to ttyS0 through GRUB (waagent -serialconsole)",
+        description="Add console=ttyS0 earlyprintk=ttyS0 to GRUB_CMDLINE_LINUX in "
+        "/etc/default/grub and regenerate GRUB's configuration (grubby on RHEL-like systems, "
+        "else update-grub or grub2-mkconfig); under --root, print how to regenerate it.",
+    )
+    serial.add_argument("--root", default="/", metavar="DIR", help="an image tree instead of /")
+    serial.add_argument("--config", metavar="PATH")
+    serial.add_argument("--dry-run", action="store_true", help="only print what would be done")
+    serial.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
+    serial.set_defaults(func=cmd_serialconsole)
+
+    collect = sub.add_parser(
+        "collect-logs",
+        help="zip azagent's journal, state and system facts for support (waagent -collect-logs)",
+        description="Write a zip, readable by root only, of the journal of the azure-* units, "
+        "the stage results, status, configuration and system facts, every text redacted. "
+        "Nothing from Lib.Dir (keys, certificates, customData) is collected.",
+    )
+    collect.add_argument(
+        "--output",
+        metavar="PATH",
+        help="where to write the zip (default: <Lib.Dir>/logcollector/logs.zip under the root)",
+    )
+    collect.add_argument("--root", default="/", metavar="DIR", help="an image tree instead of /")
+    collect.add_argument("--config", metavar="PATH")
+    collect.add_argument(
+        "--full",
+        action="store_true",
+        help="accepted for waagent's -full; azagent always collects the same set",
+    )
+    collect.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
+    collect.set_defaults(func=cmd_collect_logs)
+
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
     sub.add_parser("help", help="print this help").set_defaults(func=None)
 
-    for command, text in _NOT_YET.items():
-        p = sub.add_parser(command, help=f"(not available yet) {text}")
-        p.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
-        p.set_defaults(func=cmd_not_yet)
     for command in ("daemon", "start"):
         sub.add_parser(command, help="(waagent only) there is no daemon").set_defaults(
             func=cmd_no_daemon

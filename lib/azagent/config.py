@@ -301,7 +301,7 @@ KEYS: tuple[Key, ...] = (
         "DVD.MountPoint",
         str,
         "/mnt/cdrom/secure",
-        "Accepted for compatibility; azagent mounts the DVD under /run/azagent.",
+        "Where the scvmm stage mounts the SCVMM DVD (the provisioning DVD is read under /run).",
         check=_absolute_path,
     ),
     Key(

@@ -62,6 +62,11 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         re.compile(r"\?([^\s\"'<>#]*&)?sig=[^\s\"'<>#]*", re.IGNORECASE),
         "?" + PLACEHOLDER,
     ),
+    # Credentials in a URL: scheme://user:password@host.
+    (
+        re.compile(r"\b([a-z][a-z0-9+.-]*://)[^\s/@:\"'<>]+:[^\s/@\"'<>]+@", re.IGNORECASE),
+        r"\1" + PLACEHOLDER + "@",
+    ),
     # A bare SAS signature or password assignment outside a URL.
     (
         re.compile(r"\b(sig|password|passwd)=[^\s&\"'<>]+", re.IGNORECASE),

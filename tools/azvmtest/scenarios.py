@@ -148,7 +148,8 @@ def scenario_default(ctx: Context) -> None:
         re.search(r"ext4\s.*/mnt/resource", result.text("lsblk.txt")) is not None,
         result.text("lsblk.txt"),
     )
-    check("/mnt/resource/swapfile" in result.text("swap.txt"), f"swap: {result.text('swap.txt')}")
+    # /proc/swaps names the file as the stage's mount namespace saw it.
+    check("swapfile file 67104768" in result.text("swap.txt"), f"swap: {result.text('swap.txt')}")
     check("600 root" in result.text("stat.txt").split("/mnt/resource/swapfile")[0].splitlines()[-1],
           f"swap file mode: {result.text('stat.txt')}")  # fmt: skip
     check("resource -> " in result.text("azure-links.txt"), result.text("azure-links.txt"))
