@@ -153,6 +153,11 @@ def scenario_default(ctx: Context) -> None:
     check("600 root" in result.text("stat.txt").split("/mnt/resource/swapfile")[0].splitlines()[-1],
           f"swap file mode: {result.text('stat.txt')}")  # fmt: skip
     check("resource -> " in result.text("azure-links.txt"), result.text("azure-links.txt"))
+    # kernel-tune set the SCSI timeout of both Msft disks; the network stage
+    # saved the WireServer address.
+    tuned = str(result.stage("kernel-tune").get("changes", ""))
+    check("sda" in tuned and "sdb" in tuned, f"kernel-tune: {result.stage('kernel-tune')}")
+    check(stage_state(result, "network") == "done", f"network: {result.stage('network')}")
 
 
 def scenario_no_dvd(ctx: Context) -> None:
