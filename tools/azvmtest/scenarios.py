@@ -19,7 +19,7 @@ from typing import Callable
 
 from azfabric.scenario import PublicKey, Scenario
 
-from azvmtest.boot import BootResult, BootSpec, run_boot
+from azvmtest.boot import ROOT_NOT_FOUND, BootResult, BootSpec, run_boot
 from azvmtest.image import Image
 
 PASSWORD = "Vm-T3st-passw0rd!"  # noqa: S105 - the test VM's password, hunted for in the guest
@@ -43,6 +43,12 @@ class Context:
 
     def boot(self, spec: BootSpec) -> BootResult:
         result = run_boot(self.image, spec, self.workdir / spec.name)
+        console = self.workdir / spec.name / "console.log"
+        if result.up_after is None and ROOT_NOT_FOUND in console.read_text(errors="replace"):
+            # Infrastructure, not azagent: the guest kernel never saw its disk.
+            print(f"  boot {spec.name}: the guest did not find its root disk; booting again")
+            console.rename(console.with_suffix(".first-try.log"))
+            result = run_boot(self.image, spec, self.workdir / spec.name)
         ready = f"{result.ready_after:.1f}s" if result.ready_after is not None else "never"
         up = f"{result.up_after:.1f}s" if result.up_after is not None else "never"
         print(
