@@ -31,11 +31,10 @@ AZURE_ASSET_TAG = "7783-7084-3265-9085-8269-3286-77"
 WIRESERVER_IP = "10.0.2.100"
 IMDS_IP = "10.0.2.101"
 BLOB_IP = "10.0.2.102"
-# scsi_mod.scan=sync: the OS disk exists when virtio_scsi has loaded; rootdelay:
-# a loaded 2-core host under TCG can be slow to get there.
+# scsi_mod.scan=sync: the OS disk exists as soon as virtio_scsi has loaded.
+# (initramfs-tools' rootdelay= would sleep its whole length on every boot.)
 KERNEL_ARGS = (
-    "root=/dev/sda rw console=ttyS0 mitigations=off quiet loglevel=3 panic=1 "
-    "scsi_mod.scan=sync rootdelay=120"
+    "root=/dev/sda rw console=ttyS0 mitigations=off quiet loglevel=3 panic=1 scsi_mod.scan=sync"
 )
 # The guest's initramfs gave up on its root disk: a slow host, not azagent.
 ROOT_NOT_FOUND = "Gave up waiting for root file system device"
