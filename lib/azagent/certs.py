@@ -512,15 +512,15 @@ def _private_pem(key: PrivateKeyTypes) -> bytes:
 # --- Transport certificate ----------------------------------------------------------
 
 
-def generate_transport_certificate() -> tuple[bytes, bytes]:
-    """A fresh self-signed RSA-2048 ``CN=LinuxTransport`` certificate and its key.
+def self_signed_certificate(
+    common_name: str, validity: datetime.timedelta = _TRANSPORT_VALIDITY
+) -> tuple[bytes, bytes]:
+    """A fresh self-signed RSA-2048 certificate and its key: (certificate PEM, PKCS#8 key PEM).
 
-    The platform encrypts the certificates blob to this key, so it is made per
-    agent and never leaves the VM; returns (certificate PEM, PKCS#8 key PEM).
     It starts a day in the past because a freshly booted VM's clock may lag.
     """
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, TRANSPORT_SUBJECT)])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.timezone.utc)
     certificate = (
         x509.CertificateBuilder()
@@ -529,12 +529,21 @@ def generate_transport_certificate() -> tuple[bytes, bytes]:
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + _TRANSPORT_VALIDITY)
+        .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     return certificate.public_bytes(serialization.Encoding.PEM), _private_pem(key)
+
+
+def generate_transport_certificate() -> tuple[bytes, bytes]:
+    """A fresh ``CN=LinuxTransport`` certificate and key (see self_signed_certificate).
+
+    The platform encrypts the certificates blob to this key, so it is made per
+    agent and never leaves the VM.
+    """
+    return self_signed_certificate(TRANSPORT_SUBJECT)
 
 
 def certificate_header_value(cert_pem: bytes) -> str:

@@ -7,7 +7,12 @@ without depending on it (imports only point down).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Optional
+
+
+def _nothing() -> None:
+    """What a change shown but not made (under --root) does."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,21 @@ class Plan:
 
     def add(self, summary: str, apply: Callable[[], None]) -> None:
         self.actions.append(Action(summary, apply))
+
+    def add_running(
+        self,
+        root: Path,
+        summary: str,
+        apply: Callable[[], None],
+        *,
+        live: Optional[bool] = None,
+    ) -> None:
+        """A change to the running system (a command, a sysfs write): made on /,
+        only shown under another root. ``live`` overrides the root test."""
+        if (root == Path("/")) if live is None else live:
+            self.add(summary, apply)
+        else:
+            self.add(f"{summary} [not run: {root} is not the running system]", _nothing)
 
     @classmethod
     def skipped(cls, reason: str) -> Plan:

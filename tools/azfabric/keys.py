@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from azagent import certs
 from azfabric.scenario import Certificate
 
 
@@ -31,32 +29,10 @@ def generate_ssh_key() -> tuple[str, str]:
 
 def generate_certificate(name: str) -> Certificate:
     """A self-signed RSA-2048 certificate, as the platform delivers tenant keys."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=365 * 3))
-        .sign(key, hashes.SHA256())
-    )
-    return Certificate(
-        name=name,
-        cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
-        key_pem=key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode(),
-    )
+    cert_pem, key_pem = certs.self_signed_certificate(name, datetime.timedelta(days=365 * 3))
+    return Certificate(name=name, cert_pem=cert_pem.decode(), key_pem=key_pem.decode())
 
 
 def thumbprint_of(certificate: Certificate) -> str:
     assert certificate.cert_pem is not None
-    cert = x509.load_pem_x509_certificate(certificate.cert_pem.encode())
-    der = cert.public_bytes(serialization.Encoding.DER)
-    return hashlib.sha1(der).hexdigest().upper()  # noqa: S324 - the platform's thumbprint
+    return certs.thumbprint(certificate.cert_pem.encode())
