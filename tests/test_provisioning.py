@@ -468,3 +468,16 @@ def test_provision_guest_agent_false_leaves_the_flag(root: Path) -> None:
         data = vm.state()
         assert data is not None
         assert data["provision_guest_agent"] is False
+
+
+def test_a_root_never_reaches_the_real_platform(tmp_path: Path) -> None:
+    """Under --root, an unconfigured endpoint is refused before any packet is sent."""
+    from conftest import run_stage
+
+    root = tmp_path / "image"
+    (root / "sys/class/dmi/id").mkdir(parents=True)
+    (root / "sys/class/dmi/id/product_uuid").write_text("00000000-0000-0000-0000-000000000001\n")
+    run = run_stage("report-ready", "--root", str(root))
+    assert run.returncode == 1
+    assert "Endpoint.WireServer is not configured" in run.stderr
+    assert "168.63.129.16" not in run.stderr

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import requests
@@ -46,6 +47,22 @@ class Reply:
     body: bytes
 
 
+def platform_url(ctx: Context, name: str) -> str:
+    """The base URL to send requests to, for endpoint ``name``.
+
+    An image tree or a test (--root other than /) is not the VM: it never
+    sends a packet to the platform's real addresses unless they are
+    configured explicitly.
+    """
+    url = ctx.endpoint(name)
+    if ctx.root != Path("/") and ctx.config.origins[f"Endpoint.{name}"] == "default":
+        raise WireServerError(
+            f"Endpoint.{name} is not configured: under --root {ctx.root} azagent "
+            "never talks to the platform's real address; set it in waagent.conf"
+        )
+    return url
+
+
 class WireClient:
     """Requests to one WireServer, all under one retry deadline."""
 
@@ -75,7 +92,7 @@ class WireClient:
     @classmethod
     def from_context(cls, ctx: Context) -> WireClient:
         return cls(
-            ctx.endpoint("WireServer"),
+            platform_url(ctx, "WireServer"),
             timeout=float(ctx.config.get_int("Endpoint.RequestTimeout") or 10),
             deadline=float(ctx.config.get_int("Endpoint.RetryDeadline") or 300),
         )
