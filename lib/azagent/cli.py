@@ -148,28 +148,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_show_configuration(args: argparse.Namespace) -> int:
-    root = Path(args.root).resolve()
-    try:
-        config = load_config(root, args.config)
-    except AzagentError as e:
-        print(f"azagent: {e.reason}", file=sys.stderr)
+    ctx = _context(args, "show-configuration")
+    if ctx is None:
         return EXIT_FAILED
-    for warning in config.warnings:
-        print(f"azagent: warning: {warning}", file=sys.stderr)
-    sys.stdout.write(config.render())
+    sys.stdout.write(ctx.config.render())
     return EXIT_OK
 
 
 def cmd_deprovision(args: argparse.Namespace) -> int:
     from azagent import deprovision
 
-    root = Path(args.root).resolve()
-    try:
-        config = load_config(root, args.config)
-    except AzagentError as e:
-        print(f"azagent: {e.reason}", file=sys.stderr)
+    ctx = _context(args, "deprovision")
+    if ctx is None:
         return EXIT_FAILED
-    ctx = Context(stage="deprovision", root=root, config=config, dry_run=args.dry_run)
+    root = ctx.root
     plan, notes = deprovision.plan(ctx, user=args.user)
     what = "deprovision+user" if args.user else "deprovision"
     print(f"{what} of {root} will:" if plan.actions else f"{what}: nothing to do on {root}")
