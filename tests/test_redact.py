@@ -157,3 +157,28 @@ def test_url_credentials_are_redacted() -> None:
     cleaned = redact.redact("proxy http://bob:s3cretpw@proxy.example:3128 used")
     assert "s3cretpw" not in cleaned
     assert "proxy.example:3128" in cleaned
+
+
+def test_journal_handler_fields_suit_systemd_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real systemd.journal.send, with only its socket write (sendv) replaced."""
+    from systemd import journal as systemd_journal
+
+    sent: list[tuple[str, ...]] = []
+    monkeypatch.setattr(systemd_journal, "sendv", lambda *args: sent.append(args))
+    logger = logging.getLogger("azagent.test-real-journal")
+    logger.propagate = False
+    handler = journal.JournalHandler("kernel-tune", send=systemd_journal.send)
+    handler.handleError = lambda record: pytest.fail("the journal handler failed")  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        logger.info(
+            "set %s", "sda", extra={"REASON": "why", "MESSAGE_ID": journal.MESSAGE_STAGE_DONE}
+        )
+    finally:
+        logger.removeHandler(handler)
+    [fields] = sent
+    assert "MESSAGE=set sda" in fields
+    assert "STAGE=kernel-tune" in fields
+    assert "REASON=why" in fields
+    assert f"MESSAGE_ID={journal.MESSAGE_STAGE_DONE}" in fields
+    assert any(field.startswith("CODE_LINE=") for field in fields)

@@ -82,12 +82,13 @@ class JournalHandler(logging.Handler):
 
                 self._send = journal.send
             message = self.format(record)
-            fields = {
+            # systemd.journal.send formats CODE_LINE with {:d}: an int.
+            fields: dict[str, object] = {
                 "PRIORITY": str(_SYSLOG_PRIORITY.get(record.levelno, 6)),
                 "SYSLOG_IDENTIFIER": IDENTIFIER,
                 "STAGE": self.stage,
                 "CODE_FILE": record.pathname,
-                "CODE_LINE": str(record.lineno),
+                "CODE_LINE": record.lineno,
                 "CODE_FUNC": record.funcName,
             }
             fields.update(structured_fields(record))

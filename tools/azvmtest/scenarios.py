@@ -132,6 +132,21 @@ def scenario_default(ctx: Context) -> None:
     check(0 < named < networkd, f"hostname done at {named}, networkd started at {networkd}")
     journal = result.text("journal.txt")
     check(not re.search(r"en\w+: Link DOWN", journal), "an interface was bounced")
+    check("--- Logging error ---" not in journal, "a stage could not log to the journal")
+    check(
+        re.search(r"mount-ovf\[\d+\]: save the provisioning data of alice@vmtest-vm", journal)
+        is not None,
+        "mount-ovf's log line is not in the journal",
+    )
+    # Structured fields: what `journalctl STAGE=...` and `MESSAGE_ID=...` find.
+    check(
+        "save the provisioning data" in result.text("journal-stage-mount-ovf.txt"),
+        f"journalctl STAGE=mount-ovf: {result.text('journal-stage-mount-ovf.txt')!r}",
+    )
+    check(
+        "accepted Ready" in result.text("journal-ready-reported.txt"),
+        f"journalctl MESSAGE_ID=<ready reported>: {result.text('journal-ready-reported.txt')!r}",
+    )
     # Secrets: nowhere in the journal or a world-readable file.
     check(result.text("secret-journal.txt").strip() == "0", "a secret is in the journal")
     check(
