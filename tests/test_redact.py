@@ -167,6 +167,7 @@ def test_journal_handler_fields_suit_systemd_python(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(systemd_journal, "sendv", lambda *args: sent.append(args))
     logger = logging.getLogger("azagent.test-real-journal")
     logger.propagate = False
+    logger.setLevel(logging.INFO)
     handler = journal.JournalHandler("kernel-tune", send=systemd_journal.send)
     handler.handleError = lambda record: pytest.fail("the journal handler failed")  # type: ignore[method-assign]
     logger.addHandler(handler)
