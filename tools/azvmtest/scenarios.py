@@ -134,7 +134,7 @@ def scenario_default(ctx: Context) -> None:
     check(not re.search(r"en\w+: Link DOWN", journal), "an interface was bounced")
     check("--- Logging error ---" not in journal, "a stage could not log to the journal")
     check(
-        re.search(r"mount-ovf\[\d+\]: save the provisioning data of alice@vmtest-vm", journal)
+        re.search(r"azagent\[\d+\]: save the provisioning data of alice@vmtest-vm", journal)
         is not None,
         "mount-ovf's log line is not in the journal",
     )
