@@ -31,10 +31,13 @@ AZURE_ASSET_TAG = "7783-7084-3265-9085-8269-3286-77"
 WIRESERVER_IP = "10.0.2.100"
 IMDS_IP = "10.0.2.101"
 BLOB_IP = "10.0.2.102"
-# scsi_mod.scan=sync: the OS disk exists as soon as virtio_scsi has loaded.
-# (initramfs-tools' rootdelay= would sleep its whole length on every boot.)
+# The OS disk by its label: sda/sdb naming follows the order the SCSI scan
+# finds the disks in, which is not stable. scsi_mod.scan=sync: the disks exist
+# as soon as virtio_scsi has loaded. (initramfs-tools' rootdelay= would sleep
+# its whole length on every boot.)
 KERNEL_ARGS = (
-    "root=/dev/sda rw console=ttyS0 mitigations=off quiet loglevel=3 panic=1 scsi_mod.scan=sync"
+    "root=LABEL=azagent-os rw console=ttyS0 mitigations=off quiet loglevel=3 panic=1 "
+    "scsi_mod.scan=sync"
 )
 # The guest's initramfs gave up on its root disk: a slow host, not azagent.
 ROOT_NOT_FOUND = "Gave up waiting for root file system device"
