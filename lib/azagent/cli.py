@@ -274,6 +274,14 @@ def cmd_no_daemon(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
+def _root_options(parser: argparse.ArgumentParser) -> None:
+    """--root and --config, as every command acting on a system (or image tree) takes them."""
+    parser.add_argument("--root", default="/", metavar="DIR", help="an image tree instead of /")
+    parser.add_argument(
+        "--config", metavar="PATH", help="configuration file (default: /etc/waagent.conf)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="azagent",
@@ -302,8 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser(
         "show-configuration", help="every configuration key, its value and origin"
     )
-    show.add_argument("--root", default="/", metavar="DIR")
-    show.add_argument("--config", metavar="PATH")
+    _root_options(show)
     show.set_defaults(func=cmd_show_configuration)
 
     deprovision = sub.add_parser(
@@ -317,10 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--user", action="store_true", help="also delete the last provisioned user"
     )
     deprovision.add_argument("--force", action="store_true", help="do not ask for confirmation")
-    deprovision.add_argument(
-        "--root", default="/", metavar="DIR", help="an image tree instead of /"
-    )
-    deprovision.add_argument("--config", metavar="PATH")
+    _root_options(deprovision)
     deprovision.add_argument("--dry-run", action="store_true", help="only print what would be done")
     deprovision.set_defaults(func=cmd_deprovision)
 
@@ -331,8 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         "/etc/default/grub and regenerate GRUB's configuration (grubby on RHEL-like systems, "
         "else update-grub or grub2-mkconfig); under --root, print how to regenerate it.",
     )
-    serial.add_argument("--root", default="/", metavar="DIR", help="an image tree instead of /")
-    serial.add_argument("--config", metavar="PATH")
+    _root_options(serial)
     serial.add_argument("--dry-run", action="store_true", help="only print what would be done")
     serial.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
     serial.set_defaults(func=cmd_serialconsole)
@@ -349,8 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="where to write the zip (default: <Lib.Dir>/logcollector/logs.zip under the root)",
     )
-    collect.add_argument("--root", default="/", metavar="DIR", help="an image tree instead of /")
-    collect.add_argument("--config", metavar="PATH")
+    _root_options(collect)
     collect.add_argument(
         "--full",
         action="store_true",
