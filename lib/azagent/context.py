@@ -53,6 +53,20 @@ class Context:
     def run_dir(self) -> Path:
         return self.path(RUN_DIR)
 
+    @property
+    def lib_dir(self) -> Path:
+        """``Lib.Dir`` (azagent's state: certificates, markers) under ``root``."""
+        return self.path(self.config.required_str("Lib.Dir"))
+
+    @property
+    def live(self) -> bool:
+        """Whether the stage acts on the running system (``root`` is ``/``).
+
+        Under another root (an image tree, a test) commands that change the
+        running system (hostname, mounts, sysfs writes) are shown, not run.
+        """
+        return self.root == Path("/")
+
     def endpoint(self, name: str) -> str:
         """A platform endpoint's base URL (no trailing slash).
 
