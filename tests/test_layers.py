@@ -27,6 +27,6 @@ def test_library_never_imports_tools_or_emulator() -> None:
 
 def test_protocol_modules_stay_pure() -> None:
     """Parsers and document builders do no I/O of their own: no subprocess, no HTTP."""
-    for name in ("xmlsafe", "ovf", "imds", "kvp", "wireserver", "extconf", "certs"):
+    for name in ("xmlsafe", "ovf", "imds", "kvp", "wireserver", "extconf", "certs", "asn1"):
         used = imported(LIB / f"{name}.py")
         assert not used & {"subprocess", "requests", "urllib3", "socket", "shutil"}, name
