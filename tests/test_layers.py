@@ -46,8 +46,8 @@ FLOORS: dict[str, tuple[str, ...]] = {
         "system",
     ),
     "protocol": (
+        "asn1",
         "certs",
-        "der",
         "extconf",
         "imds",
         "kvp",
@@ -85,7 +85,7 @@ FLOORS: dict[str, tuple[str, ...]] = {
 }
 
 # Protocol modules that only parse and build documents: no I/O of their own.
-PURE = ("certs", "der", "extconf", "kvp", "ntfs", "ovf", "wireserver", "xmlsafe")
+PURE = ("asn1", "certs", "extconf", "kvp", "ntfs", "ovf", "wireserver", "xmlsafe")
 IO_MODULES = {"subprocess", "requests", "urllib3", "socket", "shutil", "pyudev"}
 
 

@@ -584,6 +584,23 @@ def test_a_missing_certificate_names_the_key_and_thumbprint(tmp_path: Path) -> N
     assert not (ctx.root / "home/alice/.ssh").exists()
 
 
+def test_certificate_keys_are_read_through_the_store(tmp_path: Path) -> None:
+    """Only a thumbprint names a file in Lib.Dir, and a symbolic link there is not followed."""
+    ctx, _ = lib_root(tmp_path)
+    hostile = certificate_data(
+        public_keys=(Key(path="$HOME/alice/.ssh/authorized_keys", fingerprint="AB" * 32),),
+        key_pairs=(),
+    )
+    with pytest.raises(SshKeyError, match=r"public key #1 .*is not a certificate thumbprint"):
+        sshkeys.plan_certificate_keys(ctx, hostile)
+    lib = ctx.root / "var/lib/waagent"
+    (lib / f"{PLAIN}.crt").unlink()
+    (lib / f"{PLAIN}.crt").symlink_to(lib / f"{KEYED}.crt")
+    with pytest.raises(SshKeyError, match=rf"public key #1 .*{PLAIN}.crt in Lib.Dir is a symbolic"):
+        sshkeys.plan_certificate_keys(ctx, certificate_data())
+    assert not (ctx.root / "home/alice/.ssh").exists()
+
+
 def test_key_pair_paths_are_confined_too(tmp_path: Path) -> None:
     ctx, _ = lib_root(tmp_path)
     escaping = certificate_data(

@@ -8,13 +8,14 @@ password-less PKCS#12 (PFX) with the tenant's certificates and private keys
 decrypts and unpacks, the fabric emulator builds the same blob, so there is one
 definition of the format. It never runs openssl and never touches the OS.
 
-Why our own small DER code: ``cryptography``'s CMS decryption refuses the
-platform's subjectKeyIdentifier recipients, the distributions ship versions that
-predate it, and its PKCS#12 loader returns only one private key where a VM with
-several Key Vault certificates gets several. The reader is strict (definite
-lengths, minimal encodings, bounded size, depth and iteration counts) because
-every byte here comes from the network; every failure is a
-:class:`CertificateError` with a fixed reason that never carries key material.
+Why our own small DER code (:mod:`azagent.asn1`): ``cryptography``'s CMS
+decryption refuses the platform's subjectKeyIdentifier recipients, the
+distributions ship versions that predate it, and its PKCS#12 loader returns
+only one private key where a VM with several Key Vault certificates gets
+several. Reading is strict (definite lengths, minimal encodings, bounded size,
+depth and iteration counts) because every byte here comes from the network;
+every failure is a :class:`CertificateError` with a fixed reason that never
+carries key material.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import datetime
 import hashlib
 import hmac
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 from xml.sax.saxutils import escape
@@ -40,7 +42,7 @@ from cryptography.hazmat.primitives.padding import PKCS7
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from azagent import xmlsafe
+from azagent import asn1, xmlsafe
 from azagent.errors import AzagentError
 
 if TYPE_CHECKING:  # the alias is newer (40) than some distributions' cryptography
@@ -57,12 +59,9 @@ ContentCipher = Literal["aes128", "des3"]
 FORMAT_PFX = "Pkcs7BlobWithPfxContents"
 TRANSPORT_SUBJECT = "LinuxTransport"
 
-# Real blobs are a few KiB; even hundreds of Key Vault certificates stay far
-# below these. Anything bigger is not a certificates document.
-_MAX_DER = 4 * 1024 * 1024
+# Real documents are a few KiB; even hundreds of Key Vault certificates stay
+# far below this (the DER inside is bounded by asn1.MAX_SIZE).
 _MAX_XML = 8 * 1024 * 1024
-# Real envelopes and PFX files nest fewer than 10 levels deep.
-_MAX_DEPTH = 32
 # The platform uses 2000; a hostile count must not stall the boot.
 _MAX_ITERATIONS = 1_000_000
 _TRANSPORT_VALIDITY = datetime.timedelta(days=3 * 365)
@@ -74,6 +73,15 @@ _PFX_ITERATIONS = 2000
 
 class CertificateError(AzagentError):
     """The certificates document, its CMS envelope or its PFX is unusable."""
+
+
+@contextmanager
+def _der_errors() -> Iterator[None]:
+    """The DER reader's errors leave the public functions as CertificateErrors."""
+    try:
+        yield
+    except asn1.DerError as e:
+        raise CertificateError(e.reason) from None
 
 
 @dataclass(frozen=True)
@@ -89,245 +97,25 @@ class CertificateItem:
     private_key_pem: bytes | None = field(default=None, repr=False)
 
 
-# --- DER writing ------------------------------------------------------------
-
-_INTEGER = 0x02
-_OCTET_STRING = 0x04
-_NULL = 0x05
-_OID = 0x06
-_SEQUENCE = 0x30
-_SET = 0x31
-_CONSTRUCTED = 0x20
-_CONTEXT_0 = 0x80  # [0] IMPLICIT, primitive
-_EXPLICIT_0 = 0xA0  # [0], constructed
-_EXPLICIT_1 = 0xA1
-_EXPLICIT_2 = 0xA2
-
-
-def _oid(dotted: str) -> bytes:
-    """The content octets of an OBJECT IDENTIFIER: what we write and compare."""
-    arcs = [int(arc) for arc in dotted.split(".")]
-    out = bytearray([40 * arcs[0] + arcs[1]])
-    for arc in arcs[2:]:
-        chunk = [arc & 0x7F]
-        rest = arc >> 7
-        while rest:
-            chunk.append(0x80 | (rest & 0x7F))
-            rest >>= 7
-        out += bytes(reversed(chunk))
-    return bytes(out)
-
-
-def _tlv(tag: int, value: bytes) -> bytes:
-    size = len(value)
-    if size < 0x80:
-        return bytes([tag, size]) + value
-    raw = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(raw)]) + raw + value
-
-
-def _seq(*items: bytes) -> bytes:
-    return _tlv(_SEQUENCE, b"".join(items))
-
-
-def _set_of(*items: bytes) -> bytes:
-    """DER orders the members of a SET OF by their encodings."""
-    return _tlv(_SET, b"".join(sorted(items)))
-
-
-def _integer(value: int) -> bytes:
-    return _tlv(_INTEGER, value.to_bytes(value.bit_length() // 8 + 1, "big"))
-
-
-def _octets(value: bytes) -> bytes:
-    return _tlv(_OCTET_STRING, value)
-
-
-def _algorithm(oid: bytes, parameters: bytes | None = None) -> bytes:
-    return _seq(_tlv(_OID, oid), parameters if parameters is not None else b"")
-
-
-def _content_info(content_type: bytes, content: bytes) -> bytes:
-    return _seq(_tlv(_OID, content_type), _tlv(_EXPLICIT_0, content))
-
-
-# --- OIDs (content octets) ----------------------------------------------------
-
-_OID_DATA = _oid("1.2.840.113549.1.7.1")
-_OID_ENVELOPED_DATA = _oid("1.2.840.113549.1.7.3")
-_OID_ENCRYPTED_DATA = _oid("1.2.840.113549.1.7.6")
-_OID_RSA_ENCRYPTION = _oid("1.2.840.113549.1.1.1")
-_OID_RSAES_OAEP = _oid("1.2.840.113549.1.1.7")
-_OID_MGF1 = _oid("1.2.840.113549.1.1.8")
-_OID_DES3_CBC = _oid("1.2.840.113549.3.7")
-_OID_AES128_CBC = _oid("2.16.840.1.101.3.4.1.2")
-_OID_AES192_CBC = _oid("2.16.840.1.101.3.4.1.22")
-_OID_AES256_CBC = _oid("2.16.840.1.101.3.4.1.42")
-_OID_SHA1 = _oid("1.3.14.3.2.26")
-_OID_SHA256 = _oid("2.16.840.1.101.3.4.2.1")
-_OID_SHA384 = _oid("2.16.840.1.101.3.4.2.2")
-_OID_SHA512 = _oid("2.16.840.1.101.3.4.2.3")
-_OID_HMAC_SHA1 = _oid("1.2.840.113549.2.7")
-_OID_HMAC_SHA256 = _oid("1.2.840.113549.2.9")
-_OID_HMAC_SHA384 = _oid("1.2.840.113549.2.10")
-_OID_HMAC_SHA512 = _oid("1.2.840.113549.2.11")
-_OID_PBES2 = _oid("1.2.840.113549.1.5.13")
-_OID_PBKDF2 = _oid("1.2.840.113549.1.5.12")
-_OID_PBE_SHA1_3DES = _oid("1.2.840.113549.1.12.1.3")
-_OID_KEY_BAG = _oid("1.2.840.113549.1.12.10.1.1")
-_OID_SHROUDED_KEY_BAG = _oid("1.2.840.113549.1.12.10.1.2")
-_OID_CERT_BAG = _oid("1.2.840.113549.1.12.10.1.3")
-_OID_SAFE_CONTENTS_BAG = _oid("1.2.840.113549.1.12.10.1.6")
-_OID_X509_CERTIFICATE = _oid("1.2.840.113549.1.9.22.1")
-_OID_LOCAL_KEY_ID = _oid("1.2.840.113549.1.9.21")
-
 # name, key size in bytes, block size in bytes
 _CIPHERS: dict[bytes, tuple[str, int, int]] = {
-    _OID_DES3_CBC: ("des3", 24, 8),
-    _OID_AES128_CBC: ("aes", 16, 16),
-    _OID_AES192_CBC: ("aes", 24, 16),
-    _OID_AES256_CBC: ("aes", 32, 16),
+    asn1.OID_DES3_CBC: ("des3", 24, 8),
+    asn1.OID_AES128_CBC: ("aes", 16, 16),
+    asn1.OID_AES192_CBC: ("aes", 24, 16),
+    asn1.OID_AES256_CBC: ("aes", 32, 16),
 }
 _HASHES: dict[bytes, type[hashes.HashAlgorithm]] = {
-    _OID_SHA1: hashes.SHA1,
-    _OID_SHA256: hashes.SHA256,
-    _OID_SHA384: hashes.SHA384,
-    _OID_SHA512: hashes.SHA512,
+    asn1.OID_SHA1: hashes.SHA1,
+    asn1.OID_SHA256: hashes.SHA256,
+    asn1.OID_SHA384: hashes.SHA384,
+    asn1.OID_SHA512: hashes.SHA512,
 }
 _HMACS: dict[bytes, type[hashes.HashAlgorithm]] = {
-    _OID_HMAC_SHA1: hashes.SHA1,
-    _OID_HMAC_SHA256: hashes.SHA256,
-    _OID_HMAC_SHA384: hashes.SHA384,
-    _OID_HMAC_SHA512: hashes.SHA512,
+    asn1.OID_HMAC_SHA1: hashes.SHA1,
+    asn1.OID_HMAC_SHA256: hashes.SHA256,
+    asn1.OID_HMAC_SHA384: hashes.SHA384,
+    asn1.OID_HMAC_SHA512: hashes.SHA512,
 }
-
-
-# --- DER reading --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Tlv:
-    """One DER element; ``encoded`` is the whole element, header included."""
-
-    tag: int
-    encoded: bytes
-    header: int
-
-    @property
-    def value(self) -> bytes:
-        return self.encoded[self.header :]
-
-
-def _header(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
-    """Tag, content start and content end of the element at ``pos``; strict DER."""
-    if end - pos < 2:
-        raise CertificateError("DER element is truncated")
-    tag = data[pos]
-    if tag & 0x1F == 0x1F:
-        raise CertificateError("DER tag is not supported")
-    first = data[pos + 1]
-    pos += 2
-    if first == 0x80:
-        raise CertificateError("DER indefinite length is not allowed")
-    if first < 0x80:
-        size = first
-    else:
-        count = first & 0x7F
-        if count > 4:
-            raise CertificateError("DER length is too large")
-        if end - pos < count:
-            raise CertificateError("DER element is truncated")
-        raw = data[pos : pos + count]
-        size = int.from_bytes(raw, "big")
-        if raw[0] == 0 or size < 0x80:
-            raise CertificateError("DER length is not minimal")
-        pos += count
-    if size > end - pos:
-        raise CertificateError("DER length points past the end of the data")
-    return tag, pos, pos + size
-
-
-def _split(data: bytes) -> list[_Tlv]:
-    """The elements that exactly fill ``data`` (the content of a constructed value)."""
-    elements = []
-    pos = 0
-    while pos < len(data):
-        tag, start, end = _header(data, pos, len(data))
-        elements.append(_Tlv(tag, data[pos:end], start - pos))
-        pos = end
-    return elements
-
-
-def _decode(data: bytes, what: str) -> _Tlv:
-    """Check that ``data`` is one well-formed DER element, bounded, and return it.
-
-    The whole tree is walked up front (iteratively, with a depth limit) so that
-    later navigation meets no surprise and a hostile blob costs at most one pass.
-    """
-    if len(data) > _MAX_DER:
-        raise CertificateError(f"{what} is too large")
-    first_tag, content, end = _header(data, 0, len(data))
-    if end != len(data):
-        raise CertificateError(f"{what} has trailing bytes")
-    pending = [(content, end, 1)] if first_tag & _CONSTRUCTED else []
-    while pending:
-        pos, stop, depth = pending.pop()
-        if depth > _MAX_DEPTH:
-            raise CertificateError(f"{what} is nested too deeply")
-        while pos < stop:
-            tag, start, pos = _header(data, pos, stop)
-            if tag & _CONSTRUCTED:
-                pending.append((start, pos, depth + 1))
-    return _Tlv(first_tag, data, content)
-
-
-def _fields(element: _Tlv, what: str, tag: int = _SEQUENCE) -> list[_Tlv]:
-    if element.tag != tag:
-        raise CertificateError(f"{what} is malformed")
-    return _split(element.value)
-
-
-def _expect(element: _Tlv, tag: int, what: str) -> bytes:
-    if element.tag != tag:
-        raise CertificateError(f"{what} is malformed")
-    return element.value
-
-
-def _small_int(element: _Tlv, what: str) -> int:
-    """A non-negative INTEGER that fits 32 bits (versions, iteration counts)."""
-    raw = _expect(element, _INTEGER, what)
-    non_minimal = len(raw) > 1 and raw[0] == 0 and raw[1] < 0x80
-    if not raw or len(raw) > 5 or raw[0] & 0x80 or non_minimal:
-        raise CertificateError(f"{what} is malformed")
-    value = int.from_bytes(raw, "big")
-    if value >= 1 << 32:
-        raise CertificateError(f"{what} is malformed")
-    return value
-
-
-def _explicit(element: _Tlv, tag: int, what: str) -> _Tlv:
-    """The single element inside an EXPLICIT context tag."""
-    inner = _fields(element, what, tag)
-    if len(inner) != 1:
-        raise CertificateError(f"{what} is malformed")
-    return inner[0]
-
-
-def _read_content_info(element: _Tlv, what: str) -> tuple[bytes, _Tlv]:
-    parts = _fields(element, what)
-    if len(parts) != 2:
-        raise CertificateError(f"{what} is malformed")
-    return _expect(parts[0], _OID, what), _explicit(parts[1], _EXPLICIT_0, what)
-
-
-def _read_algorithm(element: _Tlv, what: str) -> tuple[bytes, _Tlv | None]:
-    parts = _fields(element, what)
-    if not 1 <= len(parts) <= 2:
-        raise CertificateError(f"{what} is malformed")
-    oid = _expect(parts[0], _OID, what)
-    if len(parts) == 1 or parts[1].tag == _NULL:
-        return oid, None
-    return oid, parts[1]
 
 
 # --- Symmetric pieces -----------------------------------------------------------
@@ -389,55 +177,55 @@ def _pkcs12_kdf(password: bytes, salt: bytes, purpose: int, iterations: int, siz
     return out[:size]
 
 
-def _iterations(element: _Tlv, what: str) -> int:
-    count = _small_int(element, what)
+def _iterations(element: asn1.Tlv, what: str) -> int:
+    count = asn1.small_int(element, what)
     if not 1 <= count <= _MAX_ITERATIONS:
         raise CertificateError(f"{what} has an unreasonable iteration count")
     return count
 
 
-def _pbe_decrypt(algorithm: _Tlv, data: bytes, what: str) -> bytes:
+def _pbe_decrypt(algorithm: asn1.Tlv, data: bytes, what: str) -> bytes:
     """Decrypt PFX content protected with the empty password.
 
     The platform uses PKCS#12's SHA-1/3DES scheme; PBES2 (PBKDF2 + AES or 3DES)
     is what newer Windows and OpenSSL write, so both are accepted.
     """
     reason = f"{what} could not be decrypted"
-    oid, parameters = _read_algorithm(algorithm, what)
+    oid, parameters = asn1.read_algorithm(algorithm, what)
     if parameters is None:
         raise CertificateError(f"{what} is malformed")
-    if oid == _OID_PBE_SHA1_3DES:
-        parts = _fields(parameters, what)
+    if oid == asn1.OID_PBE_SHA1_3DES:
+        parts = asn1.fields(parameters, what)
         if len(parts) != 2:
             raise CertificateError(f"{what} is malformed")
-        salt = _expect(parts[0], _OCTET_STRING, what)
+        salt = asn1.expect(parts[0], asn1.OCTET_STRING, what)
         count = _iterations(parts[1], what)
         key = _pkcs12_kdf(_EMPTY_BMP_PASSWORD, salt, 1, count, 24)
         iv = _pkcs12_kdf(_EMPTY_BMP_PASSWORD, salt, 2, count, 8)
         return _cbc_decrypt("des3", key, iv, data, reason)
-    if oid != _OID_PBES2:
+    if oid != asn1.OID_PBES2:
         raise CertificateError(f"{what} uses an unsupported encryption")
-    parts = _fields(parameters, what)
+    parts = asn1.fields(parameters, what)
     if len(parts) != 2:
         raise CertificateError(f"{what} is malformed")
-    kdf_oid, kdf_parameters = _read_algorithm(parts[0], what)
-    cipher_oid, iv_element = _read_algorithm(parts[1], what)
-    if kdf_oid != _OID_PBKDF2 or kdf_parameters is None or cipher_oid not in _CIPHERS:
+    kdf_oid, kdf_parameters = asn1.read_algorithm(parts[0], what)
+    cipher_oid, iv_element = asn1.read_algorithm(parts[1], what)
+    if kdf_oid != asn1.OID_PBKDF2 or kdf_parameters is None or cipher_oid not in _CIPHERS:
         raise CertificateError(f"{what} uses an unsupported encryption")
     name, key_size, block_size = _CIPHERS[cipher_oid]
-    iv = _expect(iv_element, _OCTET_STRING, what) if iv_element else b""
-    kdf_parts = _fields(kdf_parameters, what)
+    iv = asn1.expect(iv_element, asn1.OCTET_STRING, what) if iv_element else b""
+    kdf_parts = asn1.fields(kdf_parameters, what)
     if not 2 <= len(kdf_parts) <= 4 or len(iv) != block_size:
         raise CertificateError(f"{what} is malformed")
-    salt = _expect(kdf_parts[0], _OCTET_STRING, what)
+    salt = asn1.expect(kdf_parts[0], asn1.OCTET_STRING, what)
     count = _iterations(kdf_parts[1], what)
     prf: type[hashes.HashAlgorithm] = hashes.SHA1
     for extra in kdf_parts[2:]:
-        if extra.tag == _INTEGER:
-            if _small_int(extra, what) != key_size:
+        if extra.tag == asn1.INTEGER:
+            if asn1.small_int(extra, what) != key_size:
                 raise CertificateError(f"{what} is malformed")
         else:
-            prf_oid, _ = _read_algorithm(extra, what)
+            prf_oid, _ = asn1.read_algorithm(extra, what)
             if prf_oid not in _HMACS:
                 raise CertificateError(f"{what} uses an unsupported encryption")
             prf = _HMACS[prf_oid]
@@ -454,7 +242,9 @@ def _pbe_encrypt(data: bytes) -> tuple[bytes, bytes]:
     salt = os.urandom(8)
     key = _pkcs12_kdf(_EMPTY_BMP_PASSWORD, salt, 1, _PFX_ITERATIONS, 24)
     iv = _pkcs12_kdf(_EMPTY_BMP_PASSWORD, salt, 2, _PFX_ITERATIONS, 8)
-    algorithm = _algorithm(_OID_PBE_SHA1_3DES, _seq(_octets(salt), _integer(_PFX_ITERATIONS)))
+    algorithm = asn1.algorithm(
+        asn1.OID_PBE_SHA1_3DES, asn1.seq(asn1.octets(salt), asn1.integer(_PFX_ITERATIONS))
+    )
     return algorithm, _cbc_encrypt("des3", key, iv, data)
 
 
@@ -596,27 +386,38 @@ def build_pfx(items: Sequence[tuple[bytes, bytes | None]]) -> bytes:
             key = _load_private_key(key_data)
             if _public_der(key) != _public_der(certificate):
                 raise ValueError("a private key does not belong to its certificate")
-            local_key_id = _seq(_tlv(_OID, _OID_LOCAL_KEY_ID), _set_of(_octets(_sha1(der))))
-            attributes = _set_of(local_key_id)
-            key_bags.append(_safe_bag(_OID_SHROUDED_KEY_BAG, _shrouded_key(key), attributes))
-        cert_bag = _seq(_tlv(_OID, _OID_X509_CERTIFICATE), _tlv(_EXPLICIT_0, _octets(der)))
-        cert_bags.append(_safe_bag(_OID_CERT_BAG, cert_bag, attributes))
+            local_key_id = asn1.seq(
+                asn1.tlv(asn1.OID, asn1.OID_LOCAL_KEY_ID), asn1.set_of(asn1.octets(_sha1(der)))
+            )
+            attributes = asn1.set_of(local_key_id)
+            key_bags.append(_safe_bag(asn1.OID_SHROUDED_KEY_BAG, _shrouded_key(key), attributes))
+        cert_bag = asn1.seq(
+            asn1.tlv(asn1.OID, asn1.OID_X509_CERTIFICATE),
+            asn1.tlv(asn1.EXPLICIT_0, asn1.octets(der)),
+        )
+        cert_bags.append(_safe_bag(asn1.OID_CERT_BAG, cert_bag, attributes))
     safes = []
     if key_bags:
-        safes.append(_content_info(_OID_DATA, _octets(_seq(*key_bags))))
-    algorithm, encrypted = _pbe_encrypt(_seq(*cert_bags))
-    encrypted_content_info = _seq(_tlv(_OID, _OID_DATA), algorithm, _tlv(_CONTEXT_0, encrypted))
-    safes.append(_content_info(_OID_ENCRYPTED_DATA, _seq(_integer(0), encrypted_content_info)))
-    authenticated_safe = _seq(*safes)
-    return _seq(
-        _integer(3),
-        _content_info(_OID_DATA, _octets(authenticated_safe)),
+        safes.append(asn1.content_info(asn1.OID_DATA, asn1.octets(asn1.seq(*key_bags))))
+    algorithm, encrypted = _pbe_encrypt(asn1.seq(*cert_bags))
+    encrypted_content_info = asn1.seq(
+        asn1.tlv(asn1.OID, asn1.OID_DATA), algorithm, asn1.tlv(asn1.CONTEXT_0, encrypted)
+    )
+    safes.append(
+        asn1.content_info(
+            asn1.OID_ENCRYPTED_DATA, asn1.seq(asn1.integer(0), encrypted_content_info)
+        )
+    )
+    authenticated_safe = asn1.seq(*safes)
+    return asn1.seq(
+        asn1.integer(3),
+        asn1.content_info(asn1.OID_DATA, asn1.octets(authenticated_safe)),
         _mac_data(authenticated_safe),
     )
 
 
 def _safe_bag(bag_id: bytes, value: bytes, attributes: bytes) -> bytes:
-    return _seq(_tlv(_OID, bag_id), _tlv(_EXPLICIT_0, value), attributes)
+    return asn1.seq(asn1.tlv(asn1.OID, bag_id), asn1.tlv(asn1.EXPLICIT_0, value), attributes)
 
 
 def _shrouded_key(key: PrivateKeyTypes) -> bytes:
@@ -627,7 +428,7 @@ def _shrouded_key(key: PrivateKeyTypes) -> bytes:
         serialization.NoEncryption(),
     )
     algorithm, encrypted = _pbe_encrypt(pkcs8)
-    return _seq(algorithm, _octets(encrypted))
+    return asn1.seq(algorithm, asn1.octets(encrypted))
 
 
 def _mac_data(authenticated_safe: bytes) -> bytes:
@@ -635,32 +436,32 @@ def _mac_data(authenticated_safe: bytes) -> bytes:
     salt = os.urandom(20)
     mac_key = _pkcs12_kdf(_EMPTY_BMP_PASSWORD, salt, 3, _PFX_ITERATIONS, 20)
     mac = hmac.new(mac_key, authenticated_safe, hashlib.sha1).digest()
-    return _seq(
-        _seq(_algorithm(_OID_SHA1, _tlv(_NULL, b"")), _octets(mac)),
-        _octets(salt),
-        _integer(_PFX_ITERATIONS),
+    return asn1.seq(
+        asn1.seq(asn1.algorithm(asn1.OID_SHA1, asn1.tlv(asn1.NULL, b"")), asn1.octets(mac)),
+        asn1.octets(salt),
+        asn1.integer(_PFX_ITERATIONS),
     )
 
 
-def _bag_keys(safe_contents: _Tlv) -> list[PrivateKeyTypes]:
+def _bag_keys(safe_contents: asn1.Tlv) -> list[PrivateKeyTypes]:
     """Every private key in a SafeContents (plain or shrouded key bags)."""
     keys: list[PrivateKeyTypes] = []
-    for bag in _fields(safe_contents, "PFX bag list"):
-        parts = _fields(bag, "PFX bag")
+    for bag in asn1.fields(safe_contents, "PFX bag list"):
+        parts = asn1.fields(bag, "PFX bag")
         if not 2 <= len(parts) <= 3:
             raise CertificateError("PFX bag is malformed")
-        bag_id = _expect(parts[0], _OID, "PFX bag")
-        value = _explicit(parts[1], _EXPLICIT_0, "PFX bag")
-        if bag_id == _OID_KEY_BAG:
+        bag_id = asn1.expect(parts[0], asn1.OID, "PFX bag")
+        value = asn1.explicit(parts[1], asn1.EXPLICIT_0, "PFX bag")
+        if bag_id == asn1.OID_KEY_BAG:
             keys.append(_load_private_key(value.encoded))
-        elif bag_id == _OID_SHROUDED_KEY_BAG:
-            shrouded = _fields(value, "PFX key bag")
+        elif bag_id == asn1.OID_SHROUDED_KEY_BAG:
+            shrouded = asn1.fields(value, "PFX key bag")
             if len(shrouded) != 2:
                 raise CertificateError("PFX key bag is malformed")
-            data = _expect(shrouded[1], _OCTET_STRING, "PFX key bag")
+            data = asn1.expect(shrouded[1], asn1.OCTET_STRING, "PFX key bag")
             keys.append(_load_private_key(_pbe_decrypt(shrouded[0], data, "PFX key bag")))
-        elif bag_id == _OID_SAFE_CONTENTS_BAG:
-            keys.extend(_bag_keys(value))  # depth is bounded by _decode
+        elif bag_id == asn1.OID_SAFE_CONTENTS_BAG:
+            keys.extend(_bag_keys(value))  # depth is bounded by asn1.decode
     return keys
 
 
@@ -670,22 +471,23 @@ def _pfx_private_keys(pfx: bytes) -> list[PrivateKeyTypes]:
     Keys sit in the unencrypted part of the PFX (as in every platform sample);
     certificates are left to cryptography's loader.
     """
-    parts = _fields(_decode(pfx, "PFX"), "PFX")
-    if not 2 <= len(parts) <= 3 or _small_int(parts[0], "PFX version") != 3:
+    parts = asn1.fields(asn1.decode(pfx, "PFX"), "PFX")
+    if not 2 <= len(parts) <= 3 or asn1.small_int(parts[0], "PFX version") != 3:
         raise CertificateError("PFX version is not supported")
-    content_type, content = _read_content_info(parts[1], "PFX")
-    if content_type != _OID_DATA:
+    content_type, content = asn1.read_content_info(parts[1], "PFX")
+    if content_type != asn1.OID_DATA:
         raise CertificateError("PFX integrity mode is not supported")
-    authenticated_safe = _expect(content, _OCTET_STRING, "PFX")
+    authenticated_safe = asn1.expect(content, asn1.OCTET_STRING, "PFX")
     keys: list[PrivateKeyTypes] = []
-    for info in _fields(_decode(authenticated_safe, "PFX content"), "PFX content"):
-        content_type, content = _read_content_info(info, "PFX content")
-        if content_type == _OID_DATA:
-            safe_contents = _expect(content, _OCTET_STRING, "PFX content")
-            keys.extend(_bag_keys(_decode(safe_contents, "PFX bag list")))
+    for info in asn1.fields(asn1.decode(authenticated_safe, "PFX content"), "PFX content"):
+        content_type, content = asn1.read_content_info(info, "PFX content")
+        if content_type == asn1.OID_DATA:
+            safe_contents = asn1.expect(content, asn1.OCTET_STRING, "PFX content")
+            keys.extend(_bag_keys(asn1.decode(safe_contents, "PFX bag list")))
     return keys
 
 
+@_der_errors()
 def parse_pfx(pfx: bytes) -> list[CertificateItem]:
     """The certificates of a password-less PFX, each with its private key if present.
 
@@ -771,54 +573,54 @@ def encrypt_enveloped(
     if not isinstance(public, rsa.RSAPublicKey):
         raise CertificateError("the recipient certificate does not hold an RSA key")
     if cipher == "aes128":
-        cipher_oid, name, key_size, block_size = _OID_AES128_CBC, "aes", 16, 16
+        cipher_oid, name, key_size, block_size = asn1.OID_AES128_CBC, "aes", 16, 16
     else:
-        cipher_oid, name, key_size, block_size = _OID_DES3_CBC, "des3", 24, 8
+        cipher_oid, name, key_size, block_size = asn1.OID_DES3_CBC, "des3", 24, 8
     content_key = os.urandom(key_size)
     iv = os.urandom(block_size)
     if key_transport == "oaep":
-        transport = _algorithm(_OID_RSAES_OAEP, _seq())
+        transport = asn1.algorithm(asn1.OID_RSAES_OAEP, asn1.seq())
         encrypted_key = public.encrypt(content_key, _oaep(hashes.SHA1, hashes.SHA1))
     else:
-        transport = _algorithm(_OID_RSA_ENCRYPTION, _tlv(_NULL, b""))
+        transport = asn1.algorithm(asn1.OID_RSA_ENCRYPTION, asn1.tlv(asn1.NULL, b""))
         encrypted_key = public.encrypt(content_key, padding.PKCS1v15())
-    recipient_info = _seq(
-        _integer(2),
-        _tlv(_CONTEXT_0, _subject_key_identifier(recipient)),
+    recipient_info = asn1.seq(
+        asn1.integer(2),
+        asn1.tlv(asn1.CONTEXT_0, _subject_key_identifier(recipient)),
         transport,
-        _octets(encrypted_key),
+        asn1.octets(encrypted_key),
     )
-    encrypted_content_info = _seq(
-        _tlv(_OID, _OID_DATA),
-        _algorithm(cipher_oid, _octets(iv)),
-        _tlv(_CONTEXT_0, _cbc_encrypt(name, content_key, iv, content)),
+    encrypted_content_info = asn1.seq(
+        asn1.tlv(asn1.OID, asn1.OID_DATA),
+        asn1.algorithm(cipher_oid, asn1.octets(iv)),
+        asn1.tlv(asn1.CONTEXT_0, _cbc_encrypt(name, content_key, iv, content)),
     )
-    enveloped = _seq(_integer(2), _set_of(recipient_info), encrypted_content_info)
-    return _content_info(_OID_ENVELOPED_DATA, enveloped)
+    enveloped = asn1.seq(asn1.integer(2), asn1.set_of(recipient_info), encrypted_content_info)
+    return asn1.content_info(asn1.OID_ENVELOPED_DATA, enveloped)
 
 
 def _oaep(digest: type[hashes.HashAlgorithm], mgf: type[hashes.HashAlgorithm]) -> padding.OAEP:
     return padding.OAEP(mgf=padding.MGF1(algorithm=mgf()), algorithm=digest(), label=None)
 
 
-def _oaep_parameters(parameters: _Tlv | None) -> padding.OAEP:
+def _oaep_parameters(parameters: asn1.Tlv | None) -> padding.OAEP:
     """RSAES-OAEP-params; all absent (the platform's choice) means SHA-1 and MGF1-SHA-1."""
     digest: type[hashes.HashAlgorithm] = hashes.SHA1
     mgf: type[hashes.HashAlgorithm] = hashes.SHA1
     if parameters is None:
         return _oaep(digest, mgf)
     what = "OAEP parameters"
-    for part in _fields(parameters, what):
-        if part.tag == _EXPLICIT_0:
-            oid, _ = _read_algorithm(_explicit(part, _EXPLICIT_0, what), what)
+    for part in asn1.fields(parameters, what):
+        if part.tag == asn1.EXPLICIT_0:
+            oid, _ = asn1.read_algorithm(asn1.explicit(part, asn1.EXPLICIT_0, what), what)
             if oid not in _HASHES:
                 raise CertificateError("OAEP hash is not supported")
             digest = _HASHES[oid]
-        elif part.tag == _EXPLICIT_1:
-            oid, inner = _read_algorithm(_explicit(part, _EXPLICIT_1, what), what)
-            if oid != _OID_MGF1 or inner is None:
+        elif part.tag == asn1.EXPLICIT_1:
+            oid, inner = asn1.read_algorithm(asn1.explicit(part, asn1.EXPLICIT_1, what), what)
+            if oid != asn1.OID_MGF1 or inner is None:
                 raise CertificateError("OAEP mask generation is not supported")
-            mgf_oid, _ = _read_algorithm(inner, what)
+            mgf_oid, _ = asn1.read_algorithm(inner, what)
             if mgf_oid not in _HASHES:
                 raise CertificateError("OAEP hash is not supported")
             mgf = _HASHES[mgf_oid]
@@ -834,44 +636,44 @@ class _Recipient:
     encrypted_key: bytes
 
 
-def _read_recipient(element: _Tlv) -> _Recipient:
+def _read_recipient(element: asn1.Tlv) -> _Recipient:
     what = "CMS recipient"
-    parts = _fields(element, what)
+    parts = asn1.fields(element, what)
     if len(parts) != 4:
         raise CertificateError(f"{what} is malformed")
-    version = _small_int(parts[0], what)
-    if parts[1].tag == _CONTEXT_0 and version == 2:
+    version = asn1.small_int(parts[0], what)
+    if parts[1].tag == asn1.CONTEXT_0 and version == 2:
         ski: bytes | None = parts[1].value
-    elif parts[1].tag == _SEQUENCE and version == 0:
+    elif parts[1].tag == asn1.SEQUENCE and version == 0:
         ski = None
     else:
         raise CertificateError(f"{what} is malformed")
-    oid, parameters = _read_algorithm(parts[2], what)
+    oid, parameters = asn1.read_algorithm(parts[2], what)
     transport: padding.AsymmetricPadding
-    if oid == _OID_RSA_ENCRYPTION:
+    if oid == asn1.OID_RSA_ENCRYPTION:
         transport = padding.PKCS1v15()
-    elif oid == _OID_RSAES_OAEP:
+    elif oid == asn1.OID_RSAES_OAEP:
         transport = _oaep_parameters(parameters)
     else:
         raise CertificateError("CMS key transport is not supported")
-    return _Recipient(ski, transport, _expect(parts[3], _OCTET_STRING, what))
+    return _Recipient(ski, transport, asn1.expect(parts[3], asn1.OCTET_STRING, what))
 
 
-def _read_encrypted_content(element: _Tlv) -> tuple[str, int, bytes, bytes]:
+def _read_encrypted_content(element: asn1.Tlv) -> tuple[str, int, bytes, bytes]:
     """Cipher name, key size, IV and ciphertext of the EncryptedContentInfo."""
     what = "CMS encrypted content"
-    parts = _fields(element, what)
+    parts = asn1.fields(element, what)
     if len(parts) != 3:
         raise CertificateError(f"{what} is missing")
-    _expect(parts[0], _OID, what)
-    oid, parameters = _read_algorithm(parts[1], what)
+    asn1.expect(parts[0], asn1.OID, what)
+    oid, parameters = asn1.read_algorithm(parts[1], what)
     if oid not in _CIPHERS:
         raise CertificateError("CMS content cipher is not supported")
     name, key_size, block_size = _CIPHERS[oid]
-    iv = _expect(parameters, _OCTET_STRING, what) if parameters is not None else b""
+    iv = asn1.expect(parameters, asn1.OCTET_STRING, what) if parameters is not None else b""
     if len(iv) != block_size:
         raise CertificateError(f"{what} is malformed")
-    return name, key_size, iv, _expect(parts[2], _CONTEXT_0, what)
+    return name, key_size, iv, asn1.expect(parts[2], asn1.CONTEXT_0, what)
 
 
 def _load_transport_key(private_key_pem: bytes) -> rsa.RSAPrivateKey:
@@ -884,6 +686,7 @@ def _load_transport_key(private_key_pem: bytes) -> rsa.RSAPrivateKey:
     return key
 
 
+@_der_errors()
 def decrypt_enveloped(der: bytes, private_key_pem: bytes) -> bytes:
     """The content (the PFX) of a CMS EnvelopedData encrypted to the transport key.
 
@@ -894,17 +697,19 @@ def decrypt_enveloped(der: bytes, private_key_pem: bytes) -> bytes:
     so the content must be one DER element, as a PFX is.
     """
     key = _load_transport_key(private_key_pem)
-    content_type, body = _read_content_info(_decode(der, "CMS blob"), "CMS blob")
-    if content_type != _OID_ENVELOPED_DATA:
+    content_type, body = asn1.read_content_info(asn1.decode(der, "CMS blob"), "CMS blob")
+    if content_type != asn1.OID_ENVELOPED_DATA:
         raise CertificateError("CMS blob is not EnvelopedData")
-    parts = _fields(body, "CMS EnvelopedData")
-    if len(parts) < 3 or _small_int(parts[0], "CMS version") > 4:
+    parts = asn1.fields(body, "CMS EnvelopedData")
+    if len(parts) < 3 or asn1.small_int(parts[0], "CMS version") > 4:
         raise CertificateError("CMS EnvelopedData is malformed")
-    rest = parts[2:] if parts[1].tag == _EXPLICIT_0 else parts[1:]  # skip originatorInfo
-    if len(rest) not in (2, 3) or (len(rest) == 3 and rest[2].tag != _EXPLICIT_1):
+    rest = parts[2:] if parts[1].tag == asn1.EXPLICIT_0 else parts[1:]  # skip originatorInfo
+    if len(rest) not in (2, 3) or (len(rest) == 3 and rest[2].tag != asn1.EXPLICIT_1):
         raise CertificateError("CMS EnvelopedData is malformed")
     recipients = [
-        _read_recipient(r) for r in _fields(rest[0], "CMS recipients", _SET) if r.tag == _SEQUENCE
+        _read_recipient(r)
+        for r in asn1.fields(rest[0], "CMS recipients", asn1.SET)
+        if r.tag == asn1.SEQUENCE
     ]
     if not recipients:
         raise CertificateError("CMS blob has no key transport recipient")
@@ -920,10 +725,10 @@ def decrypt_enveloped(der: bytes, private_key_pem: bytes) -> bytes:
             continue
         try:
             content = _cbc_decrypt(name, content_key, iv, data, "wrong key")
-            if _header(content, 0, len(content))[2] == len(content):
-                return content
         except CertificateError:
             continue
+        if asn1.is_one_element(content):
+            return content
     raise CertificateError("certificates blob cannot be decrypted with the transport key")
 
 

@@ -19,7 +19,7 @@ key pairs to install, each with a ``Path`` such as
   a key already present (same type and blob) is not added again.
 
 The ssh-keys stage installs the keys given inline (``Value``); the
-certificates stage, once the WireServer certificates are in ``Lib.Dir``,
+certificates stage, with the WireServer certificates (:mod:`azagent.certstore`),
 installs the public keys given only by ``Fingerprint`` and the key pairs
 through :func:`plan_certificate_keys`. Both merge into the same files, so
 their order does not matter. The conversions that need ``cryptography``
@@ -42,6 +42,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Callable, Optional
 
 from azagent import users
+from azagent.certstore import CertStore, CertStoreError, normalize_thumbprint
 from azagent.context import Context
 from azagent.errors import AzagentError
 from azagent.fsutil import atomic_write
@@ -681,17 +682,6 @@ def plan_inline_keys(ctx: Context, data: ProvisioningData) -> list[Action]:
     return plan_files(ctx, account, authorized_keys_files(ctx, account, wanted))
 
 
-def _read_lib_file(ctx: Context, thumbprint: str, suffix: str) -> Optional[bytes]:
-    lib = ctx.path(ctx.config.required_str("Lib.Dir"))
-    try:
-        with open(lib / f"{thumbprint}{suffix}", "rb") as f:
-            return f.read(MAX_EXISTING_BYTES)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise SshKeyError(f"cannot read {thumbprint}{suffix} in Lib.Dir: {e.strerror}") from None
-
-
 def plan_certificate_keys(
     ctx: Context,
     data: ProvisioningData,
@@ -701,19 +691,29 @@ def plan_certificate_keys(
 
     For the certificates stage. ``certificates`` are the items it is about to
     store (so it can plan before writing them); without it, the certificate
-    and key of each thumbprint are read from ``<Lib.Dir>/<THUMBPRINT>.crt``
-    and ``.prv``. A public key becomes an authorized_keys line; a key pair
-    becomes the private key at its ``Path`` (OpenSSH format, 0600) and its
-    public half at ``Path.pub`` (0644), both the user's. A thumbprint that
-    is not available is an error naming the key and thumbprint.
+    and key of each thumbprint come from the certificate store
+    (:mod:`azagent.certstore`). A public key becomes an authorized_keys
+    line; a key pair becomes the private key at its ``Path`` (OpenSSH
+    format, 0600) and its public half at ``Path.pub`` (0644), both the
+    user's. A thumbprint that is malformed or not available is an error
+    naming the key and thumbprint.
     """
     by_print = {c.thumbprint.upper(): c for c in certificates} if certificates is not None else {}
+    store = CertStore.of(ctx)
 
-    def material(thumbprint: str) -> tuple[Optional[bytes], Optional[bytes]]:
-        if certificates is not None:
-            item = by_print.get(thumbprint)
-            return (item.certificate_pem, item.private_key_pem) if item else (None, None)
-        return _read_lib_file(ctx, thumbprint, ".crt"), _read_lib_file(ctx, thumbprint, ".prv")
+    def material(index: int, key: Key, kind: str, private: bool) -> tuple[str, Optional[bytes]]:
+        """The thumbprint the key names and its certificate (or private key) if available."""
+        try:
+            thumbprint = normalize_thumbprint(key.fingerprint or "")
+            if certificates is None:
+                found = store.find_private_key if private else store.find_certificate
+                return thumbprint, found(thumbprint)
+        except CertStoreError as e:
+            raise _key_problem(index, key, kind, e.reason) from None
+        item = by_print.get(thumbprint)
+        if item is None:
+            return thumbprint, None
+        return thumbprint, item.private_key_pem if private else item.certificate_pem
 
     by_fingerprint = [
         (i, k)
@@ -726,9 +726,7 @@ def plan_certificate_keys(
 
     wanted = []
     for index, key in by_fingerprint:
-        assert key.fingerprint is not None
-        thumbprint = key.fingerprint.upper()
-        cert, _ = material(thumbprint)
+        thumbprint, cert = material(index, key, "public key", private=False)
         if cert is None:
             raise _key_problem(
                 index, key, "public key", f"certificate {thumbprint} was not delivered"
@@ -746,8 +744,7 @@ def plan_certificate_keys(
     files = authorized_keys_files(ctx, account, wanted)
 
     for index, pair in enumerate(data.key_pairs, start=1):
-        thumbprint = (pair.fingerprint or "").upper()
-        _, private = material(thumbprint)
+        thumbprint, private = material(index, pair, "key pair", private=True)
         if private is None:
             raise _key_problem(
                 index, pair, "key pair", f"the private key of {thumbprint} was not delivered"
