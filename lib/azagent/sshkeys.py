@@ -682,7 +682,7 @@ def plan_inline_keys(ctx: Context, data: ProvisioningData) -> list[Action]:
 
 
 def _read_lib_file(ctx: Context, thumbprint: str, suffix: str) -> Optional[bytes]:
-    lib = ctx.path(ctx.config.required_str("Lib.Dir"))
+    lib = ctx.lib_dir
     try:
         with open(lib / f"{thumbprint}{suffix}", "rb") as f:
             return f.read(MAX_EXISTING_BYTES)
