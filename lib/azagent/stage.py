@@ -12,6 +12,9 @@ in ``/run/azagent/stages/<stage>.json`` and maps the outcome to an exit code:
 3     unexpected error; the traceback goes to the journal
 ====  ==========================================================
 
+The exit codes and the result document live in :mod:`azagent.results`, so
+that readers of results need not import the runner.
+
 ``plan`` only reads and decides. Every change is an :class:`Action` whose
 ``apply`` runs only when the run is not a dry run. An empty plan means the
 system is already as it should be, so a second run changes nothing.
