@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,10 +17,9 @@ from pathlib import Path
 from azagent import __version__, catalog
 from azagent.context import Context
 from azagent.errors import AzagentError
-from azagent.stage import EXIT_FAILED, EXIT_OK, EXIT_USAGE, load_config, read_result
-
-STAGE_DIRS_ENV = "AZAGENT_STAGES_DIR"
-INSTALLED_STAGES_DIR = "/usr/libexec/azagent"
+from azagent.results import EXIT_FAILED, EXIT_OK, EXIT_USAGE, read_result
+from azagent.stage import load_config
+from azagent.units import find_stage, unit_state
 
 # waagent flag -> azagent words. Flags that only modify another command.
 _WAAGENT_MODIFIERS = {"-verbose": "--verbose", "-force": "--force", "-full": "--full"}
@@ -58,42 +55,6 @@ def translate_waagent_args(argv: Sequence[str]) -> list[str]:
     return command + rest
 
 
-def find_stage(name: str) -> Path | None:
-    """The executable of stage ``name``: installed, or in this source checkout."""
-    candidates = []
-    if os.environ.get(STAGE_DIRS_ENV):
-        candidates.append(Path(os.environ[STAGE_DIRS_ENV]))
-    candidates += [
-        Path(INSTALLED_STAGES_DIR),
-        Path(sys.prefix) / "libexec/azagent",
-        Path(__file__).resolve().parents[2] / "stages",
-    ]
-    for directory in candidates:
-        path = directory / name
-        if path.is_file():
-            return path
-    return None
-
-
-def unit_state(root: Path, unit: str) -> str:
-    """What ``systemctl is-enabled`` says of ``unit`` (enabled, masked, ...)."""
-    systemctl = shutil.which("systemctl")
-    if systemctl is None:
-        return "unknown"
-    command = [systemctl]
-    if root != Path("/"):
-        command.append(f"--root={root}")
-    command += ["is-enabled", unit]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    state = done.stdout.strip().splitlines()
-    if state:
-        return state[0]
-    return "not-found" if "No such file" in done.stderr else "unknown"
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     info = catalog.STAGES_BY_NAME.get(args.stage)
     if info is None:
@@ -112,16 +73,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def status_rows(root: Path) -> list[dict[str, str]]:
     rows = []
     for info in catalog.STAGES:
-        result = read_result(root, info.name) or {}
-        duration = result.get("duration_ms")
+        result = read_result(root, info.name)
+        duration = None if result is None else result.duration_ms
         rows.append(
             {
                 "stage": info.name,
                 "unit": unit_state(root, info.unit),
-                "result": str(result.get("state", "never-ran")),
-                "ended": str(result.get("end", "")),
-                "duration": f"{int(duration) / 1000:.3f}s" if isinstance(duration, int) else "",
-                "reason": str(result.get("reason", "")),
+                "result": "never-ran" if result is None else result.state,
+                "ended": "" if result is None else result.ended,
+                "duration": "" if duration is None else f"{duration / 1000:.3f}s",
+                "reason": "" if result is None else result.reason,
             }
         )
     return rows

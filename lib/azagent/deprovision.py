@@ -63,7 +63,7 @@ def last_user(ctx: Context) -> Optional[str]:
     """The last provisioned user, from the OVF copy azagent keeps in Lib.Dir."""
     from azagent import ovf
 
-    copy = ctx.path(ctx.config.required_str("Lib.Dir")) / "ovf-env.xml"
+    copy = ctx.lib_dir / "ovf-env.xml"
     try:
         return ovf.parse_ovf(copy.read_bytes()).username
     except (OSError, AzagentError):
@@ -146,7 +146,7 @@ def _user_exists(ctx: Context, name: str) -> bool:
 
 def _delete_user(ctx: Context, name: str) -> None:
     argv = ["userdel", "--remove"]
-    if ctx.root != Path("/"):
+    if not ctx.live:
         argv += ["--prefix", str(ctx.root)]
     system.run([*argv, name], what=f"delete user {name}")
     sudoers = ctx.path(ctx.config.required_str("OS.SudoersDir")) / "waagent"

@@ -196,7 +196,7 @@ def _os_ids(ctx: Context) -> set[str]:
 
 
 def _tool_available(ctx: Context, name: str) -> bool:
-    if ctx.root == Path("/"):
+    if ctx.live:
         return system.which(name) is not None
     return any(
         ctx.path(f"{directory}/{name}").exists()
@@ -326,11 +326,11 @@ def plan_kernel_args(ctx: Context, args: Sequence[str], plan: Plan) -> list[str]
         return notes
     command, available = regeneration_command(ctx, args)
     shown = " ".join(f"'{a}'" if " " in a else a for a in command)
-    if ctx.root == Path("/") and available:
+    if ctx.live and available:
         plan.add(
             f"regenerate GRUB's configuration: {shown}", functools.partial(_regenerate, command)
         )
-    elif ctx.root == Path("/"):
+    elif ctx.live:
         notes.append(f"GRUB's configuration must be regenerated for this to take effect: {shown}")
     else:
         notes.append(
@@ -404,7 +404,7 @@ def _read_regular(path: Path, limit: int) -> str:
 
 def _journal(ctx: Context, archive: Archive) -> Optional[str]:
     command = ["journalctl"]
-    if ctx.root != Path("/"):
+    if not ctx.live:
         command.append(f"--root={ctx.root}")
     command += ["-u", "azure-*", "-o", "short-precise", "--no-pager", "-n", str(_JOURNAL_LINES)]
     try:
@@ -468,7 +468,7 @@ def _os_release(ctx: Context, archive: Archive) -> Optional[str]:
 
 
 def _system_facts(ctx: Context, archive: Archive) -> dict[str, str]:
-    if ctx.root != Path("/"):
+    if not ctx.live:
         archive.notes.append(
             f"system facts (uname, ip addr, lsblk, systemctl status) describe the running"
             f" machine, not {ctx.root}: not collected under --root"
@@ -511,7 +511,7 @@ def collect_logs(ctx: Context, output: Optional[Path], extra: Mapping[str, str])
     ``output`` None means ``<Lib.Dir>/logcollector/logs.zip`` under the root.
     """
     if output is None:
-        lib_dir = ctx.path(ctx.config.required_str("Lib.Dir"))
+        lib_dir = ctx.lib_dir
         ensure_dir(lib_dir, mode=0o700)  # as the stages create it, should it be missing
         output = lib_dir / LOG_ARCHIVE
     archive = Archive(output)

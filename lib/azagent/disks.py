@@ -110,7 +110,7 @@ def mounts(ctx: Context) -> list[Mount]:
     try:
         text = path.read_text(encoding="utf-8", errors="surrogateescape")
     except FileNotFoundError:
-        if ctx.root == Path("/"):
+        if ctx.live:
             raise
         return []
     result = []
@@ -140,7 +140,7 @@ def active_swaps(ctx: Context) -> list[str]:
     try:
         lines = ctx.path("/proc/swaps").read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        if ctx.root == Path("/"):
+        if ctx.live:
             raise
         return []
     return [_unescape_mountinfo(line.split()[0]) for line in lines[1:] if line.split()]

@@ -27,7 +27,6 @@ import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
@@ -147,13 +146,9 @@ def check_commands(backend: str, address: str) -> list[tuple[str, ...]]:
 # -- on the target system -------------------------------------------------------
 
 
-def live(ctx: Context) -> bool:
-    return ctx.root == Path("/")
-
-
 def backend(ctx: Context) -> str:
     """nft when the target system has it, else iptables; StageFailed when it has neither."""
-    if live(ctx):
+    if ctx.live:
         if system.which("nft"):
             return NFT
         if system.which("iptables") and system.which("iptables-restore"):

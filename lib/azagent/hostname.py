@@ -196,7 +196,7 @@ def set_running_hostname(ctx: Context, name: str) -> None:
     Needs CAP_SYS_ADMIN. Refuses any root but ``/``: a test tree or an image
     has no running system, and a chroot's /proc is the host's.
     """
-    if ctx.root != Path("/"):
+    if not ctx.live:
         raise StageFailed(f"refusing to set the running hostname under --root {ctx.root}")
     try:
         socket.sethostname(name)

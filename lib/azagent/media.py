@@ -95,7 +95,7 @@ def read_ovf(ctx: Context) -> Optional[tuple[str, bytes]]:
     found = premounted(ctx)
     if found is not None:
         return ctx.display(found), _read_limited(found)
-    if ctx.root != Path("/"):
+    if not ctx.live:
         log.info("not mounting devices under --root %s", ctx.root)
         return None
     if not cdrom_devices(ctx):

@@ -641,7 +641,7 @@ def move_aside(source: Path, destination: Path) -> None:
 def persistent_net_changes(ctx: Context) -> list[Action]:
     """What neutralises the persistent-net rules under the root (empty when nothing pins names)."""
     changes: list[Action] = []
-    lib_dir = ctx.path(ctx.config.required_str("Lib.Dir"))
+    lib_dir = ctx.lib_dir
     rules_dir = ctx.path(RULES_DIR)
     rules = rules_dir / PERSISTENT_NET
     text = _rules_text(rules)

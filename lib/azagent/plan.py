@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Protocol
+
+
+class Target(Protocol):
+    """Where a plan acts (a :class:`~azagent.context.Context`): its root, and
+    whether that root is the running system."""
+
+    @property
+    def root(self) -> Path: ...
+
+    @property
+    def live(self) -> bool: ...
 
 
 def _nothing() -> None:
@@ -33,20 +44,13 @@ class Plan:
     def add(self, summary: str, apply: Callable[[], None]) -> None:
         self.actions.append(Action(summary, apply))
 
-    def add_running(
-        self,
-        root: Path,
-        summary: str,
-        apply: Callable[[], None],
-        *,
-        live: Optional[bool] = None,
-    ) -> None:
-        """A change to the running system (a command, a sysfs write): made on /,
-        only shown under another root. ``live`` overrides the root test."""
-        if (root == Path("/")) if live is None else live:
+    def add_running(self, target: Target, summary: str, apply: Callable[[], None]) -> None:
+        """A change to the running system (a command, a sysfs write): made when
+        ``target`` (a stage's context) is live, only shown under another root."""
+        if target.live:
             self.add(summary, apply)
         else:
-            self.add(f"{summary} [not run: {root} is not the running system]", _nothing)
+            self.add(f"{summary} [not run: {target.root} is not the running system]", _nothing)
 
     @classmethod
     def skipped(cls, reason: str) -> Plan:

@@ -14,15 +14,18 @@ provisions again.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from azagent.context import Context
 from azagent.errors import StageFailed
 from azagent.fsutil import atomic_write
+from azagent.plan import Plan
 from azagent.redact import register
+from azagent.results import read_result
 
 STATE_PATH = "/run/azagent/provisioning.json"
 # Left by mount-ovf when there is no provisioning media: the imds stage's cue.
@@ -109,7 +112,7 @@ def load(ctx: Context) -> Optional[ProvisioningData]:
 
 
 def marker_path(ctx: Context) -> Path:
-    return ctx.path(ctx.config.required_str("Lib.Dir")) / MARKER_NAME
+    return ctx.lib_dir / MARKER_NAME
 
 
 def provisioned_vm_id(ctx: Context) -> Optional[str]:
@@ -128,7 +131,6 @@ def user_left_out(ctx: Context, username: str) -> Optional[str]:
     user's keys are then left out (and said so), not a provisioning failure.
     When create-user ran and failed, that failure is the one reported.
     """
-    from azagent.stage import read_result
     from azagent.users import accounts
 
     if read_result(ctx.root, "create-user") is not None:
@@ -149,6 +151,25 @@ def nothing_to_provision() -> str:
         "no provisioning data this boot: the VM is already provisioned, "
         "provisioning is disabled, or mount-ovf did not run"
     )
+
+
+def requires_data(
+    plan: Callable[[Context, ProvisioningData], Plan],
+) -> Callable[[Context], Plan]:
+    """A stage's plan that needs this boot's provisioning data, as ``plan(ctx)``.
+
+    Without the data the stage skips (:func:`nothing_to_provision`); with it,
+    the wrapped ``plan(ctx, data)`` decides.
+    """
+
+    @functools.wraps(plan)
+    def with_data(ctx: Context) -> Plan:
+        data = load(ctx)
+        if data is None:
+            return Plan.skipped(nothing_to_provision())
+        return plan(ctx, data)
+
+    return with_data
 
 
 def normalize_vm_id(vm_id: str) -> str:

@@ -18,7 +18,7 @@ from typing import Optional
 from azagent import journal, kvp, provisioning
 from azagent.context import Context
 from azagent.fsutil import ensure_dir
-from azagent.stage import read_result
+from azagent.results import read_result
 
 log = logging.getLogger("azagent")
 
@@ -31,8 +31,8 @@ def failures(ctx: Context) -> list[tuple[str, str]]:
     failed = []
     for stage in STAGES_REPORTED:
         result = read_result(ctx.root, stage)
-        if result is not None and result.get("state") == "failed":
-            failed.append((stage, str(result.get("reason") or "failed")))
+        if result is not None and result.failed:
+            failed.append((stage, result.reason or "failed"))
     return failed
 
 
@@ -45,8 +45,8 @@ def durations(ctx: Context) -> dict[str, str]:
     fields = {}
     for stage in STAGES_REPORTED:
         result = read_result(ctx.root, stage)
-        if result is not None and isinstance(result.get("duration_ms"), int):
-            fields[f"{stage.replace('-', '_')}_ms"] = str(result["duration_ms"])
+        if result is not None and result.duration_ms is not None:
+            fields[f"{stage.replace('-', '_')}_ms"] = str(result.duration_ms)
     return fields
 
 

@@ -143,7 +143,7 @@ def _resolve_in_root(ctx: Context, link: Path) -> Path:
     else:
         raise StageFailed(f"{RESOURCE_LINK}: too many levels of symbolic links")
     real = Path(os.path.realpath(path))
-    if ctx.root != Path("/") and not real.is_relative_to(ctx.root):
+    if not ctx.live and not real.is_relative_to(ctx.root):
         raise StageFailed(f"{RESOURCE_LINK} leads outside --root {ctx.root}")
     return real
 
@@ -159,7 +159,7 @@ def find_disk(ctx: Context) -> Optional[Disk]:
     except FileNotFoundError:
         return None
     display = ctx.display(node)
-    if stat.S_ISBLK(st.st_mode) and ctx.root != Path("/"):
+    if stat.S_ISBLK(st.st_mode) and not ctx.live:
         raise StageFailed(
             f"{RESOURCE_LINK} points at the block device {display}: under --root only disk "
             "images are formatted, real disks only on the running system"
@@ -176,7 +176,7 @@ def find_disk(ctx: Context) -> Optional[Disk]:
         with open(node, "rb") as f:
             size = f.seek(0, os.SEEK_END)
         return Disk(node, display, name, True, size)
-    if stat.S_ISREG(st.st_mode) and ctx.root != Path("/"):
+    if stat.S_ISREG(st.st_mode) and not ctx.live:
         return Disk(node, display, node.name, False, st.st_size)
     raise StageFailed(f"{RESOURCE_LINK} points at {display}, which is not a block device")
 
@@ -874,7 +874,7 @@ def plan_mount(
     except OSError:
         current = None
     actions = []
-    live = ctx.root == Path("/")
+    live = ctx.live
     mounted = live and own_mount(ctx, disk, mount_point, filesystem)
     if current != content:
         actions.append(
@@ -971,7 +971,7 @@ def plan_swap(ctx: Context, mount_point: str, filesystem: str) -> list[Action]:
     enabled = config.get_bool("ResourceDisk.EnableSwap")
     size_mb = config.get_int("ResourceDisk.SwapSizeMB") or 0
     encrypt = config.get_bool("ResourceDisk.EnableSwapEncryption")
-    live = ctx.root == Path("/")
+    live = ctx.live
     display = f"{mount_point.rstrip('/')}/{SWAP_NAME}"
     path = ctx.path(display)
     record = ctx.path(mount_point) / SWAP_RECORD

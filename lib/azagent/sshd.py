@@ -199,7 +199,7 @@ def _sshd_binary() -> Optional[str]:
 
 
 def _validate(ctx: Context, config: Path) -> Optional[str]:
-    if ctx.root != Path("/"):
+    if not ctx.live:
         log.info("not checking %s with sshd -t: --root is not /", ctx.display(config))
         return None
     sshd = _sshd_binary()
@@ -233,7 +233,7 @@ def plan_reload(ctx: Context) -> list[Action]:
     Never under --root (the running sshd is not the image's); at boot sshd
     has not started yet (the unit is ordered before it), so nothing is done.
     """
-    if ctx.root != Path("/"):
+    if not ctx.live:
         return []
     unit = running_unit()
     if unit is None:
@@ -397,7 +397,7 @@ def host_key_types(key_type: Optional[str]) -> tuple[str, ...]:
 
 
 def _marker(ctx: Context) -> Path:
-    return ctx.path(ctx.config.required_str("Lib.Dir")) / HOST_KEY_MARKER
+    return ctx.lib_dir / HOST_KEY_MARKER
 
 
 def _regenerate(
@@ -424,7 +424,7 @@ def _regenerate(
         if name not in new:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(ssh_dir / name)
-    lib = ctx.path(ctx.config.required_str("Lib.Dir"))
+    lib = ctx.lib_dir
     ensure_dir(lib, mode=0o700)
     atomic_write(_marker(ctx), f"{vm_id}\n".encode(), mode=0o644)
 

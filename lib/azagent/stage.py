@@ -12,6 +12,9 @@ in ``/run/azagent/stages/<stage>.json`` and maps the outcome to an exit code:
 3     unexpected error; the traceback goes to the journal
 ====  ==========================================================
 
+The exit codes and the result document live in :mod:`azagent.results`, so
+that readers of results need not import the runner.
+
 ``plan`` only reads and decides. Every change is an :class:`Action` whose
 ``apply`` runs only when the run is not a dry run. An empty plan means the
 system is already as it should be, so a second run changes nothing.
@@ -20,13 +23,10 @@ system is already as it should be, so a second run changes nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -37,53 +37,23 @@ from azagent.errors import AzagentError
 from azagent.fsutil import atomic_write, exclusive_lock
 from azagent.plan import Plan
 from azagent.redact import redact
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_UNEXPECTED = 3
-
-STATE_DONE = "done"
-STATE_NOTHING = "nothing-to-do"
-STATE_SKIPPED = "skipped"
-STATE_FAILED = "failed"
+from azagent.results import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNEXPECTED,
+    EXIT_USAGE,
+    STATE_DONE,
+    STATE_FAILED,
+    STATE_NOTHING,
+    STATE_SKIPPED,
+    Result,
+    result_path,
+)
 
 log = journal.log
 
 
 PlanFunction = Callable[[Context], Plan]
-
-
-@dataclass(frozen=True)
-class Result:
-    stage: str
-    state: str
-    start: float
-    end: float
-    reason: str = ""
-    changes: tuple[str, ...] = ()
-    exit_status: int = EXIT_OK
-
-    def to_json(self) -> bytes:
-        document = {
-            "stage": self.stage,
-            "state": self.state,
-            "start": _iso(self.start),
-            "end": _iso(self.end),
-            "duration_ms": round((self.end - self.start) * 1000),
-            "reason": redact(self.reason),
-            "changes": [redact(change) for change in self.changes],
-            "exit_status": self.exit_status,
-        }
-        return (json.dumps(document, indent=2) + "\n").encode()
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds")
-
-
-def result_path(root: Path, stage: str) -> Path:
-    return root / "run/azagent/stages" / f"{stage}.json"
 
 
 def lock_path(root: Path, stage: str) -> Path:
@@ -166,7 +136,16 @@ def main(
 
     def finish(state: str, status: int, reason: str = "", changes: Sequence[str] = ()) -> int:
         if not args.dry_run:
-            _record(root, Result(name, state, start, time.time(), reason, tuple(changes), status))
+            result = Result.of_run(
+                name,
+                state,
+                start,
+                time.time(),
+                reason=reason,
+                changes=tuple(changes),
+                exit_status=status,
+            )
+            _record(root, result)
         return status
 
     try:
@@ -235,13 +214,3 @@ def _dry_run(ctx: Context, plan: PlanFunction) -> int:
         for action in stage_plan.actions:
             print(f"  - {redact(action.summary)}", file=out)
     return EXIT_OK
-
-
-def read_result(root: Path, stage: str) -> dict[str, object] | None:
-    """The last recorded result of ``stage``, or None if it never ran (or is unreadable)."""
-    try:
-        with open(result_path(root, stage), encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

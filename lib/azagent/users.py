@@ -238,7 +238,7 @@ def password_erased(field: str) -> bool:
 
 def _prefix(ctx: Context) -> list[str]:
     """useradd/usermod's options to edit the target's files instead of the host's."""
-    return [] if ctx.root == Path("/") else ["--prefix", str(ctx.root)]
+    return [] if ctx.live else ["--prefix", str(ctx.root)]
 
 
 def create_user(ctx: Context, name: str, *, home: str, shell: str, group: Optional[str]) -> None:
@@ -266,7 +266,7 @@ def lock_password(ctx: Context, name: str) -> None:
 
 
 def _chpasswd(ctx: Context, name: str, field: str, what: str) -> None:
-    root = [] if ctx.root == Path("/") else ["--root", str(ctx.root)]
+    root = [] if ctx.live else ["--root", str(ctx.root)]
     system.run(["chpasswd", *root, "--encrypted"], stdin=f"{name}:{field}\n", what=what)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 import requests
@@ -55,7 +54,7 @@ def platform_url(ctx: Context, name: str) -> str:
     configured explicitly.
     """
     url = ctx.endpoint(name)
-    if ctx.root != Path("/") and ctx.config.origins[f"Endpoint.{name}"] == "default":
+    if not ctx.live and ctx.config.origins[f"Endpoint.{name}"] == "default":
         raise WireServerError(
             f"Endpoint.{name} is not configured: under --root {ctx.root} azagent "
             "never talks to the platform's real address; set it in waagent.conf"
