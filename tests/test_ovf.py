@@ -212,7 +212,7 @@ def test_build_refuses_invalid_values_unless_asked() -> None:
         ovf.build_ovf(bad)
     # The emulator builds what the agent must refuse.
     data = ovf.build_ovf(bad, validate=False)
-    with pytest.raises(OvfError, match="HostName: .* it is 300 characters long"):
+    with pytest.raises(OvfError, match=r"HostName: .* it is 300 characters long"):
         ovf.parse_ovf(data)
 
 
