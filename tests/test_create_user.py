@@ -32,6 +32,7 @@ PHRASE = "Tr0ub4dor&3-provisioning"
 HASH = passwords.hash_password(PHRASE, "6", 10)
 ROOT_HASH = "$6$rootsalt$" + "R" * 86
 SHADOW_GID = 42
+NAME = "/run/azagent/provisioning.json: username: "
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="useradd needs root (chown)")
 
@@ -93,15 +94,19 @@ def debian_root(root: Path, *, admin_group: str = "sudo", extra_users: str = "")
 
 
 def provision(root: Path, username: str = "alice", password_hash: Optional[str] = HASH) -> None:
+    """provisioning.json as mount-ovf writes it, with ``username`` put in as a hand edit
+    would: ProvisioningData itself holds no name the rule refuses."""
     data = ProvisioningData(
         vm_id="5e1f0c6a-0000-4000-8000-000000000001",
         source="ovf",
         hostname="vm-1",
-        username=username,
+        username="placeholder",
         password_hash=password_hash,
         disable_password_auth=password_hash is None,
     )
-    write(root / STATE, data.to_json().decode(), mode=0o600)
+    document = json.loads(data.to_json())
+    document["username"] = username
+    write(root / STATE, json.dumps(document), mode=0o600)
 
 
 def configure(root: Path, *lines: str) -> None:
@@ -197,19 +202,27 @@ def test_dry_run_writes_nothing(root: Path) -> None:
 @pytest.mark.parametrize(
     ("username", "reason"),
     [
-        ("root", "invalid user name 'root': it is reserved for the system"),
-        ("daemon", "invalid user name 'daemon': it is reserved for the system"),
-        ("nobody", "invalid user name 'nobody': it is reserved for the system"),
-        ("-rf", "invalid user name '-rf': it starts with '-'"),
-        ("a" * 300, "invalid user name '" + "a" * 40 + "...': 300 characters, longer than 32"),
-        ("a" * 33, "33 characters, longer than 32"),
-        ("a;b", "invalid user name 'a;b': only a-z, 0-9"),
-        ("Alice", "invalid user name 'Alice': only a-z"),
-        ("1alice", "invalid user name '1alice': only a-z"),
-        ("al ice", "invalid user name 'al ice': only a-z"),
-        ("a$b", "invalid user name 'a$b': only a-z"),
-        ("../etc", "invalid user name '../etc': only a-z"),
-        ("", "invalid user name: it is empty"),
+        # Reserved for the system: create-user's own check.
+        ("root", "the provisioned user: 'root' is reserved for the system"),
+        ("daemon", "the provisioned user: 'daemon' is reserved for the system"),
+        ("nobody", "the provisioned user: 'nobody' is reserved for the system"),
+        # The user name rule, applied when provisioning.json is read.
+        ("-rf", f"{NAME}'-rf' is not a valid user name: it starts with '-'"),
+        (
+            "a" * 300,
+            f"{NAME}'{'a' * 40}'... (300 characters) is not a valid user name:"
+            " it is 300 characters long, at most 32 allowed",
+        ),
+        ("a" * 33, "it is 33 characters long, at most 32 allowed"),
+        ("a;b", f"{NAME}'a;b' is not a valid user name: it contains ';': only a-z, 0-9"),
+        ("Alice", f"{NAME}'Alice' is not a valid user name: it contains 'A' (upper case"),
+        ("1alice", f"{NAME}'1alice' is not a valid user name: it starts with '1'"),
+        ("al ice", f"{NAME}'al ice' is not a valid user name: it contains ' '"),
+        ("a$b", f"{NAME}'a$b' is not a valid user name: it contains '$'"),
+        ("alice$", f"{NAME}'alice$' is not a valid user name: it contains '$'"),
+        ("../etc", f"{NAME}'../etc' is not a valid user name: it contains '.', '/'"),
+        ("root\n", f"{NAME}'root\\n' is not a valid user name: it contains '\\n'"),
+        ("", f"{NAME}'' is not a valid user name: it is empty"),
     ],
 )
 def test_invalid_names_fail_with_their_reason_and_write_nothing(
@@ -229,7 +242,7 @@ def test_invalid_names_fail_with_their_reason_and_write_nothing(
 
 def test_names_at_the_limits_are_accepted(root: Path) -> None:
     debian_root(root)
-    name = "_a-" + "b" * 28 + "$"  # 32 characters, '$' at the end
+    name = "_a-" + "b" * 28 + "9"  # 32 characters, '_' first
     provision(root, name)
     done = run(root)
     assert done.returncode == 0, done.stderr

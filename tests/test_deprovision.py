@@ -35,7 +35,10 @@ def image(root: Path) -> Path:
     lib.mkdir(parents=True)
     for name in STATE:
         (lib / name).write_text("x\n")
-    shutil.copy(FIXTURES / "walinuxagent/ovf-env.xml", lib / "ovf-env.xml")
+    # WALinuxAgent's sample names its user "UserName", which the user name rule
+    # refuses: the copy names alice, the user on disk.
+    sample = (FIXTURES / "walinuxagent/ovf-env.xml").read_bytes()
+    (lib / "ovf-env.xml").write_bytes(sample.replace(b">UserName<", b">alice<"))
     return root
 
 
@@ -110,15 +113,26 @@ def test_resolv_conf_link_is_left_alone(root: Path) -> None:
 
 def test_deprovision_user_deletes_the_last_provisioned_user(root: Path) -> None:
     image(root)
-    # The OVF copy names "UserName" (the fixture); make that the user on disk.
-    for name in ("passwd", "group", "shadow", "gshadow"):
-        path = root / "etc" / name
-        path.write_text(path.read_text().replace("alice", "UserName"))
-    (root / "home/alice").rename(root / "home/UserName")
-    for path in (root / "home/UserName", root / "home/UserName/.ssh"):
+    for path in (root / "home/alice", root / "home/alice/.ssh"):
         os.chown(path, 1000, 1000)
     run = run_cli("-deprovision+user", "-force", "--root", str(root))
     assert run.returncode == 0, run.stderr + run.stdout
-    assert "delete the user UserName and its home directory" in run.stdout
-    assert "UserName" not in (root / "etc/passwd").read_text()
-    assert not (root / "home/UserName").exists()
+    assert "delete the user alice and its home directory" in run.stdout
+    assert "alice" not in (root / "etc/passwd").read_text()
+    assert not (root / "home/alice").exists()
+
+
+def test_deprovision_user_deletes_no_user_the_name_rule_refuses(root: Path) -> None:
+    """A copy naming "UserName" (upper case) was never provisioned by azagent: nobody
+    is deleted, even when an account of that name exists."""
+    image(root)
+    lib = root / "var/lib/waagent"
+    shutil.copy(FIXTURES / "walinuxagent/ovf-env.xml", lib / "ovf-env.xml")
+    for name in ("passwd", "group", "shadow", "gshadow"):
+        path = root / "etc" / name
+        path.write_text(path.read_text().replace("alice", "UserName"))
+    run = run_cli("-deprovision+user", "-force", "--root", str(root))
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert "delete the user" not in run.stdout
+    assert "no user to delete" in run.stdout
+    assert "UserName:x:1000" in (root / "etc/passwd").read_text()

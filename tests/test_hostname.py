@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_stage, snapshot
 
-from azagent import hostname
-from azagent.provisioning import ProvisioningData
+from azagent import hostname, names
 
 MONITOR = {"AZAGENT_HOSTNAME_MONITOR": "1"}
 RESULT = "run/azagent/stages/hostname.json"
@@ -53,11 +52,12 @@ DHCLIENT_ARGS = " ".join(IFUPDOWN_DHCLIENT[1:])
 # -- building roots ---------------------------------------------------------------
 
 
-def provisioned(root: Path, name: str = "web-1") -> None:
-    data = ProvisioningData(vm_id="vm-1", source="ovf", hostname=name, username="alice")
+def provisioned(root: Path, name: str = "web-1", username: str = "alice") -> None:
+    """provisioning.json with these names, written as JSON: a hand edit may hold any."""
+    data = {"vm_id": "vm-1", "source": "ovf", "hostname": name, "username": username}
     state = root / "run/azagent/provisioning.json"
     state.parent.mkdir(parents=True, exist_ok=True)
-    state.write_bytes(data.to_json())
+    state.write_text(json.dumps(data))
     state.chmod(0o600)
 
 
@@ -235,21 +235,25 @@ def test_nothing_to_do_without_provisioning_data_or_etc_hostname(root: Path) -> 
 @pytest.mark.parametrize(
     ("name", "reason"),
     [
-        ("", "it is empty"),
-        ("-web", "starts or ends with '-'"),
-        ("web-", "starts or ends with '-'"),
-        ("web_1", "it contains '_'"),
-        ("web 1", "white space"),
-        ("web\n1", "white space"),
-        ("wéb", "not ASCII"),
-        ("web;rm -rf", "white space"),
+        ("", "'' is not a valid hostname: it is empty"),
+        ("-web", "the label '-web' starts or ends with '-'"),
+        ("web-", "the label 'web-' starts or ends with '-'"),
+        ("web_1", "'web_1' is not a valid hostname: it contains '_'"),
+        ("web 1", "it contains ' '"),
+        ("web\n1", "'web\\n1' is not a valid hostname: it contains '\\n'"),
+        ("wéb", "it contains '\\xe9': only ASCII letters, digits, '-' and '.' between labels"),
+        ("web;rm -rf", "it contains ' ', ';'"),
         ("web$(id)", "it contains '$', '(', ')'"),
         ("web..example", "empty label"),
         (".web", "empty label"),
         ("web.", "ends with a dot"),
         ("a" * 64, "a label is 64 characters long, at most 63 allowed"),
         ("10.0.0.4", "all digits"),
-        ("x" * 254, "254 characters long"),
+        ("x" * 254, "(254 characters) is not a valid hostname: it is 254 characters long"),
+        ("../etc", "'../etc' is not a valid hostname: it contains '/'"),
+        ("root\n", "'root\\n' is not a valid hostname: it contains '\\n'"),
+        ("a;b", "'a;b' is not a valid hostname: it contains ';'"),
+        ("a" * 300, "(300 characters) is not a valid hostname: it is 300 characters long"),
     ],
 )
 def test_invalid_names_are_refused_with_their_reason(root: Path, name: str, reason: str) -> None:
@@ -258,18 +262,36 @@ def test_invalid_names_are_refused_with_their_reason(root: Path, name: str, reas
     before = state(root)
     run = run_stage("hostname", "--root", str(root))
     assert run.returncode == 1, run.stderr
-    assert "provisioning data: hostname" in run.stderr
+    assert "/run/azagent/provisioning.json: hostname: " in run.stderr
     assert reason in run.stderr
     assert state(root) == before
     assert result(root)["state"] == "failed"
     assert reason in str(result(root)["reason"])
 
 
-def test_an_invalid_etc_hostname_is_refused(root: Path) -> None:
-    image(root, static="# set by the image builder\n\nweb_1")
+@pytest.mark.parametrize("username", ["../etc", "root\n", "a;b", "a" * 300, "Alice"])
+def test_a_refused_user_name_in_provisioning_data_fails_the_stage_too(
+    root: Path, username: str
+) -> None:
+    """The hand-off is refused as a whole: a hand-edited file is not half trusted."""
+    image(root)
+    provisioned(root, "web-1", username=username)
+    before = state(root)
     run = run_stage("hostname", "--root", str(root))
     assert run.returncode == 1
-    assert "/etc/hostname: hostname 'web_1' is not valid: it contains '_'" in run.stderr
+    assert "/run/azagent/provisioning.json: username: " in run.stderr
+    assert "is not a valid user name" in run.stderr
+    assert state(root) == before
+
+
+def test_an_invalid_etc_hostname_is_refused(root: Path) -> None:
+    image(root, static="# set by the image builder\n\nweb_1")
+    (root / "run/azagent").mkdir(parents=True)  # the runner's own directory
+    before = state(root)
+    run = run_stage("hostname", "--root", str(root))
+    assert run.returncode == 1
+    assert state(root) == before
+    assert "/etc/hostname: 'web_1' is not a valid hostname: it contains '_'" in run.stderr
 
 
 @pytest.mark.parametrize(
@@ -286,7 +308,7 @@ def test_an_invalid_etc_hostname_is_refused(root: Path) -> None:
     ],
 )
 def test_valid_names(name: str) -> None:
-    assert hostname.name_problem(name) is None
+    assert names.host_name(name, "test") == name
     assert hostname.system_name(name) == name
 
 

@@ -196,8 +196,24 @@ BAD: list[Any] = [
     ),
     pytest.param(
         encode(document(osProfile=profile(adminUsername="ali\nce"))),
-        "osProfile.adminUsername: contains a control character",
+        "osProfile.adminUsername: 'ali\\nce' is not a valid user name: it contains '\\n'",
         id="username-newline",
+    ),
+    pytest.param(
+        encode(document(osProfile=profile(adminUsername="Alice"))),
+        "compute.osProfile.adminUsername: 'Alice' is not a valid user name: it contains 'A'"
+        " (upper case is not accepted): only a-z, 0-9, '_' and '-' are accepted",
+        id="username-upper",
+    ),
+    pytest.param(
+        encode(document(osProfile=profile(adminUsername="a;b"))),
+        "compute.osProfile.adminUsername: 'a;b' is not a valid user name: it contains ';'",
+        id="username-semicolon",
+    ),
+    pytest.param(
+        encode(document(osProfile=profile(computerName="web_1"))),
+        "compute.osProfile.computerName: 'web_1' is not a valid hostname: it contains '_'",
+        id="hostname-underscore",
     ),
     pytest.param(
         encode(document(osProfile=profile(adminUsername="ali\x00ce"))),
@@ -206,7 +222,8 @@ BAD: list[Any] = [
     ),
     pytest.param(
         encode(document(osProfile=profile(computerName="h" * 300))),
-        "osProfile.computerName: is 300 characters long",
+        "osProfile.computerName: " + repr("h" * 40) + "... (300 characters) is not a valid"
+        " hostname: it is 300 characters long, at most 253 allowed",
         id="hostname-300",
     ),
     pytest.param(
@@ -259,6 +276,23 @@ def test_bad_documents_are_refused(data: bytes, message: str) -> None:
     assert str(caught.value).startswith("IMDS instance metadata: ")
     assert USER_DATA not in str(caught.value)
     assert isinstance(caught.value, AzagentError)
+
+
+def test_the_hostname_is_computer_name_else_the_vms_name() -> None:
+    assert full().host_name() == "vm-01.internal"
+    unnamed = dataclasses.replace(full(), computer_name=None)
+    assert unnamed.host_name() == "vm-01"
+    # A VM's name may hold '_': fine for the document, not for a hostname.
+    document = imds.build_instance(**fields(dataclasses.replace(unnamed, name="web_1")))
+    instance = imds.parse_instance(encode(document))
+    assert instance.name == "web_1"
+    with pytest.raises(ImdsError) as caught:
+        instance.host_name()
+    assert str(caught.value) == (
+        "IMDS instance metadata: compute.name (computerName is empty): 'web_1' is not a valid"
+        " hostname: it contains '_': only ASCII letters, digits, '-' and '.' between labels"
+        " are accepted"
+    )
 
 
 def test_empty_strings_mean_not_set() -> None:

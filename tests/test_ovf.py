@@ -33,8 +33,20 @@ def clean_registry() -> Iterator[None]:
     redact.forget_all()
 
 
-def sample(name: str) -> bytes:
+def original(name: str) -> bytes:
     return (SAMPLES / name).read_bytes()
+
+
+def sample(name: str) -> bytes:
+    """A WALinuxAgent sample with a user name the rule accepts.
+
+    The samples name their user "UserName", which the user name rule
+    refuses (upper case; see test_the_samples_user_name_is_refused): every
+    other value is the sample's own.
+    """
+    return original(name).replace(
+        b"<UserName>UserName</UserName>", b"<UserName>username</UserName>"
+    )
 
 
 # -- WALinuxAgent's samples ----------------------------------------------------
@@ -44,7 +56,7 @@ def test_sample_parses_to_its_values() -> None:
     p = ovf.parse_ovf(sample("ovf-env.xml"))
     assert p.version == "1.0"
     assert p.hostname == "HostName"
-    assert p.username == "UserName"
+    assert p.username == "username"
     assert p.password is not None
     assert p.password.reveal() == "UserPassword"
     assert p.custom_data_base64 == "CustomData"
@@ -63,15 +75,27 @@ def test_sample_parses_to_its_values() -> None:
     assert p.provision_guest_proxy_agent is False
 
 
+def test_the_samples_user_name_is_refused() -> None:
+    """ "UserName" is upper case: refused where it enters, naming the element and why."""
+    for name in ("ovf-env.xml", "ovf-env-2.xml", "ovf-env-3.xml", "ovf-env-4.xml"):
+        with pytest.raises(OvfError) as caught:
+            ovf.parse_ovf(original(name))
+        assert str(caught.value) == (
+            "ovf-env.xml: Environment/ProvisioningSection/LinuxProvisioningConfigurationSet/"
+            "UserName: 'UserName' is not a valid user name: it contains 'N', 'U' (upper case"
+            " is not accepted): only a-z, 0-9, '_' and '-' are accepted"
+        )
+
+
 def test_samples_differ_only_in_provision_guest_agent() -> None:
     """What the four samples are for: the text of ProvisionGuestAgent."""
-    base = sample("ovf-env.xml").decode().splitlines()
+    base = original("ovf-env.xml").decode().splitlines()
     for name, text in [
         ("ovf-env-2.xml", "true"),
         ("ovf-env-3.xml", ""),
         ("ovf-env-4.xml", "bad data"),
     ]:
-        other = sample(name).decode().splitlines()
+        other = original(name).decode().splitlines()
         changed = [
             line
             for line in difflib.unified_diff(base, other, lineterm="", n=0)
@@ -184,11 +208,11 @@ def test_built_document_has_the_platforms_shape() -> None:
 
 def test_build_refuses_invalid_values_unless_asked() -> None:
     bad = Provisioning(hostname="h" * 300, username="alice", password=Secret(PASSWORD))
-    with pytest.raises(OvfError, match=r"Provisioning\.hostname: is 300 characters long"):
+    with pytest.raises(OvfError, match=r"Provisioning\.hostname: .* it is 300 characters long"):
         ovf.build_ovf(bad)
     # The emulator builds what the agent must refuse.
     data = ovf.build_ovf(bad, validate=False)
-    with pytest.raises(OvfError, match="HostName: is 300 characters long"):
+    with pytest.raises(OvfError, match=r"HostName: .* it is 300 characters long"):
         ovf.parse_ovf(data)
 
 
@@ -423,51 +447,96 @@ HOSTILE = [
     pytest.param(
         document(username="ali\nce"),
         OvfError,
-        "UserName: contains a control character",
+        "UserName: 'ali\\nce' is not a valid user name: it contains '\\n'",
         id="username-newline",
     ),
     pytest.param(
         document(username="ali&#10;ce"),
         OvfError,
-        "UserName: contains a control",
+        "UserName: 'ali\\nce' is not a valid user name: it contains '\\n'",
         id="username-newline-ref",
     ),
     pytest.param(
-        document(username="root:x:0"), OvfError, "UserName: is not a user name", id="username-colon"
+        document(username="root:x:0"),
+        OvfError,
+        "UserName: 'root:x:0' is not a valid user name: it contains ':'",
+        id="username-colon",
     ),
     pytest.param(
-        document(username="-rf"), OvfError, "UserName: is not a user name", id="username-dash"
+        document(username="-rf"),
+        OvfError,
+        "UserName: '-rf' is not a valid user name: it starts with '-'",
+        id="username-dash",
     ),
     pytest.param(
-        document(username="u" * 65), OvfError, "UserName: is 65 characters long", id="username-long"
+        document(username="u" * 33),
+        OvfError,
+        "UserName: " + repr("u" * 33) + " is not a valid user name: it is 33 characters long,"
+        " at most 32 allowed",
+        id="username-long",
     ),
     pytest.param(document(username=""), OvfError, "UserName: is empty", id="username-empty"),
     pytest.param(
+        document(username="Alice"),
+        OvfError,
+        "UserName: 'Alice' is not a valid user name: it contains 'A' (upper case",
+        id="username-upper",
+    ),
+    pytest.param(
+        document(username="../etc"),
+        OvfError,
+        "UserName: '../etc' is not a valid user name: it contains '.', '/'",
+        id="username-dotdot",
+    ),
+    pytest.param(
+        document(username="alice$"),
+        OvfError,
+        "UserName: 'alice$' is not a valid user name: it contains '$'",
+        id="username-dollar",
+    ),
+    pytest.param(
         document(hostname="h" * 300),
         OvfError,
-        "HostName: is 300 characters long",
+        "HostName: " + repr("h" * 40) + "... (300 characters) is not a valid hostname:"
+        " it is 300 characters long, at most 253 allowed",
         id="hostname-300",
     ),
     pytest.param(
         document(hostname="a" * 64 + ".example"),
         OvfError,
-        "HostName: has a label of 64",
+        "HostName: " + repr("a" * 40) + "... (72 characters) is not a valid hostname:"
+        " a label is 64 characters long, at most 63 allowed",
         id="label-64",
     ),
     pytest.param(
         document(hostname="bad_host"),
         OvfError,
-        "HostName: is not a DNS name",
+        "HostName: 'bad_host' is not a valid hostname: it contains '_'",
         id="hostname-underscore",
     ),
     pytest.param(
-        document(hostname="-lead"), OvfError, "HostName: is not a DNS name", id="hostname-dash"
+        document(hostname="-lead"),
+        OvfError,
+        "HostName: '-lead' is not a valid hostname: the label '-lead' starts or ends with '-'",
+        id="hostname-dash",
     ),
     pytest.param(
         document(hostname="a..b"),
         OvfError,
-        "HostName: is not a DNS name",
+        "HostName: 'a..b' is not a valid hostname: it has an empty label",
         id="hostname-empty-label",
+    ),
+    pytest.param(
+        document(hostname="web."),
+        OvfError,
+        "HostName: 'web.' is not a valid hostname: it ends with a dot",
+        id="hostname-trailing-dot",
+    ),
+    pytest.param(
+        document(hostname="10.0.0.4"),
+        OvfError,
+        "HostName: '10.0.0.4' is not a valid hostname: it is all digits",
+        id="hostname-address",
     ),
     pytest.param(
         document(fingerprint="EB0C0AB4"),

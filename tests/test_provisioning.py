@@ -101,12 +101,25 @@ def test_mount_ovf_rejects_hostile_documents(vm: Vm, document: bytes, reason: st
     assert not (vm.root / "var/lib/waagent/ovf-env.xml").exists()
 
 
-def test_mount_ovf_rejects_an_invalid_username_clearly(root: Path) -> None:
-    scenario = Scenario(username="a;b")
+@pytest.mark.parametrize(
+    ("hostname", "username", "reason"),
+    [
+        ("vm-1", "a;b", "UserName: 'a;b' is not a valid user name: it contains ';'"),
+        ("vm-1", "Alice", "UserName: 'Alice' is not a valid user name: it contains 'A'"),
+        ("vm_1", "alice", "HostName: 'vm_1' is not a valid hostname: it contains '_'"),
+    ],
+)
+def test_mount_ovf_rejects_an_invalid_name_clearly(
+    root: Path, hostname: str, username: str, reason: str
+) -> None:
+    """Refused where it enters, naming the element: nothing is handed to the later stages."""
+    scenario = Scenario(hostname=hostname, username=username)
     with Fabric(scenario) as fabric:
         vm = make_vm(root, scenario, fabric)
         assert vm.run("mount-ovf").returncode == 1
-        assert "UserName" in vm.result("mount-ovf")["reason"]
+        assert reason in vm.result("mount-ovf")["reason"]
+        assert vm.state() is None
+        assert not (root / "var/lib/waagent/ovf-env.xml").exists()
 
 
 def test_mount_ovf_runs_once_per_vm(vm: Vm) -> None:
@@ -414,6 +427,51 @@ def test_imds_provisions_when_there_is_no_media(root: Path) -> None:
         assert imds_request.header("Metadata") == "true"
         assert vm.run("imds").returncode == 0
         assert vm.result("imds")["state"] == "nothing-to-do"
+
+
+@pytest.mark.parametrize(
+    ("hostname", "username", "reason"),
+    [
+        (
+            "imds-vm",
+            "Alice",
+            "compute.osProfile.adminUsername: 'Alice' is not a valid user name: it contains 'A'",
+        ),
+        (
+            "imds_vm",
+            "bob",
+            "compute.osProfile.computerName: 'imds_vm' is not a valid hostname: it contains '_'",
+        ),
+    ],
+)
+def test_imds_rejects_an_invalid_name_clearly(
+    root: Path, hostname: str, username: str, reason: str
+) -> None:
+    scenario = Scenario(hostname=hostname, username=username)
+    with Fabric(scenario) as fabric:
+        vm = make_vm(root, scenario, fabric, with_media=False)
+        assert vm.run("mount-ovf").returncode == 0
+        run = vm.run("imds")
+        assert run.returncode == 1
+        assert reason in vm.result("imds")["reason"]
+        assert vm.state() is None
+        for stage in ("hostname", "create-user", "ssh-keys"):  # not run: nothing to give them
+            assert not (root / f"run/azagent/stages/{stage}.json").exists()
+
+
+def test_a_refused_name_in_provisioning_json_is_still_reported(vm: Vm) -> None:
+    """The stage that reads the hand-edited file fails; report-failure reports it."""
+    assert vm.run("mount-ovf").returncode == 0
+    state = vm.root / "run/azagent/provisioning.json"
+    state.write_text(state.read_text().replace('"alice"', '"root\\n"'))
+    assert vm.run("custom-data").returncode == 1
+    assert vm.run("report-failure").returncode == 0, vm.result("report-failure")
+    [report] = vm.fabric.health_reports
+    assert report.state == "NotReady"
+    assert report.description is not None
+    assert report.description.startswith(
+        "custom-data: /run/azagent/provisioning.json: username: 'root\\n' is not a valid user name"
+    )
 
 
 def test_imds_retries_while_metadata_is_not_ready(root: Path) -> None:

@@ -369,6 +369,40 @@ def test_a_missing_user_fails_with_the_reason(root: Path) -> None:
     assert "user alice is not in /etc/passwd" in run.stderr
 
 
+HOSTILE_USERS = [
+    ("../etc", "'../etc' is not a valid user name: it contains '.', '/'"),
+    ("root\n", "'root\\n' is not a valid user name: it contains '\\n'"),
+    ("a;b", "'a;b' is not a valid user name: it contains ';'"),
+    ("a" * 300, f"'{'a' * 40}'... (300 characters) is not a valid user name: it is 300"),
+    ("Alice", "'Alice' is not a valid user name: it contains 'A' (upper case is not accepted)"),
+]
+
+
+@pytest.mark.parametrize(("username", "reason"), HOSTILE_USERS, ids=lambda v: ascii(v)[:20])
+def test_a_hand_edited_user_name_fails_the_stage_and_writes_nothing(
+    root: Path, username: str, reason: str
+) -> None:
+    """provisioning.json is read back through the user name rule: nothing is written,
+    not even the sshd settings or host keys, which do not depend on the user."""
+    make_system(root)
+    # Even an account of that name (uid 0, home /etc) gets nothing.
+    (root / "etc/passwd").write_text(
+        (root / "etc/passwd").read_text() + f"{username}:x:0:0::/etc:/bin/sh\n"
+    )
+    provide(root, inline(ed25519_line()))
+    state = root / "run/azagent/provisioning.json"
+    document = json.loads(state.read_text())
+    document["username"] = username
+    state.write_text(json.dumps(document))
+    before = system_state(root)
+    run = run_stage("ssh-keys", "--root", str(root))
+    assert run.returncode == 1
+    assert f"/run/azagent/provisioning.json: username: {reason}" in run.stderr
+    assert reason in str(result(root)["reason"])
+    assert system_state(root) == before
+    assert state.read_text() == json.dumps(document)
+
+
 def test_a_masked_create_user_leaves_the_users_keys_out(root: Path) -> None:
     """create-user did not run (masked): users are managed elsewhere; sshd is still set."""
     make_system(root)

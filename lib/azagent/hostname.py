@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from azagent import names
 from azagent.context import Context
 from azagent.errors import StageFailed
 from azagent.fsutil import atomic_write, read_bytes_limited
@@ -39,12 +40,7 @@ PUBLISHED_PATH = "/run/azagent/hostname-published"
 HOSTS_ADDRESS = b"127.0.1.1"
 NEW_HOSTS = b"127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n"
 
-HOST_NAME_MAX = 64  # the kernel's limit (sethostname(2)), without the NUL
-MAX_LABEL = 63  # RFC 1035
-MAX_NAME = 253  # RFC 1035, the longest a provisioned name may be
 MAX_FILE = 1024 * 1024
-
-_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
 
 NETWORKD = "systemd-networkd"
 NETWORK_MANAGER = "NetworkManager"
@@ -72,50 +68,14 @@ _DHCLIENT_NOT_OURS = frozenset({"-d", "-6", "-r", "-x"})
 # -- the name -------------------------------------------------------------------
 
 
-def name_problem(value: str) -> Optional[str]:
-    """What is wrong with ``value`` as a hostname (an RFC 1123 DNS name), or None."""
-    if not value:
-        return "it is empty"
-    if not value.isascii():
-        return "it is not ASCII (give an internationalized name in its xn-- form)"
-    if any(c.isspace() or not c.isprintable() for c in value):
-        return "it contains white space or a control character"
-    if len(value) > MAX_NAME:
-        return f"it is {len(value)} characters long, at most {MAX_NAME} allowed"
-    if value.endswith("."):
-        return "it ends with a dot"
-    labels = value.split(".")
-    for label in labels:
-        if not label:
-            return "it has an empty label (a leading dot or two dots in a row)"
-        if len(label) > MAX_LABEL:
-            return f"a label is {len(label)} characters long, at most {MAX_LABEL} allowed"
-        if not _LABEL.fullmatch(label):
-            bad = sorted({c for c in label if not (c.isalnum() or c == "-")})
-            if bad:
-                return f"it contains {', '.join(map(repr, bad))}: only letters, digits and '-'"
-            return "a label starts or ends with '-'"
-    if all(label.isdigit() for label in labels):
-        return "it is all digits, which resolvers read as an IP address"
-    return None
-
-
-def check_name(value: str, source: str) -> str:
-    """``value`` if it is a valid hostname, else StageFailed naming ``source`` and why."""
-    problem = name_problem(value)
-    if problem is not None:
-        shown = value if len(value) <= 80 else value[:77] + "..."
-        raise StageFailed(f"{source}: hostname {shown!r} is not valid: {problem}")
-    return value
-
-
 def system_name(given: str) -> str:
     """The name for /etc/hostname, the kernel and DHCP.
 
-    The name as given (its case kept: DNS ignores case, and the owner chose
-    it), unless it exceeds the kernel's 64 bytes: then its first label.
+    ``given`` has passed :func:`azagent.names.host_name`. The name as given
+    (its case kept: DNS ignores case, and the owner chose it), unless it
+    exceeds the kernel's 64 bytes: then its first label.
     """
-    return given if len(given) <= HOST_NAME_MAX else given.split(".", 1)[0]
+    return given if len(given) <= names.HOST_NAME_MAX else given.split(".", 1)[0]
 
 
 def hosts_names(given: str) -> tuple[str, ...]:

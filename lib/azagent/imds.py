@@ -21,8 +21,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from azagent import names
 from azagent.errors import AzagentError
-from azagent.ovf import hostname_problem, key_value_problem, path_problem, username_problem
+from azagent.ovf import key_value_problem, path_problem
 
 API_VERSION = "2021-08-01"
 PATH = "/metadata/instance"
@@ -83,6 +84,17 @@ class Instance:
             return base64.b64decode("".join(self.user_data.split()), validate=True)
         except (binascii.Error, ValueError):
             raise ImdsError(f"{WHAT}: compute.userData: not valid base64") from None
+
+    def host_name(self) -> str:
+        """The hostname to provision: computerName, else the VM's name.
+
+        ``compute.name`` is not checked when the document is parsed: a VM's
+        name may hold '_' or '.', fine for everything but a hostname. It is
+        checked here, when it is about to become one.
+        """
+        if self.computer_name is not None:
+            return _name(names.host_name, self.computer_name, "compute.osProfile.computerName")
+        return _name(names.host_name, self.name, "compute.name (computerName is empty)")
 
 
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -163,15 +175,19 @@ def _required(parent: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
+def _name(check: Callable[[str, str], str], value: str, field: str) -> str:
+    """``value`` through one of the :mod:`azagent.names` rules, refused as an ImdsError."""
+    try:
+        return check(value, f"{WHAT}: {field}")
+    except names.InvalidName as e:
+        raise ImdsError(e.reason) from None
+
+
 def _checked(
-    parent: dict[str, Any], key: str, where: str, problem: Callable[[str], str | None]
+    parent: dict[str, Any], key: str, where: str, check: Callable[[str, str], str]
 ) -> str | None:
     value = _string(parent, key, where)
-    if value is not None:
-        found = problem(value)
-        if found:
-            raise ImdsError(f"{WHAT}: {where}.{key}: {found}")
-    return value
+    return None if value is None else _name(check, value, f"{where}.{key}")
 
 
 def _vm_id(value: str) -> str:
@@ -201,8 +217,8 @@ def parse_instance(data: bytes) -> Instance:
         profile = _object(compute["osProfile"], "compute.osProfile")
         where = "compute.osProfile"
         # The same rules as ovf-env.xml's: IMDS is the fallback source of the same values.
-        computer_name = _checked(profile, "computerName", where, hostname_problem)
-        admin_username = _checked(profile, "adminUsername", where, username_problem)
+        computer_name = _checked(profile, "computerName", where, names.host_name)
+        admin_username = _checked(profile, "adminUsername", where, names.user_name)
         flag = _string(profile, "disablePasswordAuthentication", where)
         if flag is not None:
             if flag.lower() not in ("true", "false"):

@@ -7,10 +7,11 @@ keeps on disk, without the password and customData.
 
 The document is matched on namespace and local name, never on prefixes,
 which differ between documents. Values are checked before anything acts on
-them (a hostname is a DNS name, a key path stays under an absolute or
-``$HOME`` prefix, ...); an error names the element and the problem and never
-quotes a value, so that a password or customData cannot reach a log line or a
-failure report through an error message.
+them (HostName and UserName by the rules of :mod:`azagent.names`, a key path
+stays under an absolute or ``$HOME`` prefix, ...); an error names the element
+and the problem and never quotes a value, so that a password or customData
+cannot reach a log line or a failure report through an error message. Only a
+refused host or user name is quoted, escaped and truncated (``names.shown``).
 
 Flags follow WALinuxAgent, so that an image behaves as it did under waagent:
 ``DisableSshPasswordAuthentication`` disables only when "true", and
@@ -24,9 +25,9 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Callable
 
-from azagent import xmlsafe
+from azagent import names, xmlsafe
 from azagent.errors import AzagentError
 from azagent.redact import PLACEHOLDER, Secret, register
 
@@ -41,17 +42,9 @@ CONFIGURATION_SET_TYPE = "LinuxProvisioningConfiguration"
 # Element names whose content the kept copy (redacted_ovf) must not hold.
 SECRET_ELEMENTS = frozenset({"UserPassword", "CustomData"})
 
-# RFC 1123 host names; the kernel's 64-byte limit is the hostname stage's
-# business (it may use the first label), not a reason to refuse the document.
-MAX_HOSTNAME = 253
-MAX_LABEL = 63
-# Azure's limit for Linux admin user names.
-MAX_USERNAME = 64
 MAX_PATH = 4096
 MAX_KEY_VALUE = 16384
 
-_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
-_USERNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 # SHA-1 thumbprints today (40 digits); room for SHA-256/512 without a release.
 _FINGERPRINT = re.compile(r"[0-9A-Fa-f]{40,128}")
 _VERSION = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9}){0,3}")
@@ -149,37 +142,6 @@ def _control(value: str) -> bool:
     return any(not c.isprintable() for c in value)
 
 
-def hostname_problem(value: str) -> str | None:
-    if not value:
-        return "is empty"
-    if len(value) > MAX_HOSTNAME:
-        return f"is {len(value)} characters long, at most {MAX_HOSTNAME} allowed"
-    for label in value.split("."):
-        if len(label) > MAX_LABEL:
-            return f"has a label of {len(label)} characters, at most {MAX_LABEL} allowed"
-        if not _LABEL.fullmatch(label):
-            return (
-                "is not a DNS name: dot-separated labels of letters, digits and '-',"
-                " not starting or ending with '-'"
-            )
-    return None
-
-
-def username_problem(value: str) -> str | None:
-    if not value:
-        return "is empty"
-    if _control(value):
-        return "contains a control character"
-    if len(value) > MAX_USERNAME:
-        return f"is {len(value)} characters long, at most {MAX_USERNAME} allowed"
-    if not _USERNAME.fullmatch(value) or value.endswith("."):
-        return (
-            "is not a user name: letters, digits, '_', '.' and '-',"
-            " not starting with '.' or '-' nor ending with '.'"
-        )
-    return None
-
-
 def fingerprint_problem(value: str) -> str | None:
     if not _FINGERPRINT.fullmatch(value):
         return "is not a certificate thumbprint (40 to 128 hexadecimal digits)"
@@ -214,6 +176,14 @@ def key_value_problem(value: str) -> str | None:
 def _check(where: str, problem: str | None) -> None:
     if problem:
         raise OvfError(f"{where}: {problem}")
+
+
+def _name(check: Callable[[str, str], str], value: str, where: str) -> str:
+    """``value`` through one of the :mod:`azagent.names` rules, refused as an OvfError."""
+    try:
+        return check(value, where)
+    except names.InvalidName as e:
+        raise OvfError(e.reason) from None
 
 
 # -- parsing -------------------------------------------------------------------
@@ -289,16 +259,17 @@ def parse_ovf(data: bytes) -> Provisioning:
     if set_type is not None and set_type.text(strip=True) != CONFIGURATION_SET_TYPE:
         raise OvfError(f"{_where(set_type)}: is not {CONFIGURATION_SET_TYPE}")
 
-    hostname_element, hostname = _required_text(config, "HostName")
-    _check(_where(hostname_element), hostname_problem(hostname))
-    username_element, username = _required_text(config, "UserName")
-    _check(_where(username_element), username_problem(username))
-
     # The password is taken verbatim (spaces may be part of it); its value
-    # is registered for redaction as soon as it is wrapped.
+    # is registered for redaction as soon as it is wrapped, before a refused
+    # name is quoted in an error.
     password_element = config.child(WA_NS, "UserPassword")
     password_text = password_element.text() if password_element is not None else ""
     password = Secret(password_text) if password_text else None
+
+    hostname_element, hostname = _required_text(config, "HostName")
+    _name(names.host_name, hostname, _where(hostname_element))
+    username_element, username = _required_text(config, "UserName")
+    _name(names.user_name, username, _where(username_element))
 
     custom_element = config.child(WA_NS, "CustomData")
     custom_text = custom_element.text() if custom_element is not None else ""
@@ -375,8 +346,8 @@ def redacted_ovf(data: bytes) -> bytes:
 
 def _validate(p: Provisioning) -> None:
     where = "Provisioning"
-    _check(f"{where}.hostname", hostname_problem(p.hostname))
-    _check(f"{where}.username", username_problem(p.username))
+    _name(names.host_name, p.hostname, f"{where}.hostname")
+    _name(names.user_name, p.username, f"{where}.username")
     _check(f"{where}.version", None if _VERSION.fullmatch(p.version) else "is not a version number")
     if p.custom_data_base64 is not None and not p.custom_data_base64.strip():
         raise OvfError(f"{where}.custom_data_base64: is blank; use None for no customData")

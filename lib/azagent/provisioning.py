@@ -4,7 +4,10 @@
 :class:`ProvisioningData` to ``/run/azagent/provisioning.json``, root-only:
 it holds the password *hash* (never the password) and customData. The other
 provisioning stages read it; when it is absent there is nothing to provision
-this boot (the VM was provisioned before, or provisioning is disabled).
+this boot (the VM was provisioned before, or provisioning is disabled). The
+host and user names in it are checked again when it is read (the rules of
+:mod:`azagent.names`): a later stage acts on them, and the file may have been
+edited by hand since mount-ovf or imds wrote it.
 
 ``report-ready`` writes the marker ``<Lib.Dir>/provisioned`` holding the VM id
 once the platform accepted Ready: later boots of the same VM skip the
@@ -20,8 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from azagent import names
 from azagent.context import Context
-from azagent.errors import StageFailed
+from azagent.errors import AzagentError, StageFailed
 from azagent.fsutil import atomic_write
 from azagent.plan import Plan
 from azagent.redact import register
@@ -64,6 +68,12 @@ class ProvisioningData:
     provision_guest_agent: bool = True
     notes: tuple[str, ...] = field(default=())
 
+    def __post_init__(self) -> None:
+        # The stages act on these names (useradd, sethostname, key paths):
+        # no ProvisioningData holds one the rules refuse.
+        names.host_name(self.hostname, "hostname")
+        names.user_name(self.username, "username")
+
     def __repr__(self) -> str:
         return (
             f"ProvisioningData(vm_id={self.vm_id!r}, source={self.source!r}, "
@@ -84,6 +94,8 @@ class ProvisioningData:
             values["key_pairs"] = tuple(Key(**k) for k in values.get("key_pairs", ()))
             values["notes"] = tuple(values.get("notes", ()))
             loaded = cls(**values)
+        except names.InvalidName as e:
+            raise names.InvalidName(f"{STATE_PATH}: {e.reason}") from None
         except (ValueError, TypeError, AttributeError) as e:
             raise StageFailed(f"{STATE_PATH} is unreadable: {type(e).__name__}") from None
         for secret in (loaded.password_hash, loaded.custom_data):
@@ -109,6 +121,20 @@ def load(ctx: Context) -> Optional[ProvisioningData]:
     if len(raw) > MAX_STATE_BYTES:
         raise StageFailed(f"{STATE_PATH} is larger than {MAX_STATE_BYTES} bytes")
     return ProvisioningData.from_json(raw)
+
+
+def report_vm_id(ctx: Context) -> str:
+    """The VM id a health report names: this boot's provisioning data's, else the firmware's.
+
+    Provisioning data that cannot be used (a refused name, a broken file)
+    already failed the stage that read it, with the reason; it must not keep
+    that failure from being reported.
+    """
+    try:
+        data = load(ctx)
+    except AzagentError:
+        data = None
+    return (data.vm_id if data else None) or smbios_vm_id(ctx) or "unknown"
 
 
 def marker_path(ctx: Context) -> Path:

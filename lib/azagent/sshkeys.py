@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Callable, Optional
 
-from azagent import users
+from azagent import names, users
 from azagent.certstore import CertStore, CertStoreError, normalize_thumbprint
 from azagent.context import Context
 from azagent.errors import AzagentError
@@ -411,8 +411,13 @@ def _owner(account: Account) -> tuple[int, int]:
 
 
 def lookup_account(ctx: Context, username: str) -> Account:
-    """The user's uid, gid and home from the root's /etc/passwd (create-user made it)."""
+    """The user's uid, gid and home from the root's /etc/passwd (create-user made it).
+
+    The name passes the user name rule (:mod:`azagent.names`) first: key
+    paths are resolved against it.
+    """
     try:
+        names.user_name(username, "the owner of the keys")
         account = users.accounts(ctx).get(username)
     except AzagentError as e:
         raise SshKeyError(e.reason) from None

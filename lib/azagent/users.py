@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from azagent import system
+from azagent import names, system
 from azagent.context import Context
 from azagent.errors import StageFailed
 from azagent.fsutil import atomic_write, ensure_dir
@@ -45,11 +45,6 @@ SHADOW = "/etc/shadow"
 SKEL = "/etc/skel"
 LOGIN_DEFS = ("/etc/login.defs", "/usr/etc/login.defs")
 DEFAULT_UID_MIN = 1000
-MAX_NAME_LENGTH = 32
-# The portable POSIX user name (IEEE Std 1003.1 3.437), lower case as
-# useradd's default policy wants it, with the trailing '$' Samba machine
-# accounts use.
-NAME_PATTERN = re.compile(r"[a-z_][a-z0-9_-]*\$?")
 # Accounts and groups the distributions create for themselves. Provisioning
 # one of them as the administrator would hand a daemon's identity (its files,
 # its processes) to a login, whatever Provisioning.AllowResetSysUser says.
@@ -101,23 +96,15 @@ class Group:
 
 
 def check_name(name: str) -> None:
-    """Raise InvalidUserName saying why ``name`` cannot be the provisioned user."""
-    shown = repr(name if len(name) <= 40 else name[:40] + "...")
-    if not name:
-        raise InvalidUserName("invalid user name: it is empty")
-    if len(name) > MAX_NAME_LENGTH:
-        raise InvalidUserName(
-            f"invalid user name {shown}: {len(name)} characters, longer than {MAX_NAME_LENGTH}"
-        )
-    if name.startswith("-"):
-        raise InvalidUserName(f"invalid user name {shown}: it starts with '-'")
-    if not NAME_PATTERN.fullmatch(name):
-        raise InvalidUserName(
-            f"invalid user name {shown}: only a-z, 0-9, '_' and '-' are allowed "
-            "(not first: a digit or '-'), and '$' only at the end"
-        )
+    """Raise saying why ``name`` cannot be the provisioned user.
+
+    The syntax is the one rule of :mod:`azagent.names` (InvalidName); the
+    distributions' own account names are this module's (InvalidUserName).
+    """
+    names.user_name(name, "the provisioned user")
     if name in RESERVED_NAMES:
-        raise InvalidUserName(f"invalid user name {shown}: it is reserved for the system")
+        shown = names.shown(name)
+        raise InvalidUserName(f"the provisioned user: {shown} is reserved for the system")
 
 
 def _lines(ctx: Context, path: str) -> list[list[str]]:
