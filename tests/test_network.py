@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, run_stage, snapshot
 
-from azagent import config, network
+from azagent import config, dhcp, network
 from azagent.context import Context
 
 LEASES = FIXTURES / "walinuxagent"
@@ -93,7 +93,7 @@ def networkd_lease(endpoint_hex: str, routes: str | None = None) -> str:
     text = "# This is private data. Do not parse.\nADDRESS=10.0.1.4\nROUTER=10.0.1.1\n"
     if routes:
         text += f"CLASSLESS_ROUTES={routes}\n"
-    return text + f"OPTION_{network.OPTION_WIRESERVER}={endpoint_hex}\n"
+    return text + f"OPTION_{dhcp.OPTION_WIRESERVER}={endpoint_hex}\n"
 
 
 def azure_vm(root: Path) -> None:
@@ -104,168 +104,6 @@ def azure_vm(root: Path) -> None:
         ("eth0", ANY, "10.0.1.1", ANY),
         ("eth0", "10.0.1.0", ANY, "255.255.255.0"),
     )
-
-
-# -- parsing --------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("sample", "expected"),
-    [
-        ("dhcp.leases", "168.63.129.16"),
-        # option 245 wins over a custom domain-name-servers
-        ("dhcp.leases.custom.dns", "168.63.129.16"),
-        # the last unexpired lease of the file: the third one expired in 2012
-        ("dhcp.leases.multi", "168.63.129.2"),
-    ],
-)
-def test_dhclient_samples_name_what_waagent_finds(sample: str, expected: str) -> None:
-    found = network.parse_dhclient_leases((LEASES / sample).read_text(), source=sample)
-    assert len(found) == 3
-    chosen = network.newest_lease(found, NOW)
-    assert chosen is not None
-    assert chosen.endpoint == expected
-    assert chosen.interface == "eth0"
-    assert chosen.routers == ("10.0.1.1",)
-
-
-def test_dhclient_sample_details() -> None:
-    found = network.parse_dhclient_leases((LEASES / "dhcp.leases").read_text())
-    assert [lease.expires for lease in found] == [None, 1434473934.0, 5761063630.0]
-    assert found[1].routes is None  # that lease carries no option 121
-    assert found[2].routes is not None
-    assert [(str(r.destination), str(r.gateway)) for r in found[2].routes] == [
-        ("0.0.0.0/0", "10.0.1.1"),
-        ("168.63.129.16/32", "10.0.1.1"),
-    ]
-    # After 2152 every dated lease has expired; "never" has not.
-    later = network.newest_lease(found, 6_000_000_000.0)
-    assert later is not None
-    assert later.position == 0
-
-
-def test_dhclient_value_spellings() -> None:
-    text = (
-        'default-duid "\\000\\001";\n'
-        "lease {\n"
-        '  interface "ens5";  # a comment; with a semicolon\n'
-        "  option routers 10.1.0.1,10.1.0.2;\n"
-        "  option unknown-245 a:0:0:1;\n"  # dhclient prints bytes with %x
-        "  expire epoch 4102444800; # Fri Jan  1 00:00:00 2100\n"
-        "}\n"
-        "lease {\n"
-        '  interface "ens5";\n'
-        '  option unknown-245 "ABCD";\n'  # printable bytes come quoted
-        "  expire 5 2099/12/31 23:59:59;\n"
-        "}\n"
-        "lease {\n"
-        '  interface "ens5";\n'
-        "  option unknown-245 a8:3f:81:10;\n"  # no expiry: not trusted
-        "}\n"
-        'lease6 {\n  interface "ens5";\n  option unknown-245 a8:3f:81:11;\n  expire never;\n}\n'
-    )
-    found = network.parse_dhclient_leases(text)
-    assert [(lease.endpoint, lease.routers) for lease in found] == [
-        ("10.0.0.1", ("10.1.0.1", "10.1.0.2")),
-        ("65.66.67.68", ()),
-    ]
-    assert found[0].interface == "ens5"
-    assert found[0].expires == 4102444800.0
-
-
-def bootp_options(packet: bytes) -> dict[int, bytes]:
-    """The options of a DHCP message (RFC 2131: a 236-byte header, the magic cookie, TLVs)."""
-    assert packet[236:240] == b"\x63\x82\x53\x63"
-    options: dict[int, bytes] = {}
-    index = 240
-    while index < len(packet):
-        code = packet[index]
-        if code == 255:
-            break
-        if code == 0:
-            index += 1
-            continue
-        length = packet[index + 1]
-        options[code] = packet[index + 2 : index + 2 + length]
-        index += 2 + length
-    return options
-
-
-def test_a_platform_dhcp_offer_decodes() -> None:
-    """WALinuxAgent's captured answer of an Azure DHCP server: option 245 is what we decode."""
-    options = bootp_options((LEASES / "dhcp").read_bytes())
-    assert options[53] == b"\x02"  # DHCPOFFER
-    assert network.endpoint_from_option(options[network.OPTION_WIRESERVER]) == "10.62.144.140"
-    assert socket.inet_ntoa(options[3]) == "10.62.144.1"
-
-
-def test_option_245_must_be_a_unicast_address() -> None:
-    assert network.endpoint_from_option(bytes.fromhex("a83f8110")) == "168.63.129.16"
-    for raw in ("00000000", "ffffffff", "e0000001", "f0000001", "a83f81", "a83f811000"):
-        assert network.endpoint_from_option(bytes.fromhex(raw)) is None, raw
-
-
-def test_classless_routes() -> None:
-    raw = bytes([0, 10, 0, 1, 1, 32, 168, 63, 129, 16, 10, 0, 1, 1, 24, 10, 2, 3, 0, 0, 0, 0])
-    routes = network.classless_routes(raw)
-    assert [(str(r.destination), str(r.gateway)) for r in routes] == [
-        ("0.0.0.0/0", "10.0.1.1"),
-        ("168.63.129.16/32", "10.0.1.1"),
-        ("10.2.3.0/24", ANY),
-    ]
-    for bad in (bytes([33, 1, 2, 3, 4, 5, 6, 7, 8]), bytes([32, 168, 63, 129, 16, 10, 0])):
-        with pytest.raises(ValueError, match="route"):
-            network.classless_routes(bad)
-
-
-def test_networkd_lease_files() -> None:
-    text = networkd_lease("a83f8110", "0.0.0.0/0,10.0.1.1 168.63.129.16/32,10.0.1.1")
-    lease = network.parse_networkd_lease(text, interface="eth0")
-    assert lease is not None
-    assert (lease.client, lease.endpoint, lease.routers) == (
-        network.NETWORKD,
-        "168.63.129.16",
-        ("10.0.1.1",),
-    )
-    assert lease.routes is not None
-    assert [str(r.destination) for r in lease.routes] == ["0.0.0.0/0", "168.63.129.16/32"]
-    # systemd < 246 called them ROUTES
-    old = network.parse_networkd_lease("ROUTES=0.0.0.0/0,10.0.1.1\nOPTION_245=0a000001\n")
-    assert old is not None
-    assert old.endpoint == "10.0.0.1"
-    assert old.routes is not None
-    assert str(old.routes[0].gateway) == "10.0.1.1"
-    # newer systemd saves JSON
-    document = {
-        "Address": [10, 0, 1, 4],
-        "Router": [[10, 0, 1, 1]],
-        "Classless_Routes": [
-            {
-                "Destination": [168, 63, 129, 16],
-                "DestinationString": "168.63.129.16",
-                "DestinationPrefixLength": 32,
-                "Gateway": [10, 0, 1, 1],
-                "GatewayString": "10.0.1.1",
-            }
-        ],
-        "Private_Options": [{"Option": 245, "Data": "a83f8110"}],
-    }
-    modern = network.parse_networkd_lease(json.dumps(document, indent=2))
-    assert modern is not None
-    assert (modern.endpoint, modern.routers) == ("168.63.129.16", ("10.0.1.1",))
-    assert modern.routes is not None
-    assert str(modern.routes[0].destination) == "168.63.129.16/32"
-    # garbage is no lease, not a crash
-    assert network.parse_networkd_lease("OPTION_245=zz\n") is None
-    assert network.parse_networkd_lease("{not json") is None
-
-
-def test_network_manager_device_state() -> None:
-    text = "[device]\nmanaged=true\n[dhcp4]\nunknown_245=a8:3f:81:10\n"
-    lease = network.parse_device_state(text, interface="eth0")
-    assert lease is not None
-    assert (lease.client, lease.endpoint) == (network.NETWORK_MANAGER, "168.63.129.16")
-    assert network.parse_device_state("[device]\nmanaged=true\n") is None
 
 
 # -- the stage: the endpoint ------------------------------------------------------
@@ -365,7 +203,7 @@ def test_an_expired_or_unusable_lease_is_no_lease(root: Path) -> None:
     expired = dhclient_lease("a8:3f:81:10").replace("expire never", "expire 1 2012/07/23 23:27:10")
     write(root, "var/lib/dhcp/dhclient.eth0.leases", expired)
     write(root, "run/systemd/netif/leases/2", "OPTION_245=ffffffff\n")
-    write(root, "var/lib/dhclient/huge.leases", "x" * (network.MAX_LEASE_FILE + 1))
+    write(root, "var/lib/dhclient/huge.leases", "x" * (dhcp.MAX_LEASE_FILE + 1))
     assert run_stage("network", "--root", str(root)).returncode == 0
     assert "Endpoint.WireServer (no DHCP lease names one)" in str(result(root)["changes"])
     assert "ip route" not in str(result(root)["changes"])
@@ -438,19 +276,6 @@ def test_no_route_for_an_interface_that_is_gone(root: Path) -> None:
     run = run_stage("network", "--root", str(root), "--dry-run")
     assert "save the WireServer" in run.stdout
     assert "ip route" not in run.stdout
-
-
-def test_kernel_routes_parse_proc_net_route(root: Path) -> None:
-    route_table(
-        root,
-        ("eth0", ANY, "10.0.1.1", ANY),
-        ("eth0", "168.63.129.16", "10.0.1.1", "255.255.255.255"),
-    )
-    routes = network.kernel_routes(context(root))
-    assert [(r.interface, str(r.destination), str(r.gateway)) for r in routes] == [
-        ("eth0", "0.0.0.0/0", "10.0.1.1"),
-        ("eth0", "168.63.129.16/32", "10.0.1.1"),
-    ]
 
 
 # -- the stage: persistent-net rules ---------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, STAGES, run_stage, snapshot
 
-from azagent import resourcedisk
+from azagent import resourcedisk, swapfile
 
 MIB = 1024 * 1024
 DISK_SIZE = 64 * MIB
@@ -610,7 +610,7 @@ def test_swap_file_is_0600_from_its_first_byte_allocated_and_formatted(
     assert st.st_size == 16 * MIB
     assert st.st_blocks * 512 >= 16 * MIB, "sparse"
     assert sh("blkid", "-p", "-o", "value", "-s", "TYPE", str(swap)).strip() == "swap"
-    record = root / "mnt/resource" / resourcedisk.SWAP_RECORD
+    record = root / "mnt/resource" / swapfile.SWAP_RECORD
     assert oct(record.stat().st_mode & 0o777) == "0o600"
     assert "not activating swap under --root" in done.stderr
 
@@ -674,7 +674,7 @@ def test_swap_turned_off_removes_the_one_it_created(root: Path) -> None:
     run = run_stage("resource-disk", "--root", str(root))
     assert run.returncode == 0, run.stderr
     assert not (root / SWAP).exists()
-    assert not (root / "mnt/resource" / resourcedisk.SWAP_RECORD).exists()
+    assert not (root / "mnt/resource" / swapfile.SWAP_RECORD).exists()
     assert result(root)["changes"] == [
         "remove the swap file /mnt/resource/swapfile azagent created (no swap configured)"
     ]
@@ -703,55 +703,3 @@ def test_swap_larger_than_the_disk_fails_cleanly(root: Path) -> None:
     assert run.returncode == 1
     assert "not enough space on /mnt/resource for a swap file" in run.stderr
     assert not (root / SWAP).exists()
-
-
-# --- the NTFS reader, against what ntfs-3g wrote -----------------------------------
-
-
-def ntfsls_names(volume: Path) -> set[str]:
-    listing = sh("ntfsls", "-a", "-f", str(volume))
-    return {
-        line.strip() for line in listing.splitlines() if line.strip() and not line.startswith("$")
-    }
-
-
-@pytest.mark.parametrize("cluster", [512, 4096, 65536])
-def test_ntfs_reader_agrees_with_ntfsls(tmp_path: Path, cluster: int) -> None:
-    volume = tmp_path / "v.img"
-    with open(volume, "wb") as f:
-        f.truncate(96 * MIB)
-    subprocess.run(
-        ["mkntfs", "-q", "-F", "-f", "-c", str(cluster), str(volume)],
-        capture_output=True,
-        check=True,
-    )
-    source = tmp_path / "s"
-    source.write_bytes(b"x" * 5000)
-    names = ["DATALOSS_WARNING_README.txt"] + [f"file {i}.dat" for i in range(80)]
-    for name in names:
-        sh("ntfscp", "-f", str(volume), str(source), name)
-    with open(volume, "rb") as f:
-        foreign = resourcedisk.ntfs_foreign_files(f, 0, volume.stat().st_size)
-    assert {p.lstrip("/") for p in foreign} == ntfsls_names(volume) - {
-        "DATALOSS_WARNING_README.txt"
-    }
-    assert len(foreign) == 80
-
-
-def test_ntfs_reader_refuses_what_it_cannot_read(tmp_path: Path) -> None:
-    volume = tmp_path / "v.img"
-    with open(volume, "wb") as f:
-        f.truncate(16 * MIB)
-    with (
-        open(volume, "rb") as f,
-        pytest.raises(resourcedisk.NtfsError, match="no NTFS boot sector"),
-    ):
-        resourcedisk.ntfs_foreign_files(f, 0, 16 * MIB)
-    subprocess.run(["mkntfs", "-q", "-F", "-f", str(volume)], capture_output=True, check=True)
-    boot = volume.read_bytes()[:512]
-    mft = int.from_bytes(boot[0x30:0x38], "little") * 4096
-    with open(volume, "r+b") as f:  # tear the $MFT record: its update sequence no longer matches
-        f.seek(mft + 510)
-        f.write(b"\xde\xad")
-    with open(volume, "rb") as f, pytest.raises(resourcedisk.NtfsError, match="torn"):
-        resourcedisk.ntfs_foreign_files(f, 0, 16 * MIB)

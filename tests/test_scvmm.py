@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from conftest import STAGES, run_stage, snapshot
 
-from azagent import stage, system
+from azagent import stage, system, udev
 from azagent.context import Context
 from azagent.errors import StageFailed
 
@@ -182,6 +182,8 @@ def drives(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeD
     fake = FakeDrives(root, tmp_path / "ran")
     monkeypatch.setattr(Context, "live", property(lambda self: True))
     monkeypatch.setattr(system, "run", fake.run)
+    # The pretend running system's CD-ROMs are in the tree's /sys, not this machine's udev.
+    monkeypatch.setattr(udev, "_load", lambda: None)
     configure(root, "DetectScvmmEnv=y")
     return fake
 

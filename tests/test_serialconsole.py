@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli, snapshot
 
-from azagent.diagnostics import add_kernel_args
 from azagent.errors import StageFailed
+from azagent.grub import add_kernel_args
 
 ARGS = ["console=ttyS0", "earlyprintk=ttyS0"]
 

@@ -164,14 +164,14 @@ def _context(args: argparse.Namespace, command: str) -> Context | None:
 
 
 def cmd_serialconsole(args: argparse.Namespace) -> int:
-    from azagent import diagnostics
+    from azagent import grub
 
     ctx = _context(args, "serialconsole")
     if ctx is None:
         return EXIT_FAILED
-    wanted = " ".join(diagnostics.SERIAL_CONSOLE_ARGS)
+    wanted = " ".join(grub.SERIAL_CONSOLE_ARGS)
     try:
-        plan, notes = diagnostics.serial_console_plan(ctx)
+        plan, notes = grub.serial_console_plan(ctx)
     except AzagentError as e:
         print(f"azagent: serialconsole: {e.reason}", file=sys.stderr)
         return EXIT_FAILED
@@ -196,7 +196,7 @@ def cmd_serialconsole(args: argparse.Namespace) -> int:
 
 
 def cmd_collect_logs(args: argparse.Namespace) -> int:
-    from azagent import diagnostics
+    from azagent import logcollect
 
     ctx = _context(args, "collect-logs")
     if ctx is None:
@@ -210,7 +210,7 @@ def cmd_collect_logs(args: argparse.Namespace) -> int:
         + ctx.config.render(),
     }
     try:
-        archive = diagnostics.collect_logs(ctx, output, extra)
+        archive = logcollect.collect_logs(ctx, output, extra)
     except (AzagentError, OSError) as e:
         reason = e.reason if isinstance(e, AzagentError) else f"{e.filename}: {e.strerror or e}"
         print(f"azagent: collect-logs failed: {reason}", file=sys.stderr)

@@ -1,15 +1,19 @@
-"""Hyper-V / Azure disks as the kernel shows them in sysfs.
+"""Hyper-V / Azure disks as the kernel shows them: through udev on ``/``, in sysfs under a root.
 
 Azure's SCSI disks (OS, resource and data disks) report vendor ``Msft`` and
 model ``Virtual Disk``; qemu can present the same identity, which is what lets
-the VM tests exercise this code for real.
+the VM tests exercise this code for real. On the running system the lookups
+ask udev (:mod:`azagent.udev`); under ``--root`` they read the tree's /sys.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from azagent import udev
 from azagent.context import Context
 
 VENDOR = "Msft"
@@ -34,6 +38,27 @@ def _attribute(path: Path) -> str:
 
 def hyperv_scsi_disks(ctx: Context) -> list[ScsiDisk]:
     """The block devices that are Hyper-V virtual SCSI disks, sorted by name."""
+    return udev.find(
+        ctx, "Hyper-V SCSI disks", _hyperv_scsi_disks_udev, lambda: _hyperv_scsi_disks_sysfs(ctx)
+    )
+
+
+def _hyperv_scsi_disks_udev(pyudev: Any, context: Any) -> list[ScsiDisk]:
+    disks = []
+    for device in context.list_devices(subsystem="block", DEVTYPE="disk"):
+        scsi = device.parent  # what /sys/block/<name>/device leads to
+        if scsi is None or udev.attribute(scsi, "vendor") != VENDOR:
+            continue
+        if not (udev.attribute(scsi, "model") or "").startswith(MODEL):
+            continue
+        timeout = udev.attribute(scsi, "timeout")
+        if timeout is None:
+            continue
+        disks.append(ScsiDisk(str(device.sys_name), Path(scsi.sys_path) / "timeout", timeout))
+    return sorted(disks, key=lambda disk: disk.name)
+
+
+def _hyperv_scsi_disks_sysfs(ctx: Context) -> list[ScsiDisk]:
     block = ctx.path("/sys/block")
     try:
         names = sorted(entry.name for entry in block.iterdir())
@@ -147,13 +172,32 @@ def active_swaps(ctx: Context) -> list[str]:
 
 
 def kernel_name(ctx: Context, devnum: tuple[int, int]) -> str | None:
-    """The kernel name (sda, sda1, dm-0) of block device MAJOR:MINOR, from sysfs."""
+    """The kernel name (sda, sda1, dm-0) of block device MAJOR:MINOR."""
     if devnum[0] == 0:
         return None
-    link = ctx.path(f"/sys/dev/block/{devnum[0]}:{devnum[1]}")
+
+    def live(pyudev: Any, context: Any) -> str | None:
+        try:
+            device = pyudev.Devices.from_device_number(context, "block", os.makedev(*devnum))
+        except pyudev.DeviceNotFoundError:
+            return None
+        return str(device.sys_name)
+
+    def tree() -> str | None:
+        link = ctx.path(f"/sys/dev/block/{devnum[0]}:{devnum[1]}")
+        try:
+            return link.resolve(strict=True).name
+        except OSError:
+            return None
+
+    return udev.find(ctx, f"block device {devnum[0]}:{devnum[1]}", live, tree)
+
+
+def _udev_block(pyudev: Any, context: Any, name: str) -> Any:
+    """The pyudev device of block device ``name``, or None."""
     try:
-        return link.resolve(strict=True).name
-    except OSError:
+        return pyudev.Devices.from_name(context, "block", name)
+    except pyudev.DeviceNotFoundError:
         return None
 
 
@@ -195,14 +239,36 @@ def partition_name(disk: str, number: int) -> str:
 
 
 def devnum_of(ctx: Context, name: str) -> tuple[int, int] | None:
-    """MAJOR:MINOR of a block device from its sysfs ``dev`` attribute."""
-    major, _, minor = _attribute(block_sysfs(ctx, name) / "dev").partition(":")
-    if major.isdigit() and minor.isdigit():
-        return int(major), int(minor)
-    return None
+    """MAJOR:MINOR of a block device (its sysfs ``dev`` attribute)."""
+
+    def live(pyudev: Any, context: Any) -> tuple[int, int] | None:
+        device = _udev_block(pyudev, context, name)
+        if device is None:
+            return None
+        number = int(device.device_number)
+        return (os.major(number), os.minor(number)) if number else None
+
+    def tree() -> tuple[int, int] | None:
+        major, _, minor = _attribute(block_sysfs(ctx, name) / "dev").partition(":")
+        if major.isdigit() and minor.isdigit():
+            return int(major), int(minor)
+        return None
+
+    return udev.find(ctx, f"block device {name}", live, tree)
 
 
 def scsi_identity(ctx: Context, name: str) -> tuple[str, str]:
-    """(vendor, model) of a SCSI disk from sysfs, stripped; empty when unknown."""
-    device = block_sysfs(ctx, name) / "device"
-    return _attribute(device / "vendor"), _attribute(device / "model")
+    """(vendor, model) of a SCSI disk, stripped; empty when unknown."""
+
+    def live(pyudev: Any, context: Any) -> tuple[str, str]:
+        device = _udev_block(pyudev, context, name)
+        parent = device.parent if device is not None else None  # /sys/class/block/<name>/device
+        if parent is None:
+            return "", ""
+        return udev.attribute(parent, "vendor") or "", udev.attribute(parent, "model") or ""
+
+    def tree() -> tuple[str, str]:
+        device = block_sysfs(ctx, name) / "device"
+        return _attribute(device / "vendor"), _attribute(device / "model")
+
+    return udev.find(ctx, f"SCSI identity of {name}", live, tree)

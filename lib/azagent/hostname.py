@@ -5,7 +5,8 @@ the VM sends; there is no other channel. So the name must be in place before
 the first DHCP request of the boot, and a name that changes later reaches
 Azure DNS only when the DHCP client sends a new request, which
 :func:`publish_commands` asks of whichever client manages the primary
-interface (systemd-networkd, NetworkManager or a standalone dhclient).
+interface (systemd-networkd, NetworkManager or a standalone dhclient, as
+:func:`azagent.dhcp.detect_dhcp_client` finds it).
 
 Everything here reads the target system under ``ctx.root``, /proc and /run
 included, so tests describe a running system with plain files. Only
@@ -16,14 +17,12 @@ system; the hostname stage calls them only when the root is ``/``.
 from __future__ import annotations
 
 import os
-import re
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from azagent import names
+from azagent import dhcp, names
 from azagent.context import Context
 from azagent.errors import StageFailed
 from azagent.fsutil import atomic_write, read_bytes_limited
@@ -41,28 +40,6 @@ HOSTS_ADDRESS = b"127.0.1.1"
 NEW_HOSTS = b"127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n"
 
 MAX_FILE = 1024 * 1024
-
-NETWORKD = "systemd-networkd"
-NETWORK_MANAGER = "NetworkManager"
-DHCLIENT = "dhclient"
-# Process names (/proc/PID/comm, at most 15 characters) of the DHCP clients.
-_COMMS = frozenset({"systemd-network", "NetworkManager", "dhclient"})
-# Interface names as the kernel allows them, minus a leading '-' or '.' that
-# a command would read as an option or a path.
-_IFNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,14}")
-_RTF_UP = 0x1
-# ISC dhclient options that take a value (upstream and Red Hat's patches).
-_DHCLIENT_VALUE_OPTIONS = frozenset(
-    {
-        "-p", "-s", "-cf", "-lf", "-pf", "-sf", "-df", "-e", "-g", "-D", "-H", "-F", "-V",
-        "-C", "-timeout", "--timeout", "--dad-wait-time", "--prefix-len-hint",
-        "--decline-wait-time", "--address-prefix-len",
-    }
-)  # fmt: skip
-# A dhclient started with these is not a long-running IPv4 client azagent may
-# restart: -d runs in the foreground under a supervisor (NetworkManager runs
-# it so), -6 speaks DHCPv6 (no host-name option), -r and -x are exiting.
-_DHCLIENT_NOT_OURS = frozenset({"-d", "-6", "-r", "-x"})
 
 
 # -- the name -------------------------------------------------------------------
@@ -206,171 +183,10 @@ def write_hosts(ctx: Context, data: bytes) -> None:
     _replace(ctx.path(HOSTS_PATH), data)
 
 
-# -- who sends the DHCP requests ------------------------------------------------
+# -- asking the DHCP client to publish it --------------------------------------
 
 
-@dataclass(frozen=True)
-class Process:
-    pid: int
-    comm: str
-    argv: tuple[str, ...]
-    uid: Optional[int]  # real uid
-
-
-@dataclass(frozen=True)
-class DhcpClient:
-    """The DHCP client of the primary interface (``argv``: a dhclient's command line)."""
-
-    manager: str  # NETWORKD, NETWORK_MANAGER or DHCLIENT
-    interface: str
-    argv: tuple[str, ...] = ()
-
-
-def processes(ctx: Context) -> list[Process]:
-    """The running DHCP clients, from /proc under the root, by pid."""
-    proc = ctx.path("/proc")
-    try:
-        pids = sorted(int(entry) for entry in os.listdir(proc) if entry.isdigit())
-    except OSError:
-        return []
-    found = []
-    for pid in pids:
-        base = proc / str(pid)
-        try:
-            comm = (base / "comm").read_text(encoding="utf-8", errors="replace").strip()
-            if comm not in _COMMS:
-                continue
-            raw = (base / "cmdline").read_bytes()
-            status = (base / "status").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            continue  # exited meanwhile
-        argv = tuple(os.fsdecode(arg) for arg in raw.rstrip(b"\0").split(b"\0")) if raw else ()
-        found.append(Process(pid, comm, argv, _real_uid(status)))
-    return found
-
-
-def _real_uid(status: str) -> Optional[int]:
-    for line in status.splitlines():
-        if line.startswith("Uid:"):
-            fields = line.split()
-            if len(fields) > 1 and fields[1].isdigit():
-                return int(fields[1])
-    return None
-
-
-def primary_interface(ctx: Context) -> Optional[str]:
-    """The interface of the IPv4 default route with the lowest metric, as waagent picks it."""
-    try:
-        text = ctx.path("/proc/net/route").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return None
-    best: Optional[tuple[int, str]] = None
-    for line in text.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) < 8 or fields[1] != "00000000" or fields[7] != "00000000":
-            continue
-        try:
-            up = int(fields[3], 16) & _RTF_UP
-            metric = int(fields[6])
-        except ValueError:
-            continue
-        if up and _IFNAME.fullmatch(fields[0]) and (best is None or metric < best[0]):
-            best = (metric, fields[0])
-    return best[1] if best else None
-
-
-def _ifindex(ctx: Context, interface: str) -> Optional[str]:
-    try:
-        index = ctx.path(f"/sys/class/net/{interface}/ifindex").read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError):
-        return None
-    index = index.strip()
-    return index if index.isdigit() else None
-
-
-def _nm_manages(ctx: Context, ifindex: Optional[str]) -> Optional[bool]:
-    """NetworkManager's own record of whether it manages the device (None: no record)."""
-    if ifindex is None:
-        return None
-    try:
-        text = ctx.path(f"/run/NetworkManager/devices/{ifindex}").read_text(
-            encoding="utf-8", errors="replace"
-        )
-    except OSError:
-        return None
-    for line in text.splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "managed":
-            return value.strip() == "true"
-    return None
-
-
-def dhclient_interfaces(args: Sequence[str]) -> list[str]:
-    """The interfaces on a dhclient command line (arguments after argv[0])."""
-    interfaces = []
-    skip = False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg in _DHCLIENT_VALUE_OPTIONS:
-            skip = True
-        elif not arg.startswith("-"):
-            interfaces.append(arg)
-    return interfaces
-
-
-def _restartable_dhclient(process: Process, interface: str) -> bool:
-    """A dhclient root started, in the background, for IPv4 on ``interface``.
-
-    Its command line is run again as root, so it must come from root: the
-    real uid is 0 (a user running a setuid program under the name dhclient
-    keeps their own real uid) and argv[0] names dhclient.
-    """
-    if process.uid != 0 or not process.argv:
-        return False
-    if os.path.basename(process.argv[0]) != DHCLIENT:
-        return False
-    args = process.argv[1:]
-    if _DHCLIENT_NOT_OURS.intersection(args):
-        return False
-    interfaces = dhclient_interfaces(args)
-    return not interfaces or interface in interfaces
-
-
-def detect_dhcp_client(ctx: Context) -> Optional[DhcpClient]:
-    """Who sends the DHCP requests of the primary interface now, or None.
-
-    None when there is no default route or no client is running: before the
-    network is up (the hostname stage runs before network-pre.target), or on
-    a statically configured VM. In that order: NetworkManager when its device
-    record says it manages the interface; systemd-networkd when it runs and
-    holds a DHCPv4 lease for it; a standalone dhclient serving it;
-    NetworkManager when it runs and has no record saying it does not.
-    """
-    interface = primary_interface(ctx)
-    if interface is None:
-        return None
-    running = processes(ctx)
-    comms = {process.comm for process in running}
-    index = _ifindex(ctx, interface)
-    nm_manages = _nm_manages(ctx, index) if NETWORK_MANAGER in comms else False
-    if nm_manages:
-        return DhcpClient(NETWORK_MANAGER, interface)
-    if (
-        "systemd-network" in comms
-        and index is not None
-        and ctx.path(f"/run/systemd/netif/leases/{index}").is_file()
-    ):
-        return DhcpClient(NETWORKD, interface)
-    for process in running:
-        if process.comm == DHCLIENT and _restartable_dhclient(process, interface):
-            return DhcpClient(DHCLIENT, interface, process.argv)
-    if nm_manages is None:
-        return DhcpClient(NETWORK_MANAGER, interface)
-    return None
-
-
-def publish_commands(ctx: Context, client: DhcpClient, name: str) -> list[tuple[str, ...]]:
+def publish_commands(ctx: Context, client: dhcp.DhcpClient, name: str) -> list[tuple[str, ...]]:
     """The commands that make ``client`` send a DHCP request carrying ``name``.
 
     - systemd-networkd: ``networkctl reconfigure``. ``networkctl renew``
@@ -390,9 +206,9 @@ def publish_commands(ctx: Context, client: DhcpClient, name: str) -> list[tuple[
       cgroup (which systemd empties when the oneshot unit ends).
     """
     interface = client.interface
-    if client.manager == NETWORKD:
+    if client.manager == dhcp.NETWORKD:
         return [("networkctl", "reconfigure", interface)]
-    if client.manager == NETWORK_MANAGER:
+    if client.manager == dhcp.NETWORK_MANAGER:
         return [
             (
                 "nmcli", "device", "modify", interface,
@@ -403,8 +219,8 @@ def publish_commands(ctx: Context, client: DhcpClient, name: str) -> list[tuple[
     for index in range(len(args) - 1):
         if args[index] == "-H":
             args[index + 1] = name
-    stop = (DHCLIENT, "-x", *args)
-    start = (DHCLIENT, *args)
+    stop = (dhcp.DHCLIENT, "-x", *args)
+    start = (dhcp.DHCLIENT, *args)
     if not ctx.path("/run/systemd/system").is_dir():
         return [stop, start]
     pid_files = [args[i + 1] for i in range(len(args) - 1) if args[i] == "-pf"]

@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-from azagent import system
+from azagent import system, udev
 from azagent.context import Context
 from azagent.errors import StageFailed
 
@@ -40,13 +40,29 @@ def _read_limited(path: Path) -> bytes:
     return data
 
 
+def _is_cdrom(name: str) -> bool:
+    return name.startswith("sr") and name[2:].isdigit()
+
+
 def cdrom_devices(ctx: Context) -> list[str]:
-    """CD-ROM block devices present now (sr0, sr1, ...), by kernel name."""
-    try:
-        names = os.listdir(ctx.path("/sys/class/block"))
-    except OSError:
-        return []
-    return sorted(name for name in names if name.startswith("sr") and name[2:].isdigit())
+    """CD-ROM block devices present now (sr0, sr1, ...), by kernel name.
+
+    By kernel name rather than udev's ID_CDROM: early at boot udev may not
+    have processed the device yet, and the kernel names every CD-ROM srN.
+    """
+
+    def live(pyudev: Any, context: Any) -> list[str]:
+        devices = context.list_devices(subsystem="block", DEVTYPE="disk")
+        return sorted(str(d.sys_name) for d in devices if _is_cdrom(str(d.sys_name)))
+
+    def tree() -> list[str]:
+        try:
+            names = os.listdir(ctx.path("/sys/class/block"))
+        except OSError:
+            return []
+        return sorted(name for name in names if _is_cdrom(name))
+
+    return udev.find(ctx, "CD-ROM devices", live, tree)
 
 
 def premounted(ctx: Context) -> Optional[Path]:

@@ -1,4 +1,4 @@
-"""The Azure resource (temporary) disk: when it may be formatted, its mount, its swap file.
+"""The Azure resource (temporary) disk: when it may be formatted, and its mount.
 
 The platform gives most VMs a local disk whose content is lost when the VM is
 deallocated. It arrives NTFS-formatted (one partition) holding only
@@ -10,8 +10,9 @@ may be formatted, and never guesses:
 * a fresh NTFS (one partition, or a Microsoft reserved partition and one
   NTFS partition) whose only files are the warning file and "System Volume
   Information" is formatted; its content is read without mounting, by a small
-  reader of the NTFS master file table below, so that the image needs no
-  NTFS driver or ntfs-3g, and so that the same code reads disk images in tests;
+  reader of the NTFS master file table (:mod:`azagent.ntfs`), so that the
+  image needs no NTFS driver or ntfs-3g, and so that the same code reads disk
+  images in tests;
 * a disk whose first partition already holds ``ResourceDisk.Filesystem`` is
   only mounted;
 * a single Linux partition without any signature (what an interrupted
@@ -22,6 +23,7 @@ may be formatted, and never guesses:
 The filesystem is mounted through a runtime mount unit in /run/systemd/system
 (``nofail``): /run is empty at every boot, and the stage, which udev starts
 whenever the disk appears, checks the disk again and writes the unit again.
+The swap file on it is :mod:`azagent.swapfile`'s.
 
 Under ``--root`` the disk may be a regular file (a disk image): the tests
 partition and format images; they never touch a real device, and the stage
@@ -37,17 +39,16 @@ import json
 import logging
 import os
 import stat
-import struct
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Optional
+from typing import Optional
 
-from azagent import disks, system
+from azagent import disks, swapfile, system
 from azagent.context import Context
 from azagent.errors import StageFailed
 from azagent.fsutil import atomic_write
+from azagent.ntfs import WARNING_NAME, NtfsError, ntfs_foreign_files
 from azagent.plan import Action
 
 log = logging.getLogger("azagent")
@@ -55,13 +56,6 @@ log = logging.getLogger("azagent")
 RESOURCE_LINK = "/dev/disk/azure/resource"
 PART1_LINK = "/dev/disk/azure/resource-part1"
 UNIT_DIR = "/run/systemd/system"
-WARNING_NAME = "DATALOSS_WARNING_README.txt"
-SWAP_NAME = "swapfile"
-# Written on the resource disk's own filesystem before the swap file is
-# created, so that it lives and dies with the file: a swap file without it
-# was made by someone else, and azagent leaves it alone.
-SWAP_RECORD = ".azagent-swapfile"
-SWAP_SIGNATURE = b"SWAPSPACE2"
 
 MIB = 1024 * 1024
 GPT_ABOVE = 2 * 1024**4  # an MBR partition cannot go beyond 2 TiB
@@ -69,9 +63,6 @@ LINUX_GPT_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 NTFS_PARTITION_TYPES = ("7", "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7")  # MBR, GPT basic data
 LINUX_PARTITION_TYPES = ("83", LINUX_GPT_TYPE)
 MSR_GPT_TYPE = "E3C9E316-0B5C-4DB8-817D-F92DF00215AE"  # Microsoft reserved
-# Filesystems that can hold a swap file made with fallocate(2) (unwritten
-# extents); elsewhere the file is written with zeros.
-FALLOCATE_SWAP = ("ext4", "xfs")
 FORCE_FLAGS = {
     "ext2": ["-F", "-q"],
     "ext3": ["-F", "-q"],
@@ -414,246 +405,6 @@ def _disks_of(ctx: Context, devnum: tuple[int, int], source: str) -> set[str]:
     return disks.underlying_disks(ctx, name) if name is not None else set()
 
 
-# --- a minimal reader of the NTFS master file table ----------------------------
-
-
-class NtfsError(Exception):
-    """The NTFS is not what a fresh platform disk looks like, or is damaged."""
-
-
-NTFS_OEM = b"NTFS    "
-ATTR_LIST = 0x20
-ATTR_FILE_NAME = 0x30
-ATTR_DATA = 0x80
-ATTR_END = 0xFFFFFFFF
-RECORD_IN_USE = 0x01
-RECORD_DIRECTORY = 0x02
-FIRST_USER_RECORD = 24  # 0-15: $MFT ... $Extend's slot; 16-23: reserved
-ROOT_RECORD = 5
-EXTEND_RECORD = 11
-DOS_NAMESPACE = 2
-MAX_MFT_BYTES = 64 * MIB  # a fresh disk's MFT is a few hundred KiB
-REFERENCE_MASK = (1 << 48) - 1
-ALLOWED_ROOT_FILES = (WARNING_NAME.lower(),)
-ALLOWED_ROOT_DIRECTORIES = ("system volume information",)
-
-
-@dataclass(frozen=True)
-class _Name:
-    parent: int
-    name: str
-
-
-def _read_exact(f: BinaryIO, offset: int, length: int) -> bytes:
-    f.seek(offset)
-    data = f.read(length)
-    if len(data) != length:
-        raise NtfsError(f"short read at byte {offset}")
-    return data
-
-
-def _fixup(record: bytes, number: int) -> bytes:
-    """Undo the update sequence (torn-write protection) of one MFT record."""
-    usa_offset, usa_count = struct.unpack_from("<HH", record, 4)
-    if (
-        usa_count < 2
-        or usa_offset + 2 * usa_count > len(record)
-        or (usa_count - 1) * 512 > len(record)
-    ):
-        raise NtfsError(f"MFT record {number} has a bad update sequence")
-    buf = bytearray(record)
-    usn = bytes(buf[usa_offset : usa_offset + 2])
-    for i in range(1, usa_count):
-        end = i * 512 - 2
-        if bytes(buf[end : end + 2]) != usn:
-            raise NtfsError(f"MFT record {number} is torn")
-        buf[end : end + 2] = buf[usa_offset + 2 * i : usa_offset + 2 * i + 2]
-    return bytes(buf)
-
-
-def _attributes(record: bytes, number: int) -> Iterator[tuple[int, bytes]]:
-    offset = struct.unpack_from("<H", record, 0x14)[0]
-    limit = min(struct.unpack_from("<I", record, 0x18)[0], len(record))
-    while offset + 8 <= limit:
-        kind, length = struct.unpack_from("<II", record, offset)
-        if kind == ATTR_END:
-            return
-        if length < 16 or offset + length > limit:
-            raise NtfsError(f"MFT record {number} has a malformed attribute")
-        yield kind, record[offset : offset + length]
-        offset += length
-    raise NtfsError(f"MFT record {number} has no end marker")
-
-
-def _resident_value(attribute: bytes, number: int) -> bytes:
-    if attribute[8] != 0:
-        raise NtfsError(f"MFT record {number}: a file name that is not resident")
-    length, offset = struct.unpack_from("<IH", attribute, 0x10)
-    if offset + length > len(attribute):
-        raise NtfsError(f"MFT record {number} has a malformed attribute value")
-    return attribute[offset : offset + length]
-
-
-def _runs(attribute: bytes) -> tuple[list[tuple[Optional[int], int]], int]:
-    """Decode a non-resident attribute: ([(LCN or None if sparse, clusters)], initialized size)."""
-    run_offset = struct.unpack_from("<H", attribute, 0x20)[0]
-    initialized = struct.unpack_from("<q", attribute, 0x38)[0]
-    runs: list[tuple[Optional[int], int]] = []
-    lcn = 0
-    pos = run_offset
-    while pos < len(attribute) and attribute[pos] != 0:
-        header = attribute[pos]
-        length_size, offset_size = header & 0x0F, header >> 4
-        if (
-            not 1 <= length_size <= 8
-            or offset_size > 8
-            or pos + 1 + length_size + offset_size > len(attribute)
-        ):
-            raise NtfsError("the MFT's run list is malformed")
-        length = int.from_bytes(attribute[pos + 1 : pos + 1 + length_size], "little")
-        if offset_size == 0:
-            runs.append((None, length))
-        else:
-            start = pos + 1 + length_size
-            lcn += int.from_bytes(attribute[start : start + offset_size], "little", signed=True)
-            runs.append((lcn, length))
-        pos += 1 + length_size + offset_size
-    return runs, initialized
-
-
-def ntfs_foreign_files(f: BinaryIO, base: int, size: int) -> list[str]:
-    """Paths on the NTFS at byte ``base`` of ``f`` that a fresh platform disk does not have.
-
-    Reads the boot sector, then every in-use record of the master file table,
-    and keeps the files that are neither NTFS metadata (the first records,
-    everything under $Extend), nor "System Volume Information" and what it
-    holds, nor the warning file in the root directory. Anything it does not
-    understand raises NtfsError: the caller then refuses to format.
-    """
-    boot = _read_exact(f, base, 512)
-    if boot[3:11] != NTFS_OEM or boot[510:512] != b"\x55\xaa":
-        raise NtfsError("no NTFS boot sector")
-    sector = struct.unpack_from("<H", boot, 0x0B)[0]
-    per_cluster = boot[0x0D]
-    if per_cluster > 0x80:
-        per_cluster = 1 << (256 - per_cluster)
-    if sector not in (512, 1024, 2048, 4096) or per_cluster == 0 or per_cluster & (per_cluster - 1):
-        raise NtfsError("a boot sector with an impossible geometry")
-    cluster = sector * per_cluster
-    mft_lcn = struct.unpack_from("<q", boot, 0x30)[0]
-    clusters_per_record = struct.unpack_from("<b", boot, 0x40)[0]
-    record_size = (
-        1 << -clusters_per_record if clusters_per_record < 0 else clusters_per_record * cluster
-    )
-    if record_size not in (1024, 2048, 4096) or not 0 < mft_lcn * cluster < size - record_size:
-        raise NtfsError("a boot sector with an impossible MFT location")
-
-    def record_at(offset: int, number: int) -> Optional[bytes]:
-        raw = _read_exact(f, base + offset, record_size)
-        if raw[:4] == b"FILE":
-            return _fixup(raw, number)
-        if raw[:4] == b"BAAD" or (number < FIRST_USER_RECORD and raw[:4] != b"\0\0\0\0"):
-            raise NtfsError(f"MFT record {number} is damaged")
-        return None
-
-    mft = record_at(mft_lcn * cluster, 0)
-    if mft is None:
-        raise NtfsError("no MFT record for $MFT")
-    data = None
-    for kind, attribute in _attributes(mft, 0):
-        if kind == ATTR_LIST:
-            raise NtfsError("the MFT is spread over several records, unlike a fresh disk's")
-        if kind == ATTR_DATA and attribute[9] == 0:
-            data = attribute
-    if data is None or data[8] == 0:
-        raise NtfsError("the $MFT record has no data")
-    runs, initialized = _runs(data)
-    if not 0 < initialized <= MAX_MFT_BYTES:
-        raise NtfsError(f"an MFT of {initialized} bytes, larger than a fresh disk's")
-
-    names: dict[int, list[_Name]] = {}
-    directories: set[int] = set()
-    number = 0
-    total = initialized // record_size
-    for lcn, clusters in runs:
-        for index in range(clusters * cluster // record_size):
-            if number >= total:
-                break
-            record = None if lcn is None else record_at(lcn * cluster + index * record_size, number)
-            if record is not None and struct.unpack_from("<H", record, 0x16)[0] & RECORD_IN_USE:
-                flags = struct.unpack_from("<H", record, 0x16)[0]
-                owner = struct.unpack_from("<Q", record, 0x20)[0] & REFERENCE_MASK or number
-                entries = names.setdefault(owner, [])
-                if flags & RECORD_DIRECTORY:
-                    directories.add(owner)
-                for kind, attribute in _attributes(record, number):
-                    if kind != ATTR_FILE_NAME:
-                        continue
-                    value = _resident_value(attribute, number)
-                    if len(value) < 0x42 or len(value) < 0x42 + 2 * value[0x40]:
-                        raise NtfsError(f"MFT record {number} has a malformed file name")
-                    if value[0x41] == DOS_NAMESPACE:
-                        continue
-                    parent = struct.unpack_from("<Q", value, 0)[0] & REFERENCE_MASK
-                    name = value[0x42 : 0x42 + 2 * value[0x40]].decode("utf-16-le", "replace")
-                    entries.append(_Name(parent, name))
-            number += 1
-    if number < total:
-        raise NtfsError("the MFT's run list is shorter than the MFT")
-    return _foreign(names, directories)
-
-
-def _foreign(names: dict[int, list[_Name]], directories: set[int]) -> list[str]:
-    def allowed_directory(record: int) -> bool:
-        """$Extend, System Volume Information, or below one of them."""
-        seen: set[int] = set()
-        while record not in seen and len(seen) < 64:
-            seen.add(record)
-            if record == EXTEND_RECORD:
-                return True
-            entries = names.get(record, [])
-            if not entries:
-                return False
-            first = entries[0]
-            if first.parent == ROOT_RECORD and first.name.lower() in ALLOWED_ROOT_DIRECTORIES:
-                return True
-            if first.parent == record:
-                return False
-            record = first.parent
-        return False
-
-    def path(record: int, name: str) -> str:
-        parts = [name]
-        seen = set()
-        while record != ROOT_RECORD and record in names and names[record] and record not in seen:
-            seen.add(record)
-            parts.append(names[record][0].name)
-            record = names[record][0].parent
-        return "/" + "/".join(reversed(parts))
-
-    foreign = []
-    for record in sorted(names):
-        if record < FIRST_USER_RECORD:
-            continue
-        if not names[record]:
-            foreign.append(f"MFT record {record} (no name)")
-            continue
-        for entry in names[record]:
-            lower = entry.name.lower()
-            if allowed_directory(entry.parent):
-                continue
-            if entry.parent == ROOT_RECORD and lower in ALLOWED_ROOT_DIRECTORIES:
-                continue
-            if (
-                entry.parent == ROOT_RECORD
-                and lower in ALLOWED_ROOT_FILES
-                and record not in directories
-            ):
-                continue
-            foreign.append(path(entry.parent, entry.name))
-    return foreign
-
-
 # --- formatting -----------------------------------------------------------------
 
 
@@ -919,7 +670,7 @@ def _start_mount(ctx: Context, disk: Disk, name: str, mount_point: str, filesyst
 
 def plan_on_disk(ctx: Context, mount_point: str, filesystem: str) -> list[Action]:
     """The warning file and the swap file, decided from the mounted filesystem."""
-    return plan_warning(ctx, mount_point) + plan_swap(ctx, mount_point, filesystem)
+    return plan_warning(ctx, mount_point) + swapfile.plan_swap(ctx, mount_point, filesystem)
 
 
 def deferred_on_disk(ctx: Context, disk: Disk, mount_point: str, filesystem: str) -> Action:
@@ -948,155 +699,3 @@ def plan_warning(ctx: Context, mount_point: str) -> list[Action]:
             functools.partial(atomic_write, path, WARNING_TEXT, mode=0o644),
         )
     ]
-
-
-def _swap_size(path: Path) -> Optional[int]:
-    """The size of a swap file azagent made and finished (mkswap ran), else None."""
-    try:
-        st = os.lstat(path)
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        page = os.sysconf("SC_PAGE_SIZE")
-        with open(path, "rb") as f:
-            f.seek(page - len(SWAP_SIGNATURE))
-            if f.read(len(SWAP_SIGNATURE)) != SWAP_SIGNATURE:
-                return None
-    except OSError:
-        return None
-    return st.st_size
-
-
-def plan_swap(ctx: Context, mount_point: str, filesystem: str) -> list[Action]:
-    config = ctx.config
-    enabled = config.get_bool("ResourceDisk.EnableSwap")
-    size_mb = config.get_int("ResourceDisk.SwapSizeMB") or 0
-    encrypt = config.get_bool("ResourceDisk.EnableSwapEncryption")
-    live = ctx.live
-    display = f"{mount_point.rstrip('/')}/{SWAP_NAME}"
-    path = ctx.path(display)
-    record = ctx.path(mount_point) / SWAP_RECORD
-    exists = os.path.lexists(path)
-    ours = record.exists()
-    active = display in disks.active_swaps(ctx)
-    actions: list[Action] = []
-
-    wanted = enabled and size_mb > 0 and not encrypt
-    if enabled and size_mb <= 0:
-        log.warning(
-            "ResourceDisk.EnableSwap=y but ResourceDisk.SwapSizeMB=%s: no swap file", size_mb
-        )
-    if exists and not ours:
-        if wanted:
-            actions.append(_failure(f"{display} exists and azagent did not create it: left alone"))
-        return actions
-    if not wanted:
-        if ours:
-            actions.append(
-                Action(
-                    f"remove the swap file {display} azagent created (no swap configured)",
-                    functools.partial(_remove_swap, path, record, active and live),
-                )
-            )
-        if enabled and encrypt:
-            actions.append(
-                _failure(
-                    "ResourceDisk.EnableSwapEncryption=y is not supported yet: no swap file "
-                    "(an unencrypted one would contradict the setting)"
-                )
-            )
-        return actions
-
-    size = size_mb * MIB
-    current = _swap_size(path) if exists else None
-    if current != size:
-        if current is None:
-            summary = f"create the swap file {display} ({size_mb} MiB, mode 0600)"
-        else:
-            summary = f"resize the swap file {display} from {current // MIB} to {size_mb} MiB"
-        actions.append(
-            Action(
-                summary,
-                functools.partial(
-                    _make_swap,
-                    path,
-                    record,
-                    size,
-                    filesystem=filesystem,
-                    deactivate=active and live,
-                    mount_point=mount_point,
-                ),
-            )
-        )
-        active = False
-    if live and not active:
-        actions.append(
-            Action(
-                f"activate the swap file {display}",
-                functools.partial(_swapon, path, display),
-            )
-        )
-    elif not live and not active:
-        log.info("not activating swap under --root %s", ctx.root)
-    return actions
-
-
-def _failure(reason: str) -> Action:
-    """An action that fails the run with ``reason`` once the changes before it are made."""
-
-    def fail() -> None:
-        raise StageFailed(reason)
-
-    return Action(f"refuse: {reason}", fail)
-
-
-def _swapon(path: Path, display: str) -> None:
-    system.run(["swapon", str(path)], timeout=120, what=f"swapon {display}")
-
-
-def _remove_swap(path: Path, record: Path, deactivate: bool) -> None:
-    if deactivate:
-        system.run(["swapoff", str(path)], timeout=600, what=f"swapoff {path}")
-    path.unlink(missing_ok=True)
-    record.unlink(missing_ok=True)
-
-
-def _make_swap(
-    path: Path, record: Path, size: int, *, filesystem: str, deactivate: bool, mount_point: str
-) -> None:
-    """A new swap file: root-only from its first byte, every block allocated, mkswap-ed."""
-    if deactivate:
-        system.run(["swapoff", str(path)], timeout=600, what=f"swapoff {path}")
-    # The record first: whatever happens next, the file at this path is ours.
-    atomic_write(
-        record,
-        (json.dumps({"created_by": "azagent", "file": SWAP_NAME}) + "\n").encode(),
-        mode=0o600,
-    )
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        # Exactly 0600 whatever the umask (which can only have narrowed it).
-        os.fchmod(fd, 0o600)
-        if filesystem in FALLOCATE_SWAP:
-            os.posix_fallocate(fd, 0, size)
-        else:
-            _write_zeros(fd, size)
-        os.fsync(fd)
-    except OSError as e:
-        os.close(fd)
-        path.unlink(missing_ok=True)
-        if e.errno in (errno.ENOSPC, errno.EFBIG):
-            raise StageFailed(
-                f"not enough space on {mount_point} for a swap file of {size // MIB} MiB "
-                f"({e.strerror})"
-            ) from None
-        raise
-    os.close(fd)
-    system.run(["mkswap", str(path)], timeout=600, what=f"mkswap {path}")
-
-
-def _write_zeros(fd: int, size: int) -> None:
-    chunk = bytes(MIB)
-    written = 0
-    while written < size:
-        written += os.write(fd, chunk[: min(MIB, size - written)])
