@@ -292,6 +292,7 @@ class _Progress:
     received: int = 0  # body bytes, decoded
     length: Optional[int] = None  # Content-Length
     encoding: str = ""  # Content-Encoding
+    chunked: bool = False  # Transfer-Encoding: chunked
 
 
 def _late(progress: _Progress, budget: float) -> str:
@@ -333,15 +334,18 @@ def _problem(
     innermost = type(causes[-1] if causes else error).__name__
     if progress.phase == "body":
         so_far = f" after {progress.received} bytes of the body"
-        if _has(
-            causes, urllib3.exceptions.InvalidChunkLength, requests.exceptions.ChunkedEncodingError
+        if _has(causes, ConnectionResetError):
+            return f"the connection was reset{so_far}", True
+        if progress.chunked and _has(
+            causes,
+            urllib3.exceptions.InvalidChunkLength,
+            requests.exceptions.ChunkedEncodingError,
+            http.client.IncompleteRead,  # what http.client says of a bad chunk size too
         ):
-            return f"a malformed chunked body{so_far}", True
+            return f"a chunked body cut short or malformed{so_far}", True
         if _has(causes, http.client.IncompleteRead):
             total = f" of {progress.length}" if progress.length is not None else ""
             return f"the body ended after {progress.received}{total} bytes", True
-        if _has(causes, ConnectionResetError):
-            return f"the connection was reset{so_far}", True
         if _has(causes, *_TIMEOUTS):
             return f"no data for {timeout:.3g} s{so_far}", True
         reason = _strerror(_has(causes, OSError))
@@ -358,10 +362,11 @@ def _problem(
     if connect is not None:
         reason = _strerror(_has(causes, OSError))
         return f"could not connect ({reason or innermost})", True
-    if _has(causes, ConnectionResetError):
-        return "the connection was reset before an answer", True
+    # RemoteDisconnected is a ConnectionResetError too: a close, not a reset.
     if _has(causes, http.client.RemoteDisconnected, http.client.BadStatusLine):
         return "the connection closed before an answer", True
+    if _has(causes, ConnectionResetError):
+        return "the connection was reset before an answer", True
     if _has(causes, *_TIMEOUTS):
         return f"no answer within {timeout:.3g} s", True
     reason = _strerror(_has(causes, OSError))
@@ -570,6 +575,7 @@ class Transport:
                 progress.phase = "body"
                 progress.encoding = answer.get("content-encoding", "")
                 progress.length = _length(answer)
+                progress.chunked = "chunked" in answer.get("transfer-encoding", "").lower()
                 bodyless = method.upper() == "HEAD" or response.status_code in (204, 304)
                 if bodyless:
                     progress.length = None
@@ -581,8 +587,11 @@ class Transport:
                         status=response.status_code,
                     )
                 sink = sink_for(response.status_code)
+                # read1 (urllib3 >= 2.2) returns what one read brings, so the
+                # reason of a failure can say how far the body got.
+                read = getattr(response.raw, "read1", None) or response.raw.read
                 while not bodyless:
-                    chunk = response.raw.read(CHUNK, decode_content=True)
+                    chunk = read(CHUNK, decode_content=True)
                     if not chunk:
                         break
                     progress.received += len(chunk)

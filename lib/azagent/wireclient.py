@@ -37,6 +37,8 @@ GONE = 410
 MAX_DOCUMENT = transport.MAX_BODY
 FIRST_DELAY = 0.5
 MAX_DELAY = 5.0
+# The least time worth another attempt: the back-off leaves it before the deadline.
+MIN_ATTEMPT = 0.1
 # Endpoint.<name> -> the transport's endpoint (its headers).
 ENDPOINTS = {
     "WireServer": transport.WIRESERVER,
@@ -158,10 +160,11 @@ class WireClient:
                 if reply.status not in TRANSIENT and reply.status not in retry:
                     raise WireServerError(f"{shown}: {problem}")
             remaining = self.deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining < MIN_ATTEMPT:
                 raise WireServerError(f"{shown}: {problem}; gave up after {attempt} attempt(s)")
-            log.info("%s: %s; retrying in %.1f s", shown, problem, min(delay, remaining))
-            self._sleep(min(delay, remaining))
+            pause = min(delay, remaining - MIN_ATTEMPT)
+            log.info("%s: %s; retrying in %.1f s", shown, problem, pause)
+            self._sleep(pause)
             delay = min(delay * 2, MAX_DELAY)
 
     # -- documents --------------------------------------------------------
