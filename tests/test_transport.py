@@ -148,7 +148,11 @@ def test_a_reset_mid_body() -> None:
     assert took < SLACK
     assert error.transient
     assert "reset" in error.problem
-    assert "after 50 bytes of the body" in error.problem
+    # urllib3 >= 2.2 says how far the body got; older versions cannot know.
+    assert error.problem in (
+        "the connection was reset after 50 bytes of the body",
+        "the connection was reset while reading the body",
+    )
 
 
 def test_a_truncated_body() -> None:

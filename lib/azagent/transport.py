@@ -333,7 +333,12 @@ def _problem(
         return "a malformed header", True
     innermost = type(causes[-1] if causes else error).__name__
     if progress.phase == "body":
-        so_far = f" after {progress.received} bytes of the body"
+        # urllib3 < 2.2 reads in whole chunks: what a failed read brought is unknown.
+        so_far = (
+            f" after {progress.received} bytes of the body"
+            if progress.received
+            else " while reading the body"
+        )
         if _has(causes, ConnectionResetError):
             return f"the connection was reset{so_far}", True
         if progress.chunked and _has(
