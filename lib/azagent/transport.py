@@ -270,11 +270,12 @@ def _has(causes: list[BaseException], *kinds: type[BaseException]) -> Optional[B
     return None
 
 
+# Not urllib3's TimeoutError: its NewConnectionError (a refused connection) is one.
 _TIMEOUTS: tuple[type[BaseException], ...] = (
     socket.timeout,
     TimeoutError,
     requests.Timeout,
-    urllib3.exceptions.TimeoutError,
+    urllib3.exceptions.ReadTimeoutError,
 )
 _BAD_URL: tuple[type[BaseException], ...] = (
     requests.exceptions.InvalidURL,
@@ -316,7 +317,8 @@ def _problem(
     Never the error's own text: urllib3 quotes URLs, SAS tokens included.
     """
     causes = _causes(error)
-    if watch.fired:
+    # A socket timeout as long as the time left races the watchdog: the deadline it is.
+    if watch.fired or (timeout >= budget and _has(causes, *_TIMEOUTS)):
         return _late(progress, budget), True
     if _has(causes, urllib3.exceptions.DecodeError, requests.exceptions.ContentDecodingError):
         return f"the body is not valid {progress.encoding or 'compressed'} data", True
