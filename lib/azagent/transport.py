@@ -15,7 +15,9 @@ same guarantees:
   plus the time this thread needs to be scheduled again. Every socket read
   and write also waits at most ``timeout`` seconds for progress. A server
   that sends a byte just before each read would time out keeps a caller
-  until the deadline, never longer.
+  until the deadline, never longer. (Through a SOCKS proxy, whose
+  connections are not ours to watch, the deadline is checked between reads
+  of the body instead: it can be passed by one read's ``timeout``.)
 - **Bodies read in streaming mode with a size cap**, into memory
   (:meth:`Transport.request`) or into a file (:meth:`Transport.download`:
   a temporary file in the target's directory, 0600 from its creation,
