@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -387,6 +388,59 @@ def test_fault_slow_trickle_sends_the_body_slowly() -> None:
         assert time.monotonic() - start < 1.0
     finally:
         fabric.stop()
+
+
+def raw_get(url: str, timeout: float) -> tuple[bytes, str]:
+    """The bytes a plain socket receives for a GET of ``url``, and how the stream ended."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+        sock.sendall(f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        received = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                return received, "reset"
+            except socket.timeout:
+                return received, "silence"
+            if not chunk:
+                return received, "closed"
+            received += chunk
+        return received, "silence"
+
+
+def announced_and_sent(received: bytes) -> tuple[int, int]:
+    head, _, body = received.partition(b"\r\n\r\n")
+    [length] = [
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    ]
+    return length, len(body)
+
+
+@pytest.mark.parametrize(
+    ("kind", "ending"), [("stall", "silence"), ("reset", "reset"), ("truncate", "closed")]
+)
+def test_body_faults_send_half_the_body_then_misbehave(kind: str, ending: str) -> None:
+    fabric = faulty(Fault(endpoint="wireserver", kind=kind, path="versions", seconds=30))
+    try:
+        url = f"{fabric.urls['wireserver']}/?comp=versions"
+        start = time.monotonic()
+        received, how = raw_get(url, timeout=1.5)
+        assert how == ending
+        if kind != "stall":
+            assert time.monotonic() - start < 1.5
+        announced, sent = announced_and_sent(received)
+        assert announced > 0
+        assert sent == announced // 2
+        assert [r.fault for r in fabric.requests] == [kind]
+        assert call(url).status == 200  # the fault hit only once
+    finally:
+        start = time.monotonic()
+        fabric.stop()
+        assert time.monotonic() - start < 5  # a stalled answer does not hold the emulator up
 
 
 def test_timeline_after_health_reports_and_after_seconds() -> None:

@@ -1,5 +1,5 @@
 """The network stage and lib/azagent/network.py: WireServer discovery, its route,
-persistent-net rules, the proxy, and Context.endpoint's use of the saved address.
+persistent-net rules, and Context.endpoint's use of the saved address.
 
 The leases are WALinuxAgent's samples (tests/fixtures/walinuxagent) and files
 written as systemd-networkd, dhclient and NetworkManager write them. Commands
@@ -377,56 +377,3 @@ def test_context_ignores_a_bad_saved_wireserver(root: Path, content: str) -> Non
     ctx = context(root, "Endpoint.WireServer=http://127.0.0.1:8080")
     assert ctx.endpoint("WireServer") == "http://127.0.0.1:8080"
     assert ctx.endpoint("HostGAPlugin") == "http://168.63.129.16:32526"
-
-
-# -- the proxy -------------------------------------------------------------------------
-
-
-def test_proxy_from_the_configuration_wins_over_the_environment(root: Path) -> None:
-    env = {"http_proxy": "http://env:3128", "https_proxy": "http://env:3129"}
-    ctx = context(root, "HttpProxy.Host=proxy.example", "HttpProxy.Port=8080")
-    assert network.proxies(ctx, env) == {
-        "http": "http://proxy.example:8080",
-        "https": "http://proxy.example:8080",
-    }
-    assert network.proxies(context(root, "HttpProxy.Host=10.0.0.9"), env) == {
-        "http": "http://10.0.0.9",
-        "https": "http://10.0.0.9",
-    }
-    assert (
-        network.proxies(context(root, "HttpProxy.Host=fd00::9", "HttpProxy.Port=3128"))["http"]
-        == "http://[fd00::9]:3128"
-    )
-
-
-def test_proxy_from_the_environment(root: Path) -> None:
-    ctx = context(root)
-    assert network.proxies(ctx, {}) == {}
-    assert network.proxies(ctx, {"HTTP_PROXY": "proxy:3128", "https_proxy": "http://s:1"}) == {
-        "http": "http://proxy:3128",
-        "https": "http://s:1",
-    }
-    with pytest.raises(network.ProxyError, match="https_proxy environment variable"):
-        network.proxies(ctx, {"https_proxy": "http://host:notaport"})
-
-
-def test_platform_endpoints_never_use_the_proxy(root: Path) -> None:
-    ctx = context(root, "HttpProxy.Host=proxy", "HttpProxy.Port=3128")
-    env = {"no_proxy": ".internal.example,10.0.0.0/8"}
-    proxied = {"http": "http://proxy:3128", "https": "http://proxy:3128"}
-    for url in (
-        "http://168.63.129.16/machine/?comp=goalstate",
-        "http://168.63.129.16:32526/vmSettings",
-        "http://169.254.169.254/metadata/instance",
-    ):
-        assert network.proxies_for(ctx, url, env) == {}, url
-    assert network.proxies_for(ctx, "https://a.blob.core.windows.net/x?sig=1", env) == proxied
-    assert network.proxies_for(ctx, "https://repo.internal.example/x", env) == {}
-    assert network.proxies_for(ctx, "http://10.2.3.4/x", env) == {}
-    assert network.proxies_for(ctx, "http://11.2.3.4/x", env) == proxied
-    assert network.proxies_for(ctx, "http://anything/", {"NO_PROXY": "*"}) == {}
-    # The WireServer DHCP named, and an emulator's configured endpoints, are platform too.
-    write(root, SAVED, "http://10.1.2.3\n")
-    assert network.proxies_for(ctx, "http://10.1.2.3/machine", {}) == {}
-    emulated = context(root, "HttpProxy.Host=proxy", "Endpoint.IMDS=http://127.0.0.1:9")
-    assert network.proxies_for(emulated, "http://127.0.0.1:9/metadata", {}) == {}

@@ -4,7 +4,9 @@
 (only the fields the agent uses, with their types checked);
 :func:`build_instance` produces a document of the platform's shape for the
 fabric emulator; given an :class:`Instance`'s fields as keywords, its document
-parses back to that same Instance.
+parses back to that same Instance. Both are pure. :func:`fetch` is the one
+function here that does I/O: it imports the HTTP transport when called, so
+that importing this module stays cheap.
 
 IMDS spells "not set" as an empty string (``"userData": ""``,
 ``"computerName": ""``); those read as None. Booleans are strings
@@ -19,11 +21,14 @@ import binascii
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from azagent import names
 from azagent.errors import AzagentError
 from azagent.ovf import key_value_problem, path_problem
+
+if TYPE_CHECKING:
+    from azagent.context import Context
 
 API_VERSION = "2021-08-01"
 PATH = "/metadata/instance"
@@ -256,6 +261,29 @@ def parse_instance(data: bytes) -> Instance:
         public_keys=tuple(public_keys),
         user_data=_string(compute, "userData", "compute"),
     )
+
+
+def fetch(ctx: Context) -> Instance:
+    """``GET /metadata/instance`` from ``Endpoint.IMDS``, parsed; ImdsError with the reason.
+
+    ``Metadata: true``, never through a proxy; each exchange bounded by
+    Endpoint.RequestTimeout, retried (IMDS answers 404 and 410 while the VM's
+    metadata is not ready, and 429 or 5xx when busy) until
+    Endpoint.RetryDeadline.
+    """
+    from azagent.wireclient import WireClient
+
+    try:
+        client = WireClient.from_context(ctx, "IMDS")
+        reply = client.request(
+            "GET",
+            f"{client.base_url}{PATH}?api-version={API_VERSION}",
+            accept=(200,),
+            retry=(404, 410),
+        )
+        return parse_instance(reply.body)
+    except AzagentError as e:
+        raise ImdsError(f"IMDS: {e.reason}") from None
 
 
 def build_instance(

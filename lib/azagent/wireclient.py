@@ -1,35 +1,52 @@
 """A thin HTTP client for the WireServer, with the platform's retry rules.
 
-Only stages that talk to the platform import this module (it imports
-requests). Every request goes direct (never through a proxy), carries the
-headers the WireServer requires, and is retried on transient failures
-(connection errors, timeouts, 429, 5xx, 507; 403 is throttling) with bounded
-back-off until ``Endpoint.RetryDeadline`` runs out. A 410 means the goal
-state moved on: :meth:`WireClient.report_health` refetches it and resends.
+Only stages that talk to the platform import this module (through
+:mod:`azagent.transport`, it imports requests). Every request goes direct
+(never through a proxy), carries the headers the WireServer protocol
+requires, and is retried on transient failures (connection errors,
+timeouts, a body cut short, 429, 5xx, 507; 403 is throttling) with bounded
+back-off. ``Endpoint.RequestTimeout`` bounds one exchange, body included;
+``Endpoint.RetryDeadline`` bounds all of them: the last attempt ends by it.
+A 410 means the goal state moved on: :meth:`WireClient.report_health`
+refetches it and resends.
+
+The same rules serve IMDS and the HostGAPlugin (``endpoint=``), each with
+its own headers.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
-import requests
-
-from azagent import __version__, wireserver
+from azagent import transport, wireserver
 from azagent.context import Context
 from azagent.errors import AzagentError
 from azagent.redact import redact
+from azagent.transport import Reply, Transport, TransportError
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger("azagent")
 
-AGENT_NAME = "azagent"
+AGENT_NAME = transport.AGENT_NAME
 TRANSIENT = frozenset({403, 408, 429, 500, 502, 503, 504, 507})
 GONE = 410
-MAX_DOCUMENT = 4 * 1024 * 1024
+MAX_DOCUMENT = transport.MAX_BODY
 FIRST_DELAY = 0.5
 MAX_DELAY = 5.0
+# The least time worth another attempt: the back-off leaves it before the deadline.
+MIN_ATTEMPT = 0.1
+# Endpoint.<name> -> the transport's endpoint (its headers).
+ENDPOINTS = {
+    "WireServer": transport.WIRESERVER,
+    "HostGAPlugin": transport.HOSTGAPLUGIN,
+    "IMDS": transport.IMDS,
+}
+
+__all__ = ["GoneError", "Reply", "WireClient", "WireServerError", "platform_url"]
 
 
 class WireServerError(AzagentError):
@@ -38,12 +55,6 @@ class WireServerError(AzagentError):
 
 class GoneError(WireServerError):
     """410: the goal state (incarnation or container) changed."""
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    body: bytes
 
 
 def platform_url(ctx: Context, name: str) -> str:
@@ -63,7 +74,11 @@ def platform_url(ctx: Context, name: str) -> str:
 
 
 class WireClient:
-    """Requests to one WireServer, all under one retry deadline."""
+    """Requests to one platform endpoint, all under one retry deadline.
+
+    ``timeout`` bounds each exchange (connect, headers, body), ``deadline``
+    (seconds from now) all of them together, retries and back-off included.
+    """
 
     def __init__(
         self,
@@ -73,27 +88,27 @@ class WireClient:
         deadline: float = 300.0,
         session: Optional[requests.Session] = None,
         sleep: Callable[[float], None] = time.sleep,
+        endpoint: str = transport.WIRESERVER,
+        http: Optional[Transport] = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.deadline = time.monotonic() + deadline
         self._sleep = sleep
-        self.session = session or requests.Session()
-        # The platform endpoints are never reached through a proxy.
-        self.session.trust_env = False
-        self.session.proxies = {}
-        self.headers = {
-            "x-ms-agent-name": AGENT_NAME,
-            "x-ms-version": wireserver.PROTOCOL_VERSION,
-            "User-Agent": f"{AGENT_NAME}/{__version__}",
-        }
+        self.endpoint = endpoint
+        self.http = http or Transport(timeout=timeout, session=session)
+        self.session = self.http.session
 
     @classmethod
-    def from_context(cls, ctx: Context) -> WireClient:
+    def from_context(cls, ctx: Context, name: str = "WireServer") -> WireClient:
+        """A client of ``Endpoint.<name>`` (WireServer, HostGAPlugin or IMDS) as configured."""
+        timeout = float(ctx.config.get_int("Endpoint.RequestTimeout") or 10)
         return cls(
-            platform_url(ctx, "WireServer"),
-            timeout=float(ctx.config.get_int("Endpoint.RequestTimeout") or 10),
+            platform_url(ctx, name),
+            timeout=timeout,
             deadline=float(ctx.config.get_int("Endpoint.RetryDeadline") or 300),
+            endpoint=ENDPOINTS[name],
+            http=Transport.from_context(ctx),
         )
 
     # -- transport --------------------------------------------------------
@@ -115,49 +130,41 @@ class WireClient:
         """
         delay = FIRST_DELAY
         attempt = 0
-        all_headers = {**self.headers, **(headers or {})}
+        all_headers = dict(headers or {})
         if body is not None:
             all_headers.setdefault("Content-Type", "text/xml; charset=utf-8")
-        shown = redact(url)
         while True:
             attempt += 1
             problem: str
             try:
-                response = self.session.request(
+                reply = self.http.request(
                     method,
                     url,
-                    data=body,
+                    endpoint=self.endpoint,
+                    body=body,
                     headers=all_headers,
-                    timeout=self.timeout,
-                    allow_redirects=False,
-                    stream=True,
+                    deadline=min(time.monotonic() + self.timeout, self.deadline),
+                    max_bytes=MAX_DOCUMENT,
                 )
-                content = response.raw.read(MAX_DOCUMENT + 1, decode_content=True)
-                response.close()
-                if len(content) > MAX_DOCUMENT:
-                    raise WireServerError(
-                        f"{method} {shown}: answer larger than {MAX_DOCUMENT} bytes"
-                    )
-                if response.status_code in accept:
-                    return Reply(response.status_code, content)
-                if response.status_code == GONE and GONE not in retry:
-                    raise GoneError(f"{method} {shown}: 410 Gone")
-                problem = f"HTTP {response.status_code}"
-                if response.status_code not in TRANSIENT and response.status_code not in retry:
-                    raise WireServerError(f"{method} {shown}: {problem}")
-            except requests.Timeout:
-                problem = f"no answer within {self.timeout:g} s"
-            except requests.ConnectionError as e:
-                problem = f"connection failed ({type(e).__name__})"
-            except requests.RequestException as e:
-                problem = f"request failed ({type(e).__name__})"
+            except TransportError as e:
+                if not e.transient:
+                    raise WireServerError(str(e)) from None
+                shown, problem = e.request, e.problem
+            else:
+                shown = f"{method} {redact(url)}"
+                if reply.status in accept:
+                    return reply
+                if reply.status == GONE and GONE not in retry:
+                    raise GoneError(f"{shown}: 410 Gone")
+                problem = f"HTTP {reply.status}"
+                if reply.status not in TRANSIENT and reply.status not in retry:
+                    raise WireServerError(f"{shown}: {problem}")
             remaining = self.deadline - time.monotonic()
-            if remaining <= 0:
-                raise WireServerError(
-                    f"{method} {shown}: {problem}; gave up after {attempt} attempt(s)"
-                )
-            log.info("%s %s: %s; retrying in %.1f s", method, shown, problem, min(delay, remaining))
-            self._sleep(min(delay, remaining))
+            if remaining < MIN_ATTEMPT:
+                raise WireServerError(f"{shown}: {problem}; gave up after {attempt} attempt(s)")
+            pause = min(delay, remaining - MIN_ATTEMPT)
+            log.info("%s: %s; retrying in %.1f s", shown, problem, pause)
+            self._sleep(pause)
             delay = min(delay * 2, MAX_DELAY)
 
     # -- documents --------------------------------------------------------

@@ -19,7 +19,11 @@ from typing import Any, Optional
 
 MAX_SCENARIO_BYTES = 4 * 1024 * 1024
 ENDPOINTS = ("wireserver", "hostgaplugin", "imds", "blob")
-FAULT_KINDS = ("status", "delay", "drop", "garbage", "trickle")
+# status: answer `status`; delay: wait `seconds`, then answer; drop: close without an answer;
+# garbage: a 200 with a junk body; trickle: the body spread over `seconds`; stall: headers and
+# half the body, then silence for `seconds` before closing; reset: headers and half the body,
+# then a TCP reset; truncate: headers announcing the whole body, half of it, then a clean close.
+FAULT_KINDS = ("status", "delay", "drop", "garbage", "trickle", "stall", "reset", "truncate")
 TIMELINE_ACTIONS = (
     "new_incarnation",
     "rotate_certificate",
@@ -82,7 +86,7 @@ class Fault:
     count: int = 1  # how many matching requests it hits
     skip: int = 0  # matching requests let through first
     status: int = 503
-    seconds: float = 1.0  # delay, or the whole trickle duration
+    seconds: float = 1.0  # delay, the whole trickle, or a stall's silence
 
 
 @dataclass

@@ -17,6 +17,7 @@ import contextlib
 import json
 import re
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -33,6 +34,8 @@ from azfabric import documents
 from azfabric.scenario import Extension, Fault, Scenario, TimelineEvent, materialize
 
 MAX_BODY = 8 * 1024 * 1024
+# Faults that send the headers and half the body, then misbehave.
+BODY_FAULTS = ("stall", "reset", "truncate")
 Response = tuple[int, dict[str, str], bytes]
 
 
@@ -308,6 +311,10 @@ class Fabric:
                 with open(self._log_path, "a", encoding="utf-8") as log:
                     log.write(json.dumps(request.printable()) + "\n")
             self._changed.notify_all()
+
+    def idle(self, seconds: float) -> None:
+        """Wait ``seconds``, or until the emulator stops (a stalled answer must not keep it up)."""
+        self._stop.wait(seconds)
 
     def fault_for(self, endpoint: str, target: str) -> Optional[Fault]:
         with self._lock:
@@ -625,6 +632,8 @@ class FabricHandler(BaseHTTPRequestHandler):
         try:
             if fault is not None and fault.kind == "trickle":
                 self._trickle(status, headers, body, fault.seconds)
+            elif fault is not None and fault.kind in BODY_FAULTS:
+                self._break_body(fault, status, headers, body)
             else:
                 self._send(status, headers, body)
         except (BrokenPipeError, ConnectionResetError):
@@ -652,3 +661,27 @@ class FabricHandler(BaseHTTPRequestHandler):
             time.sleep(seconds / len(chunks))
             self.wfile.write(chunk)
             self.wfile.flush()
+
+    def _break_body(self, fault: Fault, status: int, headers: dict[str, str], body: bytes) -> None:
+        """Headers announcing the whole body, half of it, then a stall, a reset or a close.
+
+        A body-less answer announces one byte, so that the client waits for
+        something either way.
+        """
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body) or 1))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+        if fault.kind == "stall":
+            self.fabric.idle(fault.seconds)
+        elif fault.kind == "reset":
+            # SO_LINGER on with a zero timeout: close() sends RST, not FIN.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            return
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
