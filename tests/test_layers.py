@@ -96,31 +96,50 @@ def floor_of(floors: Mapping[str, Iterable[str]]) -> dict[str, int]:
     }
 
 
-def package_imports(path: Path, package: str = "azagent") -> set[str]:
-    """The modules of ``package`` that ``path`` imports, anywhere in the file."""
+def module_name(lib: Path, path: Path) -> str:
+    """A module's name inside the package: ``cli``, ``extensions.goalstate``, ``extensions``."""
+    parts = list(path.relative_to(lib).with_suffix("").parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules(lib: Path) -> dict[str, Path]:
+    return {module_name(lib, path): path for path in sorted(lib.rglob("*.py"))}
+
+
+def _resolve(lib: Path, dotted: list[str]) -> str:
+    """The longest module of the package that ``dotted`` (names below the package) names."""
+    for end in range(len(dotted), 0, -1):
+        candidate = lib.joinpath(*dotted[:end])
+        if candidate.with_suffix(".py").is_file() or (candidate / "__init__.py").is_file():
+            return ".".join(dotted[:end])
+    return "__init__"  # a name defined by the package itself (__version__)
+
+
+def package_imports(path: Path, lib: Path | None = None, package: str = "azagent") -> set[str]:
+    """The modules of ``package`` (rooted at ``lib``) that ``path`` imports, anywhere in it."""
+    lib = lib if lib is not None else path.parent
     found: set[str] = set()
+    here = list(path.relative_to(lib).parent.parts) if path.is_relative_to(lib) else []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 parts = alias.name.split(".")
                 if parts[0] == package:
-                    found.add(parts[1] if len(parts) > 1 else "__init__")
-        elif isinstance(node, ast.ImportFrom):
-            if node.level > 0:  # relative: from . import x, from .x import y
-                module = node.module or ""
-                parts = [package, *module.split(".")] if module else [package]
-            elif node.module is not None:
-                parts = node.module.split(".")
-            else:
-                continue
-            if parts[0] != package:
-                continue
-            if len(parts) > 1:
-                found.add(parts[1])
-            else:  # from azagent import x: a module, or a name of __init__
-                for alias in node.names:
-                    is_module = (path.parent / f"{alias.name}.py").exists()
-                    found.add(alias.name if is_module else "__init__")
+                    found.add(_resolve(lib, parts[1:]))
+            continue
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level > 0:  # relative: from . import x, from ..x import y
+            base = here[: len(here) - (node.level - 1)] if node.level > 1 else here
+            below = [*base, *(node.module.split(".") if node.module else [])]
+        elif node.module is not None and node.module.split(".")[0] == package:
+            below = node.module.split(".")[1:]
+        else:
+            continue
+        for alias in node.names:  # from azagent.x import y: y may be a module of x
+            found.add(_resolve(lib, [*below, alias.name]))
     return found
 
 
@@ -139,12 +158,11 @@ def upward_imports(lib: Path, floors: Mapping[str, Iterable[str]]) -> list[str]:
     """Every import in ``lib`` that points to a higher floor, or involves an unplaced module."""
     floor = floor_of(floors)
     problems = []
-    for path in sorted(lib.glob("*.py")):
-        name = path.stem
+    for name, path in modules(lib).items():
         if name not in floor:
             problems.append(f"{name}: on no floor (add it to FLOORS in tests/test_layers.py)")
             continue
-        for imported in sorted(package_imports(path)):
+        for imported in sorted(package_imports(path, lib)):
             if imported not in floor:
                 problems.append(f"{name} imports {imported}, which is on no floor")
             elif floor[imported] > floor[name]:
@@ -160,7 +178,7 @@ def test_every_import_points_down() -> None:
 
 
 def test_floor_map_names_only_existing_modules() -> None:
-    existing = {path.stem for path in LIB.glob("*.py")}
+    existing = set(modules(LIB))
     placed = set(floor_of(FLOORS))
     assert placed - existing == set(), "FLOORS names modules that do not exist"
 
@@ -170,9 +188,9 @@ def test_an_upward_import_is_found(tmp_path: Path) -> None:
     lib = tmp_path / "azagent"
     lib.mkdir()
     floors = {
-        "foundation": ("__init__", "base"),
-        "protocol": ("doc",),
-        "system": ("users",),
+        "foundation": ("__init__", "base", "ext"),
+        "protocol": ("doc", "ext.parse"),
+        "system": ("users", "ext.service"),
         "runner": ("stage",),
         "entry point": ("cli",),
     }
@@ -182,23 +200,31 @@ def test_an_upward_import_is_found(tmp_path: Path) -> None:
     (lib / "users.py").write_text("import azagent.doc\n")
     (lib / "stage.py").write_text("from . import users\n")
     (lib / "cli.py").write_text("from azagent.stage import main\n")
+    (lib / "ext").mkdir()
+    (lib / "ext/__init__.py").write_text("")
+    (lib / "ext/parse.py").write_text("from azagent import doc\nfrom .. import base\n")
+    (lib / "ext/service.py").write_text("from .parse import x\nfrom azagent.ext import parse\n")
     assert upward_imports(lib, floors) == []
 
     (lib / "doc.py").write_text("def f():\n    from azagent.users import x\n")
     (lib / "users.py").write_text("import azagent.stage as runner\n")
     (lib / "base.py").write_text("from .cli import main\nfrom azagent import doc\n")
     (lib / "extra.py").write_text("")
+    (lib / "ext/parse.py").write_text("from . import service\n")
+    (lib / "ext/service.py").write_text("from ..stage import main\n")
     assert upward_imports(lib, floors) == [
         "base (foundation) imports cli (entry point): an upward import",
         "base (foundation) imports doc (protocol): an upward import",
         "doc (protocol) imports users (system): an upward import",
+        "ext.parse (protocol) imports ext.service (system): an upward import",
+        "ext.service (system) imports stage (runner): an upward import",
         "extra: on no floor (add it to FLOORS in tests/test_layers.py)",
         "users (system) imports stage (runner): an upward import",
     ]
 
 
 def test_library_never_imports_stages_tools_or_emulator() -> None:
-    for module in sorted(LIB.glob("*.py")):
+    for module in sorted(LIB.rglob("*.py")):
         used = other_imports(module)
         assert not used & {"azfabric", "azvmtest", "conftest", "tools", "stages"}, module.name
 
@@ -207,19 +233,20 @@ def test_no_stage_imports_the_cli() -> None:
     stages = sorted(p for p in STAGES.iterdir() if p.is_file())
     assert stages
     for stage in stages:
-        assert not package_imports(stage) & {"cli", "__main__"}, stage.name
+        assert not package_imports(stage, LIB) & {"cli", "__main__"}, stage.name
 
 
 def test_pure_protocol_modules_do_no_io() -> None:
     """Parsers and document builders do no I/O of their own: no subprocess, no HTTP."""
     for name in PURE:
-        used = other_imports(LIB / f"{name}.py")
+        used = other_imports(modules(LIB)[name])
         assert not used & IO_MODULES, name
 
 
 def test_no_module_over_the_size_limit() -> None:
     """A module past 800 lines holds two jobs: split it."""
     sizes = {
-        path.name: len(path.read_text(encoding="utf-8").splitlines()) for path in LIB.glob("*.py")
+        str(path.relative_to(LIB)): len(path.read_text(encoding="utf-8").splitlines())
+        for path in LIB.rglob("*.py")
     }
     assert {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES} == {}
