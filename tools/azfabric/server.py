@@ -175,7 +175,12 @@ class Fabric:
             server = ThreadingHTTPServer((self.host, self._ports.get(name, 0)), handler)
             server.daemon_threads = True
             self._servers[name] = server
-        self.artifacts.publish(self)
+        try:
+            self.artifacts.publish(self)
+        except Exception:  # a package that cannot be read: nothing keeps listening
+            for server in self._servers.values():
+                server.server_close()
+            raise
         for server in self._servers.values():
             thread = threading.Thread(
                 target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
