@@ -204,9 +204,9 @@ def _plugin(fabric: Fabric, extension: Extension, base: str) -> extconf.Plugin:
                 depends_on=_depends_on(fabric, config.dependency_level),
             )
         )
-    protected, thumbprint = _protected(
-        fabric, extension, extension.seq_no, "", extension.protected_settings
-    )
+    # A multi-config handler's settings are its extensions'; its own are not sent.
+    own = None if extension.configs else extension.protected_settings
+    protected, thumbprint = _protected(fabric, extension, extension.seq_no, "", own)
     return extconf.Plugin(
         name=extension.name,
         version=extension.version,

@@ -603,10 +603,10 @@ class Fabric:
         self, path: str, query_text: str, headers: dict[str, str], body: bytes, *, via: str
     ) -> tuple[Response, Optional[StatusUpload]]:
         """Store a blob write; a status blob that holds a whole document is a status upload."""
-        response = self._blob_write(path, query_text, headers, body)
-        if response[0] != 201 or not path.startswith(documents.STATUS_PATH):
-            return response, None
         with self._changed:
+            response = self._blob_write(path, query_text, headers, body)
+            if response[0] != 201 or not path.startswith(documents.STATUS_PATH):
+                return response, None
             blob = self.blobs[path]
             if blob.writes == 0 or not is_whole(blob.kind, bytes(blob.data)):
                 return response, None  # a page blob just created, or not all pages yet
@@ -761,10 +761,8 @@ class FabricHandler(BaseHTTPRequestHandler):
                 traceback.print_exc()
                 status, headers, body = _error(500, "emulator error")
         request.status = status
-        upload, self.status_upload = (
-            self.status_upload,
-            None,
-        )  # one request's, on a kept-alive connection
+        # What the route completed belongs to this request alone (connections are kept alive).
+        upload, self.status_upload = self.status_upload, None
         if upload is not None:
             request.status_upload = upload.printable()
         self.fabric.record(request)
