@@ -31,8 +31,16 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "tools"))
 from azfabric import documents
 from azfabric.keys import generate_certificate, thumbprint_of
-from azfabric.scenario import Extension, KeyPair, PublicKey, Scenario
+from azfabric.scenario import (
+    PROTECTED_SETTINGS_CERTIFICATE,
+    Extension,
+    KeyPair,
+    PublicKey,
+    Scenario,
+)
 from azfabric.server import Fabric
+from azfabric.status import handler_statuses
+from test_fabric_extensions import MULTI, SAMPLE, SECRET, rich_scenario
 
 FETCH = REPO / "tools" / "fetch-waagent"
 DRIVER = Path(__file__).resolve().parent / "waagent_driver.py"
@@ -79,6 +87,7 @@ def drive(
     *,
     fast_track: bool = False,
     role_thumbprint: str = "",
+    status: bool = False,
 ) -> dict[str, Any]:
     """Run waagent's client through tests/waagent_driver.py; its result document."""
     before = [path.exists() for path in HOST_STATE]
@@ -114,6 +123,8 @@ def drive(
         command.append("--fast-track")
     if role_thumbprint:
         command += ["--role-thumbprint", role_thumbprint]
+    if status:
+        command.append("--status")
     done = subprocess.run(
         command,
         capture_output=True,
@@ -305,3 +316,132 @@ def test_fast_track_vm_settings_agree_with_extensions_config(
         assert extensions["names"] == ["Test.Publisher.Handler"]
         value(result, "ready")
         assert fabric.health_reports[-1].state == "Ready"
+
+
+# -- extensions: waagent's own parsing, certificates and status upload ------
+
+
+def check_extension_details(extensions: dict[str, Any], fabric: Fabric) -> None:
+    """waagent parsed every handler, setting, state and dependency level the scenario has."""
+    thumbprint = {c.name: thumbprint_of(c) for c in fabric.scenario.certificates}[
+        PROTECTED_SETTINGS_CERTIFICATE
+    ]
+    assert extensions["status_upload_blob_type"] == "PageBlob"
+    assert extensions["required_features"] == ["MultipleExtensionsPerHandler"]
+    details = {d["name"]: d for d in extensions["details"]}
+    assert list(details) == [SAMPLE, MULTI]
+    sample, multi = details[SAMPLE], details[MULTI]
+    assert (sample["version"], sample["state"], sample["multi_config"]) == (
+        "1.3.0",
+        "enabled",
+        False,
+    )
+    [settings] = sample["settings"]
+    assert {k: v for k, v in settings.items() if k != "protected"} == {
+        "name": SAMPLE,
+        "seq_no": 3,
+        "state": "enabled",
+        "public": {"message": "hello from the emulator"},
+        "thumbprint": thumbprint,
+        "dependency_level": 1,
+    }
+    assert multi["multi_config"] is True
+    assert [
+        (s["name"], s["seq_no"], s["state"], s["public"], s["thumbprint"], s["dependency_level"])
+        for s in multi["settings"]
+    ] == [
+        ("first", 1, "enabled", {"message": "first"}, thumbprint, 2),
+        ("second", 4, "disabled", {}, None, 3),
+    ]
+
+
+def decrypt_as_handlers_do(extensions: dict[str, Any], lib: Path) -> list[Any]:
+    """Each protected setting waagent parsed, decrypted with the key waagent stored."""
+    decrypted = []
+    for extension in extensions["details"]:
+        for settings in extension["settings"]:
+            if settings["protected"] is None:
+                continue
+            thumbprint = settings["thumbprint"]
+            done = subprocess.run(
+                [
+                    "openssl",
+                    "smime",
+                    "-decrypt",
+                    "-inform",
+                    "DER",
+                    "-recip",
+                    str(lib / f"{thumbprint}.crt"),
+                    "-inkey",
+                    str(lib / f"{thumbprint}.prv"),
+                ],
+                input=base64.b64decode(settings["protected"]),
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr.decode()
+            decrypted.append(json.loads(done.stdout))
+    return decrypted
+
+
+def check_status_upload(fabric: Fabric, via: str) -> None:
+    """waagent's own status blob reached the emulator, decoded."""
+    [upload] = fabric.status_uploads
+    assert (upload.via, upload.blob_type, upload.error) == (via, "PageBlob", None)
+    assert upload.document is not None
+    handlers = {h["handlerName"]: h for h in handler_statuses(upload.document)}
+    assert set(handlers) == {SAMPLE, MULTI}
+    status = handlers[SAMPLE]["runtimeSettingsStatus"]
+    assert status["sequenceNumber"] == 3
+    assert status["settingsStatus"]["status"]["formattedMessage"]["message"] == (
+        "hello from the emulator"
+    )
+    agent = upload.document["aggregateStatus"]["guestAgentStatus"]
+    assert agent["status"] == "Ready"
+
+
+def test_waagent_reads_protected_settings_and_uploads_status_directly(
+    waagent: Waagent, tmp_path: Path
+) -> None:
+    with Fabric(rich_scenario()) as fabric:
+        result = drive(waagent, fabric, tmp_path / "waagent", status=True)
+        check_certificates(result, fabric, tmp_path / "waagent" / "lib")
+        extensions = value(result, "extensions")
+        assert extensions["source"] == "ExtensionsGoalStateFromExtensionsConfig"
+        check_extension_details(extensions, fabric)
+        assert decrypt_as_handlers_do(extensions, tmp_path / "waagent" / "lib") == [
+            SECRET,
+            {"token": "first-secret"},
+        ]
+        # No HostGAPlugin on <WireServer host>:32526 here: waagent falls back to the SAS URL.
+        value(result, "status_upload")
+        check_status_upload(fabric, "direct")
+
+
+def test_fast_track_extensions_status_and_health_service(waagent: Waagent, tmp_path: Path) -> None:
+    """vmSettings with multi-config, dependencies and protected settings; status via HGAP."""
+    ports = {"wireserver": 80, "hostgaplugin": 32526}
+    with Fabric(rich_scenario(), host=platform_address(), ports=ports) as fabric:
+        result = drive(waagent, fabric, tmp_path / "waagent", fast_track=True, status=True)
+        extensions = value(result, "extensions")
+        assert extensions["source"] == "ExtensionsGoalStateFromVmSettings"
+        check_extension_details(extensions, fabric)
+        value(result, "fast_track_consistency")  # waagent's own comparison of the two documents
+        assert decrypt_as_handlers_do(extensions, tmp_path / "waagent" / "lib") == [
+            SECRET,
+            {"token": "first-secret"},
+        ]
+        value(result, "status_upload")
+        check_status_upload(fabric, "hostgaplugin")
+        value(result, "health_service")
+        # waagent reports on its own too (its HostGAPlugin status upload); the last is the step's.
+        observed = [
+            (report["Source"], o["ObservationName"], o["IsHealthy"])
+            for report in fabric.health_service
+            for o in report["Observations"]
+        ]
+        assert ("WALinuxAgent", "GuestAgentPluginStatus", True) in observed  # our PUT /status
+        assert observed[-1] == ("WALinuxAgent", "GuestAgentPluginHeartbeat", True)
+        posts = [r for r in waagent_requests(fabric) if r[1] == "/HealthService"]
+        assert posts == [("POST", "/HealthService", 200)] * len(fabric.health_service)

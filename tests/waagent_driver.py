@@ -105,6 +105,11 @@ def main() -> int:
     parser.add_argument("--timeout", type=int, default=90)
     parser.add_argument("--role-thumbprint", default="")
     parser.add_argument(
+        "--status",
+        action="store_true",
+        help="upload a status blob for the goal state's handlers, as waagent does",
+    )
+    parser.add_argument(
         "--fast-track",
         action="store_true",
         help="let waagent fetch vmSettings from the HostGAPlugin (endpoint:32526)",
@@ -188,9 +193,66 @@ def main() -> int:
                 "names": [e.name for e in goal.extensions],
                 "versions": [e.version for e in goal.extensions],
                 "status_upload_blob": goal.status_upload_blob,
+                "status_upload_blob_type": goal.status_upload_blob_type,
+                "required_features": list(goal.required_features),
+                # What waagent hands each handler: settings as it parsed them
+                # (protected settings still encrypted, as extensions get them).
+                "details": [
+                    {
+                        "name": e.name,
+                        "version": e.version,
+                        "state": e.state,
+                        "multi_config": e.supports_multi_config,
+                        "settings": [
+                            {
+                                "name": s.name,
+                                "seq_no": s.sequenceNumber,
+                                "state": s.state,
+                                "public": s.publicSettings,
+                                "protected": s.protectedSettings,
+                                "thumbprint": s.certificateThumbprint,
+                                "dependency_level": s.dependencyLevel,
+                            }
+                            for s in e.settings
+                        ],
+                    }
+                    for e in goal.extensions
+                ],
             }
 
         step("extensions", extensions)
+
+        def status_upload() -> str:
+            # waagent's own status blob for the goal state's handlers, uploaded its
+            # own way: through the HostGAPlugin when it can reach one, else directly.
+            from azurelinuxagent.common.protocol.restapi import (
+                ExtensionStatus,
+                ExtHandlerStatus,
+                VMStatus,
+            )
+
+            goal = protocol.get_extensions_goal_state()
+            vm_status = VMStatus(status="Ready", message="Guest Agent is running")
+            for extension in goal.extensions:
+                handler = ExtHandlerStatus(
+                    name=extension.name, version=extension.version, status="Ready"
+                )
+                for settings in extension.settings[:1]:
+                    message = (settings.publicSettings or {}).get("message", "enabled")
+                    handler.extension_status = ExtensionStatus(
+                        name=settings.name,
+                        operation="Enable",
+                        status="success",
+                        seq_no=settings.sequenceNumber,
+                        code=0,
+                        message=message,
+                    )
+                vm_status.vmAgent.extensionHandlers.append(handler)
+            protocol.report_vm_status(vm_status)
+            return "sent"
+
+        if args.status:
+            step("status_upload", status_upload)
 
         def consistency() -> str:
             # waagent's own check that vmSettings and ExtensionsConfig describe one goal state.
@@ -205,6 +267,16 @@ def main() -> int:
 
         if args.fast_track:
             step("fast_track_consistency", consistency)
+
+        def health_service() -> str:
+            # What waagent posts to the WireServer about the HostGAPlugin it uses.
+            from azurelinuxagent.common.protocol.healthservice import HealthService
+
+            HealthService(args.endpoint).report_host_plugin_heartbeat(True)
+            return "reported"
+
+        if args.fast_track:
+            step("health_service", health_service)
 
         def report(status: str, substatus: Any, description: Any, thumbprint: str = "") -> None:
             provision = ProvisionStatus(status=status, subStatus=substatus, description=description)

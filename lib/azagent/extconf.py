@@ -20,6 +20,22 @@ class HandlerSettings:
     thumbprint: Optional[str] = None
 
 
+# What an extension waits for: (handler, extension of a multi-config handler or None).
+Dependency = tuple[str, Optional[str]]
+
+
+@dataclass(frozen=True)
+class MultiConfigExtension:
+    """One named extension of a multi-config handler: its own settings, state and order."""
+
+    name: str
+    seq_no: int = 0
+    state: str = "enabled"
+    settings: HandlerSettings = field(default_factory=HandlerSettings)
+    dependency_level: Optional[int] = None
+    depends_on: tuple[Dependency, ...] = ()
+
+
 @dataclass(frozen=True)
 class Plugin:
     name: str
@@ -29,6 +45,11 @@ class Plugin:
     seq_no: int = 0
     settings: Optional[HandlerSettings] = None
     failover_location: Optional[str] = None
+    # Where the handler runs in the goal state's order (DependsOn); None: no DependsOn.
+    dependency_level: Optional[int] = None
+    depends_on: tuple[Dependency, ...] = ()
+    # A multi-config handler's extensions; empty for a single-config handler.
+    extensions: tuple[MultiConfigExtension, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -44,6 +65,41 @@ class ExtensionsGoalState:
     # of one goal state carry the same value; clients compare them.
     created_ticks: int = 637726657706205217
     ga_manifest: str = ""
+    required_features: tuple[str, ...] = ()  # e.g. MultipleExtensionsPerHandler
+
+
+def _depends_on_xml(level: int, depends_on: tuple[Dependency, ...], name: str = "") -> str:
+    named = f" name={quoteattr(name)}" if name else ""
+    parts = [f'<DependsOn dependencyLevel="{level}"{named}>']
+    for handler, extension in depends_on:
+        on = f"extension={quoteattr(extension)} " if extension else ""
+        parts.append(f"<DependsOnExtension {on}handler={quoteattr(handler)} />")
+    parts.append("</DependsOn>")
+    return "".join(parts)
+
+
+def _depends_on_json(
+    level: int, depends_on: tuple[Dependency, ...], name: str = ""
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "dependsOnExtension": [
+            {"extension": extension, "handler": handler} if extension else {"handler": handler}
+            for handler, extension in depends_on
+        ],
+        "dependencyLevel": level,
+    }
+    if name:
+        entry["name"] = name
+    return entry
+
+
+def _required_features_xml(features: tuple[str, ...]) -> str:
+    if not features:
+        return ""
+    named = "".join(
+        f"<RequiredFeature><Name>{escape(feature)}</Name></RequiredFeature>" for feature in features
+    )
+    return f"<RequiredFeatures>{named}</RequiredFeatures>"
 
 
 def _runtime_settings(settings: HandlerSettings) -> str:
@@ -66,6 +122,7 @@ def extensions_config_xml(goal: ExtensionsGoalState, *, location: str = "eastus"
         f"<Uris>{uris}</Uris><Version>0.0.0.0</Version></GAFamily></GAFamilies>",
         f"<Location>{escape(location)}</Location><ServiceName>CRP</ServiceName>",
         "</GuestAgentExtension>",
+        _required_features_xml(goal.required_features),
         f"<StatusUploadBlob statusBlobType={quoteattr(goal.status_blob_type)}>"
         f"{escape(goal.status_upload_blob)}</StatusUploadBlob>",
         "<Plugins>",
@@ -82,13 +139,30 @@ def extensions_config_xml(goal: ExtensionsGoalState, *, location: str = "eastus"
         )
     parts.append("</Plugins><PluginSettings>")
     for plugin in goal.plugins:
-        if plugin.settings is None:
+        if plugin.settings is None and not plugin.extensions and plugin.dependency_level is None:
             continue
-        parts.append(
-            f"<Plugin name={quoteattr(plugin.name)} version={quoteattr(plugin.version)}>"
-            f'<RuntimeSettings seqNo="{plugin.seq_no}">'
-            f"{escape(_runtime_settings(plugin.settings))}</RuntimeSettings></Plugin>"
-        )
+        parts.append(f"<Plugin name={quoteattr(plugin.name)} version={quoteattr(plugin.version)}>")
+        if plugin.extensions:
+            parts += [
+                _depends_on_xml(extension.dependency_level, extension.depends_on, extension.name)
+                for extension in plugin.extensions
+                if extension.dependency_level is not None
+            ]
+            parts += [
+                f'<ExtensionRuntimeSettings seqNo="{extension.seq_no}" '
+                f"name={quoteattr(extension.name)} state={quoteattr(extension.state)}>"
+                f"{escape(_runtime_settings(extension.settings))}</ExtensionRuntimeSettings>"
+                for extension in plugin.extensions
+            ]
+        else:
+            if plugin.dependency_level is not None:
+                parts.append(_depends_on_xml(plugin.dependency_level, plugin.depends_on))
+            if plugin.settings is not None:
+                parts.append(
+                    f'<RuntimeSettings seqNo="{plugin.seq_no}">'
+                    f"{escape(_runtime_settings(plugin.settings))}</RuntimeSettings>"
+                )
+        parts.append("</Plugin>")
     parts.append("</PluginSettings>")
     parts.append(
         f'<InVMGoalStateMetaData inSvdSeqNo="{goal.in_svd_seq_no}" '
@@ -120,14 +194,30 @@ def vm_settings_json(
             "settingsSeqNo": plugin.seq_no,
             "settings": [],
         }
-        if plugin.settings is not None:
-            setting: dict[str, Any] = {
-                "publicSettings": json.dumps(plugin.settings.public_settings, sort_keys=True)
-            }
-            if plugin.settings.protected_settings is not None:
-                setting["protectedSettingsCertThumbprint"] = plugin.settings.thumbprint
-                setting["protectedSettings"] = plugin.settings.protected_settings
-            entry["settings"] = [setting]
+        depends_on: list[dict[str, Any]] = []
+        if plugin.extensions:
+            entry["isMultiConfig"] = True
+            entry["settings"] = [
+                {
+                    **_settings_json(extension.settings),
+                    "seqNo": extension.seq_no,
+                    "extensionName": extension.name,
+                    "extensionState": extension.state,
+                }
+                for extension in plugin.extensions
+            ]
+            depends_on = [
+                _depends_on_json(extension.dependency_level, extension.depends_on, extension.name)
+                for extension in plugin.extensions
+                if extension.dependency_level is not None
+            ]
+        else:
+            if plugin.settings is not None:
+                entry["settings"] = [_settings_json(plugin.settings)]
+            if plugin.dependency_level is not None:
+                depends_on = [_depends_on_json(plugin.dependency_level, plugin.depends_on)]
+        if depends_on:
+            entry["dependsOn"] = depends_on
         extensions.append(entry)
     document = {
         "hostGAPluginVersion": "1.0.8.133",
@@ -151,11 +241,21 @@ def vm_settings_json(
             "vmSize": "Standard_D2s_v5",
             "osType": "Linux",
         },
-        "requiredFeatures": [],
+        "requiredFeatures": [{"name": feature} for feature in goal.required_features],
         "gaFamilies": [{"name": "Prod", "uris": [goal.ga_manifest] if goal.ga_manifest else []}],
         "extensionGoalStates": extensions,
     }
     return (json.dumps(document, indent=2) + "\n").encode()
+
+
+def _settings_json(settings: HandlerSettings) -> dict[str, Any]:
+    setting: dict[str, Any] = {
+        "publicSettings": json.dumps(settings.public_settings, sort_keys=True)
+    }
+    if settings.protected_settings is not None:
+        setting["protectedSettingsCertThumbprint"] = settings.thumbprint
+        setting["protectedSettings"] = settings.protected_settings
+    return setting
 
 
 def manifest_xml(versions: dict[str, list[str]]) -> bytes:

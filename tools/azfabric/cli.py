@@ -78,6 +78,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         fabric.start()
     except OSError as e:
         raise SystemExit(f"fabric: cannot listen: {e}") from None
+    except scenarios.ScenarioError as e:  # a package that cannot be read or is too large
+        raise SystemExit(f"fabric: {e}") from None
     first = {**fabric.listening, "vm_id": fabric.scenario.vm_id}
     if advertise:
         first["advertised"] = advertise  # type: ignore[assignment]
@@ -115,13 +117,32 @@ def cmd_media(args: argparse.Namespace) -> int:
 def cmd_log(args: argparse.Namespace) -> int:
     """Print a request log written by ``serve --log`` (already redacted)."""
     with open(args.file, encoding="utf-8") as f:
-        for line in f:
-            entry = json.loads(line)
-            fault = f" [fault: {entry['fault']}]" if entry.get("fault") else ""
-            where = f"{entry['endpoint']:<12} {entry['method']:<4} {entry['path']}"
-            print(f"{entry['time']:.3f} {where} -> {entry['status']}{fault}")
-            if args.bodies and entry.get("body"):
-                print("    " + entry["body"].replace("\n", "\n    "))
+        entries = [json.loads(line) for line in f if line.strip()]
+    if args.status:
+        from azfabric import status
+
+        uploads = [e["status_upload"] for e in entries if e.get("status_upload")]
+        if args.json:
+            documents = [u["document"] for u in uploads if isinstance(u.get("document"), dict)]
+            print(
+                json.dumps(
+                    {
+                        "uploads": len(uploads),
+                        "last": uploads[-1] if uploads else None,
+                        "handlers": status.latest_by_handler(documents),
+                    },
+                    indent=2,
+                )
+            )
+        else:
+            print("\n".join(status.describe(uploads)))
+        return 0
+    for entry in entries:
+        fault = f" [fault: {entry['fault']}]" if entry.get("fault") else ""
+        where = f"{entry['endpoint']:<12} {entry['method']:<4} {entry['path']}"
+        print(f"{entry['time']:.3f} {where} -> {entry['status']}{fault}")
+        if args.bodies and entry.get("body"):
+            print("    " + entry["body"].replace("\n", "\n    "))
     return 0
 
 
@@ -184,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     log = sub.add_parser("log", help="print a request log")
     log.add_argument("file")
     log.add_argument("--bodies", action="store_true", help="print request bodies too")
+    log.add_argument(
+        "--status",
+        action="store_true",
+        help="print the status uploads decoded: the last one, and each handler's latest status",
+    )
+    log.add_argument("--json", action="store_true", help="with --status: as one JSON document")
     log.set_defaults(func=cmd_log)
 
     kvp = sub.add_parser("kvp", help="decode a KVP pool file")

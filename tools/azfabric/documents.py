@@ -6,15 +6,24 @@ import base64
 import io
 import json
 import zipfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import quote, urlsplit
 
 from azagent import extconf, wireserver
-from azfabric.scenario import Extension
+from azfabric.scenario import (
+    MAX_PACKAGE_BYTES,
+    PROTECTED_SETTINGS_CERTIFICATE,
+    Extension,
+    ExtensionVersion,
+    ScenarioError,
+)
 
 if TYPE_CHECKING:
     from azfabric.server import Fabric, FabricHandler
 
+# Status blobs live here in the blob store; what is PUT below it is a status upload.
+STATUS_PATH = "/status/"
 STATUS_SAS = (
     "sv=2018-03-28&sr=b&sk=system-1&sig=ZmFicmljLWVtdWxhdG9y&se=9999-01-01T00%3A00%3A00Z&sp=rw"
 )
@@ -67,17 +76,36 @@ def _zip(files: dict[str, str]) -> bytes:
     return buffer.getvalue()
 
 
-def handler_files(extension: Extension) -> dict[str, str]:
-    if extension.files:
-        return dict(extension.files)
+def handler_files(files: dict[str, str]) -> dict[str, str]:
+    if files:
+        return dict(files)
     return {
         "HandlerManifest.json": json.dumps(HANDLER_MANIFEST, indent=2),
         "handler.sh": HANDLER_SCRIPT,
     }
 
 
+def package_bytes(version: ExtensionVersion) -> bytes:
+    """The package of one version: the zip file as it is, else a zip of its files."""
+    if version.package is None:
+        return _zip(handler_files(version.files))
+    path = Path(version.package)
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_PACKAGE_BYTES + 1)
+    except OSError as e:
+        raise ScenarioError(f"package {path}: {e.strerror}") from None
+    if len(data) > MAX_PACKAGE_BYTES:
+        raise ScenarioError(f"package {path}: larger than {MAX_PACKAGE_BYTES} bytes")
+    return data
+
+
 class Artifacts:
-    """Manifests and handler packages of the scenario's extensions, by blob path."""
+    """Manifests and handler packages of the scenario's extensions, by blob path.
+
+    What was published once stays, as in a real storage account: a handler
+    removed from the goal state can still be downloaded.
+    """
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
@@ -87,9 +115,9 @@ class Artifacts:
         return f"/extensions/{quote(extension.name)}/manifest.xml"
 
     @staticmethod
-    def package_path(extension: Extension) -> str:
+    def package_path(extension: Extension, version: Optional[str] = None) -> str:
         name = quote(extension.name)
-        return f"/extensions/{name}/{name}__{quote(extension.version)}.zip"
+        return f"/extensions/{name}/{name}__{quote(version or extension.version)}.zip"
 
     GA_MANIFEST = "/ga/manifest.xml"
 
@@ -98,59 +126,117 @@ class Artifacts:
         # The guest agent family manifest: azagent updates by package, so it lists nothing.
         self.files[self.GA_MANIFEST] = extconf.manifest_xml({})
         for extension in fabric.extensions:
-            package = self.package_path(extension)
-            self.files[package] = _zip(handler_files(extension))
-            self.files[self.manifest_path(extension)] = extconf.manifest_xml(
-                {extension.version: [f"{base}{package}"]}
-            )
+            listed: dict[str, list[str]] = {}
+            for version in extension.manifest_versions():
+                package = self.package_path(extension, version.version)
+                self.files[package] = package_bytes(version)
+                listed[version.version] = [f"{base}{package}"]
+            self.files[self.manifest_path(extension)] = extconf.manifest_xml(listed)
 
     def lookup(self, fabric: Fabric, location: str) -> Optional[bytes]:
         return self.files.get(urlsplit(location).path)
 
 
-def _protected(fabric: Fabric, extension: Extension) -> tuple[Optional[str], Optional[str]]:
-    """Encrypt protected settings to the first certificate with a key, as the platform does."""
-    if extension.protected_settings is None:
+def _protected(
+    fabric: Fabric,
+    extension: Extension,
+    seq_no: int,
+    config: str,
+    settings: Optional[dict[str, Any]],
+) -> tuple[Optional[str], Optional[str]]:
+    """Encrypt protected settings to the extension's certificate, as the platform does.
+
+    The same settings of the same sequence number encrypt once: ExtensionsConfig
+    and vmSettings of one goal state carry the same blob, and a client polling
+    an unchanged goal state sees unchanged documents.
+    """
+    if settings is None:
         return None, None
-    from azagent import certs
     from azfabric import keys
 
-    for certificate in fabric.scenario.certificates:
-        if certificate.with_key and certificate.cert_pem:
-            content = json.dumps(extension.protected_settings).encode()
-            blob = certs.encrypt_enveloped(certificate.cert_pem.encode(), content)
-            return base64.b64encode(blob).decode(), keys.thumbprint_of(certificate)
-    raise ValueError(
-        f"extension {extension.name} has protected settings but no certificate has a key"
+    wanted = extension.certificate or PROTECTED_SETTINGS_CERTIFICATE
+    certificate = next((c for c in fabric.scenario.certificates if c.name == wanted), None)
+    if certificate is None or certificate.cert_pem is None:
+        raise ValueError(f"extension {extension.name}: no certificate {wanted}")
+    thumbprint = keys.thumbprint_of(certificate)
+    content = json.dumps(settings, sort_keys=True)
+    key = (extension.name, config, seq_no, thumbprint, content)
+    if key not in fabric.sealed:
+        blob = keys.encrypt_protected_settings(certificate.cert_pem.encode(), content.encode())
+        fabric.sealed[key] = base64.b64encode(blob).decode()
+    return fabric.sealed[key], thumbprint
+
+
+def _levels(fabric: Fabric) -> list[tuple[int, extconf.Dependency]]:
+    """Every ordered handler (or extension of a multi-config one) with its level."""
+    levels: list[tuple[int, extconf.Dependency]] = []
+    for extension in fabric.extensions:
+        if extension.dependency_level is not None and not extension.configs:
+            levels.append((extension.dependency_level, (extension.name, None)))
+        levels += [
+            (config.dependency_level, (extension.name, config.name))
+            for config in extension.configs
+            if config.dependency_level is not None
+        ]
+    return levels
+
+
+def _depends_on(fabric: Fabric, level: Optional[int]) -> tuple[extconf.Dependency, ...]:
+    """What an extension at ``level`` waits for: everything on a lower level."""
+    if level is None:
+        return ()
+    return tuple(dependency for lower, dependency in _levels(fabric) if lower < level)
+
+
+def _plugin(fabric: Fabric, extension: Extension, base: str) -> extconf.Plugin:
+    configs = []
+    for config in extension.configs:
+        protected, thumbprint = _protected(
+            fabric, extension, config.seq_no, config.name, config.protected_settings
+        )
+        configs.append(
+            extconf.MultiConfigExtension(
+                name=config.name,
+                seq_no=config.seq_no,
+                state=config.state,
+                settings=extconf.HandlerSettings(config.public_settings, protected, thumbprint),
+                dependency_level=config.dependency_level,
+                depends_on=_depends_on(fabric, config.dependency_level),
+            )
+        )
+    # A multi-config handler's settings are its extensions'; its own are not sent.
+    own = None if extension.configs else extension.protected_settings
+    protected, thumbprint = _protected(fabric, extension, extension.seq_no, "", own)
+    return extconf.Plugin(
+        name=extension.name,
+        version=extension.version,
+        location=f"{base}{Artifacts.manifest_path(extension)}",
+        state=extension.state,
+        seq_no=extension.seq_no,
+        settings=extconf.HandlerSettings(extension.public_settings, protected, thumbprint),
+        dependency_level=extension.dependency_level,
+        depends_on=_depends_on(fabric, extension.dependency_level),
+        extensions=tuple(configs),
     )
+
+
+def status_blob_url(fabric: Fabric) -> str:
+    return f"{fabric.base_url('blob')}{STATUS_PATH}{fabric.scenario.vm_id}.status?{STATUS_SAS}"
 
 
 def extensions_goal_state(fabric: Fabric) -> extconf.ExtensionsGoalState:
     base = fabric.base_url("blob")
-    plugins = []
-    for extension in fabric.extensions:
-        protected, thumbprint = _protected(fabric, extension)
-        plugins.append(
-            extconf.Plugin(
-                name=extension.name,
-                version=extension.version,
-                location=f"{base}{Artifacts.manifest_path(extension)}",
-                state=extension.state,
-                seq_no=extension.seq_no,
-                settings=extconf.HandlerSettings(
-                    public_settings=extension.public_settings,
-                    protected_settings=protected,
-                    thumbprint=thumbprint,
-                ),
-            )
-        )
+    plugins = tuple(_plugin(fabric, extension, base) for extension in fabric.extensions)
+    multi_config = any(plugin.extensions for plugin in plugins)
     return extconf.ExtensionsGoalState(
         incarnation=fabric.incarnation,
-        plugins=tuple(plugins),
-        status_upload_blob=f"{base}/status/{fabric.scenario.vm_id}.status?{STATUS_SAS}",
+        plugins=plugins,
+        status_upload_blob=status_blob_url(fabric),
+        status_blob_type=fabric.scenario.status_blob_type,
         in_svd_seq_no=fabric.incarnation,
         created_ticks=fabric.goal_state_ticks,
         ga_manifest=f"{base}{Artifacts.GA_MANIFEST}",
+        required_features=("MultipleExtensionsPerHandler",) if multi_config else (),
     )
 
 

@@ -28,9 +28,20 @@ TIMELINE_ACTIONS = (
     "new_incarnation",
     "rotate_certificate",
     "add_extension",
-    "remove_extension",
+    "remove_extension",  # the handler vanishes from the goal state (no uninstall)
     "new_container",
+    "new_settings",  # sequence number + 1, settings replaced where given
+    "update_version",  # the requested version changes
+    "set_state",  # enabled, disabled, or uninstall (how the platform removes an extension)
 )
+EXTENSION_STATES = ("enabled", "disabled", "uninstall")
+STATUS_BLOB_TYPES = ("BlockBlob", "PageBlob")
+# The emulator holds packages in memory; real handlers are a few MB, the biggest ~100 MB.
+MAX_PACKAGE_BYTES = 256 * 1024 * 1024
+# The certificate protected settings are encrypted to unless an extension names one.
+PROTECTED_SETTINGS_CERTIFICATE = "protected-settings"
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+_VERSION = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class ScenarioError(ValueError):
@@ -67,15 +78,64 @@ class Certificate:
 
 
 @dataclass
+class ExtensionVersion:
+    """One version the handler's manifest lists, with its own package."""
+
+    version: str
+    package: Optional[str] = None  # a zip file, served byte for byte
+    files: dict[str, str] = field(default_factory=dict)  # else a zip of these files
+
+
+@dataclass
+class ExtensionConfig:
+    """One named extension of a multi-config handler (ExtensionRuntimeSettings)."""
+
+    name: str
+    seq_no: int = 0
+    state: str = "enabled"
+    public_settings: dict[str, Any] = field(default_factory=dict)
+    protected_settings: Optional[dict[str, Any]] = None
+    dependency_level: Optional[int] = None
+
+
+@dataclass
 class Extension:
     name: str  # Publisher.Type
-    version: str = "1.0.0"
+    version: str = "1.0.0"  # the requested version (a prefix of a manifest version works)
     state: str = "enabled"
     seq_no: int = 0
     public_settings: dict[str, Any] = field(default_factory=dict)
     protected_settings: Optional[dict[str, Any]] = None
-    # Files of the handler package; a minimal working handler when empty.
+    # A zip file served byte for byte (relative: to the scenario file's directory).
+    package: Optional[str] = None
+    # Files of the handler package, zipped by the emulator; a minimal working handler
+    # when neither files nor package is given.
     files: dict[str, str] = field(default_factory=dict)
+    # The versions the manifest lists, each its own package; empty: just `version`
+    # with the package above.
+    versions: list[ExtensionVersion] = field(default_factory=list)
+    dependency_level: Optional[int] = None
+    # Multi-config: the handler's named extensions, each with its own settings.
+    configs: list[ExtensionConfig] = field(default_factory=list)
+    # The name of the scenario certificate protected settings are encrypted to
+    # (made, with its key, when missing); default PROTECTED_SETTINGS_CERTIFICATE.
+    certificate: Optional[str] = None
+
+    def manifest_versions(self) -> list[ExtensionVersion]:
+        """What the manifest lists: ``versions``, else the one version with this package."""
+        if self.versions:
+            return [
+                v
+                if (v.package or v.files)
+                else ExtensionVersion(v.version, self.package, self.files)
+                for v in self.versions
+            ]
+        return [ExtensionVersion(self.version, self.package, self.files)]
+
+    def has_protected_settings(self) -> bool:
+        return self.protected_settings is not None or any(
+            c.protected_settings is not None for c in self.configs
+        )
 
 
 @dataclass
@@ -94,8 +154,23 @@ class TimelineEvent:
     action: str
     after_seconds: Optional[float] = None
     after_health_reports: Optional[int] = None
-    extension: Optional[Extension] = None
-    name: Optional[str] = None  # remove_extension
+    after_status_uploads: Optional[int] = None
+    extension: Optional[Extension] = None  # add_extension
+    name: Optional[str] = None  # the extension the other extension actions change
+    config: Optional[str] = None  # new_settings, set_state: one extension of a multi-config handler
+    version: Optional[str] = None  # update_version
+    state: Optional[str] = None  # set_state
+    public_settings: Optional[dict[str, Any]] = None  # new_settings (None: unchanged)
+    protected_settings: Optional[dict[str, Any]] = None  # new_settings (None: unchanged)
+
+    @property
+    def triggers(self) -> list[str]:
+        given = {
+            "after_seconds": self.after_seconds,
+            "after_health_reports": self.after_health_reports,
+            "after_status_uploads": self.after_status_uploads,
+        }
+        return [name for name, value in given.items() if value is not None]
 
 
 @dataclass
@@ -110,6 +185,7 @@ class Scenario:
     certificates: list[Certificate] = field(default_factory=list)
     provision_guest_agent: bool = True
     extensions: list[Extension] = field(default_factory=list)
+    status_blob_type: str = "BlockBlob"  # or PageBlob
     timeline: list[TimelineEvent] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     vm_id: Optional[str] = None
@@ -149,6 +225,8 @@ def _build(cls: type, where: str, data: Any) -> Any:
         "key_pairs": KeyPair,
         "certificates": Certificate,
         "extensions": Extension,
+        "versions": ExtensionVersion,
+        "configs": ExtensionConfig,
         "timeline": TimelineEvent,
         "faults": Fault,
     }
@@ -187,22 +265,90 @@ def _validate(scenario: Scenario) -> None:
             re.compile(fault.path)
         except re.error as e:
             raise ScenarioError(f"faults[{i}].path: not a regular expression: {e}") from None
+    if scenario.status_blob_type not in STATUS_BLOB_TYPES:
+        raise ScenarioError(f"status_blob_type: one of {', '.join(STATUS_BLOB_TYPES)}")
     for i, event in enumerate(scenario.timeline):
-        if event.action not in TIMELINE_ACTIONS:
-            raise ScenarioError(f"timeline[{i}].action: one of {', '.join(TIMELINE_ACTIONS)}")
-        if (event.after_seconds is None) == (event.after_health_reports is None):
-            raise ScenarioError(
-                f"timeline[{i}]: give exactly one of after_seconds, after_health_reports"
-            )
-        if event.action == "add_extension" and event.extension is None:
-            raise ScenarioError(f"timeline[{i}]: add_extension needs an extension")
-        if event.action == "remove_extension" and not event.name:
-            raise ScenarioError(f"timeline[{i}]: remove_extension needs a name")
+        _validate_event(f"timeline[{i}]", event)
     for i, extension in enumerate(scenario.extensions):
-        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", extension.name):
-            raise ScenarioError(f"extensions[{i}].name: letters, digits, '.', '_', '-'")
-        if extension.state not in ("enabled", "disabled", "uninstall"):
-            raise ScenarioError(f"extensions[{i}].state: enabled, disabled or uninstall")
+        _validate_extension(f"extensions[{i}]", extension)
+
+
+def _validate_event(where: str, event: TimelineEvent) -> None:
+    if event.action not in TIMELINE_ACTIONS:
+        raise ScenarioError(f"{where}.action: one of {', '.join(TIMELINE_ACTIONS)}")
+    if len(event.triggers) != 1:
+        raise ScenarioError(
+            f"{where}: give exactly one of after_seconds, after_health_reports, "
+            "after_status_uploads"
+        )
+    if event.action == "add_extension":
+        if event.extension is None:
+            raise ScenarioError(f"{where}: add_extension needs an extension")
+        _validate_extension(f"{where}.extension", event.extension)
+    changes = ("remove_extension", "new_settings", "update_version", "set_state")
+    if event.action in changes and not event.name:
+        raise ScenarioError(f"{where}: {event.action} needs a name")
+    if event.action == "update_version" and not _VERSION.fullmatch(event.version or ""):
+        raise ScenarioError(f"{where}: update_version needs a version (letters, digits, '.')")
+    if event.action == "set_state" and event.state not in EXTENSION_STATES:
+        raise ScenarioError(f"{where}.state: one of {', '.join(EXTENSION_STATES)}")
+    for name in ("public_settings", "protected_settings"):
+        if getattr(event, name) is not None:
+            _typed(f"{where}.{name}", getattr(event, name), dict)
+
+
+def _validate_extension(where: str, extension: Extension) -> None:
+    if not _NAME.fullmatch(extension.name):
+        raise ScenarioError(f"{where}.name: letters, digits, '.', '_', '-'")
+    if not _VERSION.fullmatch(extension.version):
+        raise ScenarioError(f"{where}.version: letters, digits, '.', '_', '-'")
+    if extension.state not in EXTENSION_STATES:
+        raise ScenarioError(f"{where}.state: enabled, disabled or uninstall")
+    _typed(f"{where}.seq_no", extension.seq_no, int)
+    _typed(f"{where}.public_settings", extension.public_settings, dict)
+    if extension.protected_settings is not None:
+        _typed(f"{where}.protected_settings", extension.protected_settings, dict)
+    if extension.dependency_level is not None:
+        _typed(f"{where}.dependency_level", extension.dependency_level, int)
+    if extension.package is not None and extension.files:
+        raise ScenarioError(f"{where}: give package or files, not both")
+    seen: set[str] = set()
+    for j, version in enumerate(extension.versions):
+        here = f"{where}.versions[{j}]"
+        if not _VERSION.fullmatch(version.version):
+            raise ScenarioError(f"{here}.version: letters, digits, '.', '_', '-'")
+        if version.version in seen:
+            raise ScenarioError(f"{here}.version: {version.version} is listed twice")
+        seen.add(version.version)
+        if version.package is not None and version.files:
+            raise ScenarioError(f"{here}: give package or files, not both")
+    names: set[str] = set()
+    for j, config in enumerate(extension.configs):
+        here = f"{where}.configs[{j}]"
+        if not _NAME.fullmatch(config.name):
+            raise ScenarioError(f"{here}.name: letters, digits, '.', '_', '-'")
+        if config.name in names:
+            raise ScenarioError(f"{here}.name: {config.name} is listed twice")
+        names.add(config.name)
+        if config.state not in EXTENSION_STATES:
+            raise ScenarioError(f"{here}.state: enabled, disabled or uninstall")
+        _typed(f"{here}.seq_no", config.seq_no, int)
+        _typed(f"{here}.public_settings", config.public_settings, dict)
+        if config.dependency_level is not None:
+            _typed(f"{here}.dependency_level", config.dependency_level, int)
+
+
+def _resolve_packages(scenario: Scenario, base: Path) -> None:
+    """Make package paths absolute (relative ones are the scenario file's) and check them."""
+    for extension in _all_extensions(scenario):
+        owners: list[Extension | ExtensionVersion] = [extension, *extension.versions]
+        for owner in owners:
+            if owner.package is None:
+                continue
+            path = base / Path(owner.package).expanduser()
+            if not path.is_file():
+                raise ScenarioError(f"extension {extension.name}: no package file {path}")
+            owner.package = str(path.resolve())
 
 
 def parse(text: bytes, *, source: str = "scenario") -> Scenario:
@@ -232,7 +378,9 @@ def load(path: Optional[Path]) -> Scenario:
     """Read a scenario file; None gives the default VM."""
     if path is None:
         return Scenario()
-    return parse(path.read_bytes(), source=str(path))
+    scenario = parse(path.read_bytes(), source=str(path))
+    _resolve_packages(scenario, path.resolve().parent)
+    return scenario
 
 
 def home_path(scenario: Scenario, name: str) -> str:
@@ -268,8 +416,40 @@ def materialize(scenario: Scenario) -> Scenario:
             certificate = keys.generate_certificate(f"keypair-{len(scenario.certificates)}")
             scenario.certificates.append(certificate)
             pair.fingerprint = keys.thumbprint_of(certificate)
+    add_protected_settings_certificates(scenario, _all_extensions(scenario))
     for certificate in scenario.certificates:
         if certificate.cert_pem is None:
             generated = keys.generate_certificate(certificate.name)
             certificate.cert_pem, certificate.key_pem = generated.cert_pem, generated.key_pem
     return scenario
+
+
+def add_protected_settings_certificates(scenario: Scenario, extensions: list[Extension]) -> bool:
+    """Add the certificates (with keys) that protected settings of ``extensions`` name.
+
+    The platform encrypts protected settings to a tenant certificate it also
+    delivers, with its key, in the goal state's Certificates: a scenario gets
+    one without asking. Returns whether any was added.
+    """
+    from azfabric import keys
+
+    named = {e.name: e.certificate for e in extensions}
+    wanted = {
+        extension.certificate or PROTECTED_SETTINGS_CERTIFICATE
+        for extension in extensions
+        if extension.has_protected_settings()
+    }
+    wanted |= {
+        named.get(event.name or "") or PROTECTED_SETTINGS_CERTIFICATE
+        for event in scenario.timeline
+        if event.protected_settings is not None
+    }
+    missing = sorted(wanted - {c.name for c in scenario.certificates})
+    scenario.certificates += [keys.generate_certificate(name) for name in missing]
+    return bool(missing)
+
+
+def _all_extensions(scenario: Scenario) -> list[Extension]:
+    """The scenario's extensions, those the timeline adds included."""
+    later = [e.extension for e in scenario.timeline if e.extension is not None]
+    return [*scenario.extensions, *later]

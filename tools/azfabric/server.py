@@ -12,7 +12,6 @@ modules where azagent has one (one definition of each document).
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import re
@@ -31,7 +30,17 @@ from urllib.parse import parse_qs, quote, urlsplit
 from azagent import wireserver
 from azagent.redact import redact
 from azfabric import documents
-from azfabric.scenario import Extension, Fault, Scenario, TimelineEvent, materialize
+from azfabric.scenario import (
+    Extension,
+    ExtensionConfig,
+    ExtensionVersion,
+    Fault,
+    Scenario,
+    TimelineEvent,
+    add_protected_settings_certificates,
+    materialize,
+)
+from azfabric.status import EnvelopeError, StatusUpload, decode_blob, decode_envelope, is_whole
 
 MAX_BODY = 8 * 1024 * 1024
 # Faults that send the headers and half the body, then misbehave.
@@ -51,6 +60,7 @@ class Request:
     body: bytes
     status: int = 0
     fault: Optional[str] = None
+    status_upload: Optional[dict[str, Any]] = None  # the decoded status it completed
 
     def header(self, name: str) -> Optional[str]:
         for key, value in self.headers.items():
@@ -64,7 +74,7 @@ class Request:
             k: ("<redacted>" if k.lower() == "x-ms-guest-agent-public-x509-cert" else redact(v))
             for k, v in self.headers.items()
         }
-        return {
+        entry = {
             "time": self.time,
             "endpoint": self.endpoint,
             "method": self.method,
@@ -74,6 +84,9 @@ class Request:
             "headers": headers,
             "body": redact(self.body.decode("utf-8", "replace")),
         }
+        if self.status_upload is not None:
+            entry["status_upload"] = self.status_upload
+        return entry
 
 
 @dataclass
@@ -129,7 +142,11 @@ class Fabric:
         self.health_reports: list[wireserver.HealthReport] = []
         self.role_properties: list[bytes] = []
         self.telemetry: list[bytes] = []
+        self.health_service: list[dict[str, Any]] = []  # WALinuxAgent's /HealthService reports
         self.blobs: dict[str, Blob] = {}
+        self.status_uploads: list[StatusUpload] = []
+        # Encrypted protected settings by (extension, config, seq, thumbprint, content).
+        self.sealed: dict[tuple[str, str, int, str, str], str] = {}
         self.incarnation = self.scenario.incarnation
         self.container_id = self.scenario.container_id or str(uuid.uuid4())
         self.extensions: list[Extension] = list(self.scenario.extensions)
@@ -158,7 +175,12 @@ class Fabric:
             server = ThreadingHTTPServer((self.host, self._ports.get(name, 0)), handler)
             server.daemon_threads = True
             self._servers[name] = server
-        self.artifacts.publish(self)
+        try:
+            self.artifacts.publish(self)
+        except Exception:  # a package that cannot be read: nothing keeps listening
+            for server in self._servers.values():
+                server.server_close()
+            raise
         for server in self._servers.values():
             thread = threading.Thread(
                 target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
@@ -254,12 +276,69 @@ class Fabric:
         with self._changed:
             self.extensions = [e for e in self.extensions if e.name != extension.name]
             self.extensions.append(extension)
+            add_protected_settings_certificates(self.scenario, self.extensions)
             self.artifacts.publish(self)
             self.new_incarnation()
 
     def remove_extension(self, name: str) -> None:
+        """The handler vanishes from the goal state (as opposed to ``state`` uninstall)."""
         with self._changed:
             self.extensions = [e for e in self.extensions if e.name != name]
+            self.new_incarnation()
+
+    def extension(self, name: str) -> Extension:
+        for extension in self.extensions:
+            if extension.name == name:
+                return extension
+        raise KeyError(f"no extension {name} in the goal state")
+
+    def _target(self, name: str, config: Optional[str]) -> Extension | ExtensionConfig:
+        extension = self.extension(name)
+        if config is None:
+            return extension
+        for candidate in extension.configs:
+            if candidate.name == config:
+                return candidate
+        raise KeyError(f"extension {name} has no config {config}")
+
+    def new_settings(
+        self,
+        name: str,
+        *,
+        config: Optional[str] = None,
+        public_settings: Optional[dict[str, Any]] = None,
+        protected_settings: Optional[dict[str, Any]] = None,
+    ) -> int:
+        """Sequence number + 1, with the settings given (the others unchanged); the new number."""
+        with self._changed:
+            target = self._target(name, config)
+            target.seq_no += 1
+            if public_settings is not None:
+                target.public_settings = public_settings
+            if protected_settings is not None:
+                target.protected_settings = protected_settings
+                add_protected_settings_certificates(self.scenario, self.extensions)
+            self.new_incarnation()
+            return target.seq_no
+
+    def update_version(self, name: str, version: str) -> None:
+        """Request ``version``; the manifest gains it (with the handler's package) if unlisted."""
+        with self._changed:
+            extension = self.extension(name)
+            listed = extension.manifest_versions()
+            if not any(v.version == version or v.version.startswith(f"{version}.") for v in listed):
+                listed.append(ExtensionVersion(version, extension.package, dict(extension.files)))
+            extension.versions = listed
+            extension.version = version
+            self.artifacts.publish(self)
+            self.new_incarnation()
+
+    def set_extension_state(self, name: str, state: str, *, config: Optional[str] = None) -> None:
+        """enabled, disabled, or uninstall (how the platform removes an extension)."""
+        if state not in ("enabled", "disabled", "uninstall"):
+            raise ValueError(f"not an extension state: {state}")
+        with self._changed:
+            self._target(name, config).state = state
             self.new_incarnation()
 
     def _apply(self, event: TimelineEvent) -> None:
@@ -273,6 +352,17 @@ class Fabric:
             self.add_extension(event.extension)
         elif event.action == "remove_extension" and event.name:
             self.remove_extension(event.name)
+        elif event.action == "new_settings" and event.name:
+            self.new_settings(
+                event.name,
+                config=event.config,
+                public_settings=event.public_settings,
+                protected_settings=event.protected_settings,
+            )
+        elif event.action == "update_version" and event.name and event.version:
+            self.update_version(event.name, event.version)
+        elif event.action == "set_state" and event.name and event.state:
+            self.set_extension_state(event.name, event.state, config=event.config)
 
     def _run_clock(self) -> None:
         pending = sorted(
@@ -289,6 +379,12 @@ class Fabric:
         count = len(self.health_reports)
         for event in self._timeline:
             if event.after_health_reports == count:
+                self._apply(event)
+
+    def _after_status_upload(self) -> None:
+        count = len(self.status_uploads)
+        for event in self._timeline:
+            if event.after_status_uploads == count:
                 self._apply(event)
 
     # -- observation ------------------------------------------------------
@@ -331,6 +427,9 @@ class Fabric:
         comp = query.get("comp", "")
         if url.path == "/" and comp == "versions":
             return 200, _XML, wireserver.versions_xml()
+        if h.command == "POST" and url.path.lower() == "/healthservice":
+            # WALinuxAgent's HostGAPlugin observations: JSON, without the WireServer headers.
+            return self._health_service(h.body)
         if h.headers.get("x-ms-version") is None:
             return _error(400, "x-ms-version header is required")
         if h.headers.get("x-ms-agent-name") is None:
@@ -426,6 +525,18 @@ class Fabric:
         self._after_health_report()
         return 200, {}, b""
 
+    def _health_service(self, body: bytes) -> Response:
+        try:
+            document = json.loads(body)
+            valid = isinstance(document, dict) and isinstance(document.get("Observations"), list)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            valid = False
+        if not valid:
+            return _error(400, "malformed health observations")
+        with self._changed:
+            self.health_service.append(document)
+        return 200, {}, b""
+
     # -- HostGAPlugin -----------------------------------------------------
 
     def _hostgaplugin(self, h: FabricHandler) -> Response:
@@ -446,7 +557,7 @@ class Fabric:
                     return 304, {"ETag": etag}, b""
                 return 200, {**_JSON, "ETag": etag}, documents.vm_settings(self)
             if h.command == "PUT" and url.path == "/status":
-                return self._hgap_status(h.body)
+                return self._hgap_status(h)
             if h.command == "GET" and url.path == "/extensionArtifact":
                 location = h.headers.get("x-ms-artifact-location") or ""
                 blob = self.artifacts.lookup(self, location)
@@ -455,18 +566,17 @@ class Fabric:
                 return 200, {"Content-Type": "application/octet-stream"}, blob
         return _error(404, "not found")
 
-    def _hgap_status(self, body: bytes) -> Response:
+    def _hgap_status(self, h: FabricHandler) -> Response:
         try:
-            document = json.loads(body)
-            uri = str(document["requestUri"])
-            headers = {
-                str(h["headerName"]): str(h["headerValue"]) for h in document.get("headers", [])
-            }
-            content = base64.b64decode(document.get("content", ""), validate=True)
-        except (ValueError, KeyError, TypeError):
+            envelope = decode_envelope(h.body)
+        except EnvelopeError:
             return _error(400, "malformed status request")
-        path_and_query = urlsplit(uri)
-        return self._blob_put(path_and_query.path, path_and_query.query, headers, content)
+        target = urlsplit(envelope.request_uri)
+        response, upload = self._blob_put(
+            target.path, target.query, envelope.headers, envelope.content, via="hostgaplugin"
+        )
+        h.status_upload = upload
+        return response
 
     # -- blob store -------------------------------------------------------
 
@@ -482,10 +592,32 @@ class Fabric:
                     return 200, {"x-ms-blob-type": blob.kind}, bytes(blob.data)
                 return _error(404, "BlobNotFound")
             if h.command == "PUT":
-                return self._blob_put(url.path, url.query, dict(h.headers.items()), h.body)
+                response, upload = self._blob_put(
+                    url.path, url.query, dict(h.headers.items()), h.body, via="direct"
+                )
+                h.status_upload = upload
+                return response
         return _error(405, "method not allowed")
 
     def _blob_put(
+        self, path: str, query_text: str, headers: dict[str, str], body: bytes, *, via: str
+    ) -> tuple[Response, Optional[StatusUpload]]:
+        """Store a blob write; a status blob that holds a whole document is a status upload."""
+        with self._changed:
+            response = self._blob_write(path, query_text, headers, body)
+            if response[0] != 201 or not path.startswith(documents.STATUS_PATH):
+                return response, None
+            blob = self.blobs[path]
+            if blob.writes == 0 or not is_whole(blob.kind, bytes(blob.data)):
+                return response, None  # a page blob just created, or not all pages yet
+            content, document, error = decode_blob(blob.kind, bytes(blob.data))
+            upload = StatusUpload(time.time(), via, blob.kind, path, content, document, error)
+            self.status_uploads.append(upload)
+            self._after_status_upload()
+            self._changed.notify_all()
+        return response, upload
+
+    def _blob_write(
         self, path: str, query_text: str, headers: dict[str, str], body: bytes
     ) -> Response:
         lower = {k.lower(): v for k, v in headers.items()}
@@ -572,6 +704,7 @@ class FabricHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "azagent-fabric-emulator"
     body = b""
+    status_upload: Optional[StatusUpload] = None  # set by the route that completed one
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # the request log replaces stderr chatter
@@ -602,7 +735,7 @@ class FabricHandler(BaseHTTPRequestHandler):
             dict(self.headers.items()),
             self.body,
         )
-        fault = self.fabric.fault_for(self.endpoint, f"{self.command} {self.path}")
+        fault = self.fabric.fault_for(self.endpoint, self._fault_target())
         if fault is not None:
             request.fault = fault.kind
         # The request is recorded before the answer goes out, so a client that
@@ -628,6 +761,10 @@ class FabricHandler(BaseHTTPRequestHandler):
                 traceback.print_exc()
                 status, headers, body = _error(500, "emulator error")
         request.status = status
+        # What the route completed belongs to this request alone (connections are kept alive).
+        upload, self.status_upload = self.status_upload, None
+        if upload is not None:
+            request.status_upload = upload.printable()
         self.fabric.record(request)
         try:
             if fault is not None and fault.kind == "trickle":
@@ -638,6 +775,18 @@ class FabricHandler(BaseHTTPRequestHandler):
                 self._send(status, headers, body)
         except (BrokenPipeError, ConnectionResetError):
             pass
+
+    def _fault_target(self) -> str:
+        """What fault patterns search: ``METHOD path?query``, and the artifact it asks for.
+
+        A HostGAPlugin extensionArtifact request names its artifact in a
+        header, so ``extensionArtifact.*\\.zip`` can target the package alone.
+        """
+        target = f"{self.command} {self.path}"
+        location = self.headers.get("x-ms-artifact-location")
+        if self.endpoint == "hostgaplugin" and location:
+            target += f" {location}"
+        return target
 
     def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
         self.send_response(status)
