@@ -590,12 +590,12 @@ def _vm_settings(document: Mapping[str, Any], etag: str) -> ExtensionsGoalState:
     blob_url = _ci(blob, "value") if blob else None
     if blob is not None and blob_url is None:
         raise GoalStateError(f"{_WHAT_JSON}: statusUploadBlob has no value")
-    features = _ci(document, "requiredFeatures") or []
+    features = _absent_is_empty(_ci(document, "requiredFeatures"))
     if not isinstance(features, list) or not all(
         isinstance(f, dict) and isinstance(_ci(f, "name"), str) for f in features
     ):
         raise GoalStateError(f"{_WHAT_JSON}: requiredFeatures is not a list of named features")
-    entries = _ci(document, "extensionGoalStates") or []
+    entries = _absent_is_empty(_ci(document, "extensionGoalStates"))
     if not isinstance(entries, list):
         raise GoalStateError(f"{_WHAT_JSON}: extensionGoalStates is not a list")
     for index, entry in enumerate(entries):
@@ -612,7 +612,7 @@ def _vm_settings(document: Mapping[str, Any], etag: str) -> ExtensionsGoalState:
         svd_seq_no=_svd_seq_no(_ci(document, "inSvdSeqNo")),
         activity_id=_id_text(_ci(document, "activityId")),
         correlation_id=_id_text(_ci(document, "correlationId")),
-        status_upload_blob=_uri(blob_url, "statusUploadBlob") if blob_url is not None else None,
+        status_upload_blob=_uri(blob_url, "statusUploadBlob") if blob_url else None,
         status_blob_type=_blob_type(_ci(blob, "statusBlobType") if blob else None),
         handlers=_mark_duplicates([_json_handler(entry) for entry in entries]),
         required_features=tuple(_ci(f, "name") for f in features),
@@ -641,7 +641,7 @@ def _json_handler(entry: Mapping[str, Any]) -> Handler:
         multi = _ci(entry, "isMultiConfig")
         if multi is not None and not isinstance(multi, bool):
             raise HandlerConfigError(f"isMultiConfig is not true or false: {quote(multi)}")
-        additional = _ci(entry, "additionalLocations") or []
+        additional = _absent_is_empty(_ci(entry, "additionalLocations"))
         if not isinstance(additional, list):
             raise HandlerConfigError("additionalLocations is not a list")
         uris = _uris(
@@ -660,10 +660,10 @@ def _json_handler(entry: Mapping[str, Any]) -> Handler:
 def _json_settings(
     entry: Mapping[str, Any], name: str, state: str, multi: bool, seen: list[Extension]
 ) -> tuple[Extension, ...]:
-    settings = _ci(entry, "settings") or []
+    settings = _absent_is_empty(_ci(entry, "settings"))
     if not isinstance(settings, list) or not all(isinstance(s, dict) for s in settings):
         raise HandlerConfigError("settings is not a list of objects")
-    depends_on = _ci(entry, "dependsOn") or []
+    depends_on = _absent_is_empty(_ci(entry, "dependsOn"))
     if not isinstance(depends_on, list) or not all(isinstance(d, dict) for d in depends_on):
         raise HandlerConfigError("dependsOn is not a list of objects")
     if not multi:
@@ -671,9 +671,9 @@ def _json_settings(
             raise HandlerConfigError(f"a single-config handler with {len(settings)} settings")
         if len(depends_on) > 1:
             raise HandlerConfigError(f"{len(depends_on)} dependsOn entries, expected one")
+        level = _json_level(depends_on[0]) if depends_on else 0
         if not settings:
             return ()
-        level = _json_level(depends_on[0]) if depends_on else 0
         seq_no = naming.check_seq_no(_ci(entry, "settingsSeqNo"), "settingsSeqNo")
         own_state = ENABLED if state == ENABLED else DISABLED
         seen.append(Extension(name, seq_no, own_state))
@@ -714,6 +714,11 @@ def _json_settings(
         )
     _unique_extension_names(extensions)
     return tuple(extensions)
+
+
+def _absent_is_empty(value: object) -> Any:
+    """A JSON member that may be left out; only null (or absence) stands for an empty list."""
+    return [] if value is None else value
 
 
 def _json_level(dependency: Mapping[str, Any]) -> int:

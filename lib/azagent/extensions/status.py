@@ -164,7 +164,9 @@ def _status(document: Any, name: str, seq_no: int) -> ExtensionStatus:
     if "status" not in inner:
         raise _Malformed("[0].status.status is missing")
     value = inner["status"]
-    substatus = inner.get("substatus") or []
+    substatus = inner.get("substatus")
+    if substatus is None:  # some extensions write null
+        substatus = []
     if not isinstance(substatus, list):
         raise _Malformed("[0].status.substatus is not a list")
     return ExtensionStatus(
