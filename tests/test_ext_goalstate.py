@@ -9,6 +9,7 @@ and nothing but an AzagentError may ever escape a parser.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -273,7 +274,7 @@ def test_a_tie_goes_to_extensions_config_and_nothing_goes_back_in_time() -> None
     wire = parse_extensions_config(extconf.extensions_config_xml(goal))
     fast = parse_vm_settings(vm_settings_of(goal), "e")
     assert goalstate.choose(wire, fast) is wire
-    newer = fast.__class__(**{**fast.__dict__, "created_ticks": fast.created_ticks + 1})
+    newer = dataclasses.replace(fast, created_ticks=fast.created_ticks + 1)
     assert goalstate.choose(wire, None, current=newer) is newer
     assert goalstate.choose(None, None, current=newer) is newer
     assert goalstate.choose(None, None) is None
