@@ -112,7 +112,11 @@ class _Malformed(Exception):
 
 
 def parse_status_file(data: Optional[bytes], *, name: str, seq_no: int) -> ExtensionStatus:
-    """The status an extension reported in its status file; None: there is no file yet."""
+    """The status an extension reported in its status file; None: there is no file yet.
+
+    A reader need not take in more than ``MAX_STATUS_READ + 1`` bytes: a file
+    that long is an error status whatever follows.
+    """
 
     def failed(reason: str) -> ExtensionStatus:
         return ExtensionStatus(
