@@ -49,6 +49,13 @@ FLOORS: dict[str, tuple[str, ...]] = {
         "asn1",
         "certs",
         "extconf",
+        "extensions",
+        "extensions.environment",
+        "extensions.goalstate",
+        "extensions.handler",
+        "extensions.manifest",
+        "extensions.naming",
+        "extensions.status",
         "imds",
         "kvp",
         "ntfs",
@@ -86,7 +93,23 @@ FLOORS: dict[str, tuple[str, ...]] = {
 }
 
 # Protocol modules that only parse and build documents: no I/O of their own.
-PURE = ("asn1", "certs", "extconf", "kvp", "ntfs", "ovf", "wireserver", "xmlsafe")
+PURE = (
+    "asn1",
+    "certs",
+    "extconf",
+    "extensions",
+    "extensions.environment",
+    "extensions.goalstate",
+    "extensions.handler",
+    "extensions.manifest",
+    "extensions.naming",
+    "extensions.status",
+    "kvp",
+    "ntfs",
+    "ovf",
+    "wireserver",
+    "xmlsafe",
+)
 IO_MODULES = {"subprocess", "requests", "urllib3", "socket", "shutil", "pyudev"}
 
 
