@@ -35,6 +35,8 @@ HASH = passwords.hash_password(PHRASE, "6", 10)
 ROOT_HASH = "$6$rootsalt$" + "R" * 86
 SHADOW_GID = 42
 NAME = "/run/azagent/provisioning.json: username: "
+VM_ID = "5e1f0c6a-0000-4000-8000-000000000001"
+ACCEPTED = "/run/azagent/accepted-user.json"
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="useradd needs root (chown)")
 
@@ -104,7 +106,7 @@ def provision(
     """provisioning.json as mount-ovf writes it, with ``username`` put in as a hand edit
     would: ProvisioningData itself holds no name the rule refuses."""
     data = ProvisioningData(
-        vm_id="5e1f0c6a-0000-4000-8000-000000000001",
+        vm_id=VM_ID,
         source="ovf",
         hostname="vm-1",
         username="placeholder",
@@ -177,7 +179,17 @@ def test_creates_the_user_with_home_groups_password_and_sudo(root: Path) -> None
         "create user alice (home /home/alice, shell /bin/bash, member of sudo)",
         "set the password of alice (hash from the provisioning data)",
         "grant alice sudo with the user's password in /etc/sudoers.d/waagent",
+        f"record alice as the user accepted for VM {VM_ID} ({ACCEPTED}: only its keys are"
+        " installed)",
     ]
+    accepted = root / ACCEPTED.lstrip("/")
+    assert json.loads(accepted.read_text()) == {
+        "username": "alice",
+        "vm_id": VM_ID,
+        "uid": uid,
+    }
+    st = accepted.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, 0)
 
 
 def test_second_run_changes_nothing(root: Path) -> None:
@@ -286,6 +298,7 @@ def test_an_existing_system_account_is_reused_with_allow_reset_sys_user(root: Pa
         "add user svc to group sudo",
         "set the password of svc (hash from the provisioning data)",
         "grant svc sudo with the user's password in /etc/sudoers.d/waagent",
+        f"record svc as the user accepted for VM {VM_ID} ({ACCEPTED}: only its keys are installed)",
     ]
     assert run(root).returncode == 0
     assert result(root)["state"] == "nothing-to-do"

@@ -10,13 +10,21 @@ key pairs to install, each with a ``Path`` such as
   (``command=``, ``from=``...) are refused: the platform has no business
   restricting or widening what a key may do, and accepting them would let a
   crafted request run commands. Error messages never quote key material.
-* Every path must end up inside that user's home, also after following the
-  symbolic links found on disk under the root: a path naming ``/etc``,
-  another user's home, or a ``.ssh`` symlinked elsewhere is refused.
-* Files are written atomically, created with their final owner (the user) and
-  mode: directories 0700, authorized_keys and private keys 0600, public keys
-  0644. authorized_keys is merged: the user's other lines stay, in order, and
-  a key already present (same type and blob) is not added again.
+* Keys go only to the user create-user accepted for this VM this boot
+  (:func:`key_owner`), or, with create-user masked, to an existing account
+  its rules accept: never root, a distribution's or a system account.
+* Every path must name a file inside that user's home, and no symbolic link
+  on the way is followed: the home and everything below it are walked by
+  directory descriptor with O_NOFOLLOW from the root down, each time a file
+  is read or written, so a home, ``.ssh``, directory or file that is (or
+  becomes) a link is refused, wherever it points. Above the home only a link
+  root made is followed (``/home -> var/home``;
+  :func:`azagent.fsutil.open_directory`).
+* Files are written atomically within the descriptor of their directory,
+  created with their final owner (the user) and mode: directories 0700,
+  authorized_keys and private keys 0600, public keys 0644. authorized_keys
+  is merged: the user's other lines stay, in order, and a key already
+  present (same type and blob) is not added again.
 
 The ssh-keys stage installs the keys given inline (``Value``); the
 certificates stage, with the WireServer certificates (:mod:`azagent.certstore`),
@@ -31,23 +39,32 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import functools
 import hashlib
 import logging
 import os
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Callable, Optional
 
-from azagent import names, users
+from azagent import names, provisioning, users
 from azagent.certstore import CertStore, CertStoreError, normalize_thumbprint
 from azagent.context import Context
 from azagent.errors import AzagentError
-from azagent.fsutil import atomic_write
+from azagent.fsutil import (
+    UnsafePath,
+    atomic_write_at,
+    make_dir_at,
+    open_dir_at,
+    open_directory,
+    refuse_link_at,
+)
 from azagent.plan import Action
 from azagent.provisioning import Key, ProvisioningData
+from azagent.results import STATE_DONE, STATE_NOTHING, read_result
 from azagent.users import Account
 
 if TYPE_CHECKING:  # only types: the modules import cryptography, the stage must not
@@ -441,7 +458,7 @@ def resolve_key_path(path_template: str, username: str, home_root: str, user_hom
     ``$HOME`` stands for the home root (``OS.HomeDir``): ``$HOME/<username>/...``
     is taken to mean the user's own home, wherever /etc/passwd puts it. An
     absolute path must name a file under ``user_home``. ``..`` is refused
-    outright; see :func:`confine` for symbolic links on disk.
+    outright; see :func:`check_path` for symbolic links on disk.
     """
     if any(not c.isprintable() or c.isspace() for c in path_template):
         raise SshKeyError("contains a space or control character")
@@ -463,51 +480,159 @@ def resolve_key_path(path_template: str, username: str, home_root: str, user_hom
     return str(candidate)
 
 
-MAX_SYMLINKS = 40
+# --- The account the keys are for --------------------------------------------------------
 
 
-def resolve_in_root(root: Path, path: str) -> str:
-    """``path`` with the symbolic links under ``root`` followed as if ``root`` were ``/``.
+def key_owner(ctx: Context, data: ProvisioningData) -> Account:
+    """The account the keys of ``data`` go to, refused unless create-user accepts it.
 
-    Absolute link targets start again at ``root``; ``..`` never climbs above
-    it. Components that do not exist are kept as they are.
+    Keys are placed only for the user create-user accepted (created or
+    adopted) for this VM in this boot: it records that in
+    :data:`azagent.provisioning.ACCEPTED_USER` as its last step, and its run
+    must have succeeded. So whatever the order of the stages, a re-run by
+    hand or a provisioning.json edited since, a user it refused, failed on
+    or never looked at gets no key. When create-user did not run this boot
+    (masked: the image manages users some other way), its rules are applied
+    here: never root (nor any uid 0), never a distribution's account, never
+    a system account unless ``Provisioning.AllowResetSysUser=y``.
     """
-    pending = list(PurePosixPath(path).parts[1:])
-    resolved: list[str] = []
-    links = 0
-    while pending:
-        part = pending.pop(0)
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = root.joinpath(*resolved, part)
-        if candidate.is_symlink():
-            links += 1
-            if links > MAX_SYMLINKS:
-                raise SshKeyError(f"{path}: too many levels of symbolic links")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            pending = [p for p in target.split("/") if p] + pending
-            continue
-        resolved.append(part)
-    return "/" + "/".join(resolved)
+    name = data.username
 
+    def refused(why: str) -> SshKeyError:
+        return SshKeyError(f"the keys of {name} are not installed: {why}")
 
-def confine(root: Path, path: str, account: Account) -> str:
-    """The real path (symlinks followed under ``root``) of ``path``, refused outside the home."""
-    real_home = resolve_in_root(root, account.home)
-    if not root.joinpath(real_home.lstrip("/")).is_dir():
-        raise SshKeyError(f"the home directory of {account.name} ({account.home}) does not exist")
-    real = resolve_in_root(root, path)
-    if not _inside(PurePosixPath(real), PurePosixPath(real_home)):
-        raise SshKeyError(
-            f"{path} leads outside the home directory of {account.name} through a symbolic link"
+    try:
+        users.check_name(name)
+    except AzagentError as e:
+        raise refused(e.reason) from None
+    account = lookup_account(ctx, name)
+    try:
+        users.check_existing_account(ctx, account)
+    except AzagentError as e:
+        raise refused(e.reason) from None
+    ran = read_result(ctx.root, "create-user")
+    if ran is None:
+        return account  # masked: its rules, applied above, are what counts
+    if ran.state not in (STATE_DONE, STATE_NOTHING):
+        reason = f": {ran.reason}" if ran.reason else ""
+        raise refused(f"create-user's run this boot {ran.state}{reason}")
+    accepted = provisioning.accepted_user(ctx)
+    if accepted is None:
+        raise refused(f"create-user has not accepted {name} for this VM this boot")
+    if accepted.username != name:
+        raise refused(f"create-user accepted {accepted.username} this boot, not {name}")
+    if accepted.vm_id != data.vm_id:
+        raise refused(f"create-user accepted {name} for another VM ({accepted.vm_id})")
+    if accepted.uid != account.uid:
+        raise refused(
+            f"create-user accepted {name} with uid {accepted.uid}, "
+            f"{users.ACCOUNTS} now gives uid {account.uid}"
         )
-    return real
+    return account
+
+
+# --- Reaching the files: by descriptor, never through a link -------------------------------
+
+
+def _home_parts(account: Account, path: str) -> tuple[str, ...]:
+    """The components of ``path`` below the home (:func:`resolve_key_path` put it inside)."""
+    return PurePosixPath(path).relative_to(PurePosixPath(account.home)).parts
+
+
+def open_home(root: Path, account: Account) -> int:
+    """A descriptor of the user's home, reached without following a link someone else made.
+
+    Above the home only links root made are followed
+    (:func:`azagent.fsutil.open_directory`); the home itself must be a
+    directory, not a link, owned by the user or root.
+    """
+    home = PurePosixPath(account.home)
+    try:
+        parent = open_directory(root, str(home.parent), follow_root_links=True)
+        try:
+            fd = open_dir_at(parent, home.name, str(home))
+        finally:
+            os.close(parent)
+    except FileNotFoundError:
+        raise SshKeyError(
+            f"the home directory of {account.name} ({account.home}) does not exist"
+        ) from None
+    except UnsafePath as e:
+        raise SshKeyError(f"the home directory of {account.name}: {e.reason}") from None
+    except OSError as e:
+        raise SshKeyError(f"cannot open the home directory {account.home}: {e.strerror}") from None
+    uid = os.fstat(fd).st_uid
+    if uid not in (account.uid, 0):
+        os.close(fd)
+        raise SshKeyError(
+            f"the home directory of {account.name} ({account.home}) is owned by uid {uid}"
+        )
+    return fd
+
+
+def _open_directory(
+    root: Path, account: Account, parts: Sequence[str], *, create: bool
+) -> Optional[int]:
+    """The directory ``parts`` below the home, walked without following a link.
+
+    None when it does not exist, unless ``create``: then the missing
+    directories are made, the user's, 0700.
+    """
+    fd = open_home(root, account)
+    shown = PurePosixPath(account.home)
+    try:
+        for part in parts:
+            shown /= part
+            try:
+                child = open_dir_at(fd, part, str(shown))
+            except FileNotFoundError:
+                if not create:
+                    return None
+                child = make_dir_at(fd, part, str(shown), mode=DIR_MODE, owner=_owner(account))
+            os.close(fd)
+            fd = child
+        opened, fd = fd, -1
+        return opened
+    except UnsafePath as e:
+        raise SshKeyError(e.reason) from None
+    except OSError as e:
+        raise SshKeyError(f"cannot create {shown}: {e.strerror}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _in_directory(
+    root: Path, account: Account, path: str, *, create: bool = False
+) -> Iterator[tuple[Optional[int], str]]:
+    """(descriptor of the directory of ``path`` or None when missing, the file's name)."""
+    parts = _home_parts(account, path)
+    fd = _open_directory(root, account, parts[:-1], create=create)
+    try:
+        yield fd, parts[-1]
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _refuse_link(fd: int, name: str, path: str) -> None:
+    try:
+        refuse_link_at(fd, name, path)
+    except UnsafePath as e:
+        raise SshKeyError(e.reason) from None
+
+
+def check_path(root: Path, account: Account, path: str) -> None:
+    """Refuse ``path`` (inside the home) when a link or a non-directory is on its way.
+
+    No component is followed if it is a symbolic link, not even one that
+    points back into the home: the user owns the home and can swap any of
+    them. Missing directories are fine; they are created when installing.
+    """
+    with _in_directory(root, account, path) as (fd, name):
+        if fd is not None:
+            _refuse_link(fd, name, path)
 
 
 # --- Planning the writes -----------------------------------------------------------------
@@ -520,8 +645,7 @@ DIR_MODE = 0o700
 class KeyFile:
     """One file to install for the user; ``data`` may be a private key (kept out of repr)."""
 
-    path: str  # the path the platform named ($HOME expanded), for messages
-    real: str  # symlinks resolved
+    path: str  # inside the home ($HOME expanded), the path the platform named
     data: bytes = field(repr=False)
     mode: int
     summary: str
@@ -530,86 +654,94 @@ class KeyFile:
     same: Callable[[bytes], bool] | None = field(default=None, repr=False, compare=False)
 
 
-def _read_existing(
-    root: Path, real: str, account: Account
+def _read_at(
+    fd: int, name: str, path: str, account: Account
 ) -> Optional[tuple[bytes, os.stat_result]]:
     """The current content and status of a file we are about to replace, if any.
 
     Refuses what could make us copy someone else's file into the user's:
-    anything but a regular file with a single link.
+    a symbolic link (never followed), anything but a regular file with a
+    single link, a file of another user.
     """
-    host = root.joinpath(real.lstrip("/"))
     try:
-        fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        file_fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd
+        )
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise SshKeyError(f"cannot read {real}: {e.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
+        if e.errno == errno.ELOOP:
+            raise SshKeyError(f"{path} is a symbolic link, which azagent does not follow") from None
+        raise SshKeyError(f"cannot read {path}: {e.strerror}") from None
+    with os.fdopen(file_fd, "rb") as f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
-            raise SshKeyError(f"{real} exists and is not a regular file")
+            raise SshKeyError(f"{path} exists and is not a regular file")
         if st.st_nlink != 1:
-            raise SshKeyError(f"{real} has {st.st_nlink} hard links; refusing to rewrite it")
+            raise SshKeyError(f"{path} has {st.st_nlink} hard links; refusing to rewrite it")
         if st.st_uid not in (account.uid, 0):
-            raise SshKeyError(f"{real} is owned by uid {st.st_uid}, not by {account.name}")
+            raise SshKeyError(f"{path} is owned by uid {st.st_uid}, not by {account.name}")
         data = f.read(MAX_EXISTING_BYTES + 1)
     if len(data) > MAX_EXISTING_BYTES:
-        raise SshKeyError(f"{real} is larger than {MAX_EXISTING_BYTES} bytes")
+        raise SshKeyError(f"{path} is larger than {MAX_EXISTING_BYTES} bytes")
     return data, st
+
+
+def _read_existing(
+    root: Path, account: Account, path: str
+) -> Optional[tuple[bytes, os.stat_result]]:
+    with _in_directory(root, account, path) as (fd, name):
+        return None if fd is None else _read_at(fd, name, path, account)
 
 
 def _is_right(st: os.stat_result, mode: int, account: Account) -> bool:
     return stat.S_IMODE(st.st_mode) == mode and (st.st_uid, st.st_gid) == _owner(account)
 
 
-def _make_dirs(ctx: Context, account: Account, key: KeyFile) -> None:
-    """Create the missing directories between the home and the file, the user's, 0700."""
-    real_home = PurePosixPath(resolve_in_root(ctx.root, account.home))
-    parent = PurePosixPath(key.real).parent
-    missing = []
-    while parent != real_home and not ctx.root.joinpath(str(parent).lstrip("/")).exists():
-        missing.append(parent)
-        parent = parent.parent
-    for directory in reversed(missing):
-        host = ctx.root.joinpath(str(directory).lstrip("/"))
-        os.mkdir(host, DIR_MODE)  # never follows: fails if anything appeared there
-        os.chown(host, *_owner(account))
-
-
 def _install(ctx: Context, account: Account, key: KeyFile) -> None:
-    # The home belongs to the user: look again right before writing.
-    if confine(ctx.root, key.path, account) != key.real:
-        raise SshKeyError(f"{key.path} changed while it was being installed")
-    _make_dirs(ctx, account, key)
-    atomic_write(ctx.root / key.real.lstrip("/"), key.data, mode=key.mode, owner=_owner(account))
+    """Write one file, walking again from the root: the home is the user's, it may have changed."""
+    with _in_directory(ctx.root, account, key.path, create=True) as (fd, name):
+        assert fd is not None
+        _refuse_link(fd, name, key.path)
+        try:
+            atomic_write_at(fd, name, key.data, mode=key.mode, owner=_owner(account))
+        except OSError as e:
+            raise SshKeyError(f"cannot write {key.path}: {e.strerror}") from None
 
 
-def _fix_directory(host: Path, account: Account) -> None:
-    os.chown(host, *_owner(account), follow_symlinks=False)
-    os.chmod(host, DIR_MODE, follow_symlinks=False)
+def _fix_directory(root: Path, account: Account, directory: str) -> None:
+    fd = _open_directory(root, account, _home_parts(account, directory), create=False)
+    if fd is None:
+        raise SshKeyError(f"{directory} disappeared while it was being fixed")
+    try:
+        os.fchown(fd, *_owner(account))
+        os.fchmod(fd, DIR_MODE)
+    finally:
+        os.close(fd)
 
 
 def plan_files(ctx: Context, account: Account, files: Iterable[KeyFile]) -> list[Action]:
     """The actions that make each file as wanted, its directory the user's and 0700."""
     actions: list[Action] = []
     fixed: set[str] = set()
-    real_home = PurePosixPath(resolve_in_root(ctx.root, account.home))
     for key in files:
-        parent = PurePosixPath(key.real).parent
-        host_parent = ctx.root / str(parent).lstrip("/")
-        if parent != real_home and str(parent) not in fixed and host_parent.is_dir():
-            st = host_parent.lstat()
-            if not _is_right(st, DIR_MODE, account):
-                fixed.add(str(parent))
-                actions.append(
-                    Action(
-                        f"make {parent} owned by {account.name} with mode 0700 "
-                        f"(was uid {st.st_uid} mode {stat.S_IMODE(st.st_mode):04o})",
-                        functools.partial(_fix_directory, host_parent, account),
-                    )
-                )
-        existing = _read_existing(ctx.root, key.real, account)
+        parent = str(PurePosixPath(key.path).parent)
+        with _in_directory(ctx.root, account, key.path) as (fd, name):
+            if fd is None:
+                existing = None
+            else:
+                if parent != str(PurePosixPath(account.home)) and parent not in fixed:
+                    st = os.fstat(fd)
+                    if not _is_right(st, DIR_MODE, account):
+                        fixed.add(parent)
+                        actions.append(
+                            Action(
+                                f"make {parent} owned by {account.name} with mode 0700 "
+                                f"(was uid {st.st_uid} mode {stat.S_IMODE(st.st_mode):04o})",
+                                functools.partial(_fix_directory, ctx.root, account, parent),
+                            )
+                        )
+                existing = _read_at(fd, name, key.path, account)
         if existing is not None:
             data, st = existing
             same = key.same(data) if key.same is not None else data == key.data
@@ -623,13 +755,13 @@ def authorized_keys_files(
     ctx: Context, account: Account, wanted: Sequence[tuple[str, str]]
 ) -> list[KeyFile]:
     """Merge validated (path, line) pairs into their authorized_keys files, one per path."""
-    by_path: dict[str, tuple[str, list[str]]] = {}
+    by_path: dict[str, list[str]] = {}
     for path, line in wanted:
-        real = confine(ctx.root, path, account)
-        by_path.setdefault(real, (path, []))[1].append(line)
+        check_path(ctx.root, account, path)
+        by_path.setdefault(path, []).append(line)
     files = []
-    for real, (path, lines) in by_path.items():
-        existing = _read_existing(ctx.root, real, account)
+    for path, lines in by_path.items():
+        existing = _read_existing(ctx.root, account, path)
         old = existing[0].decode("utf-8", "surrogateescape") if existing else ""
         merged, added = _merge(old, lines)
         if added:
@@ -639,7 +771,7 @@ def authorized_keys_files(
             summary = f"end {path} with a newline"
         else:
             summary = f"make {path} owned by {account.name} with mode 0600"
-        files.append(KeyFile(path, real, merged.encode("utf-8", "surrogateescape"), 0o600, summary))
+        files.append(KeyFile(path, merged.encode("utf-8", "surrogateescape"), 0o600, summary))
     return files
 
 
@@ -670,7 +802,7 @@ def plan_inline_keys(ctx: Context, data: ProvisioningData) -> list[Action]:
         )
     if not inline:
         return []
-    account = lookup_account(ctx, data.username)
+    account = key_owner(ctx, data)
     wanted = []
     for index, key in inline:
         assert key.value is not None
@@ -680,7 +812,7 @@ def plan_inline_keys(ctx: Context, data: ProvisioningData) -> list[Action]:
             raise _key_problem(index, key, "public key", e.reason) from None
         path = _target(ctx, account, index, key, "public key")
         try:
-            confine(ctx.root, path, account)
+            check_path(ctx.root, account, path)
         except SshKeyError as e:
             raise _key_problem(index, key, "public key", e.reason) from None
         wanted.append((path, line))
@@ -727,7 +859,7 @@ def plan_certificate_keys(
     ]
     if not by_fingerprint and not data.key_pairs:
         return []
-    account = lookup_account(ctx, data.username)
+    account = key_owner(ctx, data)
 
     wanted = []
     for index, key in by_fingerprint:
@@ -742,7 +874,7 @@ def plan_certificate_keys(
             raise _key_problem(index, key, "public key", f"certificate {thumbprint}: {e}") from None
         path = _target(ctx, account, index, key, "public key")
         try:
-            confine(ctx.root, path, account)
+            check_path(ctx.root, account, path)
         except SshKeyError as e:
             raise _key_problem(index, key, "public key", e.reason) from None
         wanted.append((path, line))
@@ -761,8 +893,8 @@ def plan_certificate_keys(
             raise _key_problem(index, pair, "key pair", f"{thumbprint}: {e}") from None
         path = _target(ctx, account, index, pair, "key pair")
         try:
-            real = confine(ctx.root, path, account)
-            real_pub = confine(ctx.root, path + ".pub", account)
+            check_path(ctx.root, account, path)
+            check_path(ctx.root, account, path + ".pub")
         except SshKeyError as e:
             raise _key_problem(index, pair, "key pair", e.reason) from None
         name = fingerprint(public)
@@ -776,7 +908,6 @@ def plan_certificate_keys(
         files.append(
             KeyFile(
                 path,
-                real,
                 openssh,
                 0o600,
                 f"install the private key {name} as {path} for {account.name}",
@@ -786,7 +917,6 @@ def plan_certificate_keys(
         files.append(
             KeyFile(
                 path + ".pub",
-                real_pub,
                 (public + "\n").encode("ascii"),
                 0o644,
                 f"install the public key {name} as {path}.pub for {account.name}",
