@@ -67,6 +67,7 @@ FLOORS: dict[str, tuple[str, ...]] = {
         "disks",
         "firewall",
         "grub",
+        "homefiles",
         "hostname",
         "logcollect",
         "media",

@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from azagent import certs, config, sshd, sshkeys
+from azagent import certs, config, homefiles, sshd, sshkeys
 from azagent.context import Context
+from azagent.homefiles import HomeFileError
 from azagent.provisioning import Key, ProvisioningData
 from azagent.sshkeys import SshKeyError
 from azagent.users import Account
@@ -343,16 +344,16 @@ def test_a_linked_ssh_directory_is_refused_wherever_it_points(tmp_path: Path, li
     root, account = make_root(tmp_path)
     (root / "home/alice/keys").mkdir()
     (root / "home/alice/.ssh").symlink_to(link)
-    with pytest.raises(SshKeyError, match=r"^/home/alice/\.ssh is a symbolic link"):
-        sshkeys.check_path(root, account, AUTHORIZED)
+    with pytest.raises(HomeFileError, match=r"^/home/alice/\.ssh is a symbolic link"):
+        homefiles.check_path(root, account, AUTHORIZED)
 
 
 def test_a_linked_authorized_keys_file_is_refused(tmp_path: Path) -> None:
     root, account = make_root(tmp_path)
     (root / "home/alice/.ssh").mkdir()
     (root / "home/alice/.ssh/authorized_keys").symlink_to("/etc/passwd")
-    with pytest.raises(SshKeyError, match=f"^{AUTHORIZED} is a symbolic link"):
-        sshkeys.check_path(root, account, AUTHORIZED)
+    with pytest.raises(HomeFileError, match=f"^{AUTHORIZED} is a symbolic link"):
+        homefiles.check_path(root, account, AUTHORIZED)
 
 
 @pytest.mark.parametrize("link", ["/etc", "../bob", "/home/alice"])
@@ -360,15 +361,15 @@ def test_a_home_that_is_a_link_is_refused(tmp_path: Path, link: str) -> None:
     root, account = make_root(tmp_path)
     (root / "home/alice").rmdir()
     (root / "home/alice").symlink_to(link)
-    with pytest.raises(SshKeyError, match="alice: /home/alice is a symbolic link"):
-        sshkeys.check_path(root, account, AUTHORIZED)
+    with pytest.raises(HomeFileError, match="alice: /home/alice is a symbolic link"):
+        homefiles.check_path(root, account, AUTHORIZED)
 
 
 def test_a_home_of_another_user_is_refused(tmp_path: Path) -> None:
     root, account = make_root(tmp_path)
     os.chown(root / "home/alice", UID + 1, GID)
-    with pytest.raises(SshKeyError, match=f"is owned by uid {UID + 1}"):
-        sshkeys.check_path(root, account, AUTHORIZED)
+    with pytest.raises(HomeFileError, match=f"is owned by uid {UID + 1}"):
+        homefiles.check_path(root, account, AUTHORIZED)
 
 
 def test_a_home_root_linked_by_root_is_followed(tmp_path: Path) -> None:
@@ -377,12 +378,12 @@ def test_a_home_root_linked_by_root_is_followed(tmp_path: Path) -> None:
     (root / "var").mkdir()
     (root / "home").rename(root / "var/home")
     (root / "home").symlink_to("var/home")
-    fd = sshkeys.open_home(root, account)
+    fd = homefiles.open_home(root, account)
     try:
         assert os.path.samestat(os.fstat(fd), (root / "var/home/alice").stat())
     finally:
         os.close(fd)
-    sshkeys.check_path(root, account, AUTHORIZED)
+    homefiles.check_path(root, account, AUTHORIZED)
 
 
 @pytest.mark.parametrize("case", ["group-writable", "link of a user", "too many links"])
@@ -401,8 +402,8 @@ def test_a_home_root_link_someone_else_could_make_is_refused(tmp_path: Path, cas
         (root / "home").unlink()
         (root / "home").symlink_to("home")
         reason = "too many levels of symbolic links"
-    with pytest.raises(SshKeyError, match=reason):
-        sshkeys.check_path(root, account, AUTHORIZED)
+    with pytest.raises(HomeFileError, match=reason):
+        homefiles.check_path(root, account, AUTHORIZED)
 
 
 # --- A link swapped in after planning, or while applying -----------------------------------
@@ -458,7 +459,7 @@ def test_a_link_swapped_in_after_planning_is_refused_when_applying(
     root, actions = planned_inline(tmp_path)
     swap(root)
     before = snapshot(root)
-    with pytest.raises(SshKeyError, match=reason):
+    with pytest.raises(HomeFileError, match=reason):
         apply(actions)
     assert snapshot(root) == before
 
@@ -469,7 +470,7 @@ def test_a_directory_swapped_while_writing_keeps_the_write_where_it_was_checked(
     """The file is written within the descriptor of the directory walked to: replacing
     that directory by a link once it is open changes nothing about where it lands."""
     root, actions = planned_inline(tmp_path)
-    real_write = sshkeys.atomic_write_at
+    real_write = homefiles.atomic_write_at
 
     def swap_then_write(fd: int, name: str, data: bytes, **kwargs: object) -> None:
         ssh = root / "home/alice/.ssh"
@@ -477,7 +478,7 @@ def test_a_directory_swapped_while_writing_keeps_the_write_where_it_was_checked(
         ssh.symlink_to("/etc/cron.d")
         real_write(fd, name, data, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(sshkeys, "atomic_write_at", swap_then_write)
+    monkeypatch.setattr(homefiles, "atomic_write_at", swap_then_write)
     apply(actions)
     assert not list((root / "etc/cron.d").iterdir())
     written = root / "home/alice/moved/authorized_keys"

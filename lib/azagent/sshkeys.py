@@ -14,17 +14,14 @@ key pairs to install, each with a ``Path`` such as
   (:func:`key_owner`), or, with create-user masked, to an existing account
   its rules accept: never root, a distribution's or a system account.
 * Every path must name a file inside that user's home, and no symbolic link
-  on the way is followed: the home and everything below it are walked by
-  directory descriptor with O_NOFOLLOW from the root down, each time a file
-  is read or written, so a home, ``.ssh``, directory or file that is (or
-  becomes) a link is refused, wherever it points. Above the home only a link
-  root made is followed (``/home -> var/home``;
-  :func:`azagent.fsutil.open_directory`).
-* Files are written atomically within the descriptor of their directory,
-  created with their final owner (the user) and mode: directories 0700,
-  authorized_keys and private keys 0600, public keys 0644. authorized_keys
-  is merged: the user's other lines stay, in order, and a key already
-  present (same type and blob) is not added again.
+  on the way is followed (:mod:`azagent.homefiles`): a home, ``.ssh``,
+  directory or file that is, or becomes, a link is refused wherever it
+  points. Above the home only a link root made is followed
+  (``/home -> var/home``).
+* Files are written atomically, created with their final owner (the user)
+  and mode: directories 0700, authorized_keys and private keys 0600, public
+  keys 0644. authorized_keys is merged: the user's other lines stay, in
+  order, and a key already present (same type and blob) is not added again.
 
 The ssh-keys stage installs the keys given inline (``Value``); the
 certificates stage, with the WireServer certificates (:mod:`azagent.certstore`),
@@ -39,29 +36,17 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import errno
-import functools
 import hashlib
 import logging
-import os
-import stat
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Callable, Optional
+from collections.abc import Iterable, Sequence
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Optional
 
 from azagent import names, provisioning, users
 from azagent.certstore import CertStore, CertStoreError, normalize_thumbprint
 from azagent.context import Context
 from azagent.errors import AzagentError
-from azagent.fsutil import (
-    UnsafePath,
-    atomic_write_at,
-    make_dir_at,
-    open_dir_at,
-    open_directory,
-    refuse_link_at,
-)
+from azagent.homefiles import HomeFile, check_path, plan_files, read_existing
 from azagent.plan import Action
 from azagent.provisioning import Key, ProvisioningData
 from azagent.results import STATE_DONE, STATE_NOTHING, read_result
@@ -423,10 +408,6 @@ def public_key_from_private(key: bytes) -> str:
 # --- Where keys go ---------------------------------------------------------------------
 
 
-def _owner(account: Account) -> tuple[int, int]:
-    return (account.uid, account.gid)
-
-
 def lookup_account(ctx: Context, username: str) -> Account:
     """The user's uid, gid and home from the root's /etc/passwd (create-user made it).
 
@@ -458,7 +439,7 @@ def resolve_key_path(path_template: str, username: str, home_root: str, user_hom
     ``$HOME`` stands for the home root (``OS.HomeDir``): ``$HOME/<username>/...``
     is taken to mean the user's own home, wherever /etc/passwd puts it. An
     absolute path must name a file under ``user_home``. ``..`` is refused
-    outright; see :func:`check_path` for symbolic links on disk.
+    outright; see :mod:`azagent.homefiles` for symbolic links on disk.
     """
     if any(not c.isprintable() or c.isspace() for c in path_template):
         raise SshKeyError("contains a space or control character")
@@ -531,229 +512,9 @@ def key_owner(ctx: Context, data: ProvisioningData) -> Account:
     return account
 
 
-# --- Reaching the files: by descriptor, never through a link -------------------------------
-
-
-def _home_parts(account: Account, path: str) -> tuple[str, ...]:
-    """The components of ``path`` below the home (:func:`resolve_key_path` put it inside)."""
-    return PurePosixPath(path).relative_to(PurePosixPath(account.home)).parts
-
-
-def open_home(root: Path, account: Account) -> int:
-    """A descriptor of the user's home, reached without following a link someone else made.
-
-    Above the home only links root made are followed
-    (:func:`azagent.fsutil.open_directory`); the home itself must be a
-    directory, not a link, owned by the user or root.
-    """
-    home = PurePosixPath(account.home)
-    try:
-        parent = open_directory(root, str(home.parent), follow_root_links=True)
-        try:
-            fd = open_dir_at(parent, home.name, str(home))
-        finally:
-            os.close(parent)
-    except FileNotFoundError:
-        raise SshKeyError(
-            f"the home directory of {account.name} ({account.home}) does not exist"
-        ) from None
-    except UnsafePath as e:
-        raise SshKeyError(f"the home directory of {account.name}: {e.reason}") from None
-    except OSError as e:
-        raise SshKeyError(f"cannot open the home directory {account.home}: {e.strerror}") from None
-    uid = os.fstat(fd).st_uid
-    if uid not in (account.uid, 0):
-        os.close(fd)
-        raise SshKeyError(
-            f"the home directory of {account.name} ({account.home}) is owned by uid {uid}"
-        )
-    return fd
-
-
-def _open_directory(
-    root: Path, account: Account, parts: Sequence[str], *, create: bool
-) -> Optional[int]:
-    """The directory ``parts`` below the home, walked without following a link.
-
-    None when it does not exist, unless ``create``: then the missing
-    directories are made, the user's, 0700.
-    """
-    fd = open_home(root, account)
-    shown = PurePosixPath(account.home)
-    try:
-        for part in parts:
-            shown /= part
-            try:
-                child = open_dir_at(fd, part, str(shown))
-            except FileNotFoundError:
-                if not create:
-                    return None
-                child = make_dir_at(fd, part, str(shown), mode=DIR_MODE, owner=_owner(account))
-            os.close(fd)
-            fd = child
-        opened, fd = fd, -1
-        return opened
-    except UnsafePath as e:
-        raise SshKeyError(e.reason) from None
-    except OSError as e:
-        raise SshKeyError(f"cannot create {shown}: {e.strerror}") from None
-    finally:
-        if fd >= 0:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def _in_directory(
-    root: Path, account: Account, path: str, *, create: bool = False
-) -> Iterator[tuple[Optional[int], str]]:
-    """(descriptor of the directory of ``path`` or None when missing, the file's name)."""
-    parts = _home_parts(account, path)
-    fd = _open_directory(root, account, parts[:-1], create=create)
-    try:
-        yield fd, parts[-1]
-    finally:
-        if fd is not None:
-            os.close(fd)
-
-
-def _refuse_link(fd: int, name: str, path: str) -> None:
-    try:
-        refuse_link_at(fd, name, path)
-    except UnsafePath as e:
-        raise SshKeyError(e.reason) from None
-
-
-def check_path(root: Path, account: Account, path: str) -> None:
-    """Refuse ``path`` (inside the home) when a link or a non-directory is on its way.
-
-    No component is followed if it is a symbolic link, not even one that
-    points back into the home: the user owns the home and can swap any of
-    them. Missing directories are fine; they are created when installing.
-    """
-    with _in_directory(root, account, path) as (fd, name):
-        if fd is not None:
-            _refuse_link(fd, name, path)
-
-
-# --- Planning the writes -----------------------------------------------------------------
-
-MAX_EXISTING_BYTES = 1024 * 1024
-DIR_MODE = 0o700
-
-
-@dataclass(frozen=True)
-class KeyFile:
-    """One file to install for the user; ``data`` may be a private key (kept out of repr)."""
-
-    path: str  # inside the home ($HOME expanded), the path the platform named
-    data: bytes = field(repr=False)
-    mode: int
-    summary: str
-    # Whether the existing content already is what is wanted (a private key
-    # re-serialized differs byte-wise but not in substance).
-    same: Callable[[bytes], bool] | None = field(default=None, repr=False, compare=False)
-
-
-def _read_at(
-    fd: int, name: str, path: str, account: Account
-) -> Optional[tuple[bytes, os.stat_result]]:
-    """The current content and status of a file we are about to replace, if any.
-
-    Refuses what could make us copy someone else's file into the user's:
-    a symbolic link (never followed), anything but a regular file with a
-    single link, a file of another user.
-    """
-    try:
-        file_fd = os.open(
-            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd
-        )
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise SshKeyError(f"{path} is a symbolic link, which azagent does not follow") from None
-        raise SshKeyError(f"cannot read {path}: {e.strerror}") from None
-    with os.fdopen(file_fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise SshKeyError(f"{path} exists and is not a regular file")
-        if st.st_nlink != 1:
-            raise SshKeyError(f"{path} has {st.st_nlink} hard links; refusing to rewrite it")
-        if st.st_uid not in (account.uid, 0):
-            raise SshKeyError(f"{path} is owned by uid {st.st_uid}, not by {account.name}")
-        data = f.read(MAX_EXISTING_BYTES + 1)
-    if len(data) > MAX_EXISTING_BYTES:
-        raise SshKeyError(f"{path} is larger than {MAX_EXISTING_BYTES} bytes")
-    return data, st
-
-
-def _read_existing(
-    root: Path, account: Account, path: str
-) -> Optional[tuple[bytes, os.stat_result]]:
-    with _in_directory(root, account, path) as (fd, name):
-        return None if fd is None else _read_at(fd, name, path, account)
-
-
-def _is_right(st: os.stat_result, mode: int, account: Account) -> bool:
-    return stat.S_IMODE(st.st_mode) == mode and (st.st_uid, st.st_gid) == _owner(account)
-
-
-def _install(ctx: Context, account: Account, key: KeyFile) -> None:
-    """Write one file, walking again from the root: the home is the user's, it may have changed."""
-    with _in_directory(ctx.root, account, key.path, create=True) as (fd, name):
-        assert fd is not None
-        _refuse_link(fd, name, key.path)
-        try:
-            atomic_write_at(fd, name, key.data, mode=key.mode, owner=_owner(account))
-        except OSError as e:
-            raise SshKeyError(f"cannot write {key.path}: {e.strerror}") from None
-
-
-def _fix_directory(root: Path, account: Account, directory: str) -> None:
-    fd = _open_directory(root, account, _home_parts(account, directory), create=False)
-    if fd is None:
-        raise SshKeyError(f"{directory} disappeared while it was being fixed")
-    try:
-        os.fchown(fd, *_owner(account))
-        os.fchmod(fd, DIR_MODE)
-    finally:
-        os.close(fd)
-
-
-def plan_files(ctx: Context, account: Account, files: Iterable[KeyFile]) -> list[Action]:
-    """The actions that make each file as wanted, its directory the user's and 0700."""
-    actions: list[Action] = []
-    fixed: set[str] = set()
-    for key in files:
-        parent = str(PurePosixPath(key.path).parent)
-        with _in_directory(ctx.root, account, key.path) as (fd, name):
-            if fd is None:
-                existing = None
-            else:
-                if parent != str(PurePosixPath(account.home)) and parent not in fixed:
-                    st = os.fstat(fd)
-                    if not _is_right(st, DIR_MODE, account):
-                        fixed.add(parent)
-                        actions.append(
-                            Action(
-                                f"make {parent} owned by {account.name} with mode 0700 "
-                                f"(was uid {st.st_uid} mode {stat.S_IMODE(st.st_mode):04o})",
-                                functools.partial(_fix_directory, ctx.root, account, parent),
-                            )
-                        )
-                existing = _read_at(fd, name, key.path, account)
-        if existing is not None:
-            data, st = existing
-            same = key.same(data) if key.same is not None else data == key.data
-            if same and _is_right(st, key.mode, account):
-                continue
-        actions.append(Action(key.summary, functools.partial(_install, ctx, account, key)))
-    return actions
-
-
 def authorized_keys_files(
     ctx: Context, account: Account, wanted: Sequence[tuple[str, str]]
-) -> list[KeyFile]:
+) -> list[HomeFile]:
     """Merge validated (path, line) pairs into their authorized_keys files, one per path."""
     by_path: dict[str, list[str]] = {}
     for path, line in wanted:
@@ -761,7 +522,7 @@ def authorized_keys_files(
         by_path.setdefault(path, []).append(line)
     files = []
     for path, lines in by_path.items():
-        existing = _read_existing(ctx.root, account, path)
+        existing = read_existing(ctx.root, account, path)
         old = existing[0].decode("utf-8", "surrogateescape") if existing else ""
         merged, added = _merge(old, lines)
         if added:
@@ -771,7 +532,7 @@ def authorized_keys_files(
             summary = f"end {path} with a newline"
         else:
             summary = f"make {path} owned by {account.name} with mode 0600"
-        files.append(KeyFile(path, merged.encode("utf-8", "surrogateescape"), 0o600, summary))
+        files.append(HomeFile(path, merged.encode("utf-8", "surrogateescape"), 0o600, summary))
     return files
 
 
@@ -813,7 +574,7 @@ def plan_inline_keys(ctx: Context, data: ProvisioningData) -> list[Action]:
         path = _target(ctx, account, index, key, "public key")
         try:
             check_path(ctx.root, account, path)
-        except SshKeyError as e:
+        except AzagentError as e:
             raise _key_problem(index, key, "public key", e.reason) from None
         wanted.append((path, line))
     return plan_files(ctx, account, authorized_keys_files(ctx, account, wanted))
@@ -875,7 +636,7 @@ def plan_certificate_keys(
         path = _target(ctx, account, index, key, "public key")
         try:
             check_path(ctx.root, account, path)
-        except SshKeyError as e:
+        except AzagentError as e:
             raise _key_problem(index, key, "public key", e.reason) from None
         wanted.append((path, line))
     files = authorized_keys_files(ctx, account, wanted)
@@ -895,7 +656,7 @@ def plan_certificate_keys(
         try:
             check_path(ctx.root, account, path)
             check_path(ctx.root, account, path + ".pub")
-        except SshKeyError as e:
+        except AzagentError as e:
             raise _key_problem(index, pair, "key pair", e.reason) from None
         name = fingerprint(public)
 
@@ -906,7 +667,7 @@ def plan_certificate_keys(
                 return False
 
         files.append(
-            KeyFile(
+            HomeFile(
                 path,
                 openssh,
                 0o600,
@@ -915,7 +676,7 @@ def plan_certificate_keys(
             )
         )
         files.append(
-            KeyFile(
+            HomeFile(
                 path + ".pub",
                 (public + "\n").encode("ascii"),
                 0o644,
