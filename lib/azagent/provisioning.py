@@ -210,8 +210,9 @@ def user_left_out(ctx: Context, username: str) -> Optional[str]:
     """Why the user's keys cannot be installed, when create-user did not run at all.
 
     An image builder who masks create-user manages users some other way: the
-    user's keys are then left out (and said so), not a provisioning failure.
-    When create-user ran and failed, that failure is the one reported.
+    keys of a user that does not exist are then left out (and said so), not
+    a provisioning failure. Whether an existing user may have keys at all is
+    :func:`azagent.sshkeys.key_owner`'s decision.
     """
     from azagent.users import accounts
 
