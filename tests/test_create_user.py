@@ -601,6 +601,17 @@ def test_a_uid_0_account_is_never_reused(root: Path) -> None:
     assert system_state(root) == before
 
 
+def test_an_account_with_roots_home_is_never_reused(root: Path) -> None:
+    debian_root(root, extra_users="mallory:x:1500:1500::/root:/bin/bash\n")
+    (root / "root").mkdir(mode=0o700)
+    provision(root, "mallory")
+    before = system_state(root)
+    done = run(root)
+    assert done.returncode == 1
+    assert "user 'mallory' has the home of root (/root)" in done.stderr
+    assert system_state(root) == before
+
+
 def test_keys_wait_for_a_create_user_run_that_completes(root: Path) -> None:
     """create-user fails after creating the user (visudo refuses the drop-in): no keys.
     Fixed and run again by hand, it accepts alice, and ssh-keys installs them."""

@@ -490,6 +490,23 @@ def test_no_keys_for_an_account_create_user_refuses(
     assert not (root / SYSTEM_ACCOUNTS[name][1] / ".ssh").exists()
 
 
+@pytest.mark.parametrize("home", ["/root", "/root/", "//root"])
+def test_no_keys_into_roots_home_through_another_account(root: Path, home: str) -> None:
+    """An ordinary uid whose home is root's: its keys would let that key log in as root."""
+    make_system(root)
+    (root / "root").mkdir(mode=0o700)
+    passwd = root / "etc/passwd"
+    passwd.write_text(passwd.read_text() + f"mallory:x:1500:1500::{home}:/bin/sh\n")
+    provide(
+        root, inline(ed25519_line(), path="$HOME/mallory/.ssh/authorized_keys"), username="mallory"
+    )
+    before = system_state(root)
+    run = run_stage("ssh-keys", "--root", str(root))
+    assert run.returncode == 1, run.stderr
+    assert "the keys of mallory are not installed" in run.stderr
+    assert system_state(root) == before
+
+
 def test_allow_reset_sys_user_lets_a_system_account_have_its_keys(root: Path) -> None:
     """create-user masked: its rules still decide, and they accept svc with
     Provisioning.AllowResetSysUser=y; never a uid 0 account."""
