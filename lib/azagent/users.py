@@ -117,8 +117,9 @@ def check_name(name: str) -> None:
 def check_existing_account(ctx: Context, account: Account) -> None:
     """Raise saying why the existing ``account`` cannot be the provisioned user.
 
-    A uid 0 account is root whatever its name, and never provisioned; a
-    system account (uid below UID_MIN) only with
+    A uid 0 account is root whatever its name, and never provisioned, nor
+    one whose home is a uid 0 account's (its authorized_keys would be
+    root's); a system account (uid below UID_MIN) only with
     Provisioning.AllowResetSysUser=y. create-user adopts nothing else, and
     the stages that place keys apply the same rules when create-user is
     masked.
@@ -126,12 +127,29 @@ def check_existing_account(ctx: Context, account: Account) -> None:
     name = account.name
     if account.uid == 0:
         raise InvalidUserName(f"user {name!r} has uid 0: it is root, never provisioned")
+    for other in accounts(ctx).values():
+        if other.uid == 0 and _same_directory(ctx, other.home, account.home):
+            # Its keys would be read for root too: they would log in as root.
+            raise InvalidUserName(
+                f"user {name!r} has the home of {other.name} ({other.home}), which has uid 0"
+            )
     minimum = uid_min(ctx)
     if account.uid < minimum and not ctx.config.get_bool("Provisioning.AllowResetSysUser"):
         raise StageFailed(
             f"user {name!r} is an existing system account (uid {account.uid} < "
             f"UID_MIN {minimum}); set Provisioning.AllowResetSysUser=y to reuse it"
         )
+
+
+def _same_directory(ctx: Context, first: str, second: str) -> bool:
+    """Whether two homes of /etc/passwd name the same directory (spelled alike, or on disk)."""
+    one, other = (PurePosixPath("/" + path.lstrip("/")) for path in (first, second))
+    if one == other:
+        return True
+    try:
+        return os.path.samefile(ctx.path(str(one)), ctx.path(str(other)))
+    except (OSError, ValueError):
+        return False
 
 
 def check_new_home(ctx: Context, home: str) -> None:
