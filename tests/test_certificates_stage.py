@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from azfabric import keys
 from azfabric.scenario import KeyPair, PublicKey
 from azfabric.server import Fabric
@@ -91,3 +92,59 @@ def test_inline_keys_only_skip(root: Path) -> None:
         assert vm.run("certificates").returncode == 0
         assert vm.result("certificates")["state"] == "skipped"
         assert not [r for r in fabric.requests if "certificates" in r.path]
+
+
+# --- Keys only for an account create-user accepts, never through a link ---------------------
+
+
+def root_scenario() -> Scenario:
+    return Scenario(
+        username="root",
+        public_keys=[PublicKey(path="/root/.ssh/authorized_keys", fingerprint="generate")],
+        key_pairs=[KeyPair(path="/root/.ssh/id_rsa")],
+    )
+
+
+@pytest.mark.parametrize("create_user", ["refused", "masked"])
+def test_no_keys_for_root(root: Path, create_user: str) -> None:
+    """After create-user refused root (or with create-user masked), the keys the
+    platform names by thumbprint for root are not installed: nothing is fetched."""
+    s = root_scenario()
+    with Fabric(s) as fabric:
+        vm = make_vm(root, s, fabric)
+        (root / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+        (root / "root").mkdir()
+        assert vm.run("mount-ovf").returncode == 0, vm.result("mount-ovf")
+        if create_user == "refused":
+            results = root / "run/azagent/stages"
+            (results / "create-user.json").write_text(
+                '{"stage": "create-user", "state": "failed", "reason": "root is reserved"}'
+            )
+        before = snapshot(root / "root")
+        run = vm.run("certificates")
+        assert run.returncode == 1, run.stderr
+        assert "the keys of root are not installed" in vm.result("certificates")["reason"]
+        assert snapshot(root / "root") == before
+        assert not [r for r in fabric.requests if "certificates" in r.path]
+
+
+@pytest.mark.parametrize("target", ["../keys", "/etc"])
+def test_a_key_pair_path_through_a_linked_directory_is_refused(root: Path, target: str) -> None:
+    s = Scenario(key_pairs=[KeyPair(path="/home/azureuser/.ssh/more/id_rsa")])
+    with Fabric(s) as fabric:
+        vm = make_vm(root, s, fabric)
+        home = add_user(root)
+        (home / ".ssh").mkdir(mode=0o700)
+        (home / "keys").mkdir()
+        (home / ".ssh/more").symlink_to(target)
+        assert vm.run("mount-ovf").returncode == 0
+        before = snapshot(root)
+        run = vm.run("certificates")
+        assert run.returncode == 1, run.stderr
+        reason = vm.result("certificates")["reason"]
+        assert "key pair #1 (Path /home/azureuser/.ssh/more/id_rsa): " in reason
+        assert "/home/azureuser/.ssh/more is a symbolic link" in reason
+        after = snapshot(root)
+        assert {k: v for k, v in after.items() if not k.startswith("run/")} == {
+            k: v for k, v in before.items() if not k.startswith("run/")
+        }

@@ -19,9 +19,11 @@ from typing import Any, Optional
 
 import pytest
 from conftest import run_stage, snapshot
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from azagent import passwords
-from azagent.provisioning import ProvisioningData
+from azagent.provisioning import Key, ProvisioningData
 
 STAGE = "create-user"
 RESULT = f"run/azagent/stages/{STAGE}.json"
@@ -33,6 +35,8 @@ HASH = passwords.hash_password(PHRASE, "6", 10)
 ROOT_HASH = "$6$rootsalt$" + "R" * 86
 SHADOW_GID = 42
 NAME = "/run/azagent/provisioning.json: username: "
+VM_ID = "5e1f0c6a-0000-4000-8000-000000000001"
+ACCEPTED = "/run/azagent/accepted-user.json"
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="useradd needs root (chown)")
 
@@ -93,16 +97,22 @@ def debian_root(root: Path, *, admin_group: str = "sudo", extra_users: str = "")
     return root
 
 
-def provision(root: Path, username: str = "alice", password_hash: Optional[str] = HASH) -> None:
+def provision(
+    root: Path,
+    username: str = "alice",
+    password_hash: Optional[str] = HASH,
+    public_keys: tuple[Key, ...] = (),
+) -> None:
     """provisioning.json as mount-ovf writes it, with ``username`` put in as a hand edit
     would: ProvisioningData itself holds no name the rule refuses."""
     data = ProvisioningData(
-        vm_id="5e1f0c6a-0000-4000-8000-000000000001",
+        vm_id=VM_ID,
         source="ovf",
         hostname="vm-1",
         username="placeholder",
         password_hash=password_hash,
         disable_password_auth=password_hash is None,
+        public_keys=public_keys,
     )
     document = json.loads(data.to_json())
     document["username"] = username
@@ -169,7 +179,17 @@ def test_creates_the_user_with_home_groups_password_and_sudo(root: Path) -> None
         "create user alice (home /home/alice, shell /bin/bash, member of sudo)",
         "set the password of alice (hash from the provisioning data)",
         "grant alice sudo with the user's password in /etc/sudoers.d/waagent",
+        f"record alice as the user accepted for VM {VM_ID} ({ACCEPTED}: only its keys are"
+        " installed)",
     ]
+    accepted = root / ACCEPTED.lstrip("/")
+    assert json.loads(accepted.read_text()) == {
+        "username": "alice",
+        "vm_id": VM_ID,
+        "uid": uid,
+    }
+    st = accepted.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, 0)
 
 
 def test_second_run_changes_nothing(root: Path) -> None:
@@ -278,6 +298,7 @@ def test_an_existing_system_account_is_reused_with_allow_reset_sys_user(root: Pa
         "add user svc to group sudo",
         "set the password of svc (hash from the provisioning data)",
         "grant svc sudo with the user's password in /etc/sudoers.d/waagent",
+        f"record svc as the user accepted for VM {VM_ID} ({ACCEPTED}: only its keys are installed)",
     ]
     assert run(root).returncode == 0
     assert result(root)["state"] == "nothing-to-do"
@@ -512,3 +533,175 @@ def test_the_hash_appears_only_in_root_only_files_and_never_in_output(root: Path
     # /etc/shadow- is shadow-utils' backup of the previous shadow.
     assert holders <= {"etc/shadow", "etc/shadow-", STATE}
     assert "etc/shadow" in holders
+
+
+# --- ssh-keys installs keys only for the account create-user accepted ----------------------
+
+
+def public_key(comment: str = "platform") -> str:
+    line = (
+        ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
+    return f"{line} {comment}"
+
+
+def keys_for(name: str) -> tuple[Key, ...]:
+    return (Key(path=f"$HOME/{name}/.ssh/authorized_keys", value=public_key()),)
+
+
+def ssh_keys(root: Path) -> Any:
+    return run_stage("ssh-keys", "--root", str(root), env={"AZAGENT_LOCK_TIMEOUT": "5"})
+
+
+@pytest.mark.parametrize(
+    ("username", "configuration", "reason"),
+    [
+        ("root", "", "the provisioned user: 'root' is reserved for the system"),
+        (
+            "svc",
+            "",
+            "user 'svc' is an existing system account (uid 500 < UID_MIN 1000)",
+        ),
+        ("toor", "Provisioning.AllowResetSysUser=y", "user 'toor' has uid 0"),
+    ],
+)
+def test_ssh_keys_installs_nothing_for_a_user_create_user_refused(
+    root: Path, username: str, configuration: str, reason: str
+) -> None:
+    """Boot order: create-user refuses, ssh-keys runs anyway (Wants=, not Requires=)."""
+    debian_root(root, extra_users="toor:x:0:0:root again:/root:/bin/bash\n")
+    configure(root, configuration)
+    for home in ("root", "var/lib/svc"):
+        (root / home).mkdir(parents=True)
+    os.chown(root / "var/lib/svc", 500, 500)
+    provision(root, username, public_keys=keys_for(username))
+    before = system_state(root)
+    done = run(root)
+    assert done.returncode == 1
+    assert reason in done.stderr
+    keys = ssh_keys(root)
+    assert keys.returncode == 1, keys.stderr
+    assert f"the keys of {username} are not installed" in keys.stderr
+    assert system_state(root) == before
+    assert not (root / "root/.ssh").exists()
+    assert not (root / "var/lib/svc/.ssh").exists()
+
+
+def test_a_uid_0_account_is_never_reused(root: Path) -> None:
+    debian_root(root, extra_users="toor:x:0:0:root again:/root:/bin/bash\n")
+    configure(root, "Provisioning.AllowResetSysUser=y")
+    provision(root, "toor")
+    before = system_state(root)
+    done = run(root)
+    assert done.returncode == 1
+    assert "user 'toor' has uid 0: it is root, never provisioned" in done.stderr
+    assert system_state(root) == before
+
+
+def test_an_account_with_roots_home_is_never_reused(root: Path) -> None:
+    debian_root(root, extra_users="mallory:x:1500:1500::/root:/bin/bash\n")
+    (root / "root").mkdir(mode=0o700)
+    provision(root, "mallory")
+    before = system_state(root)
+    done = run(root)
+    assert done.returncode == 1
+    assert "user 'mallory' has the home of root (/root)" in done.stderr
+    assert system_state(root) == before
+
+
+def test_keys_wait_for_a_create_user_run_that_completes(root: Path) -> None:
+    """create-user fails after creating the user (visudo refuses the drop-in): no keys.
+    Fixed and run again by hand, it accepts alice, and ssh-keys installs them."""
+    if shutil.which("visudo") is None:
+        pytest.fail("visudo is missing: install the Debian package sudo")
+    debian_root(root)
+    write(root / SUDOERS, "bob ALL=(ALL\n", mode=0o440)
+    provision(root, public_keys=keys_for("alice"))
+    done = run(root)
+    assert done.returncode == 1
+    assert "alice" in records(root, "passwd")  # created before the failure
+    keys = ssh_keys(root)
+    assert keys.returncode == 1, keys.stderr
+    assert "the keys of alice are not installed: create-user" in keys.stderr
+    assert not (root / "home/alice/.ssh").exists()
+
+    (root / SUDOERS).unlink()
+    done = run(root)
+    assert done.returncode == 0, done.stderr
+    keys = ssh_keys(root)
+    assert keys.returncode == 0, keys.stderr
+    authorized = root / "home/alice/.ssh/authorized_keys"
+    assert authorized.read_text().startswith("ssh-ed25519 ")
+    uid = int(records(root, "passwd")["alice"][2])
+    assert authorized.stat().st_uid == uid
+    # A second run of both changes nothing.
+    before = system_state(root)
+    assert run(root).returncode == 0
+    assert result(root)["state"] == "nothing-to-do"
+    assert ssh_keys(root).returncode == 0
+    assert system_state(root) == before
+
+
+@pytest.mark.parametrize("other", ["root", "carol"])
+def test_keys_stop_when_provisioning_json_names_another_user_later(root: Path, other: str) -> None:
+    """create-user accepted alice; the file now names another account it never looked at."""
+    debian_root(root, extra_users="carol:x:1500:1500::/home/carol:/bin/bash\n")
+    for home, uid in (("root", 0), ("home/carol", 1500)):
+        (root / home).mkdir(parents=True)
+        os.chown(root / home, uid, uid)
+    provision(root, "alice", public_keys=keys_for("alice"))
+    assert run(root).returncode == 0
+    provision(root, other, public_keys=keys_for(other))  # edited by hand, create-user not rerun
+    before = system_state(root)
+    keys = ssh_keys(root)
+    assert keys.returncode == 1, keys.stderr
+    assert f"the keys of {other} are not installed" in keys.stderr
+    assert system_state(root) == before
+
+
+# --- The home useradd fills is never reached through a link it should not follow ----------
+
+
+def test_a_home_that_is_a_symbolic_link_is_refused(root: Path) -> None:
+    """useradd would keep an existing "home" and ssh-keys would fill it."""
+    debian_root(root)
+    (root / "home").mkdir()
+    (root / "home/alice").symlink_to("../etc")
+    provision(root)
+    before = system_state(root)
+    done = run(root)
+    assert done.returncode == 1
+    assert "/home/alice is a symbolic link" in done.stderr
+    assert system_state(root) == before
+    assert "alice" not in records(root, "passwd")
+
+
+def test_a_home_root_linked_where_others_write_is_refused(root: Path) -> None:
+    """/home -> ../tmp/x with /tmp writable by everyone: useradd would fill what others made."""
+    debian_root(root)
+    tmp = root / "tmp"
+    (tmp / "x").mkdir(parents=True)
+    tmp.chmod(0o1777)
+    (root / "home").symlink_to("tmp/x")  # relative: the host's /tmp is never reached
+    provision(root)
+    before = system_state(root)
+    done = run(root)
+    assert done.returncode == 1
+    assert "/tmp is writable by others" in done.stderr
+    assert "the symbolic link /home" in done.stderr
+    assert system_state(root) == before
+    assert not list((tmp / "x").iterdir())
+
+
+def test_a_home_root_linked_by_root_is_followed(root: Path) -> None:
+    """Fedora Atomic, RHEL image mode: /home -> var/home."""
+    debian_root(root)
+    (root / "var/home").mkdir(parents=True)
+    (root / "home").symlink_to("var/home")
+    provision(root)
+    done = run(root)
+    assert done.returncode == 0, done.stderr
+    assert (root / "var/home/alice/.bashrc").exists()

@@ -9,7 +9,14 @@ import pytest
 
 from azagent.config import defaults
 from azagent.context import Context
-from azagent.fsutil import atomic_write, ensure_dir
+from azagent.fsutil import (
+    UnsafePath,
+    atomic_write,
+    atomic_write_at,
+    ensure_dir,
+    make_dir_at,
+    open_directory,
+)
 
 
 def test_replaces_content_with_final_mode_and_owner(tmp_path: Path) -> None:
@@ -64,3 +71,77 @@ def test_context_paths_stay_under_the_root(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not an absolute path"):
         ctx.path("etc/hostname")
     assert ctx.endpoint("WireServer") == "http://168.63.129.16"
+
+
+# --- Walking by descriptor -------------------------------------------------------------------
+
+
+def opened(fd: int) -> os.stat_result:
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def test_open_directory_refuses_every_link_by_default(tmp_path: Path) -> None:
+    (tmp_path / "real/inner").mkdir(parents=True)
+    (tmp_path / "link").symlink_to("real")
+    assert os.path.samestat(
+        opened(open_directory(tmp_path, "/real/inner")),
+        (tmp_path / "real/inner").stat(),
+    )
+    with pytest.raises(UnsafePath, match=r"^/link is a symbolic link"):
+        open_directory(tmp_path, "/link/inner")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UnsafePath, match=r"^/file is not a directory"):
+        open_directory(tmp_path, "/file/x")
+    with pytest.raises(FileNotFoundError, match="/real/missing"):
+        open_directory(tmp_path, "/real/missing/x")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="links root made are told apart by their owner")
+def test_open_directory_follows_root_links_within_the_root(tmp_path: Path) -> None:
+    """Absolute targets and '..' resolve as if the root were /, never outside it."""
+    root = tmp_path / "root"
+    (root / "var/home").mkdir(parents=True)
+    (root / "absolute").symlink_to("/var/home")
+    (root / "climbing").symlink_to("../../../../var/home")
+    for link in ("absolute", "climbing"):
+        fd = open_directory(root, f"/{link}", follow_root_links=True)
+        assert os.path.samestat(opened(fd), (root / "var/home").stat())
+    with pytest.raises(UnsafePath, match=r"^/absolute is a symbolic link"):
+        open_directory(root, "/absolute")
+
+
+def test_make_dir_at_never_uses_what_is_there(tmp_path: Path) -> None:
+    (tmp_path / "target").mkdir()
+    (tmp_path / "planted").symlink_to("target")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(FileExistsError):
+            make_dir_at(fd, "planted", "/planted", mode=0o700, owner=None)
+        made = make_dir_at(fd, "new", "/new", mode=0o711, owner=None)
+        assert opened(made).st_mode & 0o777 == 0o711
+    finally:
+        os.close(fd)
+
+
+def test_atomic_write_at_replaces_a_link_instead_of_writing_through_it(
+    tmp_path: Path,
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir/file").symlink_to(victim)
+    # A temporary file planted under the name this process would use is replaced too.
+    (tmp_path / f"dir/.file.azagent-{os.getpid()}.tmp").symlink_to(victim)
+    fd = os.open(tmp_path / "dir", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        atomic_write_at(fd, "file", b"new", mode=0o640)
+    finally:
+        os.close(fd)
+    assert victim.read_bytes() == b"keep"
+    assert not (tmp_path / "dir/file").is_symlink()
+    assert (tmp_path / "dir/file").read_bytes() == b"new"
+    assert (tmp_path / "dir/file").stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in (tmp_path / "dir").iterdir()) == ["file"]

@@ -74,6 +74,7 @@ FLOORS: dict[str, tuple[str, ...]] = {
         "disks",
         "firewall",
         "grub",
+        "homefiles",
         "hostname",
         "logcollect",
         "media",

@@ -429,6 +429,35 @@ def test_imds_provisions_when_there_is_no_media(root: Path) -> None:
         assert vm.result("imds")["state"] == "nothing-to-do"
 
 
+@pytest.mark.parametrize("masked", [(), ("create-user",)])
+def test_imds_never_installs_keys_for_root(root: Path, masked: tuple[str, ...]) -> None:
+    """IMDS names root as the administrator: create-user refuses it (or is masked), and
+    the ssh-keys run imds starts afterwards installs nothing for root either."""
+    from azfabric.scenario import PublicKey
+
+    scenario = Scenario(
+        hostname="imds-vm",
+        username="root",
+        public_keys=[PublicKey(path="/root/.ssh/authorized_keys")],
+    )
+    with Fabric(scenario) as fabric:
+        vm = make_vm(root, scenario, fabric, with_media=False)
+        mask(vm, "hostname", *masked)
+        (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+        (root / "root").mkdir(mode=0o700)
+        assert vm.run("mount-ovf").returncode == 0
+        before = snapshot(root / "root")
+        run = vm.run("imds")
+        assert run.returncode == 1, run.stderr
+        reason = vm.result("imds")["reason"]
+        assert "ssh-keys: the keys of root are not installed" in reason
+        if not masked:
+            assert "create-user: the provisioned user: 'root' is reserved" in reason
+        assert vm.result("ssh-keys")["state"] == "failed"
+        assert snapshot(root / "root") == before
+        assert not (root / "root/.ssh").exists()
+
+
 @pytest.mark.parametrize(
     ("hostname", "username", "reason"),
     [

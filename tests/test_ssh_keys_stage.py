@@ -84,7 +84,11 @@ def make_system(
 
 
 def provide(
-    root: Path, *keys: Key, vm_id: str = "vm-1", disable_password_auth: bool = True
+    root: Path,
+    *keys: Key,
+    vm_id: str = "vm-1",
+    disable_password_auth: bool = True,
+    username: str = "alice",
 ) -> None:
     """What mount-ovf hands over: this boot's provisioning data."""
     ctx = Context(stage="test", root=root, config=config.defaults())
@@ -94,7 +98,7 @@ def provide(
             vm_id=vm_id,
             source="ovf",
             hostname="vm",
-            username="alice",
+            username=username,
             disable_password_auth=disable_password_auth,
             public_keys=keys,
         ),
@@ -312,34 +316,28 @@ def test_paths_outside_the_home_fail_the_stage(root: Path, path: str, reason: st
     assert system_state(root) == before
 
 
-@pytest.mark.parametrize("target", ["/etc/cron.d", "../bob/.ssh", "/root/.ssh"])
-def test_a_ssh_directory_linked_outside_the_home_fails_the_stage(root: Path, target: str) -> None:
+@pytest.mark.parametrize("target", ["/etc/cron.d", "../bob/.ssh", "/root/.ssh", "keys"])
+def test_a_linked_ssh_directory_fails_the_stage(root: Path, target: str) -> None:
+    """Outside the home or inside it: the user owns the home and can swap a link, so
+    none is followed."""
     make_system(root)
-    for directory in ("etc/cron.d", "home/bob/.ssh", "root/.ssh"):
+    for directory in ("etc/cron.d", "home/bob/.ssh", "root/.ssh", "home/alice/keys"):
         (root / directory).mkdir(parents=True)
     (root / "home/alice/.ssh").symlink_to(target)
     provide(root, inline(ed25519_line()))
     before = system_state(root)
     run = run_stage("ssh-keys", "--root", str(root))
     assert run.returncode == 1, run.stderr
-    assert "leads outside the home directory of alice through a symbolic link" in run.stderr
+    assert (
+        "public key #1 (Path $HOME/alice/.ssh/authorized_keys): "
+        "/home/alice/.ssh is a symbolic link, which azagent does not follow here"
+    ) in run.stderr
     assert system_state(root) == before
     assert not [
-        p for d in ("etc/cron.d", "home/bob/.ssh", "root/.ssh") for p in (root / d).iterdir()
+        p
+        for d in ("etc/cron.d", "home/bob/.ssh", "root/.ssh", "home/alice/keys")
+        for p in (root / d).iterdir()
     ]
-
-
-def test_a_ssh_directory_linked_inside_the_home_is_followed(root: Path) -> None:
-    make_system(root)
-    keys = root / "home/alice/keys"
-    keys.mkdir(mode=0o700)
-    os.chown(keys, UID, GID)
-    (root / "home/alice/.ssh").symlink_to("keys")
-    provide(root, inline(ed25519_line()))
-    run = run_stage("ssh-keys", "--root", str(root))
-    assert run.returncode == 0, run.stderr
-    assert (root / "home/alice/.ssh").is_symlink()
-    assert mode_owner(keys / "authorized_keys") == (0o600, UID, GID)
 
 
 def test_a_hard_linked_authorized_keys_is_refused(root: Path) -> None:
@@ -415,6 +413,256 @@ def test_a_masked_create_user_leaves_the_users_keys_out(root: Path) -> None:
     assert (
         root / "etc/ssh/sshd_config.d/10-azagent.conf"
     ).exists() or "PasswordAuthentication" in (root / "etc/ssh/sshd_config").read_text()
+
+
+# --- Keys only for an account create-user accepts ------------------------------------------
+
+# name: (its /etc/passwd line, its home under the root, why create-user refuses it)
+SYSTEM_ACCOUNTS = {
+    "root": (
+        "root:x:0:0:root:/root:/bin/bash",
+        "root",
+        "'root' is reserved for the system",
+    ),
+    "daemon": (
+        "daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin",
+        "usr/sbin",
+        "'daemon' is reserved for the system",
+    ),
+    "svc": (
+        "svc:x:500:500:a site service:/var/lib/svc:/bin/sh",
+        "var/lib/svc",
+        "user 'svc' is an existing system account (uid 500 < UID_MIN 1000)",
+    ),
+    "toor": ("toor:x:0:0:root again:/root:/bin/sh", "root", "user 'toor' has uid 0"),
+}
+
+
+def add_account(root: Path, name: str) -> None:
+    line, home, _ = SYSTEM_ACCOUNTS[name]
+    passwd = root / "etc/passwd"
+    if name not in passwd.read_text():
+        passwd.write_text(passwd.read_text() + line + "\n")
+    fields = line.split(":")
+    (root / home).mkdir(parents=True, exist_ok=True)
+    os.chown(root / home, int(fields[2]), int(fields[3]))
+
+
+def create_user_ran(root: Path, state: str, reason: str = "") -> None:
+    """What the runner records for create-user's run this boot."""
+    results = root / "run/azagent/stages"
+    results.mkdir(parents=True, exist_ok=True)
+    document = {"stage": "create-user", "state": state, "reason": reason}
+    (results / "create-user.json").write_text(json.dumps(document))
+
+
+def accept(root: Path, username: str = "alice", vm_id: str = "vm-1", uid: int = UID) -> None:
+    """What create-user records when it accepts the user (created or adopted)."""
+    ctx = Context(stage="create-user", root=root, config=config.defaults())
+    provisioning.record_accepted_user(ctx, username, vm_id, uid)
+
+
+@pytest.mark.parametrize("create_user", ["refused", "masked"])
+@pytest.mark.parametrize("name", sorted(SYSTEM_ACCOUNTS))
+def test_no_keys_for_an_account_create_user_refuses(
+    root: Path, name: str, create_user: str
+) -> None:
+    """At boot ssh-keys runs after create-user refused the user (it only Wants= it), or
+    create-user is masked: either way root, a distribution's account, a system account
+    and a second uid 0 get no key, and nothing at all is written."""
+    make_system(root)
+    add_account(root, name)
+    provide(
+        root,
+        inline(ed25519_line(), path=f"$HOME/{name}/.ssh/authorized_keys"),
+        username=name,
+    )
+    if create_user == "refused":
+        create_user_ran(root, "failed", f"the reason create-user gave for {name}")
+    before = system_state(root)
+    run = run_stage("ssh-keys", "--root", str(root))
+    assert run.returncode == 1, run.stderr
+    assert f"the keys of {name} are not installed: " in run.stderr
+    if create_user == "masked":
+        assert SYSTEM_ACCOUNTS[name][2] in run.stderr  # create-user's own rule, applied here
+    assert f"the keys of {name} are not installed" in str(result(root)["reason"])
+    assert system_state(root) == before
+    assert not (root / SYSTEM_ACCOUNTS[name][1] / ".ssh").exists()
+
+
+@pytest.mark.parametrize("home", ["/root", "/root/", "//root"])
+def test_no_keys_into_roots_home_through_another_account(root: Path, home: str) -> None:
+    """An ordinary uid whose home is root's: its keys would let that key log in as root."""
+    make_system(root)
+    (root / "root").mkdir(mode=0o700)
+    passwd = root / "etc/passwd"
+    passwd.write_text(passwd.read_text() + f"mallory:x:1500:1500::{home}:/bin/sh\n")
+    provide(
+        root, inline(ed25519_line(), path="$HOME/mallory/.ssh/authorized_keys"), username="mallory"
+    )
+    before = system_state(root)
+    run = run_stage("ssh-keys", "--root", str(root))
+    assert run.returncode == 1, run.stderr
+    assert "the keys of mallory are not installed" in run.stderr
+    assert system_state(root) == before
+
+
+def test_allow_reset_sys_user_lets_a_system_account_have_its_keys(root: Path) -> None:
+    """create-user masked: its rules still decide, and they accept svc with
+    Provisioning.AllowResetSysUser=y; never a uid 0 account."""
+    make_system(root, waagent_conf="Provisioning.AllowResetSysUser=y\n")
+    add_account(root, "svc")
+    key = ed25519_line()
+    provide(root, inline(key, path="$HOME/svc/.ssh/authorized_keys"), username="svc")
+    run = run_stage("ssh-keys", "--root", str(root))
+    assert run.returncode == 0, run.stderr
+    assert (root / "var/lib/svc/.ssh/authorized_keys").read_text() == key + "\n"
+
+    add_account(root, "toor")
+    provide(root, inline(key, path="$HOME/toor/.ssh/authorized_keys"), username="toor")
+    before = system_state(root)
+    run = run_stage("ssh-keys", "--root", str(root))
+    assert run.returncode == 1
+    assert "the keys of toor are not installed: user 'toor' has uid 0" in run.stderr
+    assert system_state(root) == before
+
+
+def test_keys_follow_create_users_acceptance(root: Path) -> None:
+    make_system(root)
+    key = ed25519_line()
+    provide(root, inline(key))
+    create_user_ran(root, "done")
+    accept(root)
+    run = run_stage("ssh-keys", "--root", str(root))
+    assert run.returncode == 0, run.stderr
+    assert (root / AUTHORIZED).read_text() == key + "\n"
+
+
+@pytest.mark.parametrize(
+    ("state", "accepted"),
+    [
+        ("done", None),  # ran, yet recorded no user: not this provisioning's acceptance
+        ("done", ("bob", "vm-1", UID + 1)),  # provisioning.json edited since
+        ("done", ("alice", "vm-0", UID)),  # another VM
+        ("nothing-to-do", ("alice", "vm-1", UID + 7)),  # alice is another account now
+        ("failed", ("alice", "vm-1", UID)),  # a later run refused: the record is stale
+        ("failed", None),  # failed after a partial run, before accepting
+        ("skipped", None),
+    ],
+)
+def test_no_keys_without_create_users_acceptance_of_this_user_and_vm(
+    root: Path, state: str, accepted: tuple[str, str, int] | None
+) -> None:
+    make_system(root)
+    provide(root, inline(ed25519_line()))
+    create_user_ran(root, state, "the reason create-user gave")
+    if accepted is not None:
+        accept(root, *accepted)
+    before = system_state(root)
+    run = run_stage("ssh-keys", "--root", str(root))
+    assert run.returncode == 1, run.stderr
+    assert "the keys of alice are not installed: create-user" in run.stderr
+    assert system_state(root) == before
+
+
+# --- No link is followed on the way to the keys ----------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["/etc", "/home/bob", "bob", "/root"])
+def test_a_home_that_is_a_symbolic_link_gets_nothing(root: Path, target: str) -> None:
+    make_system(root)
+    (root / "root").mkdir()
+    (root / "home/alice").rmdir()
+    (root / "home/alice").symlink_to(target)
+    provide(root, inline(ed25519_line()))
+    before = system_state(root)
+    run = run_stage("ssh-keys", "--root", str(root))
+    assert run.returncode == 1, run.stderr
+    assert "/home/alice is a symbolic link" in run.stderr
+    assert system_state(root) == before
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("others can write /tmp", "/tmp is writable by others"),
+        ("bob owns /tmp/x", f"/tmp/x is owned by uid {UID + 1}"),
+    ],
+)
+def test_a_home_root_linked_where_others_write_gets_nothing(
+    root: Path, case: str, reason: str
+) -> None:
+    """/home -> /tmp/x: whoever can write there could have made alice's home."""
+    make_system(root)
+    tmp = root / "tmp"
+    tmp.mkdir()
+    (root / "home").rename(tmp / "x")
+    if case == "others can write /tmp":
+        tmp.chmod(0o1777)
+    else:
+        os.chown(tmp / "x", UID + 1, GID + 1)
+    (root / "home").symlink_to("/tmp/x")
+    provide(root, inline(ed25519_line()))
+    before = system_state(root)
+    run = run_stage("ssh-keys", "--root", str(root))
+    assert run.returncode == 1, run.stderr
+    recorded = str(result(root)["reason"])
+    assert "the symbolic link /home" in recorded
+    assert reason in recorded
+    assert system_state(root) == before
+
+
+def test_a_home_root_linked_by_root_is_followed(root: Path) -> None:
+    """Fedora Atomic, RHEL image mode: /home -> var/home, root's own layout."""
+    make_system(root)
+    (root / "var").mkdir()
+    (root / "home").rename(root / "var/home")
+    (root / "home").symlink_to("var/home")
+    key = ed25519_line()
+    provide(root, inline(key))
+    run = run_stage("ssh-keys", "--root", str(root))
+    assert run.returncode == 0, run.stderr
+    assert (root / "var/home/alice/.ssh/authorized_keys").read_text() == key + "\n"
+    assert mode_owner(root / "var/home/alice/.ssh/authorized_keys") == (0o600, UID, GID)
+
+
+def test_authorized_keys_linked_to_shadow_is_neither_read_nor_replaced(
+    root: Path,
+) -> None:
+    make_system(root)
+    shadow = root / "etc/shadow"
+    shadow.write_text("root:$6$salt$not-for-alice:19000:0:99999:7:::\n")
+    shadow.chmod(0o640)
+    ssh = root / "home/alice/.ssh"
+    ssh.mkdir(mode=0o700)
+    os.chown(ssh, UID, GID)
+    (ssh / "authorized_keys").symlink_to("/etc/shadow")
+    provide(root, inline(ed25519_line()))
+    before = system_state(root)
+    run = run_stage("ssh-keys", "--root", str(root))
+    assert run.returncode == 1, run.stderr
+    assert "/home/alice/.ssh/authorized_keys is a symbolic link" in run.stderr
+    assert "not-for-alice" not in run.stderr
+    assert system_state(root) == before
+
+
+@pytest.mark.parametrize("target", ["/etc", "../keys", "/home/bob"])
+def test_a_key_path_through_a_linked_directory_is_refused(root: Path, target: str) -> None:
+    make_system(root)
+    ssh = root / "home/alice/.ssh"
+    ssh.mkdir(mode=0o700)
+    os.chown(ssh, UID, GID)
+    (root / "home/alice/keys").mkdir()
+    (ssh / "more").symlink_to(target)
+    provide(root, inline(ed25519_line(), path="$HOME/alice/.ssh/more/authorized_keys"))
+    before = system_state(root)
+    run = run_stage("ssh-keys", "--root", str(root))
+    assert run.returncode == 1, run.stderr
+    assert (
+        "public key #1 (Path $HOME/alice/.ssh/more/authorized_keys): "
+        "/home/alice/.ssh/more is a symbolic link"
+    ) in run.stderr
+    assert system_state(root) == before
 
 
 # --- sshd settings -------------------------------------------------------------------------

@@ -15,16 +15,18 @@ import stat
 import struct
 import subprocess
 from pathlib import Path
+from typing import Callable
 
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, snapshot
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from azagent import certs, config, sshd, sshkeys
+from azagent import certs, config, homefiles, sshd, sshkeys
 from azagent.context import Context
+from azagent.homefiles import HomeFileError
 from azagent.provisioning import Key, ProvisioningData
 from azagent.sshkeys import SshKeyError
 from azagent.users import Account
@@ -322,48 +324,167 @@ def make_root(tmp_path: Path) -> tuple[Path, Account]:
     return root, Account("alice", "x", UID, GID, "/home/alice", "/bin/bash")
 
 
-def test_symlinks_are_followed_inside_the_root(tmp_path: Path) -> None:
+AUTHORIZED = "/home/alice/.ssh/authorized_keys"
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "keys",
+        "/home/alice/keys",
+        "/etc",
+        "../../etc",
+        "/home/bob/.ssh",
+        "/",
+        "../..",
+        ".ssh",
+    ],
+)
+def test_a_linked_ssh_directory_is_refused_wherever_it_points(tmp_path: Path, link: str) -> None:
     root, account = make_root(tmp_path)
-    target = "/home/alice/.ssh/authorized_keys"
     (root / "home/alice/keys").mkdir()
-    (root / "home/alice/.ssh").symlink_to("keys")
-    assert sshkeys.confine(root, target, account) == "/home/alice/keys/authorized_keys"
-    (root / "home/alice/.ssh").unlink()
-    (root / "home/alice/.ssh").symlink_to("/home/alice/keys")  # absolute: within the root
-    assert sshkeys.confine(root, target, account) == "/home/alice/keys/authorized_keys"
-
-
-@pytest.mark.parametrize("link", ["/etc", "../../etc", "/home/bob/.ssh", "/", "../.."])
-def test_a_ssh_directory_linked_outside_the_home_is_refused(tmp_path: Path, link: str) -> None:
-    root, account = make_root(tmp_path)
     (root / "home/alice/.ssh").symlink_to(link)
-    with pytest.raises(SshKeyError, match="outside the home directory"):
-        sshkeys.confine(root, "/home/alice/.ssh/authorized_keys", account)
+    with pytest.raises(HomeFileError, match=r"^/home/alice/\.ssh is a symbolic link"):
+        homefiles.check_path(root, account, AUTHORIZED)
 
 
 def test_a_linked_authorized_keys_file_is_refused(tmp_path: Path) -> None:
     root, account = make_root(tmp_path)
     (root / "home/alice/.ssh").mkdir()
     (root / "home/alice/.ssh/authorized_keys").symlink_to("/etc/passwd")
-    with pytest.raises(SshKeyError, match="outside"):
-        sshkeys.confine(root, "/home/alice/.ssh/authorized_keys", account)
+    with pytest.raises(HomeFileError, match=f"^{AUTHORIZED} is a symbolic link"):
+        homefiles.check_path(root, account, AUTHORIZED)
 
 
-def test_a_symlinked_home_root_still_confines(tmp_path: Path) -> None:
-    """Fedora Atomic: /home -> var/home. The home itself may be a link."""
+@pytest.mark.parametrize("link", ["/etc", "../bob", "/home/alice"])
+def test_a_home_that_is_a_link_is_refused(tmp_path: Path, link: str) -> None:
+    root, account = make_root(tmp_path)
+    (root / "home/alice").rmdir()
+    (root / "home/alice").symlink_to(link)
+    with pytest.raises(HomeFileError, match="alice: /home/alice is a symbolic link"):
+        homefiles.check_path(root, account, AUTHORIZED)
+
+
+def test_a_home_of_another_user_is_refused(tmp_path: Path) -> None:
+    root, account = make_root(tmp_path)
+    os.chown(root / "home/alice", UID + 1, GID)
+    with pytest.raises(HomeFileError, match=f"is owned by uid {UID + 1}"):
+        homefiles.check_path(root, account, AUTHORIZED)
+
+
+def test_a_home_root_linked_by_root_is_followed(tmp_path: Path) -> None:
+    """Fedora Atomic, RHEL image mode: /home -> var/home, made by root."""
     root, account = make_root(tmp_path)
     (root / "var").mkdir()
     (root / "home").rename(root / "var/home")
     (root / "home").symlink_to("var/home")
-    real = sshkeys.confine(root, "/home/alice/.ssh/authorized_keys", account)
-    assert real == "/var/home/alice/.ssh/authorized_keys"
+    fd = homefiles.open_home(root, account)
+    try:
+        assert os.path.samestat(os.fstat(fd), (root / "var/home/alice").stat())
+    finally:
+        os.close(fd)
+    homefiles.check_path(root, account, AUTHORIZED)
 
 
-def test_link_loops_are_an_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", ["group-writable", "link of a user", "too many links"])
+def test_a_home_root_link_someone_else_could_make_is_refused(tmp_path: Path, case: str) -> None:
     root, account = make_root(tmp_path)
-    (root / "home/alice/.ssh").symlink_to(".ssh")
-    with pytest.raises(SshKeyError, match="too many levels"):
-        sshkeys.confine(root, "/home/alice/.ssh/authorized_keys", account)
+    (root / "var").mkdir()
+    (root / "home").rename(root / "var/home")
+    (root / "home").symlink_to("var/home")
+    if case == "group-writable":
+        (root / "var").chmod(0o775)
+        reason = "/var is writable by its group: the symbolic link /home is not followed"
+    elif case == "link of a user":
+        os.lchown(root / "home", UID, GID)
+        reason = f"the symbolic link /home is owned by uid {UID}: not followed"
+    else:
+        (root / "home").unlink()
+        (root / "home").symlink_to("home")
+        reason = "too many levels of symbolic links"
+    with pytest.raises(HomeFileError, match=reason):
+        homefiles.check_path(root, account, AUTHORIZED)
+
+
+# --- A link swapped in after planning, or while applying -----------------------------------
+
+
+def planned_inline(tmp_path: Path) -> tuple[Path, list[object]]:
+    root, _ = make_root(tmp_path)
+    ctx = Context(stage="ssh-keys", root=root, config=config.defaults())
+    line = openssh_public(ed25519.Ed25519PrivateKey.generate())
+    data = ProvisioningData(
+        vm_id="vm",
+        source="ovf",
+        hostname="h",
+        username="alice",
+        public_keys=(Key(path="$HOME/alice/.ssh/authorized_keys", value=line),),
+    )
+    for directory in ("etc/cron.d", "home/bob/.ssh", "tmp/x"):
+        (root / directory).mkdir(parents=True)
+    (root / "tmp").chmod(0o1777)
+    actions: list[object] = list(sshkeys.plan_inline_keys(ctx, data))
+    assert actions
+    return root, actions
+
+
+def swap_ssh(root: Path) -> None:
+    (root / "home/alice/.ssh").mkdir()
+    os.chown(root / "home/alice/.ssh", UID, GID)
+    (root / "home/alice/.ssh").rename(root / "home/alice/moved")
+    (root / "home/alice/.ssh").symlink_to("/etc/cron.d")
+
+
+def swap_home(root: Path) -> None:
+    (root / "home/alice").rmdir()
+    (root / "home/alice").symlink_to("/home/bob")
+
+
+def swap_home_root(root: Path) -> None:
+    (root / "home").rename(root / "tmp/x/home")
+    (root / "home").symlink_to("/tmp/x/home")
+
+
+@pytest.mark.parametrize(
+    ("swap", "reason"),
+    [
+        (swap_ssh, "/home/alice/.ssh is a symbolic link"),
+        (swap_home, "/home/alice is a symbolic link"),
+        (swap_home_root, "/tmp is writable by others"),
+    ],
+)
+def test_a_link_swapped_in_after_planning_is_refused_when_applying(
+    tmp_path: Path, swap: Callable[[Path], None], reason: str
+) -> None:
+    root, actions = planned_inline(tmp_path)
+    swap(root)
+    before = snapshot(root)
+    with pytest.raises(HomeFileError, match=reason):
+        apply(actions)
+    assert snapshot(root) == before
+
+
+def test_a_directory_swapped_while_writing_keeps_the_write_where_it_was_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is written within the descriptor of the directory walked to: replacing
+    that directory by a link once it is open changes nothing about where it lands."""
+    root, actions = planned_inline(tmp_path)
+    real_write = homefiles.atomic_write_at
+
+    def swap_then_write(fd: int, name: str, data: bytes, **kwargs: object) -> None:
+        ssh = root / "home/alice/.ssh"
+        ssh.rename(root / "home/alice/moved")
+        ssh.symlink_to("/etc/cron.d")
+        real_write(fd, name, data, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(homefiles, "atomic_write_at", swap_then_write)
+    apply(actions)
+    assert not list((root / "etc/cron.d").iterdir())
+    written = root / "home/alice/moved/authorized_keys"
+    assert written.read_text().startswith("ssh-ed25519 ")
+    st = written.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, UID, GID)
 
 
 def test_account_comes_from_the_roots_passwd(tmp_path: Path) -> None:

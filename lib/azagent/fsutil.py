@@ -1,17 +1,22 @@
-"""File writes that never leave a half-written or briefly world-readable file."""
+"""File writes that never leave a half-written or briefly world-readable file.
+
+And, for the files written for someone else (a user's keys), a walk by
+directory descriptor that never follows a link they could have placed.
+"""
 
 from __future__ import annotations
 
 import errno
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Optional
 
-from azagent.errors import LockBusy
+from azagent.errors import AzagentError, LockBusy
 
 Owner = Optional[tuple[int, int]]
 
@@ -117,3 +122,191 @@ def exclusive_lock(path: Path, *, timeout: float = 30.0) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+# --- Walking by descriptor, never through a link ------------------------------------------
+#
+# For the files azagent writes for someone else (a user's keys, a user's
+# home): each component is opened relative to the directory before it with
+# O_NOFOLLOW, so a link swapped in at any moment is refused instead of
+# followed, and the final writes happen within the descriptor of the
+# directory that was checked.
+
+
+class UnsafePath(AzagentError):
+    """A path holds a symbolic link azagent does not follow, or is not what it must be."""
+
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+MAX_LINKS = 40
+
+
+def _missing(shown: str) -> FileNotFoundError:
+    return FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), shown)
+
+
+def open_dir_at(dir_fd: int, name: str, shown: str) -> int:
+    """Open the directory ``name`` of ``dir_fd`` without following a link.
+
+    ``shown`` is the path errors name. FileNotFoundError when it does not
+    exist, :class:`UnsafePath` when it is a symbolic link or no directory.
+    """
+    if not name or "/" in name or name in (".", ".."):
+        raise UnsafePath(f"{shown}: {name!r} is not a single path component")
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise _missing(shown) from None
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafePath(f"cannot open {shown}: {e.strerror}") from None
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as e:
+        raise UnsafePath(f"cannot open {shown}: {e.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafePath(f"{shown} is a symbolic link, which azagent does not follow here")
+    raise UnsafePath(f"{shown} is not a directory")
+
+
+def refuse_link_at(dir_fd: int, name: str, shown: str) -> None:
+    """Refuse ``name`` of ``dir_fd`` if it is a symbolic link (missing is fine)."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise UnsafePath(f"cannot look at {shown}: {e.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafePath(f"{shown} is a symbolic link, which azagent does not follow here")
+
+
+def _only_root_writes(fd: int, shown: str, link: str) -> None:
+    st = os.fstat(fd)
+    if st.st_uid != 0:
+        raise UnsafePath(
+            f"{shown} is owned by uid {st.st_uid}: the symbolic link {link} is not followed"
+        )
+    if st.st_mode & 0o022:
+        who = "others" if st.st_mode & 0o002 else "its group"
+        raise UnsafePath(f"{shown} is writable by {who}: the symbolic link {link} is not followed")
+
+
+def open_directory(root: Path, path: str, *, follow_root_links: bool = False) -> int:
+    """A descriptor of the directory ``path`` (absolute, ``root`` taken as /).
+
+    Walked from ``root`` one component at a time (:func:`open_dir_at`): no
+    symbolic link is followed. With ``follow_root_links``, a link only root
+    can have made is: one owned by root in a directory of root's that its
+    group and others cannot write, and every directory reached through it
+    must be so too (Fedora Atomic and RHEL image mode have /home ->
+    var/home). Its target is walked the same way: an absolute one starts
+    again at ``root``, ``..`` never climbs above it. FileNotFoundError names
+    the first missing component; :class:`UnsafePath` any other refusal.
+    """
+    pending = [p for p in path.split("/") if p not in ("", ".")]
+    fds = [os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
+    names: list[str] = []
+    via: Optional[str] = None  # the link the walk went through, for messages
+    links = 0
+    try:
+        while pending:
+            part = pending.pop(0)
+            if part == "..":
+                if len(fds) > 1:
+                    os.close(fds.pop())
+                    names.pop()
+                continue
+            here = "/" + "/".join(names)
+            shown = "/" + "/".join([*names, part])
+            if follow_root_links:
+                try:
+                    st = os.stat(part, dir_fd=fds[-1], follow_symlinks=False)
+                except FileNotFoundError:
+                    raise _missing(shown) from None
+                if stat.S_ISLNK(st.st_mode):
+                    links += 1
+                    if links > MAX_LINKS:
+                        raise UnsafePath(f"{shown}: too many levels of symbolic links")
+                    if st.st_uid != 0:
+                        raise UnsafePath(
+                            f"the symbolic link {shown} is owned by uid {st.st_uid}: not followed"
+                        )
+                    _only_root_writes(fds[-1], here, shown)
+                    via = via or shown
+                    target = os.readlink(part, dir_fd=fds[-1])
+                    if target.startswith("/"):
+                        for fd in fds[1:]:
+                            os.close(fd)
+                        del fds[1:]
+                        names.clear()
+                    pending[:0] = [p for p in target.split("/") if p not in ("", ".")]
+                    continue
+            # Never follows: a link swapped in since the look above is refused.
+            fds.append(open_dir_at(fds[-1], part, shown))
+            names.append(part)
+            if via is not None:
+                _only_root_writes(fds[-1], shown, via)
+        return os.dup(fds[-1])
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def make_dir_at(dir_fd: int, name: str, shown: str, *, mode: int, owner: Owner) -> int:
+    """Create the directory ``name`` of ``dir_fd`` with ``owner`` and ``mode``; its descriptor.
+
+    Created 0700 and opened without following a link (anything already
+    there, a link included, makes it fail), then given its owner and mode
+    through the descriptor.
+    """
+    os.mkdir(name, 0o700, dir_fd=dir_fd)
+    fd = open_dir_at(dir_fd, name, shown)
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def atomic_write_at(
+    dir_fd: int, name: str, data: bytes, *, mode: int = 0o644, owner: Owner = None
+) -> None:
+    """Replace ``name`` in the directory ``dir_fd`` with ``data`` atomically.
+
+    As :func:`atomic_write`, but every step is relative to the descriptor:
+    the temporary file is created there (O_EXCL, O_NOFOLLOW) with its final
+    owner and mode, renamed over ``name`` in the same directory (a link
+    there would be replaced, never written through), and the directory is
+    fsynced through the descriptor.
+    """
+    tmp = f".{name}.azagent-{os.getpid()}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
+    except FileExistsError:
+        # Left by a crashed run, or planted: ours by its name, and unlink
+        # removes the entry itself, whatever it is.
+        os.unlink(tmp, dir_fd=dir_fd)
+        fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
+    try:
+        try:
+            if owner is not None:
+                os.fchown(fd, *owner)
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    os.fsync(dir_fd)

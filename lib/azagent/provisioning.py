@@ -9,6 +9,11 @@ host and user names in it are checked again when it is read (the rules of
 :mod:`azagent.names`): a later stage acts on them, and the file may have been
 edited by hand since mount-ovf or imds wrote it.
 
+``create-user`` writes :data:`ACCEPTED_USER`, root-only, once it has
+created or adopted the user: the user name, the VM id and the uid. The
+stages that place keys (ssh-keys, certificates) place them only for the user
+it names, for this VM (:func:`azagent.sshkeys.key_owner`).
+
 ``report-ready`` writes the marker ``<Lib.Dir>/provisioned`` holding the VM id
 once the platform accepted Ready: later boots of the same VM skip the
 provisioning stages; a captured image booted as a new VM (new VM id)
@@ -19,6 +24,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -39,6 +46,9 @@ MARKER_NAME = "provisioned"
 # handler's unit does not start (ConditionPathExists=!...).
 NO_GUEST_AGENT = "guest-agent-disabled"
 MAX_STATE_BYTES = 2 * 1024 * 1024
+# Written by create-user when it accepts the user: whose keys may be placed.
+ACCEPTED_USER = "/run/azagent/accepted-user.json"
+MAX_ACCEPTED_BYTES = 4096
 
 # The stages that make up provisioning, in order; report-ready and the
 # failure report look at their results.
@@ -123,6 +133,52 @@ def load(ctx: Context) -> Optional[ProvisioningData]:
     return ProvisioningData.from_json(raw)
 
 
+@dataclass(frozen=True)
+class AcceptedUser:
+    """The user create-user accepted (created or adopted) for a VM this boot."""
+
+    username: str
+    vm_id: str
+    uid: int
+
+
+def record_accepted_user(ctx: Context, username: str, vm_id: str, uid: int) -> None:
+    """Record that create-user accepted ``username`` (uid ``uid``) for the VM ``vm_id``."""
+    document = {"username": username, "vm_id": vm_id, "uid": uid}
+    atomic_write(
+        ctx.path(ACCEPTED_USER),
+        (json.dumps(document, sort_keys=True) + "\n").encode(),
+        mode=0o600,
+    )
+
+
+def accepted_user(ctx: Context) -> Optional[AcceptedUser]:
+    """The user create-user accepted this boot; None when none (or the record is unusable).
+
+    The record is read without following a link and only as a small
+    regular file; anything else counts as no acceptance.
+    """
+    try:
+        fd = os.open(
+            ctx.path(ACCEPTED_USER),
+            os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+        )
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        raw = f.read(MAX_ACCEPTED_BYTES + 1)
+    try:
+        document = json.loads(raw)
+        username, vm_id, uid = document["username"], document["vm_id"], document["uid"]
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return None
+    if not (isinstance(username, str) and isinstance(vm_id, str)) or type(uid) is not int:
+        return None
+    return AcceptedUser(username, vm_id, uid)
+
+
 def report_vm_id(ctx: Context) -> str:
     """The VM id a health report names: this boot's provisioning data's, else the firmware's.
 
@@ -154,8 +210,9 @@ def user_left_out(ctx: Context, username: str) -> Optional[str]:
     """Why the user's keys cannot be installed, when create-user did not run at all.
 
     An image builder who masks create-user manages users some other way: the
-    user's keys are then left out (and said so), not a provisioning failure.
-    When create-user ran and failed, that failure is the one reported.
+    keys of a user that does not exist are then left out (and said so), not
+    a provisioning failure. Whether an existing user may have keys at all is
+    :func:`azagent.sshkeys.key_owner`'s decision.
     """
     from azagent.users import accounts
 

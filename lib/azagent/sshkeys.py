@@ -10,13 +10,18 @@ key pairs to install, each with a ``Path`` such as
   (``command=``, ``from=``...) are refused: the platform has no business
   restricting or widening what a key may do, and accepting them would let a
   crafted request run commands. Error messages never quote key material.
-* Every path must end up inside that user's home, also after following the
-  symbolic links found on disk under the root: a path naming ``/etc``,
-  another user's home, or a ``.ssh`` symlinked elsewhere is refused.
-* Files are written atomically, created with their final owner (the user) and
-  mode: directories 0700, authorized_keys and private keys 0600, public keys
-  0644. authorized_keys is merged: the user's other lines stay, in order, and
-  a key already present (same type and blob) is not added again.
+* Keys go only to the user create-user accepted for this VM this boot
+  (:func:`key_owner`), or, with create-user masked, to an existing account
+  its rules accept: never root, a distribution's or a system account.
+* Every path must name a file inside that user's home, and no symbolic link
+  on the way is followed (:mod:`azagent.homefiles`): a home, ``.ssh``,
+  directory or file that is, or becomes, a link is refused wherever it
+  points. Above the home only a link root made is followed
+  (``/home -> var/home``).
+* Files are written atomically, created with their final owner (the user)
+  and mode: directories 0700, authorized_keys and private keys 0600, public
+  keys 0644. authorized_keys is merged: the user's other lines stay, in
+  order, and a key already present (same type and blob) is not added again.
 
 The ssh-keys stage installs the keys given inline (``Value``); the
 certificates stage, with the WireServer certificates (:mod:`azagent.certstore`),
@@ -31,23 +36,20 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import functools
 import hashlib
 import logging
-import os
-import stat
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Callable, Optional
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Optional
 
-from azagent import names, users
+from azagent import names, provisioning, users
 from azagent.certstore import CertStore, CertStoreError, normalize_thumbprint
 from azagent.context import Context
 from azagent.errors import AzagentError
-from azagent.fsutil import atomic_write
+from azagent.homefiles import HomeFile, check_path, plan_files, read_existing
 from azagent.plan import Action
 from azagent.provisioning import Key, ProvisioningData
+from azagent.results import STATE_DONE, STATE_NOTHING, read_result
 from azagent.users import Account
 
 if TYPE_CHECKING:  # only types: the modules import cryptography, the stage must not
@@ -406,10 +408,6 @@ def public_key_from_private(key: bytes) -> str:
 # --- Where keys go ---------------------------------------------------------------------
 
 
-def _owner(account: Account) -> tuple[int, int]:
-    return (account.uid, account.gid)
-
-
 def lookup_account(ctx: Context, username: str) -> Account:
     """The user's uid, gid and home from the root's /etc/passwd (create-user made it).
 
@@ -441,7 +439,7 @@ def resolve_key_path(path_template: str, username: str, home_root: str, user_hom
     ``$HOME`` stands for the home root (``OS.HomeDir``): ``$HOME/<username>/...``
     is taken to mean the user's own home, wherever /etc/passwd puts it. An
     absolute path must name a file under ``user_home``. ``..`` is refused
-    outright; see :func:`confine` for symbolic links on disk.
+    outright; see :mod:`azagent.homefiles` for symbolic links on disk.
     """
     if any(not c.isprintable() or c.isspace() for c in path_template):
         raise SshKeyError("contains a space or control character")
@@ -463,173 +461,68 @@ def resolve_key_path(path_template: str, username: str, home_root: str, user_hom
     return str(candidate)
 
 
-MAX_SYMLINKS = 40
+# --- The account the keys are for --------------------------------------------------------
 
 
-def resolve_in_root(root: Path, path: str) -> str:
-    """``path`` with the symbolic links under ``root`` followed as if ``root`` were ``/``.
+def key_owner(ctx: Context, data: ProvisioningData) -> Account:
+    """The account the keys of ``data`` go to, refused unless create-user accepts it.
 
-    Absolute link targets start again at ``root``; ``..`` never climbs above
-    it. Components that do not exist are kept as they are.
+    Keys are placed only for the user create-user accepted (created or
+    adopted) for this VM in this boot: it records that in
+    :data:`azagent.provisioning.ACCEPTED_USER` as its last step, and its run
+    must have succeeded. So whatever the order of the stages, a re-run by
+    hand or a provisioning.json edited since, a user it refused, failed on
+    or never looked at gets no key. When create-user did not run this boot
+    (masked: the image manages users some other way), its rules are applied
+    here: never root (nor any uid 0), never a distribution's account, never
+    a system account unless ``Provisioning.AllowResetSysUser=y``.
     """
-    pending = list(PurePosixPath(path).parts[1:])
-    resolved: list[str] = []
-    links = 0
-    while pending:
-        part = pending.pop(0)
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = root.joinpath(*resolved, part)
-        if candidate.is_symlink():
-            links += 1
-            if links > MAX_SYMLINKS:
-                raise SshKeyError(f"{path}: too many levels of symbolic links")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            pending = [p for p in target.split("/") if p] + pending
-            continue
-        resolved.append(part)
-    return "/" + "/".join(resolved)
+    name = data.username
 
+    def refused(why: str) -> SshKeyError:
+        return SshKeyError(f"the keys of {name} are not installed: {why}")
 
-def confine(root: Path, path: str, account: Account) -> str:
-    """The real path (symlinks followed under ``root``) of ``path``, refused outside the home."""
-    real_home = resolve_in_root(root, account.home)
-    if not root.joinpath(real_home.lstrip("/")).is_dir():
-        raise SshKeyError(f"the home directory of {account.name} ({account.home}) does not exist")
-    real = resolve_in_root(root, path)
-    if not _inside(PurePosixPath(real), PurePosixPath(real_home)):
-        raise SshKeyError(
-            f"{path} leads outside the home directory of {account.name} through a symbolic link"
-        )
-    return real
-
-
-# --- Planning the writes -----------------------------------------------------------------
-
-MAX_EXISTING_BYTES = 1024 * 1024
-DIR_MODE = 0o700
-
-
-@dataclass(frozen=True)
-class KeyFile:
-    """One file to install for the user; ``data`` may be a private key (kept out of repr)."""
-
-    path: str  # the path the platform named ($HOME expanded), for messages
-    real: str  # symlinks resolved
-    data: bytes = field(repr=False)
-    mode: int
-    summary: str
-    # Whether the existing content already is what is wanted (a private key
-    # re-serialized differs byte-wise but not in substance).
-    same: Callable[[bytes], bool] | None = field(default=None, repr=False, compare=False)
-
-
-def _read_existing(
-    root: Path, real: str, account: Account
-) -> Optional[tuple[bytes, os.stat_result]]:
-    """The current content and status of a file we are about to replace, if any.
-
-    Refuses what could make us copy someone else's file into the user's:
-    anything but a regular file with a single link.
-    """
-    host = root.joinpath(real.lstrip("/"))
     try:
-        fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise SshKeyError(f"cannot read {real}: {e.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise SshKeyError(f"{real} exists and is not a regular file")
-        if st.st_nlink != 1:
-            raise SshKeyError(f"{real} has {st.st_nlink} hard links; refusing to rewrite it")
-        if st.st_uid not in (account.uid, 0):
-            raise SshKeyError(f"{real} is owned by uid {st.st_uid}, not by {account.name}")
-        data = f.read(MAX_EXISTING_BYTES + 1)
-    if len(data) > MAX_EXISTING_BYTES:
-        raise SshKeyError(f"{real} is larger than {MAX_EXISTING_BYTES} bytes")
-    return data, st
-
-
-def _is_right(st: os.stat_result, mode: int, account: Account) -> bool:
-    return stat.S_IMODE(st.st_mode) == mode and (st.st_uid, st.st_gid) == _owner(account)
-
-
-def _make_dirs(ctx: Context, account: Account, key: KeyFile) -> None:
-    """Create the missing directories between the home and the file, the user's, 0700."""
-    real_home = PurePosixPath(resolve_in_root(ctx.root, account.home))
-    parent = PurePosixPath(key.real).parent
-    missing = []
-    while parent != real_home and not ctx.root.joinpath(str(parent).lstrip("/")).exists():
-        missing.append(parent)
-        parent = parent.parent
-    for directory in reversed(missing):
-        host = ctx.root.joinpath(str(directory).lstrip("/"))
-        os.mkdir(host, DIR_MODE)  # never follows: fails if anything appeared there
-        os.chown(host, *_owner(account))
-
-
-def _install(ctx: Context, account: Account, key: KeyFile) -> None:
-    # The home belongs to the user: look again right before writing.
-    if confine(ctx.root, key.path, account) != key.real:
-        raise SshKeyError(f"{key.path} changed while it was being installed")
-    _make_dirs(ctx, account, key)
-    atomic_write(ctx.root / key.real.lstrip("/"), key.data, mode=key.mode, owner=_owner(account))
-
-
-def _fix_directory(host: Path, account: Account) -> None:
-    os.chown(host, *_owner(account), follow_symlinks=False)
-    os.chmod(host, DIR_MODE, follow_symlinks=False)
-
-
-def plan_files(ctx: Context, account: Account, files: Iterable[KeyFile]) -> list[Action]:
-    """The actions that make each file as wanted, its directory the user's and 0700."""
-    actions: list[Action] = []
-    fixed: set[str] = set()
-    real_home = PurePosixPath(resolve_in_root(ctx.root, account.home))
-    for key in files:
-        parent = PurePosixPath(key.real).parent
-        host_parent = ctx.root / str(parent).lstrip("/")
-        if parent != real_home and str(parent) not in fixed and host_parent.is_dir():
-            st = host_parent.lstat()
-            if not _is_right(st, DIR_MODE, account):
-                fixed.add(str(parent))
-                actions.append(
-                    Action(
-                        f"make {parent} owned by {account.name} with mode 0700 "
-                        f"(was uid {st.st_uid} mode {stat.S_IMODE(st.st_mode):04o})",
-                        functools.partial(_fix_directory, host_parent, account),
-                    )
-                )
-        existing = _read_existing(ctx.root, key.real, account)
-        if existing is not None:
-            data, st = existing
-            same = key.same(data) if key.same is not None else data == key.data
-            if same and _is_right(st, key.mode, account):
-                continue
-        actions.append(Action(key.summary, functools.partial(_install, ctx, account, key)))
-    return actions
+        users.check_name(name)
+    except AzagentError as e:
+        raise refused(e.reason) from None
+    account = lookup_account(ctx, name)
+    try:
+        users.check_existing_account(ctx, account)
+    except AzagentError as e:
+        raise refused(e.reason) from None
+    ran = read_result(ctx.root, "create-user")
+    if ran is None:
+        return account  # masked: its rules, applied above, are what counts
+    if ran.state not in (STATE_DONE, STATE_NOTHING):
+        reason = f": {ran.reason}" if ran.reason else ""
+        raise refused(f"create-user's run this boot {ran.state}{reason}")
+    accepted = provisioning.accepted_user(ctx)
+    if accepted is None:
+        raise refused(f"create-user has not accepted {name} for this VM this boot")
+    if accepted.username != name:
+        raise refused(f"create-user accepted {accepted.username} this boot, not {name}")
+    if accepted.vm_id != data.vm_id:
+        raise refused(f"create-user accepted {name} for another VM ({accepted.vm_id})")
+    if accepted.uid != account.uid:
+        raise refused(
+            f"create-user accepted {name} with uid {accepted.uid}, "
+            f"{users.ACCOUNTS} now gives uid {account.uid}"
+        )
+    return account
 
 
 def authorized_keys_files(
     ctx: Context, account: Account, wanted: Sequence[tuple[str, str]]
-) -> list[KeyFile]:
+) -> list[HomeFile]:
     """Merge validated (path, line) pairs into their authorized_keys files, one per path."""
-    by_path: dict[str, tuple[str, list[str]]] = {}
+    by_path: dict[str, list[str]] = {}
     for path, line in wanted:
-        real = confine(ctx.root, path, account)
-        by_path.setdefault(real, (path, []))[1].append(line)
+        check_path(ctx.root, account, path)
+        by_path.setdefault(path, []).append(line)
     files = []
-    for real, (path, lines) in by_path.items():
-        existing = _read_existing(ctx.root, real, account)
+    for path, lines in by_path.items():
+        existing = read_existing(ctx.root, account, path)
         old = existing[0].decode("utf-8", "surrogateescape") if existing else ""
         merged, added = _merge(old, lines)
         if added:
@@ -639,7 +532,7 @@ def authorized_keys_files(
             summary = f"end {path} with a newline"
         else:
             summary = f"make {path} owned by {account.name} with mode 0600"
-        files.append(KeyFile(path, real, merged.encode("utf-8", "surrogateescape"), 0o600, summary))
+        files.append(HomeFile(path, merged.encode("utf-8", "surrogateescape"), 0o600, summary))
     return files
 
 
@@ -670,7 +563,7 @@ def plan_inline_keys(ctx: Context, data: ProvisioningData) -> list[Action]:
         )
     if not inline:
         return []
-    account = lookup_account(ctx, data.username)
+    account = key_owner(ctx, data)
     wanted = []
     for index, key in inline:
         assert key.value is not None
@@ -680,8 +573,8 @@ def plan_inline_keys(ctx: Context, data: ProvisioningData) -> list[Action]:
             raise _key_problem(index, key, "public key", e.reason) from None
         path = _target(ctx, account, index, key, "public key")
         try:
-            confine(ctx.root, path, account)
-        except SshKeyError as e:
+            check_path(ctx.root, account, path)
+        except AzagentError as e:
             raise _key_problem(index, key, "public key", e.reason) from None
         wanted.append((path, line))
     return plan_files(ctx, account, authorized_keys_files(ctx, account, wanted))
@@ -727,7 +620,7 @@ def plan_certificate_keys(
     ]
     if not by_fingerprint and not data.key_pairs:
         return []
-    account = lookup_account(ctx, data.username)
+    account = key_owner(ctx, data)
 
     wanted = []
     for index, key in by_fingerprint:
@@ -742,8 +635,8 @@ def plan_certificate_keys(
             raise _key_problem(index, key, "public key", f"certificate {thumbprint}: {e}") from None
         path = _target(ctx, account, index, key, "public key")
         try:
-            confine(ctx.root, path, account)
-        except SshKeyError as e:
+            check_path(ctx.root, account, path)
+        except AzagentError as e:
             raise _key_problem(index, key, "public key", e.reason) from None
         wanted.append((path, line))
     files = authorized_keys_files(ctx, account, wanted)
@@ -761,9 +654,9 @@ def plan_certificate_keys(
             raise _key_problem(index, pair, "key pair", f"{thumbprint}: {e}") from None
         path = _target(ctx, account, index, pair, "key pair")
         try:
-            real = confine(ctx.root, path, account)
-            real_pub = confine(ctx.root, path + ".pub", account)
-        except SshKeyError as e:
+            check_path(ctx.root, account, path)
+            check_path(ctx.root, account, path + ".pub")
+        except AzagentError as e:
             raise _key_problem(index, pair, "key pair", e.reason) from None
         name = fingerprint(public)
 
@@ -774,9 +667,8 @@ def plan_certificate_keys(
                 return False
 
         files.append(
-            KeyFile(
+            HomeFile(
                 path,
-                real,
                 openssh,
                 0o600,
                 f"install the private key {name} as {path} for {account.name}",
@@ -784,9 +676,8 @@ def plan_certificate_keys(
             )
         )
         files.append(
-            KeyFile(
+            HomeFile(
                 path + ".pub",
-                real_pub,
                 (public + "\n").encode("ascii"),
                 0o644,
                 f"install the public key {name} as {path}.pub for {account.name}",

@@ -26,14 +26,21 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Optional
 
 from azagent import names, system
 from azagent.context import Context
 from azagent.errors import StageFailed
-from azagent.fsutil import atomic_write, ensure_dir
+from azagent.fsutil import (
+    UnsafePath,
+    atomic_write,
+    ensure_dir,
+    open_directory,
+    refuse_link_at,
+)
 
 log = logging.getLogger("azagent")
 
@@ -105,6 +112,97 @@ def check_name(name: str) -> None:
     if name in RESERVED_NAMES:
         shown = names.shown(name)
         raise InvalidUserName(f"the provisioned user: {shown} is reserved for the system")
+
+
+def check_existing_account(ctx: Context, account: Account) -> None:
+    """Raise saying why the existing ``account`` cannot be the provisioned user.
+
+    A uid 0 account is root whatever its name, and never provisioned, nor
+    one whose home is a uid 0 account's (its authorized_keys would be
+    root's); a system account (uid below UID_MIN) only with
+    Provisioning.AllowResetSysUser=y. create-user adopts nothing else, and
+    the stages that place keys apply the same rules when create-user is
+    masked.
+    """
+    name = account.name
+    if account.uid == 0:
+        raise InvalidUserName(f"user {name!r} has uid 0: it is root, never provisioned")
+    for other in accounts(ctx).values():
+        if other.uid == 0 and _same_directory(ctx, other.home, account.home):
+            # Its keys would be read for root too: they would log in as root.
+            raise InvalidUserName(
+                f"user {name!r} has the home of {other.name} ({other.home}), which has uid 0"
+            )
+    minimum = uid_min(ctx)
+    if account.uid < minimum and not ctx.config.get_bool("Provisioning.AllowResetSysUser"):
+        raise StageFailed(
+            f"user {name!r} is an existing system account (uid {account.uid} < "
+            f"UID_MIN {minimum}); set Provisioning.AllowResetSysUser=y to reuse it"
+        )
+
+
+def _same_directory(ctx: Context, first: str, second: str) -> bool:
+    """Whether two homes of /etc/passwd name the same directory (spelled alike, or on disk)."""
+    one, other = (PurePosixPath("/" + path.lstrip("/")) for path in (first, second))
+    if one == other:
+        return True
+    try:
+        return os.path.samefile(ctx.path(str(one)), ctx.path(str(other)))
+    except (OSError, ValueError):
+        return False
+
+
+def check_new_home(ctx: Context, home: str) -> None:
+    """Refuse a home useradd would reach through a link it must not follow.
+
+    useradd creates the home and copies the skeleton into it, the user's, by
+    path. Above the home only links root made are followed
+    (:func:`azagent.fsutil.open_directory`); the home itself must not be a
+    link nor anything but a directory; and under ``--root`` the directory
+    must be the one the host's kernel reaches too (an absolute link would
+    lead useradd out of the root). Directories still missing are fine:
+    checked again once made, right before useradd.
+    """
+    parent = PurePosixPath(home).parent
+    try:
+        fd = _open_existing(ctx.root, parent)
+    except UnsafePath as e:
+        raise StageFailed(f"the home {home}: {e.reason}") from None
+    if fd is None:
+        return
+    try:
+        try:
+            refuse_link_at(fd, PurePosixPath(home).name, home)
+            st = os.stat(PurePosixPath(home).name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        except UnsafePath as e:
+            raise StageFailed(e.reason) from None
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            raise StageFailed(f"the home {home} exists and is not a directory")
+        walked = os.fstat(fd)
+    finally:
+        os.close(fd)
+    try:
+        seen = ctx.path(str(parent)).stat()
+    except OSError as e:
+        raise StageFailed(f"cannot look at {parent}: {e.strerror}") from None
+    if (seen.st_dev, seen.st_ino) != (walked.st_dev, walked.st_ino):
+        raise StageFailed(f"{parent} leads out of {ctx.root} through an absolute symbolic link")
+
+
+def _open_existing(root: Path, directory: PurePosixPath) -> Optional[int]:
+    """open_directory of ``directory``, or of its nearest existing ancestor (None if none)."""
+    for candidate in (directory, *directory.parents):
+        try:
+            fd = open_directory(root, str(candidate), follow_root_links=True)
+        except FileNotFoundError:
+            continue
+        if candidate != directory:
+            os.close(fd)
+            return None
+        return fd
+    return None
 
 
 def _lines(ctx: Context, path: str) -> list[list[str]]:
@@ -234,7 +332,9 @@ def create_user(ctx: Context, name: str, *, home: str, shell: str, group: Option
     argv += ["--skel", str(ctx.path(SKEL)), "--shell", shell, "--user-group"]
     if group is not None:
         argv += ["--groups", group]
+    check_new_home(ctx, home)
     ensure_dir(ctx.path(home).parent)
+    check_new_home(ctx, home)  # now that every directory above it exists
     system.run([*argv, "--", name], what=f"create user {name}")
 
 
