@@ -51,6 +51,7 @@ FLOORS: dict[str, tuple[str, ...]] = {
         "extconf",
         "extensions",
         "extensions.environment",
+        "extensions.executor",
         "extensions.goalstate",
         "extensions.handler",
         "extensions.manifest",
