@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -24,6 +26,37 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# --- crash points: a test hook ------------------------------------------------------
+#
+# The places where a crash leaves something the next run has to cope with: a
+# temporary file written but not renamed, a command that ran but whose
+# effect is not recorded yet, a step of a stage about to be applied. The
+# runner arms them only for tests (AZAGENT_TEST_CRASH_AT, never when the root
+# is /, see azagent.stage); unarmed, crash_point() only returns.
+
+_crash_at: Optional[int] = None
+_crash_points_passed = 0
+
+
+def arm_crash_points(at: int) -> None:
+    """Test hook: SIGKILL this process at the ``at``-th crash point it reaches (1-based)."""
+    global _crash_at, _crash_points_passed
+    _crash_at = at
+    _crash_points_passed = 0
+
+
+def crash_point(where: str) -> None:
+    """A point where a crash must leave a state the next run finishes; inert unless armed."""
+    global _crash_points_passed
+    if _crash_at is None:
+        return
+    _crash_points_passed += 1
+    if _crash_points_passed == _crash_at:
+        sys.stderr.write(f"azagent test hook: crash point {_crash_at}: {where}: SIGKILL\n")
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def ensure_dir(path: Path, *, mode: int = 0o755, owner: Owner = None) -> bool:
     """Create ``path`` (and missing parents, 0755 root-owned) with ``mode``.
 
@@ -37,6 +70,7 @@ def ensure_dir(path: Path, *, mode: int = 0o755, owner: Owner = None) -> bool:
         os.mkdir(path, 0o700)
     except FileExistsError:
         return False
+    crash_point(f"directory {path} made, its mode not set yet")
     # Created 0700 and only then opened up, so nobody sees it with the
     # wrong owner in between.
     if owner is not None:
@@ -69,6 +103,7 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, owner: Owner = N
             os.fsync(fd)
         finally:
             os.close(fd)
+        crash_point(f"{tmp} written, not yet renamed to {path.name}")
         os.rename(tmp, path)
     except BaseException:
         with suppress(FileNotFoundError):

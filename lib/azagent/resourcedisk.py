@@ -47,7 +47,7 @@ from typing import BinaryIO, Optional
 from azagent import disks, system
 from azagent.context import Context
 from azagent.errors import StageFailed
-from azagent.fsutil import atomic_write
+from azagent.fsutil import atomic_write, crash_point
 from azagent.plan import Action
 
 log = logging.getLogger("azagent")
@@ -763,8 +763,12 @@ def _mkfs_in_image(region: Region, filesystem: str) -> None:
         )
         with open(aside, "rb") as source, open(region.path, "r+b") as target:
             target.seek(region.offset)
+            copied = 0
             while chunk := source.read(MIB):
                 target.write(chunk)
+                if not copied:
+                    crash_point(f"the first MiB of the new filesystem copied to {region.display}")
+                copied += len(chunk)
             target.flush()
             os.fsync(target.fileno())
     finally:
@@ -1092,6 +1096,7 @@ def _make_swap(
             ) from None
         raise
     os.close(fd)
+    crash_point(f"swap file {path} allocated, mkswap not run yet")
     system.run(["mkswap", str(path)], timeout=600, what=f"mkswap {path}")
 
 
