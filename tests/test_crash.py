@@ -62,12 +62,11 @@ Tree = dict[str, tuple[int, int, int, "bytes | str"]]
 
 def _results(content: bytes) -> bytes:
     """A stage result: its timestamps and duration are the run's, and so are its
-    changes (the run after a crash makes only what is left); done and
-    nothing-to-do are both "as it should be"."""
+    changes and state (the run after a crash makes only what is left, or
+    nothing): the test checks the state on its own."""
     document = json.loads(content)
-    state = document["state"]
-    ok = state in ("done", "nothing-to-do")
-    return json.dumps([document["stage"], "ok" if ok else state, document["exit_status"]]).encode()
+    failed = document["state"] == "failed"
+    return json.dumps([document["stage"], failed, document["exit_status"]]).encode()
 
 
 def _host_key_pair(tree: Path, name: str, content: bytes) -> bytes:
@@ -229,6 +228,11 @@ def copy_tree(source: Path, target: Path) -> Path:
     return target
 
 
+def result_state(root: Path, stage: str) -> str:
+    state: str = json.loads((root / f"run/azagent/stages/{stage}.json").read_text())["state"]
+    return state
+
+
 def stage_run(stage: str, root: Path, crash_at: Optional[int] = None) -> Run:
     env = dict(ENV)
     if crash_at is not None:
@@ -247,25 +251,45 @@ class Setup:
     after: Path
 
 
-def prepare(name: str, pristine: Path, stages: list[str], work: Path) -> Setup:
-    """Run ``stages`` in order on a copy of ``pristine``, keeping the tree before each."""
+def prepare(
+    name: str, pristine: Path, stages: list[str], work: Path, failing: tuple[str, ...] = ()
+) -> Setup:
+    """Run ``stages`` in order on a copy of ``pristine``, keeping the tree before each.
+
+    imds runs only where mount-ovf left its cue (ConditionPathExists= of its
+    unit); the stages in ``failing`` are expected to fail.
+    """
     before = {}
     current = copy_tree(pristine, work / f"{name}-run")
+    ran = []
     for stage in stages:
+        if stage == "imds" and not (current / "run/azagent/imds-needed").exists():
+            continue
         before[stage] = copy_tree(current, work / f"{name}-before-{stage}")
         run = stage_run(stage, current)
-        assert run.returncode == 0, f"{stage}: {run.stderr}"
-    return Setup(name, stages, before, current)
+        assert run.returncode == (1 if stage in failing else 0), f"{stage}: {run.stderr}"
+        ran.append(stage)
+    return Setup(name, ran, before, current)
 
 
-# The provisioning stages of a first boot, in the order of their units; imds
-# runs only without media (ConditionPathExists= of its unit).
-PROVISIONING = [stage for stage in unit_order() if stage != "imds"]
-
-
+# The provisioning stages of a first boot, in the order of their units.
+PROVISIONING = unit_order()
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("crash")
+
+
+def image(root: Path) -> None:
+    """A Debian-like image with sshd, host keys, /etc/hosts and /etc/hostname."""
+    root.mkdir()
+    debian_root(root)
+    (root / "etc/ssh/sshd_config.d").mkdir(parents=True)
+    (root / "etc/ssh/sshd_config").write_text("Include /etc/ssh/sshd_config.d/*.conf\n")
+    for kind in ("rsa", "ed25519"):
+        (root / f"etc/ssh/ssh_host_{kind}_key").write_text(f"the image's {kind} key\n")
+        (root / f"etc/ssh/ssh_host_{kind}_key.pub").write_text(f"ssh-{kind} image\n")
+    (root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n")
+    (root / "etc/hostname").write_text("debian\n")
 
 
 @pytest.fixture(scope="module")
@@ -285,15 +309,7 @@ def provisioned(work: Path) -> Iterator[Setup]:
     )
     with Fabric(scenario) as fabric:
         root = work / "provisioning"
-        root.mkdir()
-        debian_root(root)
-        (root / "etc/ssh/sshd_config.d").mkdir(parents=True)
-        (root / "etc/ssh/sshd_config").write_text("Include /etc/ssh/sshd_config.d/*.conf\n")
-        for kind in ("rsa", "ed25519"):
-            (root / f"etc/ssh/ssh_host_{kind}_key").write_text(f"the image's {kind} key\n")
-            (root / f"etc/ssh/ssh_host_{kind}_key.pub").write_text(f"ssh-{kind} image\n")
-        (root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n")
-        (root / "etc/hostname").write_text("debian\n")
+        image(root)
         vm = make_vm(root, scenario, fabric)
         vm.configure(
             "Provisioning.DecodeCustomData=y",
@@ -302,6 +318,28 @@ def provisioned(work: Path) -> Iterator[Setup]:
             "OS.SshClientAliveInterval=120",
         )
         yield prepare("provisioning", root, PROVISIONING, work)
+
+
+@pytest.fixture(scope="module")
+def from_imds(work: Path) -> Iterator[Setup]:
+    """The same image without provisioning media: the imds stage provisions it."""
+    scenario = Scenario(hostname="imds-vm", username="bob")
+    with Fabric(scenario) as fabric:
+        root = work / "imds"
+        image(root)
+        make_vm(root, scenario, fabric, with_media=False)
+        yield prepare("imds", root, PROVISIONING, work)
+
+
+@pytest.fixture(scope="module")
+def failing(work: Path) -> Iterator[Setup]:
+    """A user name the rules refuse: mount-ovf fails, report-failure reports it."""
+    scenario = Scenario(username="-rf")
+    with Fabric(scenario) as fabric:
+        root = work / "failing"
+        image(root)
+        make_vm(root, scenario, fabric)
+        yield prepare("failing", root, ["mount-ovf", "report-failure"], work, ("mount-ovf",))
 
 
 def kernel_tune_root(root: Path) -> None:
@@ -390,8 +428,9 @@ def setup_of(request: pytest.FixtureRequest, stage: str) -> Setup:
     if stage in OTHERS:
         setups: dict[str, Setup] = request.getfixturevalue("others")
         return setups[stage]
-    provisioning: Setup = request.getfixturevalue("provisioned")
-    return provisioning
+    fixture = {"imds": "from_imds", "report-failure": "failing"}.get(stage, "provisioned")
+    setup: Setup = request.getfixturevalue(fixture)
+    return setup
 
 
 # -- crash at every step --------------------------------------------------------------
@@ -406,6 +445,8 @@ CRASHING = {
     "certificates": 4,
     "custom-data": 2,
     "report-ready": 2,
+    "imds": 3,
+    "report-failure": 2,
     "kernel-tune": 6,
     "network": 4,
     "firewall": 2,
@@ -424,6 +465,11 @@ def test_crash_at_every_step_then_rerun_ends_as_one_run(
     run = stage_run(stage, reference)
     assert run.returncode == 0, run.stderr
     expected = normalized(reference)
+    # After a crash, the run that finishes the job may find all of it done:
+    # it says what a second run says.
+    second = stage_run(stage, reference)
+    assert second.returncode == 0, second.stderr
+    states = {"done", "nothing-to-do", result_state(reference, stage)}
 
     failures = []
     point = 0
@@ -440,11 +486,11 @@ def test_crash_at_every_step_then_rerun_ends_as_one_run(
         assert crashed.returncode == -signal.SIGKILL, crashed.stderr
         assert where is not None, crashed.stderr
         again = stage_run(stage, tree)
-        state = json.loads((tree / f"run/azagent/stages/{stage}.json").read_text())["state"]
+        state = result_state(tree, stage)
         problems = difference(expected, normalized(tree))
         if again.returncode != 0:
             problems.insert(0, f"  the run after the crash exited {again.returncode}: {again.stderr}")
-        elif state not in ("done", "nothing-to-do"):
+        elif state not in states:
             problems.insert(0, f"  the run after the crash says {state}")
         if problems:
             failures.append(f"crash point {point} ({where.group(1)}):\n" + "\n".join(problems))
@@ -491,14 +537,19 @@ def test_the_hook_fires_only_under_another_root(root: str, killed: bool) -> None
 # -- a second run changes nothing -------------------------------------------------------
 
 
-def test_second_run_of_every_provisioning_stage_changes_nothing(provisioned: Setup) -> None:
-    tree = provisioned.after
+@pytest.mark.parametrize("media", ["dvd", "imds"])
+def test_second_run_of_every_provisioning_stage_changes_nothing(
+    request: pytest.FixtureRequest, media: str
+) -> None:
+    """After a first boot (from the DVD, or from IMDS), every provisioning stage again."""
+    setup: Setup = request.getfixturevalue("provisioned" if media == "dvd" else "from_imds")
+    tree = setup.after
     before = snapshot(tree)
-    for stage in provisioned.stages:
+    for stage in setup.stages:
         run = stage_run(stage, tree)
         assert run.returncode == 0, f"{stage}: {run.stderr}"
     after = snapshot(tree)
-    assert_unchanged_but_results(before, after, provisioned.stages, tree)
+    assert_unchanged_but_results(before, after, setup.stages, tree)
 
 
 @pytest.mark.parametrize("stage", list(OTHERS))
@@ -523,8 +574,5 @@ def assert_unchanged_but_results(before: Tree, after: Tree, stages: list[str], t
     assert changed == []
     for name in own:
         assert before[name][:3] == after[name][:3], name  # mode and owner
-    states = {
-        stage: json.loads((tree / f"run/azagent/stages/{stage}.json").read_text())["state"]
-        for stage in stages
-    }
+    states = {stage: result_state(tree, stage) for stage in stages}
     assert {s: state for s, state in states.items() if state not in ("nothing-to-do", "skipped")} == {}
