@@ -45,6 +45,11 @@ def arm_crash_points(at: int) -> None:
     _crash_points_passed = 0
 
 
+def crash_points_passed() -> Optional[int]:
+    """How many crash points this process passed since they were armed (None: unarmed)."""
+    return None if _crash_at is None else _crash_points_passed
+
+
 def crash_point(where: str) -> None:
     """A point where a crash must leave a state the next run finishes; inert unless armed."""
     global _crash_points_passed
