@@ -1,4 +1,13 @@
-"""File writes that never leave a half-written or briefly world-readable file."""
+"""File writes that never leave a half-written or briefly world-readable file.
+
+A write may be cut short at any point (power loss, SIGKILL, the OOM killer):
+what it leaves must be something the next run recognizes and finishes. So a
+file appears only complete (written aside, then renamed), a directory only
+with its final mode, and the temporary files of a writer that died are
+removed by the next writer of the same file. The crash-consistency tests
+(tests/test_crash.py) kill stages at every :func:`crash_point` in turn to
+hold this.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +15,7 @@ import errno
 import fcntl
 import os
 import signal
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -66,22 +76,94 @@ def ensure_dir(path: Path, *, mode: int = 0o755, owner: Owner = None) -> bool:
     """Create ``path`` (and missing parents, 0755 root-owned) with ``mode``.
 
     Returns whether anything was created. An existing directory is left as it
-    is: its owner and mode are the administrator's.
+    is: its owner and mode are the administrator's. So a directory is made
+    with its final mode at once (only a restrictive umask narrows it, fixed
+    right after): one that a crash left 0700 would stay 0700. With an
+    ``owner``, it is made 0700 and opened up only once given to that owner,
+    so nobody sees it with the wrong owner in between.
     """
     if path.is_dir():
         return False
     ensure_dir(path.parent)
     try:
-        os.mkdir(path, 0o700)
+        os.mkdir(path, mode if owner is None else 0o700)
     except FileExistsError:
         return False
-    crash_point(f"directory {path} made, its mode not set yet")
-    # Created 0700 and only then opened up, so nobody sees it with the
-    # wrong owner in between.
+    crash_point(f"directory {path} made")
     if owner is not None:
         os.chown(path, *owner)
-    os.chmod(path, mode)
+    if owner is not None or stat.S_IMODE(os.stat(path).st_mode) != mode:
+        os.chmod(path, mode)
     return True
+
+
+# A filesystem without flock (some FUSE and network filesystems).
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
+_TEMP_INFIX = ".azagent-"
+_TEMP_SUFFIX = ".tmp"
+
+
+def _temp_path(path: Path) -> Path:
+    return path.parent / f".{path.name}{_TEMP_INFIX}{os.getpid()}{_TEMP_SUFFIX}"
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove what writers of ``path`` that died left: their unlocked temporary files.
+
+    A writer holds an flock on its temporary file from creation to rename,
+    and the kernel drops it when the writer dies however it dies, so an
+    unlocked one is debris. A pid in the name is no proof either way: pids
+    are reused, early in every boot most of all.
+    """
+    prefix = f".{path.name}{_TEMP_INFIX}"
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(prefix) and name.endswith(_TEMP_SUFFIX)):
+            continue
+        if not name[len(prefix) : -len(_TEMP_SUFFIX)].isdigit():
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue  # not one of ours: they are all regular files
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_ino == os.lstat(entry.path).st_ino:
+                os.unlink(entry.path)
+        except OSError:
+            pass  # a live writer holds it, or it went away meanwhile
+        finally:
+            os.close(fd)
+
+
+def _create_temp(path: Path) -> tuple[Path, int]:
+    """A new temporary file next to ``path``, mode 0600, held under flock (see above)."""
+    _remove_stale_temps(path)
+    tmp = _temp_path(path)
+    for _ in range(3):
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            if e.errno in _NO_LOCKS:
+                return tmp, fd  # such a filesystem keeps the debris: nobody can tell
+            os.close(fd)
+            raise
+        except BaseException:
+            os.close(fd)
+            raise
+        if os.fstat(fd).st_nlink > 0:
+            return tmp, fd
+        os.close(fd)  # another writer's clean-up took it for debris: make it again
+    raise OSError(errno.EAGAIN, f"cannot keep a temporary file next to {path}")
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, owner: Owner = None) -> None:
@@ -90,12 +172,13 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, owner: Owner = N
     The temporary file is created in the same directory with mode 0600, given
     its final owner and mode before a single byte is written, fsynced and
     renamed over ``path``; the directory is then fsynced so the rename
-    survives a crash. ``owner`` None keeps the writer's own uid and gid.
+    survives a crash. ``owner`` None keeps the writer's own uid and gid. A
+    temporary file that a writer killed before its rename left behind is
+    removed by the next write of ``path``.
     """
     directory = path.parent
     ensure_dir(directory)
-    tmp = directory / f".{path.name}.azagent-{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    tmp, fd = _create_temp(path)
     try:
         try:
             if owner is not None:
@@ -106,10 +189,10 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, owner: Owner = N
                 written = os.write(fd, view)
                 view = view[written:]
             os.fsync(fd)
+            crash_point(f"{tmp} written, not yet renamed to {path.name}")
+            os.rename(tmp, path)
         finally:
             os.close(fd)
-        crash_point(f"{tmp} written, not yet renamed to {path.name}")
-        os.rename(tmp, path)
     except BaseException:
         with suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -751,8 +751,16 @@ def _lock(fd: int, disk: Disk) -> None:
 
 
 def _mkfs_in_image(region: Region, filesystem: str) -> None:
-    """A disk image has no partition node: make the filesystem aside, copy it in place."""
-    aside = region.path.with_name(f".{region.path.name}.azagent-mkfs-{os.getpid()}")
+    """A disk image has no partition node: make the filesystem aside, copy it in place.
+
+    The first MiB (superblock and signatures; zeroed before) is copied last,
+    so a copy cut short leaves no filesystem the next run would take for
+    finished: it formats again.
+    """
+    prefix = f".{region.path.name}.azagent-mkfs-"
+    for stale in region.path.parent.glob(f"{prefix}*"):
+        stale.unlink(missing_ok=True)  # what a run killed during mkfs left
+    aside = region.path.with_name(f"{prefix}{os.getpid()}")
     try:
         with open(aside, "xb") as f:
             f.truncate(region.size)
@@ -762,13 +770,15 @@ def _mkfs_in_image(region: Region, filesystem: str) -> None:
             what=f"make {filesystem} on {region.display}",
         )
         with open(aside, "rb") as source, open(region.path, "r+b") as target:
-            target.seek(region.offset)
-            copied = 0
+            first = source.read(MIB)
+            target.seek(region.offset + len(first))
             while chunk := source.read(MIB):
                 target.write(chunk)
-                if not copied:
-                    crash_point(f"the first MiB of the new filesystem copied to {region.display}")
-                copied += len(chunk)
+            target.flush()
+            os.fsync(target.fileno())
+            crash_point(f"the new filesystem copied to {region.display} but its first MiB")
+            target.seek(region.offset)
+            target.write(first)
             target.flush()
             os.fsync(target.fileno())
     finally:

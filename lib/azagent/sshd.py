@@ -400,12 +400,19 @@ def _marker(ctx: Context) -> Path:
     return ctx.lib_dir / HOST_KEY_MARKER
 
 
+SCRATCH_PREFIX = ".azagent-host-keys-"
+
+
 def _regenerate(
     ctx: Context, ssh_dir: Path, old: Sequence[str], types: Sequence[str], vm_id: str
 ) -> None:
     # Made in a private (0700) directory next to the final place, then
-    # written over: sshd never sees a half-written key or no key at all.
-    scratch = Path(tempfile.mkdtemp(prefix=".azagent-host-keys-", dir=ssh_dir))
+    # written over: sshd never sees a half-written key or no key at all. A
+    # run killed meanwhile left its directory (private keys): removed first.
+    for stale in ssh_dir.glob(f"{SCRATCH_PREFIX}*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=ssh_dir))
     try:
         new: dict[str, tuple[bytes, int]] = {}
         for key_type in types:
