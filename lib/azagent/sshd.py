@@ -59,6 +59,8 @@ DROPIN_MODE = 0o644  # as Debian's sshd_config: nothing in it is secret
 HOST_KEY_GLOB = "ssh_host_*key*"
 AUTO_KEY_TYPES = ("rsa", "ecdsa", "ed25519")
 HOST_KEY_MARKER = "ssh-host-keys"
+# Where new host keys are made, next to the old ones (a private directory).
+SCRATCH_PREFIX = ".azagent-host-keys-"
 SERVICE_UNITS = ("ssh.service", "sshd.service")  # Debian/Ubuntu, Fedora/RHEL/SUSE
 
 # sshd -t failures that say nothing about the configuration: before
@@ -398,9 +400,6 @@ def host_key_types(key_type: Optional[str]) -> tuple[str, ...]:
 
 def _marker(ctx: Context) -> Path:
     return ctx.lib_dir / HOST_KEY_MARKER
-
-
-SCRATCH_PREFIX = ".azagent-host-keys-"
 
 
 def _regenerate(
