@@ -71,8 +71,8 @@ def _results(content: bytes) -> bytes:
 
 
 def _host_key_pair(tree: Path, name: str, content: bytes) -> bytes:
-    """ssh-keygen makes new host keys each run: keep only their type and whether the
-    private and public halves belong together."""
+    """ssh-keygen makes new host keys each run: keep only the name (it says the type)
+    and whether the private and public halves belong together."""
     from cryptography.hazmat.primitives import serialization
 
     private = name[: -len(".pub")] if name.endswith(".pub") else name
