@@ -388,7 +388,15 @@ PINNED = (
 )
 
 
+def booted(root: Path) -> None:
+    """/run/azagent as the first stages of the boot leave it (network and resource-disk
+    run after kernel-tune): the runner's own first writes are crashed in the others."""
+    (root / "run/azagent/lock").mkdir(parents=True)
+    (root / "run/azagent/stages").mkdir()
+
+
 def network_root(root: Path) -> None:
+    booted(root)
     (root / "sys/class/net/eth0").mkdir(parents=True)
     (root / "sys/class/net/eth0/ifindex").write_text("2\n")
     (root / "proc/net").mkdir(parents=True)
@@ -420,6 +428,7 @@ def firewall_root(root: Path) -> None:
 
 
 def resource_disk_root(root: Path) -> None:
+    booted(root)
     (root / "dev/disk/azure").mkdir(parents=True)
     with open(root / "dev/sdb", "wb") as f:
         f.truncate(32 * 1024 * 1024)
