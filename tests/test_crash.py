@@ -228,7 +228,7 @@ def difference(expected: Tree, found: Tree) -> list[str]:
         if entry is None:
             return "absent"
         mode, uid, gid, content = entry
-        text = repr(content if len(content) < 120 else content[:100] + b"...")  # type: ignore[operator]
+        text = repr(content[:100]) + ("..." if len(content) > 100 else "")
         return f"{mode:o} {uid}:{gid} {text}"
 
     lines = []
