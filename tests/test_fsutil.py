@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,3 +149,73 @@ def test_atomic_write_at_replaces_a_link_instead_of_writing_through_it(
     assert (tmp_path / "dir/file").read_bytes() == b"new"
     assert (tmp_path / "dir/file").stat().st_mode & 0o777 == 0o640
     assert sorted(p.name for p in (tmp_path / "dir").iterdir()) == ["file"]
+
+
+def test_a_dead_writers_temporary_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    """A writer killed before its rename leaves its temporary file; nobody holds its lock."""
+    target = tmp_path / "file"
+    (tmp_path / ".file.azagent-99999.tmp").write_bytes(b"half")
+    (tmp_path / f".file.azagent-{os.getpid()}.tmp").write_bytes(b"my pid, reused")
+    (tmp_path / ".other.azagent-99999.tmp").write_bytes(b"another file's")
+    atomic_write(target, b"data")
+    assert target.read_bytes() == b"data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.azagent-99999.tmp", "file"]
+
+
+def test_a_live_writers_temporary_is_kept(tmp_path: Path) -> None:
+    """A writer holds an flock on its temporary file until the rename: left alone."""
+    busy = tmp_path / ".file.azagent-99999.tmp"
+    busy.write_bytes(b"being written")
+    fd = os.open(busy, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        atomic_write(tmp_path / "file", b"data")
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [busy.name, "file"]
+
+
+CRASH_IN_ENSURE_DIR = """
+import sys
+from pathlib import Path
+from azagent import fsutil
+fsutil.arm_crash_points(1)
+fsutil.ensure_dir(Path(sys.argv[1]), mode=0o755)
+"""
+
+
+def test_a_directory_has_its_final_mode_from_the_start(tmp_path: Path) -> None:
+    """Killed right after mkdir, ensure_dir leaves no 0700 directory that the next
+    call would take for the administrator's."""
+    done = subprocess.run(
+        [sys.executable, "-c", CRASH_IN_ENSURE_DIR, str(tmp_path / "made")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert (tmp_path / "made").stat().st_mode & 0o777 == 0o755
+
+
+def test_atomic_write_at_removes_a_dead_writers_temporary_and_leaves_planted_links(
+    tmp_path: Path,
+) -> None:
+    """In a user's directory too: debris of a killed writer goes, a planted link stays untouched."""
+    directory = tmp_path / "ssh"
+    directory.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (directory / ".authorized_keys.azagent-99999.tmp").write_bytes(b"half")
+    (directory / ".authorized_keys.azagent-99998.tmp").symlink_to(victim)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        atomic_write_at(fd, "authorized_keys", b"key\n", mode=0o600)
+    finally:
+        os.close(fd)
+    assert (directory / "authorized_keys").read_bytes() == b"key\n"
+    assert victim.read_bytes() == b"keep"
+    assert sorted(p.name for p in directory.iterdir()) == [
+        ".authorized_keys.azagent-99998.tmp",
+        "authorized_keys",
+    ]

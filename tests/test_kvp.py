@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
-from azagent import kvp, redact
+from azagent import kvp, redact, report
+from azagent.config import defaults
+from azagent.context import Context
 from azagent.errors import AzagentError
 from azagent.kvp import KvpError
 
@@ -216,3 +219,17 @@ def test_parse_report_rejects_malformed_values(value: str, message: str) -> None
 def test_errors_are_azagent_errors() -> None:
     assert issubclass(KvpError, AzagentError)
     assert issubclass(KvpError, ValueError)
+
+
+def test_the_report_replaces_its_record_and_keeps_the_others(tmp_path: Path) -> None:
+    """Sent again (after a crash, or report-ready after report-failure): one record."""
+    ctx = Context(stage="report-ready", root=tmp_path, config=defaults())
+    pool = tmp_path / "var/lib/hyperv/.kvp_pool_1"
+    pool.parent.mkdir(parents=True)
+    pool.write_bytes(kvp.encode_record("other", "kept"))
+    report.write_kvp(ctx, "result=error|reason=first")
+    report.write_kvp(ctx, "result=success")
+    assert kvp.decode_pool(pool.read_bytes()) == [
+        ("other", "kept"),
+        ("PROVISIONING_REPORT", "result=success"),
+    ]

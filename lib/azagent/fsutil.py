@@ -2,6 +2,14 @@
 
 And, for the files written for someone else (a user's keys), a walk by
 directory descriptor that never follows a link they could have placed.
+
+A write may be cut short at any point (power loss, SIGKILL, the OOM killer):
+what it leaves must be something the next run recognizes and finishes. So a
+file appears only complete (written aside, then renamed), a directory only
+with its final mode, and the temporary files of a writer that died are
+removed by the next writer of the same file. The crash-consistency tests
+(tests/test_crash.py) kill stages at every :func:`crash_point` in turn to
+hold this.
 """
 
 from __future__ import annotations
@@ -9,7 +17,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import signal
 import stat
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -29,25 +39,148 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# --- crash points: a test hook ------------------------------------------------------
+#
+# The places where a crash leaves something the next run has to cope with: a
+# temporary file written but not renamed, a command that ran but whose
+# effect is not recorded yet, a step of a stage about to be applied. The
+# runner arms them only for tests (AZAGENT_TEST_CRASH_AT, never when the root
+# is /, see azagent.stage); unarmed, crash_point() only returns.
+
+_crash_at: Optional[int] = None
+_crash_points_passed = 0
+
+
+def arm_crash_points(at: int) -> None:
+    """Test hook: SIGKILL this process at the ``at``-th crash point it reaches (1-based)."""
+    global _crash_at, _crash_points_passed
+    _crash_at = at
+    _crash_points_passed = 0
+
+
+def crash_points_passed() -> Optional[int]:
+    """How many crash points this process passed since they were armed (None: unarmed)."""
+    return None if _crash_at is None else _crash_points_passed
+
+
+def crash_point(where: str) -> None:
+    """A point where a crash must leave a state the next run finishes; inert unless armed."""
+    global _crash_points_passed
+    if _crash_at is None:
+        return
+    _crash_points_passed += 1
+    if _crash_points_passed == _crash_at:
+        sys.stderr.write(f"azagent test hook: crash point {_crash_at}: {where}: SIGKILL\n")
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def ensure_dir(path: Path, *, mode: int = 0o755, owner: Owner = None) -> bool:
     """Create ``path`` (and missing parents, 0755 root-owned) with ``mode``.
 
     Returns whether anything was created. An existing directory is left as it
-    is: its owner and mode are the administrator's.
+    is: its owner and mode are the administrator's. So a directory is made
+    with its final mode at once (only a restrictive umask narrows it, fixed
+    right after): one that a crash left 0700 would stay 0700. With an
+    ``owner``, it is made 0700 and opened up only once given to that owner,
+    so nobody sees it with the wrong owner in between.
     """
     if path.is_dir():
         return False
     ensure_dir(path.parent)
     try:
-        os.mkdir(path, 0o700)
+        os.mkdir(path, mode if owner is None else 0o700)
     except FileExistsError:
         return False
-    # Created 0700 and only then opened up, so nobody sees it with the
-    # wrong owner in between.
+    crash_point(f"directory {path} made")
     if owner is not None:
         os.chown(path, *owner)
-    os.chmod(path, mode)
+    if owner is not None or stat.S_IMODE(os.stat(path).st_mode) != mode:
+        os.chmod(path, mode)
     return True
+
+
+# A filesystem without flock (some FUSE and network filesystems).
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
+_TEMP_INFIX = ".azagent-"
+_TEMP_SUFFIX = ".tmp"
+
+
+def _temp_path(path: Path) -> Path:
+    return path.parent / f".{path.name}{_TEMP_INFIX}{os.getpid()}{_TEMP_SUFFIX}"
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove what writers of ``path`` that died left: their unlocked temporary files.
+
+    A writer holds an flock on its temporary file from creation to rename,
+    and the kernel drops it when the writer dies however it dies, so an
+    unlocked one is debris. A pid in the name is no proof either way: pids
+    are reused, early in every boot most of all.
+    """
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        _remove_stale_temps_at(dir_fd, path.name)
+    finally:
+        os.close(dir_fd)
+
+
+def _remove_stale_temps_at(dir_fd: int, name: str) -> None:
+    """:func:`_remove_stale_temps` for ``name`` in the directory ``dir_fd``."""
+    prefix = f".{name}{_TEMP_INFIX}"
+    try:
+        entries = [entry.name for entry in os.scandir(dir_fd)]
+    except OSError:
+        return
+    for entry in entries:
+        if not (entry.startswith(prefix) and entry.endswith(_TEMP_SUFFIX)):
+            continue
+        if not entry[len(prefix) : -len(_TEMP_SUFFIX)].isdigit():
+            continue
+        try:
+            if not stat.S_ISREG(os.lstat(entry, dir_fd=dir_fd).st_mode):
+                continue  # not one of ours (they are all regular files): never opened
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            fd = os.open(entry, flags, dir_fd=dir_fd)
+        except OSError:
+            continue
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue  # not one of ours: they are all regular files
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_ino == os.lstat(entry, dir_fd=dir_fd).st_ino:
+                os.unlink(entry, dir_fd=dir_fd)
+        except OSError:
+            pass  # a live writer holds it, or it went away meanwhile
+        finally:
+            os.close(fd)
+
+
+def _create_temp(path: Path) -> tuple[Path, int]:
+    """A new temporary file next to ``path``, mode 0600, held under flock (see above)."""
+    _remove_stale_temps(path)
+    tmp = _temp_path(path)
+    for _ in range(3):
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            if e.errno in _NO_LOCKS:
+                return tmp, fd  # such a filesystem keeps the debris: nobody can tell
+            os.close(fd)
+            raise
+        except BaseException:
+            os.close(fd)
+            raise
+        if os.fstat(fd).st_nlink > 0:
+            return tmp, fd
+        os.close(fd)  # another writer's clean-up took it for debris: make it again
+    raise OSError(errno.EAGAIN, f"cannot keep a temporary file next to {path}")
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, owner: Owner = None) -> None:
@@ -56,12 +189,13 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, owner: Owner = N
     The temporary file is created in the same directory with mode 0600, given
     its final owner and mode before a single byte is written, fsynced and
     renamed over ``path``; the directory is then fsynced so the rename
-    survives a crash. ``owner`` None keeps the writer's own uid and gid.
+    survives a crash. ``owner`` None keeps the writer's own uid and gid. A
+    temporary file that a writer killed before its rename left behind is
+    removed by the next write of ``path``.
     """
     directory = path.parent
     ensure_dir(directory)
-    tmp = directory / f".{path.name}.azagent-{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    tmp, fd = _create_temp(path)
     try:
         try:
             if owner is not None:
@@ -72,9 +206,10 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, owner: Owner = N
                 written = os.write(fd, view)
                 view = view[written:]
             os.fsync(fd)
+            crash_point(f"{tmp} written, not yet renamed to {path.name}")
+            os.rename(tmp, path)
         finally:
             os.close(fd)
-        os.rename(tmp, path)
     except BaseException:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -283,17 +418,20 @@ def atomic_write_at(
     there would be replaced, never written through), and the directory is
     fsynced through the descriptor.
     """
-    tmp = f".{name}.azagent-{os.getpid()}.tmp"
+    _remove_stale_temps_at(dir_fd, name)
+    tmp = f".{name}{_TEMP_INFIX}{os.getpid()}{_TEMP_SUFFIX}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
     try:
         fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
     except FileExistsError:
-        # Left by a crashed run, or planted: ours by its name, and unlink
-        # removes the entry itself, whatever it is.
+        # Planted under this process's name (a live writer of ours would be
+        # this process): unlink removes the entry itself, whatever it is.
         os.unlink(tmp, dir_fd=dir_fd)
         fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
     try:
         try:
+            with suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX)  # debris to the next writer only once we die
             if owner is not None:
                 os.fchown(fd, *owner)
             os.fchmod(fd, mode)
@@ -302,9 +440,10 @@ def atomic_write_at(
                 written = os.write(fd, view)
                 view = view[written:]
             os.fsync(fd)
+            crash_point(f"{tmp} written, not yet renamed to {name}")
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         finally:
-            os.close(fd)
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.close(fd)  # the flock goes with it, after the rename
     except BaseException:
         with suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=dir_fd)

@@ -12,7 +12,8 @@ failed: a ``|``-separated list of ``name=value`` fields. The host splits on
 escaped.
 
 Pure functions only: the stage that writes the pool takes its flock and
-appends (write the report first, then report health to the WireServer).
+replaces the record of its key, or appends one (write the report first,
+then report health to the WireServer).
 """
 
 from __future__ import annotations

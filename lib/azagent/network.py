@@ -179,10 +179,15 @@ def _rules_text(path: Path) -> Optional[str]:
         return None
 
 
-def move_aside(source: Path, destination: Path) -> None:
-    """Keep a copy in ``destination`` (in Lib.Dir, made 0700 if new), then remove ``source``."""
+def keep_copy(source: Path, destination: Path) -> None:
+    """Keep a copy of ``source`` in ``destination`` (in Lib.Dir, made 0700 if new)."""
     ensure_dir(destination.parent, mode=0o700)
     atomic_write(destination, source.read_bytes(), mode=0o644)
+
+
+def move_aside(source: Path, destination: Path) -> None:
+    """Keep a copy in ``destination`` (in Lib.Dir, made 0700 if new), then remove ``source``."""
+    keep_copy(source, destination)
     source.unlink()
 
 
@@ -211,11 +216,14 @@ def persistent_net_changes(ctx: Context) -> list[Action]:
         if has_rules(_rules_text(ctx.path(f"{directory}/{GENERATOR}")) or "")
     ]
     if local is not None and has_rules(local):
+        # Kept, then replaced by the mask below: removed first, a run killed
+        # in between would leave neither the generator nor its mask, and the
+        # next run no reason to mask it.
         kept = lib_dir / GENERATOR
         changes.append(
             Action(
-                f"move {ctx.display(generator)} aside to {ctx.display(kept)}",
-                functools.partial(move_aside, generator, kept),
+                f"keep {ctx.display(generator)} in {ctx.display(kept)}",
+                functools.partial(keep_copy, generator, kept),
             )
         )
     masked = generator.is_symlink() or (local is not None and not has_rules(local))

@@ -51,17 +51,29 @@ def durations(ctx: Context) -> dict[str, str]:
 
 
 def write_kvp(ctx: Context, value: str) -> None:
-    """Append the PROVISIONING_REPORT record to the guest-to-host pool, under flock."""
+    """Put the PROVISIONING_REPORT record in the guest-to-host pool, under flock.
+
+    It replaces a record of the same key in place, else it is appended: a
+    report sent again (after a crash, or report-ready after report-failure)
+    leaves one record, the latest. Other records stay as they are.
+    """
     path = ctx.path(KVP_POOL)
     ensure_dir(path.parent, mode=0o755)
-    record = kvp.encode_record(kvp.PROVISIONING_REPORT_KEY, value)
+    key = kvp.PROVISIONING_REPORT_KEY
+    record = kvp.encode_record(key, value)
     created = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     try:
         if created:
             os.fchmod(fd, 0o644)  # whatever the umask: the host's KVP daemon reads it
         fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, record)
+        size = os.fstat(fd).st_size
+        offset = size
+        for start in range(0, size - kvp.RECORD_SIZE + 1, kvp.RECORD_SIZE):
+            if os.pread(fd, kvp.KEY_SIZE, start).split(b"\0", 1)[0] == key.encode():
+                offset = start
+                break
+        os.pwrite(fd, record, offset)
         os.fsync(fd)
     finally:
         os.close(fd)

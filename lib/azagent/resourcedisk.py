@@ -47,7 +47,7 @@ from typing import Optional
 from azagent import disks, swapfile, system
 from azagent.context import Context
 from azagent.errors import StageFailed
-from azagent.fsutil import atomic_write
+from azagent.fsutil import atomic_write, crash_point
 from azagent.ntfs import WARNING_NAME, NtfsError, ntfs_foreign_files
 from azagent.plan import Action
 
@@ -502,8 +502,16 @@ def _lock(fd: int, disk: Disk) -> None:
 
 
 def _mkfs_in_image(region: Region, filesystem: str) -> None:
-    """A disk image has no partition node: make the filesystem aside, copy it in place."""
-    aside = region.path.with_name(f".{region.path.name}.azagent-mkfs-{os.getpid()}")
+    """A disk image has no partition node: make the filesystem aside, copy it in place.
+
+    The first MiB (superblock and signatures; zeroed before) is copied last,
+    so a copy cut short leaves no filesystem the next run would take for
+    finished: it formats again.
+    """
+    prefix = f".{region.path.name}.azagent-mkfs-"
+    for stale in region.path.parent.glob(f"{prefix}*"):
+        stale.unlink(missing_ok=True)  # what a run killed during mkfs left
+    aside = region.path.with_name(f"{prefix}{os.getpid()}")
     try:
         with open(aside, "xb") as f:
             f.truncate(region.size)
@@ -513,9 +521,15 @@ def _mkfs_in_image(region: Region, filesystem: str) -> None:
             what=f"make {filesystem} on {region.display}",
         )
         with open(aside, "rb") as source, open(region.path, "r+b") as target:
-            target.seek(region.offset)
+            first = source.read(MIB)
+            target.seek(region.offset + len(first))
             while chunk := source.read(MIB):
                 target.write(chunk)
+            target.flush()
+            os.fsync(target.fileno())
+            crash_point(f"the new filesystem copied to {region.display} but its first MiB")
+            target.seek(region.offset)
+            target.write(first)
             target.flush()
             os.fsync(target.fileno())
     finally:

@@ -59,6 +59,8 @@ DROPIN_MODE = 0o644  # as Debian's sshd_config: nothing in it is secret
 HOST_KEY_GLOB = "ssh_host_*key*"
 AUTO_KEY_TYPES = ("rsa", "ecdsa", "ed25519")
 HOST_KEY_MARKER = "ssh-host-keys"
+# Where new host keys are made, next to the old ones (a private directory).
+SCRATCH_PREFIX = ".azagent-host-keys-"
 SERVICE_UNITS = ("ssh.service", "sshd.service")  # Debian/Ubuntu, Fedora/RHEL/SUSE
 
 # sshd -t failures that say nothing about the configuration: before
@@ -404,8 +406,12 @@ def _regenerate(
     ctx: Context, ssh_dir: Path, old: Sequence[str], types: Sequence[str], vm_id: str
 ) -> None:
     # Made in a private (0700) directory next to the final place, then
-    # written over: sshd never sees a half-written key or no key at all.
-    scratch = Path(tempfile.mkdtemp(prefix=".azagent-host-keys-", dir=ssh_dir))
+    # written over: sshd never sees a half-written key or no key at all. A
+    # run killed meanwhile left its directory (private keys): removed first.
+    for stale in ssh_dir.glob(f"{SCRATCH_PREFIX}*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=ssh_dir))
     try:
         new: dict[str, tuple[bytes, int]] = {}
         for key_type in types:

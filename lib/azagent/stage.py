@@ -34,7 +34,13 @@ from azagent import config as configuration
 from azagent import journal
 from azagent.context import Context
 from azagent.errors import AzagentError
-from azagent.fsutil import atomic_write, exclusive_lock
+from azagent.fsutil import (
+    arm_crash_points,
+    atomic_write,
+    crash_point,
+    crash_points_passed,
+    exclusive_lock,
+)
 from azagent.plan import Plan
 from azagent.redact import redact
 from azagent.results import (
@@ -70,6 +76,27 @@ def lock_timeout() -> float:
         return max(0.0, float(os.environ.get(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT)))
     except ValueError:
         return DEFAULT_LOCK_TIMEOUT
+
+
+# A test hook, for the crash-consistency tests (tests/test_crash.py) only:
+# AZAGENT_TEST_CRASH_AT=N makes the stage SIGKILL itself at the N-th crash
+# point it reaches (before each step of its plan, inside atomic writes,
+# after each command; azagent.fsutil.crash_point). It is honoured only with
+# --root other than /, so no unit (all run with the root /) can turn it on.
+CRASH_AT_ENV = "AZAGENT_TEST_CRASH_AT"
+
+
+def _arm_test_crash(root: Path) -> None:
+    value = os.environ.get(CRASH_AT_ENV)
+    if value is None:
+        return
+    if root == Path("/"):
+        log.warning("%s is a test hook, ignored when the root is /", CRASH_AT_ENV)
+        return
+    if not value.isdigit() or int(value) < 1:
+        log.warning("%s=%r ignored: not a crash point number", CRASH_AT_ENV, value)
+        return
+    arm_crash_points(int(value))
 
 
 def argument_parser(name: str, description: str) -> argparse.ArgumentParser:
@@ -146,6 +173,9 @@ def main(
                 exit_status=status,
             )
             _record(root, result)
+        passed = crash_points_passed()
+        if passed is not None:  # how the tests learn how many there are
+            print(f"azagent test hook: {passed} crash points passed", file=sys.stderr)
         return status
 
     try:
@@ -170,6 +200,7 @@ def main(
     try:
         if ctx.dry_run:
             return _dry_run(ctx, plan)
+        _arm_test_crash(root)
         with exclusive_lock(lock_path(root, name), timeout=lock_timeout()):
             stage_plan = plan(ctx)
             if stage_plan.skip is not None:
@@ -178,8 +209,9 @@ def main(
             if not stage_plan.actions:
                 log.info("nothing to do: the system is already as configured")
                 return finish(STATE_NOTHING, EXIT_OK, "already as configured")
-            for action in stage_plan.actions:
+            for number, action in enumerate(stage_plan.actions, start=1):
                 log.info("%s", action.summary)
+                crash_point(f"before step {number} of {len(stage_plan.actions)}")
                 action.apply()
                 applied.append(action.summary)
         log.info(

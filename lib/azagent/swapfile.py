@@ -23,7 +23,7 @@ from typing import Optional
 from azagent import disks, system
 from azagent.context import Context
 from azagent.errors import StageFailed
-from azagent.fsutil import atomic_write
+from azagent.fsutil import atomic_write, crash_point
 from azagent.plan import Action
 
 log = logging.getLogger("azagent")
@@ -182,6 +182,7 @@ def _make_swap(
             ) from None
         raise
     os.close(fd)
+    crash_point(f"swap file {path} allocated, mkswap not run yet")
     system.run(["mkswap", str(path)], timeout=600, what=f"mkswap {path}")
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from azagent.errors import StageFailed
+from azagent.fsutil import crash_point
 from azagent.redact import redact
 
 log = logging.getLogger("azagent")
@@ -78,6 +79,8 @@ def run(
         raise StageFailed(f"{what or name}: {argv[0]} is not installed") from None
     except subprocess.TimeoutExpired:
         raise StageFailed(f"{what or name}: {name} did not finish within {timeout:g} s") from None
+    # The command made its change; whatever recorded it has not run yet.
+    crash_point(f"{name} finished")
     result = Completed(done.returncode, done.stdout or "", done.stderr or "")
     if check and done.returncode != 0:
         errors = result.stderr.strip()
