@@ -22,10 +22,11 @@ ENDPOINTS = ("wireserver", "hostgaplugin", "imds", "blob")
 # status: answer `status` (with a Retry-After header when `retry_after` is set); delay: wait
 # `seconds`, then answer; drop: close without an answer; hang: no answer for `seconds` (a stall
 # before the headers), then a close; blackhole: close without an answer, then accept no
-# connection on the endpoint for `seconds` (connects time out); garbage: a 200 with a junk
-# body; trickle: the body spread over `seconds`; stall: headers and `body_bytes` of the body
-# (default half), then silence for `seconds` before closing; reset: the same, then a TCP reset;
-# truncate: headers announcing the whole body, `body_bytes` of it, then a clean close.
+# connection on the endpoint for `seconds` (connects time out); garbage: the request takes
+# effect, the answer is a 200 with a junk body; trickle: the whole answer, headers too, in 50
+# pieces spread over `seconds`; stall: headers and `body_bytes` of the body (default half),
+# then silence for `seconds` before closing; reset: the same, then a TCP reset; truncate:
+# headers announcing the whole body, `body_bytes` of it, then a clean close.
 FAULT_KINDS = (
     "status",
     "delay",

@@ -36,7 +36,7 @@ from azfabric.scenario import Extension, Fault, Scenario, TimelineEvent, materia
 MAX_BODY = 8 * 1024 * 1024
 # Faults that send the headers and half the body, then misbehave.
 BODY_FAULTS = ("stall", "reset", "truncate")
-TRICKLE_PIECES = 20
+TRICKLE_PIECES = 50
 Response = tuple[int, dict[str, str], bytes]
 
 
@@ -232,8 +232,13 @@ class Fabric:
 
     def stop(self) -> None:
         self._stop.set()
+        # All at once: each serving loop notices only at its next poll.
+        stoppers = [threading.Thread(target=s.shutdown) for s in self._servers.values()]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
         for server in self._servers.values():
-            server.shutdown()
             server.server_close()
         for thread in self._threads:
             thread.join(timeout=5)
@@ -721,7 +726,7 @@ class FabricHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _trickle(self, status: int, headers: dict[str, str], body: bytes, seconds: float) -> None:
-        """Send the whole answer, headers too, in 20 pieces spread over ``seconds``.
+        """Send the whole answer, headers too, in 50 pieces spread over ``seconds``.
 
         The headers are part of it, so that an answer without a body trickles as well.
         """
