@@ -7,6 +7,7 @@ import datetime
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -678,3 +679,30 @@ def test_body_faults_may_send_no_body_at_all(kind: str, ending: str) -> None:
         assert (announced > 0, sent) == (True, 0)
     finally:
         fabric.stop()
+
+
+@pytest.mark.parametrize(
+    ("fault", "field"),
+    [
+        ({"retry_after": 5}, "faults[0].retry_after"),
+        ({"retry_after": "1\r\nX-Injected: 1"}, "faults[0].retry_after"),
+        ({"retry_after": " "}, "faults[0].retry_after"),
+        ({"body_bytes": -1}, "faults[0].body_bytes"),
+        ({"body_bytes": "half"}, "faults[0].body_bytes"),
+        ({"kind": "vanish"}, "faults[0].kind"),
+    ],
+)
+def test_bad_fault_fields_are_refused(fault: dict[str, object], field: str) -> None:
+    from azfabric.scenario import ScenarioError, parse
+
+    text = json.dumps({"faults": [{"endpoint": "wireserver", "kind": "status", **fault}]})
+    with pytest.raises(ScenarioError, match=re.escape(field)):
+        parse(text.encode())
+
+
+def test_the_new_fault_fields_are_read() -> None:
+    from azfabric.scenario import parse
+
+    text = {"endpoint": "imds", "kind": "reset", "retry_after": "3", "body_bytes": 0}
+    [fault] = parse(json.dumps({"faults": [text]}).encode()).faults
+    assert (fault.kind, fault.retry_after, fault.body_bytes) == ("reset", "3", 0)

@@ -451,3 +451,18 @@ def test_retry_after_is_honoured(matrix: Matrix, case: Case) -> None:
     assert [r.status // 100 for r in requests[:2]] == [4, 2]
     assert requests[0].status == 429
     assert requests[1].time - requests[0].time >= 1.0 - 0.05
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in CASES if c.id == "certificates/certificates/410/once"],
+    ids=lambda case: case.id,
+)
+def test_certificates_makes_its_transport_key_once(matrix: Matrix, case: Case) -> None:
+    """A 410 fetches the goal state and the certificates again, with the same transport key.
+
+    A fresh RSA key for each try would spend the retry deadline on the processor.
+    """
+    fetched = [r for r in matrix.outcomes[case.id].requests if "comp=certificates" in r.path]
+    assert [r.status for r in fetched] == [410, 200]
+    assert len({r.header("x-ms-guest-agent-public-x509-cert") for r in fetched}) == 1
