@@ -436,7 +436,7 @@ def test_retry_after_reads_seconds_and_dates() -> None:
     assert retry_after("Wed, 01 May 2024 12:00:30 GMT", now) == 30.0
     assert retry_after("Wed, 01 May 2024 11:00:00 GMT", now) == 0.0  # past: at once
     assert retry_after("99999999999999999999", now) == float("inf")
-    for unreadable in (None, "", "soon", "-1", "1.5"):
+    for unreadable in (None, "", "soon", "-1", "1.5", "\u00b2", "Wed, 01 May 2024 99:00:00 GMT"):
         assert retry_after(unreadable, now) is None
 
 

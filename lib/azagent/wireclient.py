@@ -72,7 +72,7 @@ def retry_after(value: Optional[str], now: Optional[datetime] = None) -> Optiona
     text = (value or "").strip()
     if not text:
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # not "²": a digit to str.isdigit, not to float
         return float(text) if len(text) <= 9 else float("inf")
     try:
         when = parsedate_to_datetime(text)
