@@ -25,9 +25,12 @@ the tree as it was (a KVP record, written before the health report by
 design, excepted: it is whole).
 
 The cases run concurrently (they mostly wait on the network), each with its
-own emulator and its own copy of a prepared root; the tests then check one
-case each. Persistent faults get a short retry deadline, single faults one
-long enough for a connect timeout, the back-off and the retry.
+own emulator and its own copy of a prepared root, each stage a process of
+its own forked from one that imported azagent once (tests/stagefork.py); the
+tests then check one case each. Persistent faults get a short retry
+deadline, single faults one long enough for a connect timeout, the back-off
+and the retry. A garbled 200 is no network fault: where the stage reads the
+body it fails at once, where it does not (a POST) it succeeds.
 """
 
 from __future__ import annotations
