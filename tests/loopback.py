@@ -104,7 +104,7 @@ class Server:
         with connection:
             connection.settimeout(5)
             try:
-                request = self._read(connection)
+                request = self.read_request(connection)
             except OSError:
                 return
             if request is None:
@@ -115,7 +115,8 @@ class Server:
                 self.script(self, connection, request)
 
     @staticmethod
-    def _read(connection: socket.socket) -> Optional[Request]:
+    def read_request(connection: socket.socket) -> Optional[Request]:
+        """The next request on ``connection``, None when it closes first."""
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = connection.recv(65536)

@@ -7,6 +7,7 @@ import datetime
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -605,3 +606,103 @@ def test_kvp_command_decodes_a_pool_file(tmp_path: Path) -> None:
     )
     assert bad.returncode != 0
     assert ".kvp_pool_1" in bad.stderr
+
+
+def test_fault_status_with_retry_after() -> None:
+    fabric = faulty(
+        Fault(endpoint="wireserver", kind="status", path="versions", status=429, retry_after="7")
+    )
+    try:
+        reply = call(f"{fabric.urls['wireserver']}/?comp=versions")
+        assert (reply.status, reply.headers.get("Retry-After")) == (429, "7")
+    finally:
+        fabric.stop()
+
+
+def test_fault_hang_answers_nothing_before_the_headers() -> None:
+    fabric = faulty(Fault(endpoint="wireserver", kind="hang", path="versions", seconds=30))
+    try:
+        url = f"{fabric.urls['wireserver']}/?comp=versions"
+        assert raw_get(url, timeout=1.0) == (b"", "silence")
+        assert [r.fault for r in fabric.requests] == ["hang"]
+        assert call(url).status == 200  # the fault hit only once
+    finally:
+        start = time.monotonic()
+        fabric.stop()
+        assert time.monotonic() - start < 5  # a hanging answer does not hold the emulator up
+
+
+def connects(url: str, timeout: float) -> bool:
+    parts = urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=timeout).close()
+    except socket.timeout:
+        return False
+    return True
+
+
+def test_fault_blackhole_makes_connects_time_out_for_a_while() -> None:
+    fabric = faulty(Fault(endpoint="imds", kind="blackhole", seconds=2.0))
+    try:
+        url = f"{fabric.urls['imds']}/metadata/instance?api-version=2021-08-01"
+        start = time.monotonic()
+        assert raw_get(url, timeout=1.0)[0] == b""  # closed without an answer
+        assert not connects(url, timeout=0.5)
+        assert connects(fabric.urls["wireserver"], timeout=1.0)  # only that endpoint
+        assert fabric.wait_for(lambda: time.monotonic() - start > 2.5, timeout=5)
+        reply = call(url, headers={"Metadata": "true"}, timeout=3)
+        assert reply.status == 200
+        assert [r.fault for r in fabric.requests] == ["blackhole", None]
+    finally:
+        start = time.monotonic()
+        fabric.stop()
+        assert time.monotonic() - start < 5
+
+
+def test_fault_blackhole_ends_when_the_emulator_stops() -> None:
+    fabric = faulty(Fault(endpoint="imds", kind="blackhole", seconds=600))
+    url = f"{fabric.urls['imds']}/metadata/instance?api-version=2021-08-01"
+    raw_get(url, timeout=1.0)
+    assert not connects(url, timeout=0.5)
+    start = time.monotonic()
+    fabric.stop()
+    assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize(("kind", "ending"), [("reset", "reset"), ("truncate", "closed")])
+def test_body_faults_may_send_no_body_at_all(kind: str, ending: str) -> None:
+    fabric = faulty(Fault(endpoint="wireserver", kind=kind, path="versions", body_bytes=0))
+    try:
+        received, how = raw_get(f"{fabric.urls['wireserver']}/?comp=versions", timeout=1.5)
+        assert how == ending
+        announced, sent = announced_and_sent(received)
+        assert (announced > 0, sent) == (True, 0)
+    finally:
+        fabric.stop()
+
+
+@pytest.mark.parametrize(
+    ("fault", "field"),
+    [
+        ({"retry_after": 5}, "faults[0].retry_after"),
+        ({"retry_after": "1\r\nX-Injected: 1"}, "faults[0].retry_after"),
+        ({"retry_after": " "}, "faults[0].retry_after"),
+        ({"body_bytes": -1}, "faults[0].body_bytes"),
+        ({"body_bytes": "half"}, "faults[0].body_bytes"),
+        ({"kind": "vanish"}, "faults[0].kind"),
+    ],
+)
+def test_bad_fault_fields_are_refused(fault: dict[str, object], field: str) -> None:
+    from azfabric.scenario import ScenarioError, parse
+
+    text = json.dumps({"faults": [{"endpoint": "wireserver", "kind": "status", **fault}]})
+    with pytest.raises(ScenarioError, match=re.escape(field)):
+        parse(text.encode())
+
+
+def test_the_new_fault_fields_are_read() -> None:
+    from azfabric.scenario import parse
+
+    text = {"endpoint": "imds", "kind": "reset", "retry_after": "3", "body_bytes": 0}
+    [fault] = parse(json.dumps({"faults": [text]}).encode()).faults
+    assert (fault.kind, fault.retry_after, fault.body_bytes) == ("reset", "3", 0)

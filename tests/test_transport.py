@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -22,7 +23,7 @@ from loopback import Request, Script, Server, answer, head, reset
 
 from azagent import transport
 from azagent.transport import Transport, TransportError
-from azagent.wireclient import WireClient, WireServerError
+from azagent.wireclient import WireClient, WireServerError, retry_after
 
 SLACK = 1.0  # scheduling on a loaded two-core machine; the bounds tested are far from it
 
@@ -115,6 +116,48 @@ def test_trickled_headers_cannot_outlast_the_deadline() -> None:
         )
     assert took < 1 + SLACK
     assert error.problem.startswith("no answer within its deadline")
+
+
+def keep_alive_then_trickle(server: Server, connection: socket.socket, request: Request) -> None:
+    """A first answer that keeps the connection open, then a trickle for the next request."""
+    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+    second = Server.read_request(connection)
+    if second is not None:
+        server.requests.append(second)
+        trickle_head(server, connection, second)
+
+
+def test_a_reused_connection_is_bounded_by_the_deadline_too() -> None:
+    """A pooled keep-alive connection is watched from the request on, not from its body."""
+    with Server(keep_alive_then_trickle) as server:
+        client = Transport(timeout=1)
+        assert client.request("GET", f"{server.url}/first", endpoint="wireserver").body == b"hello"
+        error, took = timed(
+            lambda: client.request("POST", f"{server.url}/second", endpoint="wireserver", body=b"x")
+        )
+        assert [r.target for r in server.requests] == ["/first", "/second"]  # one connection
+    assert took < 1 + SLACK
+    assert error.problem == "no answer within its deadline (1 s)"
+    assert error.late
+
+
+def blackhole() -> tuple[socket.socket, socket.socket, str]:
+    """A loopback listener whose backlog is full: the kernel drops new connections' SYNs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    filler = socket.create_connection(listener.getsockname(), timeout=1)
+    host, port = listener.getsockname()
+    return listener, filler, f"http://{host}:{port}"
+
+
+def test_a_connect_timeout_says_so() -> None:
+    listener, filler, url = blackhole()
+    with listener, filler:
+        error, took = timed(lambda: Transport(timeout=1).request("GET", url, endpoint="imds"))
+    assert took < 1 + SLACK
+    assert error.problem == "could not connect within its deadline (1 s)"
+    assert (error.transient, error.late) == (True, True)
 
 
 def test_the_default_deadline_is_the_timeout() -> None:
@@ -381,3 +424,67 @@ def test_wireclient_bounds_each_slow_exchange_and_all_of_them() -> None:
     reason = str(caught.value)
     assert "deadline" in reason
     assert f"gave up after {attempts} attempt(s)" in reason
+
+
+# -- Retry-After, and the reason when the deadline ends the retries -------------------
+
+
+def test_retry_after_reads_seconds_and_dates() -> None:
+    now = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
+    assert retry_after("3", now) == 3.0
+    assert retry_after(" 0 ", now) == 0.0
+    assert retry_after("Wed, 01 May 2024 12:00:30 GMT", now) == 30.0
+    assert retry_after("Wed, 01 May 2024 11:00:00 GMT", now) == 0.0  # past: at once
+    assert retry_after("99999999999999999999", now) == float("inf")
+    for unreadable in (None, "", "soon", "-1", "1.5", "\u00b2", "Wed, 01 May 2024 99:00:00 GMT"):
+        assert retry_after(unreadable, now) is None
+
+
+def busy(after: str, then: int = 200) -> Script:
+    """429 with Retry-After for the first request, ``then`` for the others."""
+
+    def script(server: Server, connection: socket.socket, request: Request) -> None:
+        if len(server.requests) == 1:
+            connection.sendall(answer(429, b"busy", {"Retry-After": after}))
+        else:
+            connection.sendall(answer(then, b"<GoalState/>"))
+
+    return script
+
+
+def test_wireclient_waits_as_long_as_retry_after_asks() -> None:
+    pauses: list[float] = []
+    with Server(busy("2")) as server:
+        client = WireClient(server.url, timeout=2, deadline=10, sleep=pauses.append)
+        assert client.request("GET", f"{server.url}/machine/?comp=goalstate").status == 200
+    assert pauses == [2.0]  # not the first back-off's 0.5 s
+
+
+def test_wireclient_gives_up_at_once_when_retry_after_is_past_the_deadline() -> None:
+    with Server(busy("120")) as server:
+        client = WireClient(server.url, timeout=2, deadline=10)
+        start = time.monotonic()
+        with pytest.raises(WireServerError) as caught:
+            client.request("GET", f"{server.url}/machine/?comp=goalstate")
+        took = time.monotonic() - start
+        assert len(server.requests) == 1
+    assert took < SLACK
+    assert "HTTP 429 (retry after 120 s), past the retry deadline" in str(caught.value)
+
+
+def test_wireclient_names_the_servers_fault_not_the_last_short_attempt() -> None:
+    """The last attempt, with a sliver of the deadline left, fails for want of time only."""
+
+    def unavailable(server: Server, connection: socket.socket, request: Request) -> None:
+        if len(server.requests) == 1:
+            connection.sendall(answer(503, b"down"))
+        else:
+            server.idle(30)
+
+    with Server(unavailable) as server:
+        client = WireClient(server.url, timeout=2, deadline=1)
+        with pytest.raises(WireServerError) as caught:
+            client.request("GET", f"{server.url}/machine/?comp=goalstate")
+    assert str(caught.value).endswith(
+        ": HTTP 503; gave up after 2 attempt(s), the last cut short by the retry deadline"
+    )

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import configparser
+import importlib.machinery
+import importlib.util
+import re
 import shutil
 import subprocess
+import types
 from pathlib import Path
 
 import pytest
 from conftest import REPO, STAGES
 
-from azagent import catalog
+from azagent import catalog, config, system
 
 UNITS = REPO / "units"
 
@@ -132,3 +136,78 @@ def test_sandbox_exposure_at_most_5(tmp_path: Path) -> None:
         last = done.stdout.strip().splitlines()[-1]
         exposure = float(last.split(":")[-1].split()[0])
         assert exposure <= 5.0, f"{unit.name}: {last}"
+
+
+# -- the network stages end before systemd's limit ------------------------------------
+
+# The stages that talk to the platform: each keeps to Endpoint.RetryDeadline by itself.
+PLATFORM_STAGES = ("certificates", "imds", "report-failure", "report-ready")
+# What a stage's start and local work (the interpreter, a transport key, a
+# few files) may take on a slow first boot, on top of its network bound.
+START = 30.0
+
+
+def stage_module(name: str) -> types.ModuleType:
+    loader = importlib.machinery.SourceFileLoader(
+        f"{name.replace('-', '_')}_stage", str(STAGES / name)
+    )
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def worst_case(stage: str) -> float:
+    """How long ``stage`` may run with the default configuration, by its own limits."""
+    defaults = config.defaults()
+    retry = float(defaults.get_int("Endpoint.RetryDeadline") or 0)
+    # One WireClient per run: every request, retries and back-off included,
+    # ends by the retry deadline, whatever Endpoint.RequestTimeout is.
+    assert 0 < (defaults.get_int("Endpoint.RequestTimeout") or 0) <= retry
+    if stage == "imds":
+        imds = stage_module("imds")
+        return retry + len(imds.DEPENDENT) * float(imds.DEPENDENT_TIMEOUT)
+    if stage == "network":
+        return 2 * system.DEFAULT_TIMEOUT  # ip route add; systemctl --no-block try-restart
+    assert stage in PLATFORM_STAGES
+    return retry
+
+
+def timespan(text: str) -> float:
+    """A systemd time span ("6min", "1h 30s", "90") in seconds."""
+    units = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}
+    parts = re.findall(r"(\d+)\s*([a-z]*)", text)
+    assert parts, text
+    assert "".join(f"{n}{u}" for n, u in parts) == text.replace(" ", "")
+    return sum(int(number) * units[unit] for number, unit in parts)
+
+
+def test_the_platform_stages_are_the_ones_that_talk_to_it() -> None:
+    for stage in catalog.STAGES:
+        text = (STAGES / stage.name).read_text()
+        talks = any(use in text for use in ("WireClient", "imds.fetch(", "report_failure("))
+        assert talks == (stage.name in PLATFORM_STAGES), stage.name
+
+
+@pytest.mark.parametrize("stage", [*PLATFORM_STAGES, "network"])
+def test_systemd_stops_a_network_stage_only_after_the_stage_would(stage: str) -> None:
+    """TimeoutStartSec= is the backstop: the stage ends first, with a reason recorded."""
+    value = parse(UNITS / f"azure-{stage}.service").get("Service", "TimeoutStartSec", fallback=None)
+    assert value is not None, f"azure-{stage}.service has no TimeoutStartSec="
+    assert timespan(value) > worst_case(stage) + START
+    # A backstop, not a second infinity: at most a few minutes more.
+    assert timespan(value) <= worst_case(stage) + START + 300
+
+
+def test_systemd_reads_the_timeouts_as_written() -> None:
+    analyze = shutil.which("systemd-analyze")
+    assert analyze is not None
+    for stage in (*PLATFORM_STAGES, "network"):
+        value = parse(UNITS / f"azure-{stage}.service").get("Service", "TimeoutStartSec")
+        done = subprocess.run(
+            [analyze, "timespan", value], capture_output=True, text=True, timeout=60, check=True
+        )
+        micro = re.search(r"μs:\s*(\d+)", done.stdout)
+        assert micro is not None, done.stdout
+        assert int(micro.group(1)) == timespan(value) * 1_000_000

@@ -177,12 +177,18 @@ class CertStore:
         return items
 
 
-def fetch(client: WireClient, goal: Optional[GoalState] = None) -> list[CertificateItem]:
+def fetch(
+    client: WireClient,
+    goal: Optional[GoalState] = None,
+    transport: Optional[tuple[bytes, bytes]] = None,
+) -> list[CertificateItem]:
     """The certificates of ``goal`` (default: the current goal state), decrypted.
 
     Empty when the goal state lists no Certificates document (a PFX always
     holds at least one). WireServer failures are the client's
     ``WireServerError``; an unusable document is :class:`CertStoreError`.
+    ``transport`` is the transport certificate and key to use (default: a
+    fresh pair, made here).
     """
     from azagent import certs
 
@@ -191,7 +197,7 @@ def fetch(client: WireClient, goal: Optional[GoalState] = None) -> list[Certific
     url = goal.uris.certificates
     if url is None:
         return []
-    transport_cert, transport_key = certs.generate_transport_certificate()
+    transport_cert, transport_key = transport or certs.generate_transport_certificate()
     document = client.document(
         url,
         headers={

@@ -90,17 +90,25 @@ class TransportError(AzagentError):
 
     ``transient`` says whether the same request may succeed later (a timeout,
     a reset) or not (an invalid URL, an answer over the size cap); ``status``
-    is the HTTP status when there was one.
+    is the HTTP status when there was one; ``late`` says that the exchange's
+    deadline ended it (or passed before it began), whatever the server did.
     """
 
     def __init__(
-        self, request: str, problem: str, *, transient: bool, status: Optional[int] = None
+        self,
+        request: str,
+        problem: str,
+        *,
+        transient: bool,
+        status: Optional[int] = None,
+        late: bool = False,
     ) -> None:
         super().__init__(f"{request}: {problem}")
         self.request = request
         self.problem = problem
         self.transient = transient
         self.status = status
+        self.late = late
 
 
 @dataclass(frozen=True)
@@ -163,6 +171,7 @@ class _Watch:
         self._sockets: list[socket.socket] = []
         self._done = False
         self.fired = False
+        self.connecting = False  # a new connection is being made
         self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
         self._timer.daemon = True
         self._timer.start()
@@ -195,29 +204,48 @@ class _Watch:
         self._timer.cancel()
 
 
-def _watch_new(sock: socket.socket) -> socket.socket:
+def _watch_new(connect: Callable[[], socket.socket]) -> socket.socket:
+    """``connect()``'s new socket, watched from then on; while it connects, the watch knows."""
     watch: Optional[_Watch] = getattr(_current, "watch", None)
-    if watch is not None:
-        watch.attach(sock)
+    if watch is None:
+        return connect()
+    watch.connecting = True
+    sock = connect()
+    watch.connecting = False
+    watch.attach(sock)
     return sock
 
 
 class _HTTPConnection(urllib3.connection.HTTPConnection):
     def _new_conn(self) -> socket.socket:
-        return _watch_new(super()._new_conn())
+        return _watch_new(super()._new_conn)
 
 
 class _HTTPSConnection(urllib3.connection.HTTPSConnection):
     def _new_conn(self) -> socket.socket:
-        return _watch_new(super()._new_conn())
+        return _watch_new(super()._new_conn)
+
+
+def _watch_pooled(connection: Any) -> Any:
+    """A connection taken from the pool: an open one is watched from now on, headers included."""
+    watch: Optional[_Watch] = getattr(_current, "watch", None)
+    if watch is not None:
+        watch.attach(getattr(connection, "sock", None))
+    return connection
 
 
 class _HTTPPool(urllib3.connectionpool.HTTPConnectionPool):
     ConnectionCls = _HTTPConnection
 
+    def _get_conn(self, timeout: Optional[float] = None) -> Any:
+        return _watch_pooled(super()._get_conn(timeout))
+
 
 class _HTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
     ConnectionCls = _HTTPSConnection
+
+    def _get_conn(self, timeout: Optional[float] = None) -> Any:
+        return _watch_pooled(super()._get_conn(timeout))
 
 
 _POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
@@ -298,7 +326,9 @@ class _Progress:
     chunked: bool = False  # Transfer-Encoding: chunked
 
 
-def _late(progress: _Progress, budget: float) -> str:
+def _late(progress: _Progress, budget: float, connecting: bool = False) -> str:
+    if connecting:
+        return f"could not connect within its deadline ({budget:.3g} s)"
     if progress.phase != "body":
         return f"no answer within its deadline ({budget:.3g} s)"
     read = f", {progress.received} bytes read" if progress.received else ""
@@ -311,6 +341,14 @@ def _strerror(error: Optional[BaseException]) -> Optional[str]:
     return None
 
 
+def _is_late(error: BaseException, watch: _Watch, timeout: float, budget: float) -> bool:
+    """Whether the exchange's deadline ended it.
+
+    A socket timeout as long as the time left races the watchdog: the deadline it is.
+    """
+    return watch.fired or (timeout >= budget and _has(_causes(error), *_TIMEOUTS) is not None)
+
+
 def _problem(
     error: BaseException, watch: _Watch, progress: _Progress, timeout: float, budget: float
 ) -> tuple[str, bool]:
@@ -319,9 +357,8 @@ def _problem(
     Never the error's own text: urllib3 quotes URLs, SAS tokens included.
     """
     causes = _causes(error)
-    # A socket timeout as long as the time left races the watchdog: the deadline it is.
-    if watch.fired or (timeout >= budget and _has(causes, *_TIMEOUTS)):
-        return _late(progress, budget), True
+    if _is_late(error, watch, timeout, budget):
+        return _late(progress, budget, watch.connecting), True
     if _has(causes, urllib3.exceptions.DecodeError, requests.exceptions.ContentDecodingError):
         return f"the body is not valid {progress.encoding or 'compressed'} data", True
     tls = _has(causes, ssl.SSLError, urllib3.exceptions.SSLError, requests.exceptions.SSLError)
@@ -557,7 +594,9 @@ class Transport:
         proxies = self.proxies_for(endpoint, url)
         budget = deadline - time.monotonic()
         if budget <= 0:
-            raise TransportError(shown, "the deadline passed before it was sent", transient=True)
+            raise TransportError(
+                shown, "the deadline passed before it was sent", transient=True, late=True
+            )
         io_timeout = min(self.timeout, budget)
         progress = _Progress()
         watch = _Watch(deadline)
@@ -616,13 +655,15 @@ class Transport:
                     except OSError as e:
                         raise _SinkError(e) from e
                     if time.monotonic() > deadline:  # without the watchdog (a SOCKS proxy)
-                        raise TransportError(shown, _late(progress, budget), transient=True)
+                        raise TransportError(
+                            shown, _late(progress, budget), transient=True, late=True
+                        )
                 wire = response.raw.tell()
             finally:
                 response.close()
             watch.disarm()
             if watch.fired:  # a cut socket may look like the end of a body without a length
-                raise TransportError(shown, _late(progress, budget), transient=True)
+                raise TransportError(shown, _late(progress, budget), transient=True, late=True)
             if progress.length is not None and wire < progress.length:
                 raise TransportError(
                     shown,
@@ -636,7 +677,8 @@ class Transport:
         except Exception as e:
             watch.disarm()
             problem, transient = _problem(e, watch, progress, io_timeout, budget)
-            raise TransportError(shown, problem, transient=transient) from None
+            late = _is_late(e, watch, io_timeout, budget)
+            raise TransportError(shown, problem, transient=transient, late=late) from None
         finally:
             watch.disarm()
 

@@ -19,11 +19,26 @@ from typing import Any, Optional
 
 MAX_SCENARIO_BYTES = 4 * 1024 * 1024
 ENDPOINTS = ("wireserver", "hostgaplugin", "imds", "blob")
-# status: answer `status`; delay: wait `seconds`, then answer; drop: close without an answer;
-# garbage: a 200 with a junk body; trickle: the body spread over `seconds`; stall: headers and
-# half the body, then silence for `seconds` before closing; reset: headers and half the body,
-# then a TCP reset; truncate: headers announcing the whole body, half of it, then a clean close.
-FAULT_KINDS = ("status", "delay", "drop", "garbage", "trickle", "stall", "reset", "truncate")
+# status: answer `status` (with a Retry-After header when `retry_after` is set); delay: wait
+# `seconds`, then answer; drop: close without an answer; hang: no answer for `seconds` (a stall
+# before the headers), then a close; blackhole: close without an answer, then accept no
+# connection on the endpoint for `seconds` (connects time out); garbage: the request takes
+# effect, the answer is a 200 with a junk body; trickle: the whole answer, headers too, in 50
+# pieces spread over `seconds`; stall: headers and `body_bytes` of the body (default half),
+# then silence for `seconds` before closing; reset: the same, then a TCP reset; truncate:
+# headers announcing the whole body, `body_bytes` of it, then a clean close.
+FAULT_KINDS = (
+    "status",
+    "delay",
+    "drop",
+    "hang",
+    "blackhole",
+    "garbage",
+    "trickle",
+    "stall",
+    "reset",
+    "truncate",
+)
 TIMELINE_ACTIONS = (
     "new_incarnation",
     "rotate_certificate",
@@ -146,7 +161,9 @@ class Fault:
     count: int = 1  # how many matching requests it hits
     skip: int = 0  # matching requests let through first
     status: int = 503
-    seconds: float = 1.0  # delay, the whole trickle, or a stall's silence
+    seconds: float = 1.0  # delay, the whole trickle, a stall's or hang's silence, a blackhole
+    retry_after: Optional[str] = None  # status: a Retry-After header (seconds or an HTTP date)
+    body_bytes: Optional[int] = None  # stall, reset, truncate: body bytes sent first (half)
 
 
 @dataclass
@@ -261,6 +278,14 @@ def _validate(scenario: Scenario) -> None:
         _typed(f"faults[{i}].seconds", fault.seconds, (int, float))
         if not 0 <= fault.seconds <= 600:
             raise ScenarioError(f"faults[{i}].seconds: between 0 and 600")
+        if fault.retry_after is not None:
+            _typed(f"faults[{i}].retry_after", fault.retry_after, str)
+            if not fault.retry_after.strip() or any(c in fault.retry_after for c in "\r\n\0"):
+                raise ScenarioError(f"faults[{i}].retry_after: seconds or an HTTP date")
+        if fault.body_bytes is not None:
+            _typed(f"faults[{i}].body_bytes", fault.body_bytes, int)
+            if fault.body_bytes < 0:
+                raise ScenarioError(f"faults[{i}].body_bytes: 0 or more")
         try:
             re.compile(fault.path)
         except re.error as e:

@@ -45,6 +45,7 @@ from azfabric.status import EnvelopeError, StatusUpload, decode_blob, decode_env
 MAX_BODY = 8 * 1024 * 1024
 # Faults that send the headers and half the body, then misbehave.
 BODY_FAULTS = ("stall", "reset", "truncate")
+TRICKLE_PIECES = 50
 Response = tuple[int, dict[str, str], bytes]
 
 
@@ -114,6 +115,63 @@ class _FaultState:
         return True
 
 
+class _Server(ThreadingHTTPServer):
+    """One endpoint's server; it can stop accepting connections for a while (a blackhole).
+
+    A blackhole shrinks the listen backlog to nothing and fills it with one
+    connection of its own, which is never accepted until the blackhole ends:
+    the kernel then drops every new SYN, so a client's connect times out, as
+    with an address that does not answer. Loopback only, never a real address.
+    """
+
+    daemon_threads = True
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[FabricHandler], stop: threading.Event
+    ) -> None:
+        super().__init__(address, handler)
+        self._stop = stop
+        self._gate = threading.Lock()
+        self._closed_until = 0.0
+        self._fillers: list[socket.socket] = []
+
+    def blackhole(self, seconds: float) -> None:
+        """Accept no connection for ``seconds`` (at least: until the serving loop sees it end)."""
+        with self._gate:
+            self._closed_until = max(self._closed_until, time.monotonic() + seconds)
+            if self._fillers:
+                return
+            self.socket.listen(0)
+            filler = socket.socket(self.socket.family, socket.SOCK_STREAM)
+            filler.settimeout(1.0)
+            with contextlib.suppress(OSError):  # the backlog is full already
+                filler.connect(self.server_address[:2])
+            self._fillers.append(filler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        # The serving loop calls this when a connection waits: during a
+        # blackhole it waits here, so that the backlog stays full.
+        while True:
+            with self._gate:
+                if time.monotonic() >= self._closed_until:
+                    if self._fillers:
+                        self.socket.listen(self.request_queue_size)
+                        for filler in self._fillers:
+                            filler.close()
+                        self._fillers.clear()
+                    return self.socket.accept()
+                left = self._closed_until - time.monotonic()
+            if self._stop.wait(min(max(left, 0.0), 0.2)):
+                raise OSError("the emulator is stopping")
+
+    def server_close(self) -> None:
+        with self._gate:
+            for filler in self._fillers:
+                filler.close()
+            self._fillers.clear()
+        super().server_close()
+
+
 class Fabric:
     """The emulated platform side of one VM."""
 
@@ -135,7 +193,7 @@ class Fabric:
         self._log_path = log_path
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        self._servers: dict[str, ThreadingHTTPServer] = {}
+        self._servers: dict[str, _Server] = {}
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self.requests: list[Request] = []
@@ -172,9 +230,9 @@ class Fabric:
                 (FabricHandler,),
                 {"fabric": self, "endpoint": name, "route": staticmethod(route)},
             )
-            server = ThreadingHTTPServer((self.host, self._ports.get(name, 0)), handler)
-            server.daemon_threads = True
-            self._servers[name] = server
+            self._servers[name] = _Server(
+                (self.host, self._ports.get(name, 0)), handler, self._stop
+            )
         try:
             self.artifacts.publish(self)
         except Exception:  # a package that cannot be read: nothing keeps listening
@@ -196,8 +254,13 @@ class Fabric:
 
     def stop(self) -> None:
         self._stop.set()
+        # All at once: each serving loop notices only at its next poll.
+        stoppers = [threading.Thread(target=s.shutdown) for s in self._servers.values()]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
         for server in self._servers.values():
-            server.shutdown()
             server.server_close()
         for thread in self._threads:
             thread.join(timeout=5)
@@ -408,9 +471,16 @@ class Fabric:
                     log.write(json.dumps(request.printable()) + "\n")
             self._changed.notify_all()
 
-    def idle(self, seconds: float) -> None:
-        """Wait ``seconds``, or until the emulator stops (a stalled answer must not keep it up)."""
-        self._stop.wait(seconds)
+    def idle(self, seconds: float) -> bool:
+        """Wait ``seconds``, or until the emulator stops (a stalled answer must not keep it up).
+
+        True when it stopped.
+        """
+        return self._stop.wait(seconds)
+
+    def blackhole(self, endpoint: str, seconds: float) -> None:
+        """Let ``endpoint`` accept no connection for ``seconds``: clients' connects time out."""
+        self._servers[endpoint].blackhole(seconds)
 
     def fault_for(self, endpoint: str, target: str) -> Optional[Fault]:
         with self._lock:
@@ -740,16 +810,20 @@ class FabricHandler(BaseHTTPRequestHandler):
             request.fault = fault.kind
         # The request is recorded before the answer goes out, so a client that
         # has its answer always finds its request in the log.
-        if fault is not None and fault.kind == "drop":
+        if fault is not None and fault.kind in ("drop", "hang", "blackhole"):
             self.fabric.record(request)
             self.close_connection = True
+            if fault.kind == "hang":
+                self.fabric.idle(fault.seconds)
+            elif fault.kind == "blackhole":
+                self.fabric.blackhole(self.endpoint, fault.seconds)
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return
         if fault is not None and fault.kind == "status":
             status, headers, body = fault.status, _XML, _error(fault.status, "injected fault")[2]
-        elif fault is not None and fault.kind == "garbage":
-            status, headers, body = 200, _XML, b"\x00\xffgarbage<<<" + bytes(range(256))
+            if fault.retry_after is not None:
+                headers = {**headers, "Retry-After": fault.retry_after}
         else:
             if fault is not None and fault.kind == "delay":
                 time.sleep(fault.seconds)
@@ -760,6 +834,9 @@ class FabricHandler(BaseHTTPRequestHandler):
 
                 traceback.print_exc()
                 status, headers, body = _error(500, "emulator error")
+            if fault is not None and fault.kind == "garbage":
+                # The request took effect; its answer is garbled.
+                status, headers, body = 200, _XML, b"\x00\xffgarbage<<<" + bytes(range(256))
         request.status = status
         # What the route completed belongs to this request alone (connections are kept alive).
         upload, self.status_upload = self.status_upload, None
@@ -798,23 +875,36 @@ class FabricHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _trickle(self, status: int, headers: dict[str, str], body: bytes, seconds: float) -> None:
-        """Send the body a few bytes at a time over ``seconds``."""
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        size = max(1, -(-len(body) // 20))
-        chunks = [body[i : i + size] for i in range(0, len(body), size)] or [b""]
-        for chunk in chunks:
-            time.sleep(seconds / len(chunks))
-            self.wfile.write(chunk)
+        """Send the whole answer, headers too, in 50 pieces spread over ``seconds``.
+
+        The headers are part of it, so that an answer without a body trickles as well.
+        """
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = ""
+        lines = [
+            f"{self.protocol_version} {status} {phrase}",
+            f"Server: {self.version_string()}",
+            f"Date: {self.date_time_string()}",
+            *(f"{name}: {value}" for name, value in headers.items()),
+            f"Content-Length: {len(body)}",
+        ]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        answer = head + (body if self.command != "HEAD" else b"")
+        size = max(1, -(-len(answer) // TRICKLE_PIECES))
+        pieces = [answer[i : i + size] for i in range(0, len(answer), size)]
+        for piece in pieces:
+            if self.fabric.idle(seconds / len(pieces)):
+                return
+            self.wfile.write(piece)
             self.wfile.flush()
 
     def _break_body(self, fault: Fault, status: int, headers: dict[str, str], body: bytes) -> None:
-        """Headers announcing the whole body, half of it, then a stall, a reset or a close.
+        """Headers announcing the whole body, part of it, then a stall, a reset or a close.
 
-        A body-less answer announces one byte, so that the client waits for
+        ``body_bytes`` of the body go out first (default: half; 0: none). A
+        body-less answer announces one byte, so that the client waits for
         something either way.
         """
         self.send_response(status)
@@ -822,7 +912,8 @@ class FabricHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body) or 1))
         self.end_headers()
-        self.wfile.write(body[: len(body) // 2])
+        sent = len(body) // 2 if fault.body_bytes is None else min(fault.body_bytes, len(body))
+        self.wfile.write(body[:sent])
         self.wfile.flush()
         self.close_connection = True
         if fault.kind == "stall":
