@@ -392,7 +392,7 @@ def _members(infos: list[zipfile.ZipInfo], limits: Limits) -> list[_Member]:
             kind = "dir"
         elif stat.S_ISLNK(mode):
             kind = "link"
-        elif mode == 0 or stat.S_ISREG(mode):
+        elif stat.S_IFMT(mode) == 0 or stat.S_ISREG(mode):  # no type: a file
             kind = "file"
         else:
             raise UnsafePackage(f"member {shown} is not a regular file, directory or link")
