@@ -94,17 +94,17 @@ class SystemdUnavailable(AzagentError):
     """systemd-run or systemctl cannot be used: no extension can run."""
 
 
-def escape(text: str) -> str:
+def escape(text: str, *, slash: str = "-") -> str:
     """``text`` as ``systemd-escape`` writes it (without ``--path``).
 
-    '/' becomes '-'; every byte of a character other than ASCII letters,
+    '/' becomes ``slash`` ('-' as systemd-escape does); every byte of a character other than ASCII letters,
     digits, ':', '_' and '.' (and a leading '.') becomes ``\\xHH``, so a '-'
     is ``\\x2d`` and never nests a slice.
     """
     out: list[str] = []
     for index, char in enumerate(text):
         if char == "/":
-            out.append("-")
+            out.append(slash)
         elif char in _VALID and not (index == 0 and char == "."):
             out.append(char)
         else:
@@ -118,7 +118,8 @@ def handler_fragment(handler: str) -> str:
     A name whose escaped form is too long is cut (never inside an escape)
     and ends in a digest of the whole name, so two long names stay apart.
     """
-    escaped = escape(handler) or "_"
+    # '/' escaped too: a '-' it would become nests a slice.
+    escaped = escape(handler, slash="\\x2f") or "_"
     if len(escaped) <= MAX_ESCAPED:
         return escaped
     digest = hashlib.sha256(handler.encode("utf-8", "surrogatepass")).hexdigest()[:16]
