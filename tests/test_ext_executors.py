@@ -91,8 +91,10 @@ def test_direct_exit_status_output_and_command_log(tmp_path: Path) -> None:
     assert stdout == "0" * OUTPUT_LIMIT  # the first 3200 characters, as WALinuxAgent keeps
     assert (tmp_path / "log/install.4.stdout").stat().st_size == 5000  # the file has it all
     text = (tmp_path / "log" / COMMAND_LOG).read_text()
-    assert "exit status 0" in text and "exit status 7" in text
-    assert text.count("0" * OUTPUT_LIMIT) == 1 and "0" * (OUTPUT_LIMIT + 1) not in text
+    assert "exit status 0" in text
+    assert "exit status 7" in text
+    assert text.count("0" * OUTPUT_LIMIT) == 1
+    assert "0" * (OUTPUT_LIMIT + 1) not in text
     assert stat_mode(tmp_path / "log" / COMMAND_LOG) == 0o600
 
 
@@ -118,7 +120,8 @@ def test_direct_cwd_and_stdin(tmp_path: Path) -> None:
     done = DirectExecutor().run(operation(tmp_path, "pwd; cat; echo after-stdin"))
     assert done.output.startswith(f"[stdout]\n{tmp_path / 'handler'}\nafter-stdin\n")
     missing = DirectExecutor().run(operation(tmp_path, "true", cwd=str(tmp_path / "nope")))
-    assert missing.exit_status is None and "cannot start" in missing.reason
+    assert missing.exit_status is None
+    assert "cannot start" in missing.reason
 
 
 def test_direct_timeout_kills_the_process_group(tmp_path: Path) -> None:
@@ -127,7 +130,9 @@ def test_direct_timeout_kills_the_process_group(tmp_path: Path) -> None:
     start = time.monotonic()
     done = DirectExecutor().run(operation(tmp_path, line, timeout=1.0))
     assert time.monotonic() - start < 15
-    assert done.timed_out and done.exit_status is None and not done.succeeded
+    assert done.timed_out
+    assert done.exit_status is None
+    assert not done.succeeded
     assert "process group was killed" in done.reason
     assert wait_gone(int(pids.read_text()))
     assert "killed after 1 s (timeout)" in (tmp_path / "log" / COMMAND_LOG).read_text()
@@ -183,16 +188,26 @@ UNIT = re.compile(r"azure-ext-[A-Za-z0-9:_.\\]+-enable-4-[0-9a-f]{8}\.service")
 
 @pytest.mark.parametrize(
     "handler",
-    [HANDLER, "Contoso-Test-Handler", "name with spaces", "../../etc/passwd", "ünïcode-名前", "x" * 200],
+    [
+        HANDLER,
+        "Contoso-Test-Handler",
+        "name with spaces",
+        "../../etc/passwd",
+        "ünïcode-名前",
+        "x" * 200,
+    ],
 )
-def test_hostile_handler_names_make_valid_unit_and_slice_names(tmp_path: Path, handler: str) -> None:
+def test_hostile_handler_names_make_valid_unit_and_slice_names(
+    tmp_path: Path, handler: str
+) -> None:
     op = operation(tmp_path, "true", handler=handler)
     unit = unit_name(op, "0123abcd")
     assert UNIT.fullmatch(unit), unit
     assert len(unit) < 200
     piece = slice_name(handler)
     # One dash after the prefix: a sub-slice of azure-vmextensions.slice, nothing deeper.
-    assert piece.startswith("azure-vmextensions-") and piece.count("-") == 2
+    assert piece.startswith("azure-vmextensions-")
+    assert piece.count("-") == 2
     assert "/" not in unit + piece
     other = unit_name(operation(tmp_path, "true", handler=handler + "y"), "0123abcd")
     assert other != unit  # long names keep apart by their digest
@@ -200,7 +215,7 @@ def test_hostile_handler_names_make_valid_unit_and_slice_names(tmp_path: Path, h
 
 # -- systemd: fakes on PATH ----------------------------------------------------
 
-FAKE_RUN = r'''
+FAKE_RUN = r"""
 import json, os, subprocess, sys
 with open(FAKE_RECORD, "a") as f:
     f.write(json.dumps(sys.argv) + "\n")
@@ -226,7 +241,10 @@ print("Running as unit: " + unit, file=sys.stderr)
 command = [c.replace("$$", "$") for c in command]
 out = open(props["StandardOutput"].removeprefix("file:"), "w")
 err = open(props["StandardError"].removeprefix("file:"), "w")
-child = subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
+child = subprocess.Popen(
+    command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+    start_new_session=True,
+)
 try:
     code = child.wait(timeout=float(props["RuntimeMaxSec"]))
 except subprocess.TimeoutExpired:
@@ -237,9 +255,9 @@ except subprocess.TimeoutExpired:
 print("Finished with result: " + ("success" if code == 0 else "exit-code"), file=sys.stderr)
 print("Main processes terminated with: code=exited/status=%d" % code, file=sys.stderr)
 sys.exit(code)
-'''
+"""
 
-FAKE_CTL = r'''
+FAKE_CTL = r"""
 import json, os, sys
 with open(FAKE_RECORD, "a") as f:
     f.write(json.dumps(sys.argv) + "\n")
@@ -254,13 +272,13 @@ elif sys.argv[1] == "show":
     json.dump(state, open(FAKE_STATE, "w"))
     for k, v in props.items():
         print(f"{k}={v}")
-'''
+"""
 
-FAKE_CAT = r'''
+FAKE_CAT = r"""
 import json, os, sys
 with open(FAKE_RECORD, "a") as f:
     f.write(json.dumps(sys.argv + [sys.stdin.read()]) + "\n")
-'''
+"""
 
 
 class Fakes:
@@ -331,7 +349,8 @@ def test_systemd_run_argv_is_exact(tmp_path: Path, fakes: Fakes) -> None:
     assert "exit status 3" in (log_dir / COMMAND_LOG).read_text()
     [journal] = fakes.calls("systemd-cat")
     assert journal[1] == f"--identifier={HANDLER}"
-    assert "exit status 3" in journal[-1] and "-4" in journal[-1]
+    assert "exit status 3" in journal[-1]
+    assert "-4" in journal[-1]
 
 
 def test_systemd_hostile_names_stay_single_arguments(tmp_path: Path, fakes: Fakes) -> None:
@@ -346,13 +365,16 @@ def test_systemd_hostile_names_stay_single_arguments(tmp_path: Path, fakes: Fake
     [folder] = (tmp_path / "logs").iterdir()
     assert folder.name == systemd_executor.handler_fragment(handler)
     refused = SystemdExecutor().run(operation(tmp_path, "echo\0x"))
-    assert refused.exit_status is None and "NUL" in refused.reason
+    assert refused.exit_status is None
+    assert "NUL" in refused.reason
     assert len(fakes.calls("systemd-run")) == 1
 
 
 def test_systemd_timeout_kills_the_cgroup(tmp_path: Path, fakes: Fakes) -> None:
     done = SystemdExecutor().run(operation(tmp_path, "sleep 30", timeout=1))
-    assert done.timed_out and done.exit_status is None and not done.succeeded
+    assert done.timed_out
+    assert done.exit_status is None
+    assert not done.succeeded
     assert "cgroup was killed" in done.reason
     assert ["systemctl", "kill", "--signal=SIGKILL", done.unit] in [
         [os.path.basename(c[0]), *c[1:]] for c in fakes.calls("systemctl")
@@ -365,7 +387,8 @@ def test_systemd_unavailable_or_refusing(tmp_path: Path, fakes: Fakes, monkeypat
         SystemdExecutor().run(operation(tmp_path, "true"))
     fakes.set_state(refuse="Failed to start transient service unit: Invalid argument")
     refused = SystemdExecutor().run(operation(tmp_path, "true"))
-    assert refused.exit_status is None and "Invalid argument" in refused.reason
+    assert refused.exit_status is None
+    assert "Invalid argument" in refused.reason
     (fakes.bin / "systemd-run").unlink()
     with pytest.raises(SystemdUnavailable, match="not installed"):
         SystemdExecutor().run(operation(tmp_path, "true"))
@@ -404,31 +427,45 @@ def test_systemd_running_and_wait_after_a_restart(tmp_path: Path, fakes: Fakes) 
     executor = SystemdExecutor()
     assert list(executor.running()) == [enable.key, install.key]
     [listing] = fakes.calls("systemctl")
-    assert "azure-ext-*" in listing and "--state=activating,active,deactivating,reloading" in listing
+    assert "azure-ext-*" in listing
+    assert "--state=activating,active,deactivating,reloading" in listing
     (tmp_path / "log").mkdir()
     (tmp_path / "log/enable.4.stdout").write_text("written before the restart\n")
     outcome = executor.wait(enable.key, 10)
     assert outcome is not None
     assert (outcome.exit_status, outcome.timed_out) == (2, False)
-    assert outcome.operation.key == enable.key and outcome.unit == unit_name(enable, "0123abcd")
+    assert outcome.operation.key == enable.key
+    assert outcome.unit == unit_name(enable, "0123abcd")
     assert "written before the restart" in outcome.output
     assert executor.wait("nobody_1.0_enable_0", 1) is None
 
 
 def test_systemd_wait_kills_what_outlives_its_bound(tmp_path: Path, fakes: Fakes) -> None:
     op = operation(tmp_path, "x")
-    fakes.set_state(units=[unit_entry(op, "active")], show=[{"LoadState": "loaded", "ActiveState": "active"}])
+    fakes.set_state(
+        units=[unit_entry(op, "active")], show=[{"LoadState": "loaded", "ActiveState": "active"}]
+    )
     start = time.monotonic()
     outcome = SystemdExecutor().wait(op.key, 0.5)
     assert time.monotonic() - start < 10
-    assert outcome is not None and outcome.timed_out
+    assert outcome is not None
+    assert outcome.timed_out
     kills = [c for c in fakes.calls("systemctl") if c[1] == "kill"]
     assert kills == [[kills[0][0], "kill", "--signal=SIGKILL", unit_name(op, "0123abcd")]]
     # A timed-out unit found after a restart: its leftovers are killed too.
     fakes.set_state(
         units=[unit_entry(op, "failed")],
-        show=[{"LoadState": "loaded", "ActiveState": "failed", "Result": "timeout", "ExecMainCode": "2", "ExecMainStatus": "15"}],
+        show=[
+            {
+                "LoadState": "loaded",
+                "ActiveState": "failed",
+                "Result": "timeout",
+                "ExecMainCode": "2",
+                "ExecMainStatus": "15",
+            }
+        ],
     )
     late = SystemdExecutor().wait(op.key, 5)
-    assert late is not None and late.timed_out
+    assert late is not None
+    assert late.timed_out
     assert len([c for c in fakes.calls("systemctl") if c[1] == "kill"]) == 2

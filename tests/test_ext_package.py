@@ -6,8 +6,8 @@ import io
 import json
 import stat
 import zipfile
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Optional
 
 import pytest
@@ -71,7 +71,8 @@ def test_the_sample_handler_is_downloaded_and_unpacked(root: Path, http: Transpo
     with Fabric(scenario) as fabric:
         ctx, uris, plugin = setup(root, scenario, fabric)
         done = package.prepare(ctx, http, SAMPLE, "1.3", uris, plugin=plugin)
-        assert done.fresh and done.version.version == "1.3.0"
+        assert done.fresh
+        assert done.version.version == "1.3.0"
         directory = ctx.lib_dir / SAMPLE_DIR
         assert done.directory == directory
         with zipfile.ZipFile(SAMPLE_ZIP) as z:
@@ -79,7 +80,8 @@ def test_the_sample_handler_is_downloaded_and_unpacked(root: Path, http: Transpo
                 path = directory / info.filename
                 assert path.read_bytes() == z.read(info)
                 mode = path.stat().st_mode
-                assert mode & stat.S_IXUSR and not mode & (stat.S_ISUID | stat.S_ISGID)
+                assert mode & stat.S_IXUSR
+                assert not mode & (stat.S_ISUID | stat.S_ISGID)
         for name in ("config", "status"):
             assert stat.S_IMODE((directory / name).stat().st_mode) == 0o700
         [document] = json.loads((directory / "HandlerEnvironment.json").read_text())
@@ -95,7 +97,8 @@ def test_the_sample_handler_is_downloaded_and_unpacked(root: Path, http: Transpo
         # Unpacked already: the manifest is read again, the package is not.
         count = len(fabric.requests)
         again = package.prepare(ctx, http, SAMPLE, "1.3", uris, plugin=plugin)
-        assert not again.fresh and again.directory == directory
+        assert not again.fresh
+        assert again.directory == directory
         assert not [r for r in fabric.requests[count:] if r.path.endswith(".zip")]
 
 
@@ -135,7 +138,9 @@ def test_a_failed_download_leaves_nothing_behind(root: Path, http: Transport) ->
         assert leftovers(ctx.lib_dir) == []
 
 
-def test_an_unreachable_manifest_and_a_missing_version_are_named(root: Path, http: Transport) -> None:
+def test_an_unreachable_manifest_and_a_missing_version_are_named(
+    root: Path, http: Transport
+) -> None:
     scenario = sample_scenario(
         faults=[
             Fault(endpoint="blob", kind="status", status=404, path=r"manifest\.xml", count=9),
@@ -147,7 +152,8 @@ def test_an_unreachable_manifest_and_a_missing_version_are_named(root: Path, htt
         with pytest.raises(PackageError) as caught:
             package.prepare(ctx, http, SAMPLE, "1.3", uris, plugin=plugin)
         assert caught.value.code == package.MANIFEST_DOWNLOAD
-        assert "HTTP 404" in caught.value.reason and "HTTP 500" in caught.value.reason
+        assert "HTTP 404" in caught.value.reason
+        assert "HTTP 500" in caught.value.reason
     with Fabric(sample_scenario()) as fabric:
         ctx, uris, plugin = setup(root / "again", sample_scenario(), fabric)
         with pytest.raises(PackageError, match=r"version 2\.0 is not in the extension manifest"):
@@ -169,7 +175,9 @@ def test_a_package_over_the_size_cap_is_not_kept(root: Path, http: Transport) ->
 # -- hostile zips ----------------------------------------------------------
 
 
-def build(members: list[tuple[str, bytes, Optional[int]]], level: int = zipfile.ZIP_DEFLATED) -> bytes:
+def build(
+    members: list[tuple[str, bytes, Optional[int]]], level: int = zipfile.ZIP_DEFLATED
+) -> bytes:
     """A zip of (name, content, unix mode or None) members, written as a hostile tool would."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=level) as z:
@@ -186,11 +194,11 @@ def build(members: list[tuple[str, bytes, Optional[int]]], level: int = zipfile.
 GOOD = ("HandlerManifest.json", b"[]", 0o100644)
 
 
-def unpack(tmp_path: Path, data: bytes, limits: Limits = Limits()) -> Path:
+def unpack(tmp_path: Path, data: bytes, limits: Optional[Limits] = None) -> Path:
     archive = tmp_path / "h__1.0.zip"
     archive.write_bytes(data)
     target = tmp_path / "h-1.0"
-    package.unpack(archive, target, handler_name="h", limits=limits)
+    package.unpack(archive, target, handler_name="h", limits=limits or Limits())
     return target
 
 
@@ -263,8 +271,10 @@ def test_links_pointing_down_and_a_deeper_handler_manifest(tmp_path: Path) -> No
     assert (target / "pkg/lib/libx.so").is_symlink()
     assert (target / "pkg/lib/libx.so").read_bytes() == b"ELF"
     mode = (target / "pkg/bin/run.sh").stat().st_mode
-    assert mode & stat.S_IXUSR and not mode & stat.S_ISUID
-    assert (target / "config").is_dir() and (target / "status").is_dir()
+    assert mode & stat.S_IXUSR
+    assert not mode & stat.S_ISUID
+    assert (target / "config").is_dir()
+    assert (target / "status").is_dir()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 

@@ -102,7 +102,9 @@ class HostPlugin:
     container_id: str
     host_config_name: str
 
-    def artifact(self, location: str, manifest_location: Optional[str]) -> tuple[str, dict[str, str]]:
+    def artifact(
+        self, location: str, manifest_location: Optional[str]
+    ) -> tuple[str, dict[str, str]]:
         headers = {
             "x-ms-containerid": self.container_id,
             "x-ms-host-config-name": self.host_config_name,
@@ -319,7 +321,8 @@ def unpack(
     _remove_leftovers(parent, directory.name)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}{_UNPACKING}", dir=parent))
     try:
-        os.chmod(staging, 0o755)
+        # The handler directory is readable by all, as WALinuxAgent leaves it.
+        os.chmod(staging, 0o755)  # noqa: S103
         _extract(archive, staging, limits)
         _finish(staging, handler_name, target_dir or str(directory), target_log_root)
         os.rename(staging, directory)
@@ -380,7 +383,9 @@ def _extract(archive: Path, staging: Path, limits: Limits) -> None:
 
 def _members(infos: list[zipfile.ZipInfo], limits: Limits) -> list[_Member]:
     if len(infos) > limits.files:
-        raise UnsafePackage(f"the package has {len(infos)} members, over the limit of {limits.files}")
+        raise UnsafePackage(
+            f"the package has {len(infos)} members, over the limit of {limits.files}"
+        )
     declared = 0
     members: list[_Member] = []
     seen: dict[tuple[str, ...], str] = {}

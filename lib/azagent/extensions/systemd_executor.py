@@ -97,9 +97,10 @@ class SystemdUnavailable(AzagentError):
 def escape(text: str, *, slash: str = "-") -> str:
     """``text`` as ``systemd-escape`` writes it (without ``--path``).
 
-    '/' becomes ``slash`` ('-' as systemd-escape does); every byte of a character other than ASCII letters,
-    digits, ':', '_' and '.' (and a leading '.') becomes ``\\xHH``, so a '-'
-    is ``\\x2d`` and never nests a slice.
+    '/' becomes ``slash`` ('-' as systemd-escape does); every byte of a
+    character other than ASCII letters, digits, ':', '_' and '.' (and a
+    leading '.') becomes ``\\xHH``, so a '-' is ``\\x2d`` and never nests a
+    slice.
     """
     out: list[str] = []
     for index, char in enumerate(text):
@@ -137,8 +138,9 @@ def slice_name(handler: str) -> str:
 
 def unit_name(operation: Operation, short_id: str) -> str:
     """``azure-ext-<handler>-<operation>-<seq>-<id>.service``."""
+    handler = handler_fragment(operation.handler)
     op = escape(operation.operation)
-    return f"{UNIT_PREFIX}{handler_fragment(operation.handler)}-{op}-{operation.sequence}-{short_id}.service"
+    return f"{UNIT_PREFIX}{handler}-{op}-{operation.sequence}-{short_id}.service"
 
 
 def description(operation: Operation) -> str:
@@ -275,7 +277,13 @@ class SystemdExecutor:
             )
             append_command_log(log_dir, operation, outcome)
             return outcome
-        log.info("running %s %s of %s as %s", operation.operation, operation.version, operation.handler, unit)
+        log.info(
+            "running %s %s of %s as %s",
+            operation.operation,
+            operation.version,
+            operation.handler,
+            unit,
+        )
         try:
             done = system.run(
                 self.argv(operation, unit),
@@ -287,7 +295,12 @@ class SystemdExecutor:
             # systemd-run --wait did not return: the unit is still there.
             self._kill(unit)
             outcome = self._outcome(
-                operation, unit, None, True, time.monotonic() - start, f"{e.reason}; killed"
+                operation,
+                unit=unit,
+                exit_status=None,
+                timed_out=True,
+                duration=time.monotonic() - start,
+                reason=f"{e.reason}; killed",
             )
         else:
             result, code, status = _ending(done.stderr)
@@ -304,7 +317,13 @@ class SystemdExecutor:
                 )
             else:
                 outcome = self._finished(
-                    operation, unit, result, code, status, done.returncode, time.monotonic() - start
+                    operation,
+                    unit=unit,
+                    result=result,
+                    code=code,
+                    status=status,
+                    returncode=done.returncode,
+                    duration=time.monotonic() - start,
                 )
         append_command_log(log_dir, operation, outcome)
         self._journal(operation, outcome)
@@ -313,6 +332,7 @@ class SystemdExecutor:
     def _finished(
         self,
         operation: Operation,
+        *,
         unit: str,
         result: Optional[str],
         code: Optional[str],
@@ -336,11 +356,19 @@ class SystemdExecutor:
             reason = f"timed out after {operation.timeout:g} s: its cgroup was killed"
         elif result not in (None, "success", "exit-code", "signal", "core-dump") and not reason:
             reason = f"the unit ended with result {result}"
-        return self._outcome(operation, unit, exit_status, timed_out, duration, reason)
+        return self._outcome(
+            operation,
+            unit=unit,
+            exit_status=exit_status,
+            timed_out=timed_out,
+            duration=duration,
+            reason=reason,
+        )
 
     def _outcome(
         self,
         operation: Operation,
+        *,
         unit: str,
         exit_status: Optional[int],
         timed_out: bool,
@@ -465,11 +493,11 @@ class SystemdExecutor:
                 self._kill(unit)
                 outcome = self._outcome(
                     operation,
-                    unit,
-                    None,
-                    True,
-                    time.monotonic() - start,
-                    f"still running after {timeout:g} s more: its cgroup was killed",
+                    unit=unit,
+                    exit_status=None,
+                    timed_out=True,
+                    duration=time.monotonic() - start,
+                    reason=f"still running after {timeout:g} s more: its cgroup was killed",
                 )
                 append_command_log(self.log_dir(operation), operation, outcome)
                 return outcome
@@ -479,11 +507,11 @@ class SystemdExecutor:
         if properties.get("LoadState") in (None, "", "not-found"):
             outcome = self._outcome(
                 operation,
-                unit,
-                None,
-                False,
-                duration,
-                f"it ended unobserved; journalctl -u {unit} shows how",
+                unit=unit,
+                exit_status=None,
+                timed_out=False,
+                duration=duration,
+                reason=f"it ended unobserved; journalctl -u {unit} shows how",
             )
         else:
             code = {"1": "exited", "2": "killed", "3": "dumped"}.get(
@@ -491,12 +519,12 @@ class SystemdExecutor:
             )
             outcome = self._finished(
                 operation,
-                unit,
-                properties.get("Result"),
-                code,
-                properties.get("ExecMainStatus"),
-                1,
-                duration,
+                unit=unit,
+                result=properties.get("Result"),
+                code=code,
+                status=properties.get("ExecMainStatus"),
+                returncode=1,
+                duration=duration,
             )
         append_command_log(self.log_dir(operation), operation, outcome)
         return outcome
