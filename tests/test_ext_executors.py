@@ -119,6 +119,9 @@ def test_direct_environment_is_exactly_the_contract(tmp_path: Path, monkeypatch:
 def test_direct_cwd_and_stdin(tmp_path: Path) -> None:
     done = DirectExecutor().run(operation(tmp_path, "pwd; cat; echo after-stdin"))
     assert done.output.startswith(f"[stdout]\n{tmp_path / 'handler'}\nafter-stdin\n")
+    nul = DirectExecutor().run(operation(tmp_path, "echo a\0b"))
+    assert nul.exit_status is None
+    assert "cannot start" in nul.reason
     missing = DirectExecutor().run(operation(tmp_path, "true", cwd=str(tmp_path / "nope")))
     assert missing.exit_status is None
     assert "cannot start" in missing.reason
@@ -263,9 +266,9 @@ with open(FAKE_RECORD, "a") as f:
     f.write(json.dumps(sys.argv) + "\n")
 state = json.load(open(FAKE_STATE))
 if sys.argv[1] == "list-units":
-    wanted = [a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--state=")][0]
+    wanted = [a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--state=")]
     for u in state["units"]:
-        if "all" in wanted or u["active"] in wanted:
+        if "--all" in sys.argv or u["active"] in wanted[0]:
             print(u["name"], "loaded", u["active"], u.get("sub", "running"), u["description"])
 elif sys.argv[1] == "show":
     props = state["show"].pop(0) if len(state["show"]) > 1 else state["show"][0]
@@ -328,7 +331,7 @@ def test_systemd_run_argv_is_exact(tmp_path: Path, fakes: Fakes) -> None:
         f"--slice=azure-vmextensions-{HANDLER}.slice",
         f"--description={systemd_executor.description(op)}",
         "--wait",
-        "--service-type=exec",
+        "--service-type=simple",
         f"--working-directory={tmp_path / 'handler'}",
         "-p", "KillMode=process",
         "-p", "RuntimeMaxSec=20",
@@ -404,7 +407,10 @@ def unit_entry(op: Operation, active: str, short: str = "0123abcd") -> dict[str,
 
 def test_systemd_running_and_wait_after_a_restart(tmp_path: Path, fakes: Fakes) -> None:
     enable = operation(tmp_path, "x")
-    install = operation(tmp_path, "y", operation="install", extension="first", sequence=2)
+    forged = 'evil #azagent:{"key":"forged"}'  # a handler name cannot forge the record
+    install = operation(
+        tmp_path, "y", handler=forged, operation="install", extension="first", sequence=2
+    )
     done_op = operation(tmp_path, "z", operation="disable")
     fakes.set_state(
         units=[

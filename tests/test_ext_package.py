@@ -219,6 +219,11 @@ def unpack(tmp_path: Path, data: bytes, limits: Optional[Limits] = None) -> Path
         ([GOOD] + [(f"f{i}", b"", None) for i in range(6)], Limits(files=5), r"7 members"),
         ([GOOD, ("big", b"x" * 5000, None)], Limits(unpacked_bytes=4096), r"more than 4096"),
         ([GOOD, ("bomb", b"\0" * (4 << 20), None)], Limits(), r"'bomb' is compressed more"),
+        (
+            [GOOD] + [(f"b{i}", b"\0" * (512 << 10), None) for i in range(8)],
+            Limits(),
+            r"package is compressed more",
+        ),
     ],
 )
 def test_hostile_zips_are_refused_whole(
@@ -264,6 +269,7 @@ def test_links_pointing_down_and_a_deeper_handler_manifest(tmp_path: Path) -> No
                 ("pkg/bin/run.sh", b"#!/bin/sh\n", 0o104755),  # set-uid in the zip
                 ("pkg/lib/libx.so.1", b"ELF", 0o100644),
                 ("pkg/lib/libx.so", b"libx.so.1", 0o120777),
+                ("pkg/here", b".", 0o120777),  # a loop for a walker that follows links
             ]
         ),
     )

@@ -118,12 +118,13 @@ class DirectExecutor:
                     start_new_session=True,
                     close_fds=True,
                 )
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: a NUL in the command or environment
+            problem = e.strerror if isinstance(e, OSError) else None
             outcome = Outcome(
                 operation,
                 exit_status=None,
                 duration=time.monotonic() - start,
-                reason=f"cannot start the command: {e.strerror or type(e).__name__}",
+                reason=f"cannot start the command: {problem or type(e).__name__}",
             )
             append_command_log(log_dir, operation, outcome)
             return outcome

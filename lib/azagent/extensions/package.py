@@ -386,7 +386,7 @@ def _members(infos: list[zipfile.ZipInfo], limits: Limits) -> list[_Member]:
         raise UnsafePackage(
             f"the package has {len(infos)} members, over the limit of {limits.files}"
         )
-    declared = 0
+    declared = compressed = 0
     members: list[_Member] = []
     seen: dict[tuple[str, ...], str] = {}
     for info in infos:
@@ -411,6 +411,7 @@ def _members(infos: list[zipfile.ZipInfo], limits: Limits) -> list[_Member]:
             raise UnsafePackage(f"the package has member {shown} twice")
         seen[parts] = kind
         declared += info.file_size
+        compressed += info.compress_size
         if declared > limits.unpacked_bytes:
             raise UnsafePackage(
                 f"the package unpacks to more than {limits.unpacked_bytes} bytes"
@@ -423,6 +424,9 @@ def _members(infos: list[zipfile.ZipInfo], limits: Limits) -> list[_Member]:
                 f"member {shown} is compressed more than {limits.ratio}:1 (a zip bomb?)"
             )
         members.append(_Member(info, parts, kind))
+    # Many small members, each under the floor, make a bomb of their own.
+    if declared > limits.ratio_floor and declared > limits.ratio * max(compressed, 1):
+        raise UnsafePackage(f"the package is compressed more than {limits.ratio}:1 (a zip bomb?)")
     # A member below a file or a link would go through it.
     for member in members:
         for depth in range(1, len(member.parts)):
@@ -495,8 +499,13 @@ def _link_target(zipped: zipfile.ZipFile, member: _Member) -> str:
 def _finish(staging: Path, handler_name: str, target_dir: str, target_log_root: str) -> None:
     top = staging / HANDLER_MANIFEST
     if not top.is_file() and not top.is_symlink():
+        # os.walk follows no link: a link to "." cannot make it loop.
         deeper = sorted(
-            (p for p in staging.rglob(HANDLER_MANIFEST) if p.is_file() and not p.is_symlink()),
+            (
+                Path(folder) / HANDLER_MANIFEST
+                for folder, _dirs, files in os.walk(staging)
+                if HANDLER_MANIFEST in files and not (Path(folder) / HANDLER_MANIFEST).is_symlink()
+            ),
             key=lambda p: (len(p.parts), str(p)),
         )
         if deeper:

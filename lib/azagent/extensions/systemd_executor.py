@@ -21,8 +21,8 @@ Why a transient *service* with ``KillMode=process`` (not a scope, not
   ``systemd-run`` in our own cgroup. A service is started by PID 1: it
   survives a restart of the extension handler and records ``Result=`` and
   the exit status.
-* The timeout: ``RuntimeMaxSec=`` (it applies to ``Type=exec``; it would do
-  nothing for ``Type=oneshot``) stops the command with ``Result=timeout``,
+* The timeout: ``RuntimeMaxSec=`` (it applies to ``Type=simple``; it would
+  do nothing for ``Type=oneshot``) stops the command with ``Result=timeout``,
   and the executor then sends SIGKILL to the whole cgroup (``systemctl kill``
   reaches every process of the unit whatever its KillMode), so a child that
   called ``setsid`` dies too, which WALinuxAgent's process-group kill misses.
@@ -157,11 +157,16 @@ def description(operation: Operation) -> str:
         "timeout": operation.timeout,
     }
     shown = f"Azure VM extension {operation.handler} {operation.version}: {operation.operation}"
-    return shown + _TAG + json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+    # The first tag is the record's: none can hide in the shown part.
+    return (
+        shown.replace("#", "?")
+        + _TAG
+        + json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+    )
 
 
 def _record(text: str) -> Optional[dict[str, Any]]:
-    where = text.rfind(_TAG)
+    where = text.find(_TAG)
     if where == -1:
         return None
     try:
@@ -226,7 +231,8 @@ class SystemdExecutor:
             f"--slice={slice_name(operation.handler)}",
             f"--description={description(operation)}",
             "--wait",
-            "--service-type=exec",
+            # simple, not exec (systemd 240): RHEL 8 has 239; /bin/sh is always there.
+            "--service-type=simple",
             f"--working-directory={operation.cwd}",
             "-p",
             "KillMode=process",
@@ -419,8 +425,8 @@ class SystemdExecutor:
 
     # -- after a restart ---------------------------------------------------------
 
-    def _units(self, states: str) -> list[tuple[str, str, dict[str, Any]]]:
-        """(unit, active state, record) of azure-ext-* services in ``states``."""
+    def _units(self, states: Optional[str]) -> list[tuple[str, str, dict[str, Any]]]:
+        """(unit, active state, record) of azure-ext-* services in ``states`` (None: all)."""
         try:
             done = system.run(
                 [
@@ -431,7 +437,7 @@ class SystemdExecutor:
                     "--no-pager",
                     "--full",
                     "--type=service",
-                    f"--state={states}",
+                    f"--state={states}" if states else "--all",
                     f"{UNIT_PREFIX}*",
                 ],
                 timeout=30,
@@ -441,7 +447,7 @@ class SystemdExecutor:
             raise SystemdUnavailable(e.reason) from None
         found = []
         for line in done.stdout.splitlines():
-            fields = line.split(None, 4)
+            fields = line.lstrip("●* ").split(None, 4)
             if len(fields) < 5 or not fields[0].startswith(UNIT_PREFIX):
                 continue
             record = _record(fields[4])
@@ -477,7 +483,7 @@ class SystemdExecutor:
 
     def wait(self, key: str, timeout: float) -> Optional[Outcome]:
         """Wait up to ``timeout`` for a unit found by :meth:`running`; kill it after that."""
-        matches = [(u, r) for u, _s, r in self._units("all") if r["key"] == key]
+        matches = [(u, r) for u, _s, r in self._units(None) if r["key"] == key]
         if not matches:
             return None
         unit, record = matches[-1]
