@@ -291,3 +291,19 @@ def test_a_staging_directory_of_a_dead_run_is_removed(tmp_path: Path) -> None:
     assert not stale.exists()
     with pytest.raises(UnsafePackage, match="cannot be unpacked"):
         unpack(tmp_path, build([GOOD]))  # the directory exists: never merged into
+
+
+def test_a_hostile_package_from_the_fabric_leaves_nothing(
+    root: Path, http: Transport, tmp_path: Path
+) -> None:
+    hostile = tmp_path / "hostile.zip"
+    hostile.write_bytes(build([GOOD, ("ok.sh", b"true", None), ("../../escape", b"x", None)]))
+    scenario = Scenario(extensions=[Extension(name=SAMPLE, version="1.3.0", package=str(hostile))])
+    with Fabric(scenario) as fabric:
+        ctx, uris, plugin = setup(root, scenario, fabric)
+        with pytest.raises(UnsafePackage, match=r"'\.\./\.\./escape' leaves") as caught:
+            package.prepare(ctx, http, SAMPLE, "1.3", uris, plugin=plugin)
+        assert caught.value.code == package.EXTRACTION
+        assert not (ctx.lib_dir / SAMPLE_DIR).exists()
+        assert leftovers(ctx.lib_dir) == []
+        assert not (ctx.lib_dir.parent / "escape").exists()

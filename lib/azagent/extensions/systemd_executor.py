@@ -49,6 +49,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import secrets
 import time
@@ -270,10 +271,9 @@ class SystemdExecutor:
         start = time.monotonic()
         try:
             log_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-            for path in (stdout, stderr):
-                with path.open("wb"):  # empty, before systemd opens it for writing
-                    pass
-                path.chmod(0o600)
+            for path in (stdout, stderr):  # empty, before systemd opens it for writing
+                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+                os.close(os.open(path, flags, 0o600))
         except OSError as e:
             outcome = Outcome(
                 operation,
