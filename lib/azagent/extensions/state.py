@@ -212,13 +212,17 @@ def load(lib_dir: Path) -> ServiceState:
         data = read_bytes_limited(path, MAX_STATE_FILE)
     except FileNotFoundError:
         return ServiceState()
-    except OSError as e:
-        log.warning("cannot read %s (%s): the extension state is unknown", path, e.strerror or e)
+    except (OSError, ValueError) as e:
+        log.warning("cannot read %s (%s): the extension state is unknown", path, e)
         return ServiceState(unknown=True)
     try:
         return parse(data)
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
-        log.warning("%s is malformed (%s): the extension state is unknown", path, type(e).__name__)
+        log.warning(
+            "%s is malformed (%s): the extension state is unknown",
+            path,
+            type(e).__name__,
+        )
         return ServiceState(unknown=True)
 
 
