@@ -9,8 +9,8 @@ again) run the handler operations of EXTENSIONS.md section 5 through an
 :class:`~azagent.extensions.executor.Executor`. Every pass reads each
 extension's status file and uploads the aggregate status when it changed and
 at least every 30 s: through the HostGAPlugin's ``/status``, else directly to
-the SAS URL. :func:`loop` runs passes every ``Extensions.GoalStatePeriod``
-seconds, tells systemd READY, STATUS and WATCHDOG, and ends on SIGTERM.
+the SAS URL (``channel`` talks to the fabric; ``daemon`` runs the passes
+under systemd).
 
 What makes a handler ready to run ("<Lib.Dir>/<Name>-<Version>" unpacked,
 with HandlerEnvironment.json) is an :data:`Installer`; the package module
@@ -27,12 +27,11 @@ import logging
 import os
 import shutil
 import socket
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 from urllib.parse import urlsplit
 
 from azagent import __version__
@@ -41,15 +40,11 @@ from azagent.errors import AzagentError
 from azagent.extensions import environment, goalstate, naming, status
 from azagent.extensions import handler as manifests
 from azagent.extensions import state as saved
+from azagent.extensions.channel import Fabric
 from azagent.extensions.executor import Executor, Operation, Outcome
 from azagent.extensions.goalstate import Extension, ExtensionsGoalState, Handler
 from azagent.fsutil import atomic_write, ensure_dir, read_bytes_limited
 from azagent.redact import redact
-
-if TYPE_CHECKING:
-    from azagent.transport import Transport
-    from azagent.wireclient import WireClient
-    from azagent.wireserver import GoalState
 
 log = logging.getLogger("azagent")
 
@@ -57,9 +52,6 @@ UPLOAD_INTERVAL = 30.0  # status goes up at least this often
 VM_SETTINGS_RETRY = (
     6 * 3600.0
 )  # after a 404, ask the HostGAPlugin again this much later
-DISABLED_PERIOD = (
-    300  # GoalStatePeriod when Extensions.Enabled=n and the period is not set
-)
 MAX_CERTIFICATE_FETCHES = 3
 MAX_OUTPUT = 3200
 _EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
@@ -95,163 +87,6 @@ class _HandlerFailed(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-def notify(message: str) -> bool:
-    """sd_notify: send ``message`` to systemd; False (nothing done) outside systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(address)
-            sock.sendall(message.encode())
-    except OSError as e:
-        log.debug("sd_notify failed: %s", e)
-        return False
-    return True
-
-
-# -- the fabric side ---------------------------------------------------------------
-
-
-class Fabric:
-    """The goal-state documents of the WireServer and the HostGAPlugin, and status upload."""
-
-    def __init__(self, ctx: Context, *, deadline: float = 30.0) -> None:
-        self.ctx = ctx
-        self.deadline = deadline
-        self.wire_goal: Optional[GoalState] = None
-        self.extensions_config: Optional[ExtensionsGoalState] = None
-        self.vm_settings: Optional[ExtensionsGoalState] = None
-        self.vm_settings_etag: Optional[str] = None
-        self.vm_settings_retry_at = 0.0
-        self._http: Optional[Transport] = None
-
-    def client(self, name: str) -> WireClient:
-        from azagent import wireclient
-        from azagent.transport import Transport
-
-        if self._http is None:
-            self._http = Transport.from_context(self.ctx)
-        return wireclient.WireClient(
-            wireclient.platform_url(self.ctx, name),
-            timeout=float(self.ctx.config.get_int("Endpoint.RequestTimeout") or 10),
-            deadline=self.deadline,
-            endpoint=wireclient.ENDPOINTS[name],
-            http=self._http,
-        )
-
-    def hgap_headers(self) -> dict[str, str]:
-        goal = self.wire_goal
-        assert goal is not None
-        return {
-            "x-ms-containerid": goal.container_id,
-            "x-ms-host-config-name": goal.uris.config_name,
-        }
-
-    def refresh(
-        self,
-    ) -> tuple[Optional[ExtensionsGoalState], Optional[ExtensionsGoalState]]:
-        """ExtensionsConfig and vmSettings, fetched again only when they changed."""
-        wire = self.client("WireServer")
-        goal = wire.goal_state()
-        if (
-            self.wire_goal is None
-            or goal.incarnation != self.wire_goal.incarnation
-            or self.extensions_config is None
-        ):
-            uri = goal.uris.extensions_config
-            self.extensions_config = (
-                goalstate.parse_extensions_config(wire.document(uri), goal.incarnation)
-                if uri
-                else None
-            )
-        self.wire_goal = goal
-        if time.monotonic() >= self.vm_settings_retry_at:
-            self._refresh_vm_settings()
-        return self.extensions_config, self.vm_settings
-
-    def _refresh_vm_settings(self) -> None:
-        from azagent import wireclient
-
-        headers = self.hgap_headers()
-        if self.vm_settings is not None and self.vm_settings_etag:
-            headers["If-None-Match"] = self.vm_settings_etag
-        hgap = self.client("HostGAPlugin")
-        try:
-            reply = hgap.request(
-                "GET",
-                f"{hgap.base_url}/vmSettings",
-                headers=headers,
-                accept=(200, 304, 404),
-            )
-        except wireclient.GoneError:
-            log.info(
-                "vmSettings: the container changed; the goal state is fetched again"
-            )
-            self.wire_goal = None
-            return
-        except AzagentError as e:
-            log.info("vmSettings unavailable this pass (%s)", e)
-            return
-        if reply.status == 304:
-            return
-        if reply.status == 404:
-            log.info(
-                "the HostGAPlugin serves no vmSettings: using the WireServer's goal state"
-            )
-            self.vm_settings = None
-            self.vm_settings_retry_at = time.monotonic() + VM_SETTINGS_RETRY
-            return
-        etag = reply.header("etag") or ""
-        try:
-            self.vm_settings = goalstate.parse_vm_settings(reply.body, etag)
-        except goalstate.GoalStateError as e:
-            log.warning("vmSettings ignored: %s", e)
-            return
-        self.vm_settings_etag = etag
-
-    def fetch_certificates(self) -> None:
-        from azagent.certstore import CertStore
-
-        CertStore.of(self.ctx).fetch_all(self.client("WireServer"), self.wire_goal)
-
-    def upload(self, requests: tuple[status.BlobRequest, ...]) -> str:
-        """PUT the status blob; through the HostGAPlugin, else directly. How it went up."""
-        try:
-            hgap = self.client("HostGAPlugin")
-            headers = {**self.hgap_headers(), "Content-Type": "application/json"}
-            for request in requests:
-                hgap.request(
-                    "PUT",
-                    f"{hgap.base_url}/status",
-                    body=status.hostgaplugin_envelope(request),
-                    headers=headers,
-                    accept=(200, 201),
-                )
-            return "hostgaplugin"
-        except AzagentError as e:
-            log.info(
-                "status upload through the HostGAPlugin failed (%s); uploading directly",
-                e,
-            )
-        from azagent.transport import BLOB
-
-        assert self._http is not None
-        for request in requests:
-            reply = self._http.request(
-                "PUT",
-                request.url,
-                endpoint=BLOB,
-                body=request.body,
-                headers=dict(request.headers),
-            )
-            if reply.status not in (200, 201):
-                raise AzagentError(f"PUT {request.redacted_url}: HTTP {reply.status}")
-        return "direct"
 
 
 # -- the service -------------------------------------------------------------------
@@ -315,7 +150,7 @@ class Service:
             log.warning(
                 "the goal state could not be fetched (%s); retrying next pass", e
             )
-        except Exception as e:  # noqa: BLE001 - the loop outlives any bad answer
+        except Exception as e:
             log.error(
                 "fetching the goal state failed: %s", redact(f"{type(e).__name__}: {e}")
             )
@@ -327,7 +162,7 @@ class Service:
             self._report()
         except AzagentError as e:
             log.warning("status upload failed (%s); retrying next pass", e)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             log.error("status upload failed: %s", redact(f"{type(e).__name__}: {e}"))
         return self.summary
 
@@ -715,7 +550,7 @@ class Service:
     def _update(
         self, handler: Handler, record: saved.HandlerRecord, new: _Prepared
     ) -> None:
-        """old disable, copy mrseq and status/, new update, old uninstall, delete, install, enable."""
+        """Old disable, copy mrseq and status/, new update, old uninstall, delete, new install."""
         assert record.version is not None
         old_dir = self._handler_dir(handler.name, record.version)
         old = _Prepared(record.version, old_dir, self._manifest(old_dir))
@@ -952,36 +787,3 @@ def _summary(
         for w, n in sorted(counts.items())
     ]
     return f"{name}: {', '.join(parts) or 'no handlers'}"
-
-
-def period(ctx: Context) -> float:
-    """Extensions.GoalStatePeriod (300 s when Extensions.Enabled=n and it is not set)."""
-    configured = ctx.config.get_int("Extensions.GoalStatePeriod") or 6
-    if not ctx.config.get_bool("Extensions.Enabled") and (
-        ctx.config.origins.get("Extensions.GoalStatePeriod") == "default"
-    ):
-        return float(DISABLED_PERIOD)
-    return float(configured)
-
-
-def loop(
-    service: Service,
-    every: float,
-    stop: threading.Event,
-    *,
-    once: bool = False,
-    tell: Callable[[str], bool] = notify,
-) -> int:
-    """Passes every ``every`` seconds until ``stop`` is set (SIGTERM) or after one (``once``)."""
-    first = True
-    while not stop.is_set():
-        summary = service.run_once()
-        if first:
-            tell("READY=1")
-            first = False
-        tell(f"STATUS={summary}\nWATCHDOG=1")
-        if once:
-            break
-        stop.wait(every)
-    tell("STOPPING=1")
-    return 0
