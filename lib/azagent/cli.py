@@ -59,11 +59,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     info = catalog.STAGES_BY_NAME.get(args.stage)
     if info is None:
         known = ", ".join(stage.name for stage in catalog.STAGES)
-        print(f"azagent: unknown stage {args.stage!r} (stages: {known})", file=sys.stderr)
+        print(
+            f"azagent: unknown stage {args.stage!r} (stages: {known})", file=sys.stderr
+        )
         return EXIT_USAGE
     path = find_stage(info.name)
     if path is None:
-        print(f"azagent: the executable of stage {info.name} is not installed", file=sys.stderr)
+        print(
+            f"azagent: the executable of stage {info.name} is not installed",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     command = [sys.executable, str(path), *args.stage_args]
     # Replace this process, so the stage's exit status and signals are the caller's.
@@ -125,7 +130,11 @@ def cmd_deprovision(args: argparse.Namespace) -> int:
     root = ctx.root
     plan, notes = deprovision.plan(ctx, user=args.user)
     what = "deprovision+user" if args.user else "deprovision"
-    print(f"{what} of {root} will:" if plan.actions else f"{what}: nothing to do on {root}")
+    print(
+        f"{what} of {root} will:"
+        if plan.actions
+        else f"{what}: nothing to do on {root}"
+    )
     for action in plan.actions:
         print(f"  - {action.summary}")
     for note in notes:
@@ -160,7 +169,9 @@ def _context(args: argparse.Namespace, command: str) -> Context | None:
         return None
     for warning in config.warnings:
         print(f"azagent: warning: {warning}", file=sys.stderr)
-    return Context(stage=command, root=root, config=config, dry_run=getattr(args, "dry_run", False))
+    return Context(
+        stage=command, root=root, config=config, dry_run=getattr(args, "dry_run", False)
+    )
 
 
 def cmd_serialconsole(args: argparse.Namespace) -> int:
@@ -176,7 +187,9 @@ def cmd_serialconsole(args: argparse.Namespace) -> int:
         print(f"azagent: serialconsole: {e.reason}", file=sys.stderr)
         return EXIT_FAILED
     if not plan.actions:
-        print(f"serialconsole: nothing to do: the kernel command line of {ctx.root} has {wanted}")
+        print(
+            f"serialconsole: nothing to do: the kernel command line of {ctx.root} has {wanted}"
+        )
     else:
         print(f"serialconsole on {ctx.root}{' (dry run)' if ctx.dry_run else ''} will:")
         for action in plan.actions:
@@ -212,7 +225,11 @@ def cmd_collect_logs(args: argparse.Namespace) -> int:
     try:
         archive = logcollect.collect_logs(ctx, output, extra)
     except (AzagentError, OSError) as e:
-        reason = e.reason if isinstance(e, AzagentError) else f"{e.filename}: {e.strerror or e}"
+        reason = (
+            e.reason
+            if isinstance(e, AzagentError)
+            else f"{e.filename}: {e.strerror or e}"
+        )
         print(f"azagent: collect-logs failed: {reason}", file=sys.stderr)
         return EXIT_FAILED
     for note in archive.notes:
@@ -221,6 +238,117 @@ def cmd_collect_logs(args: argparse.Namespace) -> int:
         f"collect-logs: wrote {archive.path} ({len(archive.entries)} files, {archive.size} bytes,"
         " readable by root only)"
     )
+    return EXIT_OK
+
+
+def extensions_report(ctx: Context) -> dict[str, object]:
+    """What the extension handler recorded (its state file under Lib.Dir): no network."""
+    from azagent.extensions import state as extension_state
+
+    found = extension_state.load(ctx.lib_dir)
+    handlers = []
+    for record in found.handlers.values():
+        for entry in record.extensions.values() or [None]:
+            last = entry.last if entry is not None else None
+            handlers.append(
+                {
+                    "handler": record.name,
+                    "extension": entry.name
+                    if entry is not None and record.multi_config
+                    else None,
+                    "version": record.version,
+                    "state": entry.state if entry is not None else record.state,
+                    "sequence_number": entry.seq_no if entry is not None else None,
+                    "status": entry.status if entry is not None else None,
+                    "message": record.error
+                    or (entry.message if entry is not None else None),
+                    "last_operation": None
+                    if last is None
+                    else {
+                        "operation": last.operation,
+                        "exit_status": last.exit_status,
+                        "timed_out": last.timed_out,
+                        "duration": last.duration,
+                        "unit": last.unit,
+                        "ended": last.ended,
+                    },
+                }
+            )
+    return {
+        "state_unreadable": found.unknown,
+        "goal_state": {
+            "id": found.goal_state_id,
+            "incarnation": found.incarnation,
+            "etag": found.etag,
+            "channel": found.channel,
+            "acted_on": found.acted,
+        },
+        "last_upload": found.last_upload,
+        "last_upload_via": found.last_upload_via,
+        "handlers": handlers,
+    }
+
+
+def _one_line(text: object, limit: int = 60) -> str:
+    shown = " ".join(str(text or "").split())
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def cmd_extensions(args: argparse.Namespace) -> int:
+    ctx = _context(args, "extensions")
+    if ctx is None:
+        return EXIT_FAILED
+    report = extensions_report(ctx)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    goal = report["goal_state"]
+    assert isinstance(goal, dict)
+    print(
+        f"goal state: {goal['id'] or 'none acted on yet'}"
+        f" (incarnation {goal['incarnation']}, etag {goal['etag']}) at {goal['acted_on']}"
+    )
+    print(
+        f"last status upload: {report['last_upload'] or 'never'} ({report['last_upload_via']})"
+    )
+    rows = [
+        [
+            "HANDLER",
+            "VERSION",
+            "STATE",
+            "SEQ",
+            "LAST OPERATION",
+            "UNIT",
+            "STATUS",
+            "MESSAGE",
+        ]
+    ]
+    handlers = report["handlers"]
+    assert isinstance(handlers, list)
+    for row in handlers:
+        last = row["last_operation"]
+        operation = ""
+        if last is not None:
+            ended = "timeout" if last["timed_out"] else f"exit {last['exit_status']}"
+            operation = f"{last['operation']} ({ended}, {last['duration']:.1f}s)"
+        name = row["handler"] + (f"/{row['extension']}" if row["extension"] else "")
+        rows.append(
+            [
+                name,
+                str(row["version"] or "-"),
+                str(row["state"]),
+                "-" if row["sequence_number"] is None else str(row["sequence_number"]),
+                operation or "-",
+                str(last["unit"] if last is not None and last["unit"] else "-"),
+                str(row["status"] or "-"),
+                _one_line(row["message"]),
+            ]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(r, widths)).rstrip())
+    if report["state_unreadable"]:
+        print("azagent: the extension state file is unreadable", file=sys.stderr)
     return EXIT_OK
 
 
@@ -237,9 +365,13 @@ def cmd_no_daemon(args: argparse.Namespace) -> int:
 
 def _root_options(parser: argparse.ArgumentParser) -> None:
     """--root and --config, as every command acting on a system (or image tree) takes them."""
-    parser.add_argument("--root", default="/", metavar="DIR", help="an image tree instead of /")
     parser.add_argument(
-        "--config", metavar="PATH", help="configuration file (default: /etc/waagent.conf)"
+        "--root", default="/", metavar="DIR", help="an image tree instead of /"
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="configuration file (default: /etc/waagent.conf)",
     )
 
 
@@ -260,7 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(--root DIR, --dry-run, --config PATH, -v) follow its name.",
     )
     run.add_argument("stage", help="stage name, e.g. " + catalog.STAGES[0].name)
-    run.add_argument("stage_args", nargs=argparse.REMAINDER, help="options for the stage")
+    run.add_argument(
+        "stage_args", nargs=argparse.REMAINDER, help="options for the stage"
+    )
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", help="each stage's unit state and last result")
@@ -284,9 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     deprovision.add_argument(
         "--user", action="store_true", help="also delete the last provisioned user"
     )
-    deprovision.add_argument("--force", action="store_true", help="do not ask for confirmation")
+    deprovision.add_argument(
+        "--force", action="store_true", help="do not ask for confirmation"
+    )
     _root_options(deprovision)
-    deprovision.add_argument("--dry-run", action="store_true", help="only print what would be done")
+    deprovision.add_argument(
+        "--dry-run", action="store_true", help="only print what would be done"
+    )
     deprovision.set_defaults(func=cmd_deprovision)
 
     serial = sub.add_parser(
@@ -297,7 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
         "else update-grub or grub2-mkconfig); under --root, print how to regenerate it.",
     )
     _root_options(serial)
-    serial.add_argument("--dry-run", action="store_true", help="only print what would be done")
+    serial.add_argument(
+        "--dry-run", action="store_true", help="only print what would be done"
+    )
     serial.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
     serial.set_defaults(func=cmd_serialconsole)
 
@@ -322,6 +462,20 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
     collect.set_defaults(func=cmd_collect_logs)
 
+    extensions = sub.add_parser(
+        "extensions",
+        help="(in progress) each VM extension's version, state and last operation",
+        description="Every extension handler the extension handler service knows: version, "
+        "state, sequence number, last operation (exit status, duration, unit), status "
+        "message; the goal state acted on and the last status upload. Reads the service's "
+        "state file under Lib.Dir; no network.",
+    )
+    _root_options(extensions)
+    extensions.add_argument(
+        "--json", action="store_true", help="machine-readable output"
+    )
+    extensions.set_defaults(func=cmd_extensions)
+
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
     sub.add_parser("help", help="print this help").set_defaults(func=None)
 
@@ -332,7 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for p in [parser, *sub.choices.values()]:
         if p.prog != "azagent run":
-            p.add_argument("--verbose", "-v", action="store_true", help=argparse.SUPPRESS)
+            p.add_argument(
+                "--verbose", "-v", action="store_true", help=argparse.SUPPRESS
+            )
     return parser
 
 
