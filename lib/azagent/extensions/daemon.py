@@ -67,6 +67,7 @@ def loop(
 ) -> int:
     """Passes every ``every`` seconds until ``stop`` is set (SIGTERM) or after one (``once``)."""
     first = True
+    service.tick = lambda: tell("WATCHDOG=1")
     while not stop.is_set():
         summary = service.run_once()
         if first:

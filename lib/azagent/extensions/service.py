@@ -139,6 +139,9 @@ class Service:
             ctx.config.get_str("Extension.LogDir") or "/var/log/azure"
         )
         self.summary = "starting"
+        self.tick: Callable[[], object] = lambda: (
+            None
+        )  # the watchdog, before each operation
 
     # -- one pass --------------------------------------------------------------
 
