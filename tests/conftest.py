@@ -68,9 +68,7 @@ def snapshot(root: Path) -> dict[str, tuple[int, int, int, bytes | str]]:
     return state
 
 
-def add_scsi_disk(
-    root: Path, name: str, vendor: str, model: str, timeout: str = "30"
-) -> Path:
+def add_scsi_disk(root: Path, name: str, vendor: str, model: str, timeout: str = "30") -> Path:
     """A fake /sys/block/<name>/device with the attributes kernel-tune reads."""
     device = root / "sys/block" / name / "device"
     device.mkdir(parents=True)

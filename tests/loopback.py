@@ -35,15 +35,9 @@ class Request:
 Script = Callable[["Server", socket.socket, Request], None]
 
 
-def answer(
-    status: int = 200, body: bytes = b"", headers: Optional[dict[str, str]] = None
-) -> bytes:
+def answer(status: int = 200, body: bytes = b"", headers: Optional[dict[str, str]] = None) -> bytes:
     """A complete HTTP/1.1 answer's head and body, closing the connection."""
-    lines = [
-        f"HTTP/1.1 {status} X",
-        f"Content-Length: {len(body)}",
-        "Connection: close",
-    ]
+    lines = [f"HTTP/1.1 {status} X", f"Content-Length: {len(body)}", "Connection: close"]
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
@@ -102,9 +96,7 @@ class Server:
             except socket.timeout:
                 continue
             served += 1
-            handler = threading.Thread(
-                target=self._handle, args=(connection,), daemon=True
-            )
+            handler = threading.Thread(target=self._handle, args=(connection,), daemon=True)
             self._handlers.append(handler)
             handler.start()
 

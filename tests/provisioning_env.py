@@ -31,9 +31,7 @@ class Vm:
     scenario: Scenario
 
     def run(self, stage: str, *args: str) -> Run:
-        return run_stage(
-            stage, "--root", str(self.root), *args, env={"AZAGENT_LOCK_TIMEOUT": "5"}
-        )
+        return run_stage(stage, "--root", str(self.root), *args, env={"AZAGENT_LOCK_TIMEOUT": "5"})
 
     def result(self, stage: str) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(
@@ -54,9 +52,7 @@ class Vm:
         return data
 
 
-def make_vm(
-    root: Path, scenario: Scenario, fabric: Fabric, *, with_media: bool = True
-) -> Vm:
+def make_vm(root: Path, scenario: Scenario, fabric: Fabric, *, with_media: bool = True) -> Vm:
     materialize(scenario)
     dmi = root / "sys/class/dmi/id"
     dmi.mkdir(parents=True)

@@ -35,10 +35,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="useradd needs root (c
 
 def unit_order() -> list[str]:
     """Provisioning stages in the order their units impose (After=/Before=)."""
-    stages = [
-        "mount-ovf",
-        *[s for s in provisioning.PROVISIONING_STAGES if s != "mount-ovf"],
-    ]
+    stages = ["mount-ovf", *[s for s in provisioning.PROVISIONING_STAGES if s != "mount-ovf"]]
     stages += ["certificates", "report-ready"]
     after: dict[str, set[str]] = {s: set() for s in stages}
     for stage in stages:
@@ -63,9 +60,7 @@ def unit_order() -> list[str]:
 def has_on_failure(stage: str) -> bool:
     parser = configparser.RawConfigParser(strict=False)
     parser.read(UNITS / f"azure-{stage}.service")
-    return (
-        parser.get("Unit", "OnFailure", fallback="") == "azure-report-failure.service"
-    )
+    return parser.get("Unit", "OnFailure", fallback="") == "azure-report-failure.service"
 
 
 @dataclass
@@ -108,13 +103,9 @@ def vm(root: Path) -> Iterator[Vm]:
     with Fabric(scenario) as fabric:
         debian_root(root)
         (root / "etc/ssh/sshd_config.d").mkdir(parents=True)
-        (root / "etc/ssh/sshd_config").write_text(
-            "Include /etc/ssh/sshd_config.d/*.conf\n"
-        )
+        (root / "etc/ssh/sshd_config").write_text("Include /etc/ssh/sshd_config.d/*.conf\n")
         vm = make_vm(root, scenario, fabric)
-        vm.configure(
-            "Provisioning.DecodeCustomData=y", "Provisioning.RegenerateSshHostKeyPair=y"
-        )
+        vm.configure("Provisioning.DecodeCustomData=y", "Provisioning.RegenerateSshHostKeyPair=y")
         yield vm
 
 
@@ -122,11 +113,7 @@ def test_unit_order_is_the_documented_graph() -> None:
     order = unit_order()
     assert order[0] == "mount-ovf"
     assert order[-1] == "report-ready"
-    assert (
-        order.index("create-user")
-        < order.index("ssh-keys")
-        < order.index("certificates")
-    )
+    assert order.index("create-user") < order.index("ssh-keys") < order.index("certificates")
     assert order.index("certificates") < order.index("custom-data")
     for stage in order:
         if stage != "report-ready":
@@ -218,14 +205,7 @@ def test_no_secret_outside_root_only_files(vm: Vm) -> None:
             assert value not in printed, f"{name} in the emulator's request log"
 
 
-MASKABLE = (
-    "mount-ovf",
-    "hostname",
-    "create-user",
-    "ssh-keys",
-    "certificates",
-    "custom-data",
-)
+MASKABLE = ("mount-ovf", "hostname", "create-user", "ssh-keys", "certificates", "custom-data")
 
 
 @pytest.mark.parametrize("masked", MASKABLE)
@@ -233,9 +213,7 @@ def test_masking_one_stage_still_completes_and_reports(vm: Vm, masked: str) -> N
     result = boot(vm, masked=(masked,))
     assert masked not in result.runs
     ran = [s for s in result.runs if not s.startswith("report-failure")]
-    failed = {
-        s: vm.result(s)["reason"] for s in ran if vm.result(s)["state"] == "failed"
-    }
+    failed = {s: vm.result(s)["reason"] for s in ran if vm.result(s)["state"] == "failed"}
     assert failed == {}
     if masked == "create-user":
         # Users are managed some other way: that user's keys are left out, said so.

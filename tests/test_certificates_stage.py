@@ -31,9 +31,7 @@ def add_user(root: Path, name: str = "azureuser", uid: int = 1000) -> Path:
 def scenario() -> Scenario:
     return Scenario(
         public_keys=[
-            PublicKey(
-                path="/home/azureuser/.ssh/authorized_keys", fingerprint="generate"
-            )
+            PublicKey(path="/home/azureuser/.ssh/authorized_keys", fingerprint="generate")
         ],
         key_pairs=[KeyPair(path="/home/azureuser/.ssh/id_rsa")],
     )
@@ -65,17 +63,12 @@ def test_fetches_stores_and_installs(root: Path) -> None:
         assert (st.st_uid, st.st_mode & 0o777) == (1000, 0o600)
         assert (home / ".ssh/id_rsa.pub").read_text().startswith("ssh-rsa ")
         assert "PRIVATE KEY" not in run.stderr
-        assert (
-            "PRIVATE KEY"
-            not in (root / "run/azagent/stages/certificates.json").read_text()
-        )
+        assert "PRIVATE KEY" not in (root / "run/azagent/stages/certificates.json").read_text()
         requests = len(fabric.requests)
         again = vm.run("certificates")
         assert again.returncode == 0, again.stderr
         assert vm.result("certificates")["state"] == "nothing-to-do"
-        assert (
-            len(fabric.requests) == requests
-        )  # stored: the WireServer is not asked again
+        assert len(fabric.requests) == requests  # stored: the WireServer is not asked again
 
 
 def test_missing_thumbprint_fails_clearly(root: Path) -> None:
@@ -107,9 +100,7 @@ def test_inline_keys_only_skip(root: Path) -> None:
 def root_scenario() -> Scenario:
     return Scenario(
         username="root",
-        public_keys=[
-            PublicKey(path="/root/.ssh/authorized_keys", fingerprint="generate")
-        ],
+        public_keys=[PublicKey(path="/root/.ssh/authorized_keys", fingerprint="generate")],
         key_pairs=[KeyPair(path="/root/.ssh/id_rsa")],
     )
 
@@ -132,17 +123,13 @@ def test_no_keys_for_root(root: Path, create_user: str) -> None:
         before = snapshot(root / "root")
         run = vm.run("certificates")
         assert run.returncode == 1, run.stderr
-        assert (
-            "the keys of root are not installed" in vm.result("certificates")["reason"]
-        )
+        assert "the keys of root are not installed" in vm.result("certificates")["reason"]
         assert snapshot(root / "root") == before
         assert not [r for r in fabric.requests if "certificates" in r.path]
 
 
 @pytest.mark.parametrize("target", ["../keys", "/etc"])
-def test_a_key_pair_path_through_a_linked_directory_is_refused(
-    root: Path, target: str
-) -> None:
+def test_a_key_pair_path_through_a_linked_directory_is_refused(root: Path, target: str) -> None:
     s = Scenario(key_pairs=[KeyPair(path="/home/azureuser/.ssh/more/id_rsa")])
     with Fabric(s) as fabric:
         vm = make_vm(root, s, fabric)

@@ -95,9 +95,7 @@ def summary(items: list[certs.CertificateItem]) -> dict[str, bool]:
 def assert_key_belongs_to_certificate(item: certs.CertificateItem) -> None:
     """The .prv really opens the .crt: same public key, and a signature verifies."""
     assert item.private_key_pem is not None
-    assert item.private_key_pem.startswith(
-        b"-----BEGIN PRIVATE KEY-----"
-    )  # PKCS#8, clear
+    assert item.private_key_pem.startswith(b"-----BEGIN PRIVATE KEY-----")  # PKCS#8, clear
     key = serialization.load_pem_private_key(item.private_key_pem, password=None)
     public = x509.load_pem_x509_certificate(item.certificate_pem).public_key()
     spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -108,9 +106,7 @@ def assert_key_belongs_to_certificate(item: certs.CertificateItem) -> None:
         public.verify(signature, b"probe", padding.PKCS1v15(), hashes.SHA256())
 
 
-def assert_clean(
-    error: pytest.ExceptionInfo[CertificateError], *secrets: bytes
-) -> None:
+def assert_clean(error: pytest.ExceptionInfo[CertificateError], *secrets: bytes) -> None:
     """A short fixed reason from our module: no chained traceback, no key material."""
     message = str(error.value)
     assert message
@@ -126,9 +122,7 @@ def assert_clean(
     assert Path(error.traceback[-1].path).name == "certs.py"
 
 
-def self_signed(
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, name: str
-) -> bytes:
+def self_signed(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, name: str) -> bytes:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.timezone.utc)
     certificate = (
@@ -187,29 +181,21 @@ def test_wire_sample_gives_the_documented_certificates() -> None:
 
 
 def test_empty_format_is_read_as_pfx() -> None:
-    items = unpack(
-        sample("wire/certs_no_format_specified.xml"), sample("wire/trans_prv")
-    )
+    items = unpack(sample("wire/certs_no_format_specified.xml"), sample("wire/trans_prv"))
     assert summary(items) == {WIRE_KEYED: True, WIRE_PLAIN: False}
 
 
 def protected_settings_thumbprints(document: bytes) -> set[bytes]:
-    return set(
-        re.findall(rb'"protectedSettingsCertThumbprint":\s*"([0-9A-F]{40})"', document)
-    )
+    return set(re.findall(rb'"protectedSettingsCertThumbprint":\s*"([0-9A-F]{40})"', document))
 
 
 @pytest.mark.parametrize("goal_state", ["goal_state_1", "goal_state_2"])
 def test_hibernate_goal_states_match_their_certificate_listing(goal_state: str) -> None:
     """OAEP + AES-128 samples, checked against the listing recorded beside them."""
     folder = f"hibernate/{goal_state}"
-    items = unpack(
-        sample(f"{folder}/Certificates.xml"), sample("hibernate/TransportPrivate.pem")
-    )
+    items = unpack(sample(f"{folder}/Certificates.xml"), sample("hibernate/TransportPrivate.pem"))
     listed = json.loads(sample(f"{folder}/Certificates.json"))
-    assert summary(items) == {
-        entry["thumbprint"]: entry["hasPrivateKey"] for entry in listed
-    }
+    assert summary(items) == {entry["thumbprint"]: entry["hasPrivateKey"] for entry in listed}
     for item in items:
         if item.private_key_pem is not None:
             assert_key_belongs_to_certificate(item)
@@ -261,9 +247,7 @@ def test_we_name_the_recipient_as_the_platform_does(
     public = x509.load_pem_x509_certificate(sample(certificate)).public_key()
     ski = x509.SubjectKeyIdentifier.from_public_key(public).digest
     assert SKI_RECIPIENT + ski in certs.parse_certificates_xml(sample(document))
-    assert SKI_RECIPIENT + ski in certs.build_enveloped_pfx(
-        sample(certificate), [tenant.rsa]
-    )
+    assert SKI_RECIPIENT + ski in certs.build_enveloped_pfx(sample(certificate), [tenant.rsa])
 
 
 def test_incorrect_certs_fails_cleanly() -> None:
@@ -287,9 +271,7 @@ def test_non_pfx_format_is_refused() -> None:
         ("hibernate/goal_state_1/Certificates.xml", "wire/trans_prv"),  # OAEP, AES-128
     ],
 )
-def test_sample_with_the_wrong_transport_key_fails_cleanly(
-    document: str, wrong_key: str
-) -> None:
+def test_sample_with_the_wrong_transport_key_fails_cleanly(document: str, wrong_key: str) -> None:
     key = sample(wrong_key)
     with pytest.raises(CertificateError, match="transport key") as error:
         certs.decrypt_enveloped(certs.parse_certificates_xml(sample(document)), key)
@@ -299,9 +281,7 @@ def test_sample_with_the_wrong_transport_key_fails_cleanly(
 # --- the transport certificate ---------------------------------------------------------------
 
 
-def test_transport_certificate_is_what_the_platform_expects(
-    transport: tuple[bytes, bytes],
-) -> None:
+def test_transport_certificate_is_what_the_platform_expects(transport: tuple[bytes, bytes]) -> None:
     cert_pem, key_pem = transport
     certificate = x509.load_pem_x509_certificate(cert_pem)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "LinuxTransport")])
@@ -335,9 +315,7 @@ def test_each_transport_certificate_is_fresh(transport: tuple[bytes, bytes]) -> 
 def test_header_value_is_one_line_of_base64_der() -> None:
     pem = sample("wire/trans_cert")
     value = certs.certificate_header_value(pem)
-    assert value == "".join(
-        line for line in pem.decode().splitlines() if "-----" not in line
-    )
+    assert value == "".join(line for line in pem.decode().splitlines() if "-----" not in line)
     assert "\n" not in value
     assert "-" not in value
     assert base64.b64decode(value) == x509.load_pem_x509_certificate(pem).public_bytes(
@@ -348,9 +326,7 @@ def test_header_value_is_one_line_of_base64_der() -> None:
 def test_thumbprint_is_uppercase_sha1_of_der_from_pem_or_der() -> None:
     pem = sample("wire/trans_cert")
     der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
-    expected = (
-        "FD4292D8F888DBA08C6139FFB0FFDF64CD60A732"  # openssl x509 -fingerprint -sha1
-    )
+    expected = "FD4292D8F888DBA08C6139FFB0FFDF64CD60A732"  # openssl x509 -fingerprint -sha1
     assert certs.thumbprint(pem) == expected
     assert certs.thumbprint(der) == expected
     assert hashlib.sha1(der).hexdigest().upper() == expected  # noqa: S324
@@ -358,9 +334,7 @@ def test_thumbprint_is_uppercase_sha1_of_der_from_pem_or_der() -> None:
 
 def test_thumbprint_of_garbage_is_a_certificate_error() -> None:
     with pytest.raises(CertificateError):
-        certs.thumbprint(
-            b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n"
-        )
+        certs.thumbprint(b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
 
 
 # --- round trips -----------------------------------------------------------------------------
@@ -376,15 +350,10 @@ def test_round_trip(
 ) -> None:
     cert_pem, key_pem = transport
     blob = certs.build_enveloped_pfx(
-        cert_pem,
-        [tenant.rsa, (tenant.plain, None)],
-        key_transport=key_transport,
-        cipher=cipher,
+        cert_pem, [tenant.rsa, (tenant.plain, None)], key_transport=key_transport, cipher=cipher
     )
     assert blob[:2] == b"\x30\x82"  # DER, definite length
-    transport_oid = (
-        OID_RSAES_OAEP_DEFAULTS if key_transport == "oaep" else OID_RSA_ENCRYPTION
-    )
+    transport_oid = OID_RSAES_OAEP_DEFAULTS if key_transport == "oaep" else OID_RSA_ENCRYPTION
     cipher_oid = OID_AES128_CBC if cipher == "aes128" else OID_DES3_CBC
     assert transport_oid in blob
     assert cipher_oid in blob
@@ -486,9 +455,7 @@ def test_encrypt_enveloped_serves_any_content(
 ) -> None:
     """The emulator encrypts protected settings with the same envelope."""
     pfx = certs.build_pfx([tenant.rsa])
-    blob = certs.encrypt_enveloped(
-        transport[0], pfx, key_transport="pkcs1v15", cipher="des3"
-    )
+    blob = certs.encrypt_enveloped(transport[0], pfx, key_transport="pkcs1v15", cipher="des3")
     assert certs.decrypt_enveloped(blob, transport[1]) == pfx
 
 
@@ -496,9 +463,7 @@ def test_encrypt_enveloped_serves_any_content(
 def test_wrong_private_key_fails_cleanly(
     key_transport: certs.KeyTransport, transport: tuple[bytes, bytes], tenant: Tenant
 ) -> None:
-    blob = certs.build_enveloped_pfx(
-        transport[0], [tenant.rsa], key_transport=key_transport
-    )
+    blob = certs.build_enveloped_pfx(transport[0], [tenant.rsa], key_transport=key_transport)
     _, other_key = certs.generate_transport_certificate()
     with pytest.raises(CertificateError, match="transport key") as error:
         certs.decrypt_enveloped(blob, other_key)
@@ -571,10 +536,7 @@ HOSTILE_DER: dict[str, tuple[Callable[[], bytes], str]] = {
     "truncated": (lambda: wire_blob()[:-1], "past the end"),
     "truncated-header": (lambda: wire_blob()[:3], "truncated"),
     "length-past-end": (lambda: b"\x30\x82\x10\x00" + bytes(16), "past the end"),
-    "inner-length-past-end": (
-        lambda: der(0x30, b"\x06\x7f" + bytes(4)),
-        "past the end",
-    ),
+    "inner-length-past-end": (lambda: der(0x30, b"\x06\x7f" + bytes(4)), "past the end"),
     "huge-length": (lambda: b"\x30\x88" + b"\xff" * 8, "too large"),
     "indefinite-length": (lambda: b"\x30\x80\x05\x00\x00\x00", "indefinite"),
     "non-minimal-length": (lambda: b"\x30\x81\x02\x05\x00", "not minimal"),
@@ -584,8 +546,7 @@ HOSTILE_DER: dict[str, tuple[Callable[[], bytes], str]] = {
     "oversized": (lambda: b"\x30\x84\x00\x50\x00\x00" + bytes(0x500000), "too large"),
     "not-enveloped": (
         lambda: der(
-            0x30,
-            der(0x06, bytes.fromhex("2a864886f70d010701")) + der(0xA0, der(0x04, b"")),
+            0x30, der(0x06, bytes.fromhex("2a864886f70d010701")) + der(0xA0, der(0x04, b""))
         ),
         "not EnvelopedData",
     ),
@@ -615,20 +576,12 @@ def pfx_with_iterations(count: int) -> bytes:
     oid = bytes.fromhex
     iterations = der(0x02, count.to_bytes(count.bit_length() // 8 + 1, "big"))
     pbe = der(
-        0x30,
-        der(0x06, oid("2a864886f70d010c0103"))
-        + der(0x30, der(0x04, bytes(8)) + iterations),
+        0x30, der(0x06, oid("2a864886f70d010c0103")) + der(0x30, der(0x04, bytes(8)) + iterations)
     )
     shrouded = der(0x30, pbe + der(0x04, bytes(16)))
     bag = der(0x30, der(0x06, oid("2a864886f70d010c0a0102")) + der(0xA0, shrouded))
-    safe = der(
-        0x30,
-        der(0x06, oid("2a864886f70d010701")) + der(0xA0, der(0x04, der(0x30, bag))),
-    )
-    auth = der(
-        0x30,
-        der(0x06, oid("2a864886f70d010701")) + der(0xA0, der(0x04, der(0x30, safe))),
-    )
+    safe = der(0x30, der(0x06, oid("2a864886f70d010701")) + der(0xA0, der(0x04, der(0x30, bag))))
+    auth = der(0x30, der(0x06, oid("2a864886f70d010701")) + der(0xA0, der(0x04, der(0x30, safe))))
     return der(0x30, der(0x02, b"\x03") + auth)
 
 
@@ -682,27 +635,16 @@ HOSTILE_XML = {
         "DOCTYPE",
     ),
     "external-entity": (
-        document(
-            "&x;", prolog='<!DOCTYPE c [<!ENTITY x SYSTEM "file:///etc/shadow">]>'
-        ),
+        document("&x;", prolog='<!DOCTYPE c [<!ENTITY x SYSTEM "file:///etc/shadow">]>'),
         "DOCTYPE",
     ),
     "bare-doctype": (document("QUJD", prolog="<!DOCTYPE CertificateFile>"), "DOCTYPE"),
-    "not-well-formed": (
-        b"<CertificateFile><Data>QUJD</CertificateFile>",
-        "well-formed",
-    ),
-    "not-utf8": (
-        "<CertificateFile><Data>é</Data></CertificateFile>".encode("latin-1"),
-        "UTF-8",
-    ),
+    "not-well-formed": (b"<CertificateFile><Data>QUJD</CertificateFile>", "well-formed"),
+    "not-utf8": ("<CertificateFile><Data>é</Data></CertificateFile>".encode("latin-1"), "UTF-8"),
     "utf16": ("<CertificateFile/>".encode("utf-16"), "UTF-8"),
     "wrong-root": (b"<GoalState><Data>QUJD</Data></GoalState>", "CertificateFile"),
     "no-data": (b"<CertificateFile><Format/></CertificateFile>", "Data"),
-    "two-data": (
-        b"<CertificateFile><Data>QUJD</Data><Data>QUJD</Data></CertificateFile>",
-        "Data",
-    ),
+    "two-data": (b"<CertificateFile><Data>QUJD</Data><Data>QUJD</Data></CertificateFile>", "Data"),
 }
 
 

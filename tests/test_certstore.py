@@ -30,9 +30,7 @@ PLAIN = "8979F1AC8C4215827BF3B5A403E6137B504D02A4"
 def platform_items() -> list[certs.CertificateItem]:
     wire = FIXTURES / "walinuxagent/wire"
     blob = certs.parse_certificates_xml((wire / "certs.xml").read_bytes())
-    return certs.parse_pfx(
-        certs.decrypt_enveloped(blob, (wire / "trans_prv").read_bytes())
-    )
+    return certs.parse_pfx(certs.decrypt_enveloped(blob, (wire / "trans_prv").read_bytes()))
 
 
 def mode(path: Path) -> int:
@@ -54,9 +52,7 @@ def test_store_and_look_up_round_trip(tmp_path: Path) -> None:
     for name in written:
         st = (store.directory / name).lstat()
         assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, os.geteuid()), name
-    assert not [
-        p for p in store.directory.iterdir() if p.name.startswith(".")
-    ]  # no temp left
+    assert not [p for p in store.directory.iterdir() if p.name.startswith(".")]  # no temp left
 
     keyed = items[KEYED]
     assert keyed.private_key_pem is not None
@@ -76,9 +72,7 @@ def test_store_and_look_up_round_trip(tmp_path: Path) -> None:
     assert snapshot(tmp_path) == before
 
 
-def test_a_stored_file_with_the_wrong_mode_or_content_is_rewritten(
-    tmp_path: Path,
-) -> None:
+def test_a_stored_file_with_the_wrong_mode_or_content_is_rewritten(tmp_path: Path) -> None:
     items = platform_items()
     store = CertStore(tmp_path)
     store.store(items)
@@ -97,9 +91,7 @@ def test_a_missing_thumbprint_is_an_error_naming_it(tmp_path: Path) -> None:
     absent = "AB" * 20
     with pytest.raises(CertStoreError, match=f"certificate {absent} is not in Lib.Dir"):
         store.certificate(absent)
-    with pytest.raises(
-        CertStoreError, match=f"private key of certificate {PLAIN} is not"
-    ):
+    with pytest.raises(CertStoreError, match=f"private key of certificate {PLAIN} is not"):
         store.private_key(PLAIN)
     with pytest.raises(CertStoreError, match=PLAIN):
         store.pair(PLAIN)
@@ -164,9 +156,7 @@ def test_a_symbolic_link_in_the_store_is_never_followed(tmp_path: Path) -> None:
     store.certificate_path(PLAIN).symlink_to(secret)
     assert not store.has_certificate(PLAIN)
     assert store.missing({PLAIN: False}) == [PLAIN]
-    with pytest.raises(
-        CertStoreError, match=f"{PLAIN}.crt in Lib.Dir is a symbolic link"
-    ):
+    with pytest.raises(CertStoreError, match=f"{PLAIN}.crt in Lib.Dir is a symbolic link"):
         store.find_certificate(PLAIN)
     # Storing replaces the link itself; its target is left alone.
     store.store(item for item in platform_items() if item.thumbprint == PLAIN)
@@ -187,18 +177,14 @@ def test_an_oversized_file_is_refused(tmp_path: Path) -> None:
 
 def fabric_context(root: Path) -> Context:
     return Context(
-        stage="test",
-        root=root,
-        config=config.load(root / "etc/waagent.conf", required=True),
+        stage="test", root=root, config=config.load(root / "etc/waagent.conf", required=True)
     )
 
 
 def test_fetch_all_stores_every_certificate_of_the_goal_state(root: Path) -> None:
     s = Scenario(
         public_keys=[
-            PublicKey(
-                path="/home/azureuser/.ssh/authorized_keys", fingerprint="generate"
-            )
+            PublicKey(path="/home/azureuser/.ssh/authorized_keys", fingerprint="generate")
         ],
         key_pairs=[KeyPair(path="/home/azureuser/.ssh/id_rsa")],
     )
@@ -224,9 +210,7 @@ def test_fetch_all_stores_every_certificate_of_the_goal_state(root: Path) -> Non
         assert stored[0].private_key_pem is not None  # the .prv belongs to the .crt
         # A goal state listing no certificates: nothing asked, nothing stored.
         goal = WireClient.from_context(ctx).goal_state()
-        bare = dataclasses.replace(
-            goal, uris=dataclasses.replace(goal.uris, certificates=None)
-        )
+        bare = dataclasses.replace(goal, uris=dataclasses.replace(goal.uris, certificates=None))
         count = len(fabric.requests)
         assert certstore.fetch(WireClient.from_context(ctx), bare) == []
         assert not [r for r in fabric.requests[count:] if "certificates" in r.path]
@@ -239,10 +223,7 @@ def test_an_unusable_certificates_document_is_a_clear_error(root: Path) -> None:
         goal = WireClient.from_context(ctx).goal_state()
         # The hosting environment document is XML but not a CertificateFile.
         wrong = dataclasses.replace(
-            goal,
-            uris=dataclasses.replace(
-                goal.uris, certificates=goal.uris.hosting_environment
-            ),
+            goal, uris=dataclasses.replace(goal.uris, certificates=goal.uris.hosting_environment)
         )
         with pytest.raises(CertStoreError, match=r"^certificates: .*CertificateFile"):
             CertStore.of(ctx).fetch_all(WireClient.from_context(ctx), wrong)
@@ -267,9 +248,7 @@ def add_user(root: Path, name: str = "azureuser", uid: int = 1000) -> Path:
 def key_scenario(**changes: object) -> Scenario:
     values: dict[str, object] = {
         "public_keys": [
-            PublicKey(
-                path="/home/azureuser/.ssh/authorized_keys", fingerprint="generate"
-            )
+            PublicKey(path="/home/azureuser/.ssh/authorized_keys", fingerprint="generate")
         ],
         "key_pairs": [KeyPair(path="/home/azureuser/.ssh/id_rsa")],
     }
@@ -293,9 +272,7 @@ def test_dry_run_neither_fetches_nor_writes(root: Path) -> None:
         assert len(fabric.requests) == asked  # not even the goal state
 
 
-def test_keys_are_installed_again_from_the_store_without_the_network(
-    root: Path,
-) -> None:
+def test_keys_are_installed_again_from_the_store_without_the_network(root: Path) -> None:
     s = key_scenario()
     with Fabric(s) as fabric:
         vm = make_vm(root, s, fabric)
@@ -327,15 +304,9 @@ def test_a_key_that_cannot_be_installed_stores_nothing(root: Path) -> None:
         assert not (root / "home/azureuser/.ssh").exists()
 
 
-def test_a_fingerprint_that_is_no_thumbprint_fails_before_any_request(
-    root: Path,
-) -> None:
+def test_a_fingerprint_that_is_no_thumbprint_fails_before_any_request(root: Path) -> None:
     s = key_scenario(
-        public_keys=[
-            PublicKey(
-                path="/home/azureuser/.ssh/authorized_keys", fingerprint="AB" * 32
-            )
-        ],
+        public_keys=[PublicKey(path="/home/azureuser/.ssh/authorized_keys", fingerprint="AB" * 32)],
         key_pairs=[],
     )
     with Fabric(s) as fabric:

@@ -53,11 +53,7 @@ def test_translation_of_waagent_arguments() -> None:
         "--force",
     ]
     assert translate_waagent_args(["-verbose", "-version"]) == ["version", "--verbose"]
-    assert translate_waagent_args(["status", "--root", "/x"]) == [
-        "status",
-        "--root",
-        "/x",
-    ]
+    assert translate_waagent_args(["status", "--root", "/x"]) == ["status", "--root", "/x"]
 
 
 def test_run_executes_the_stage_with_its_options(root: Path) -> None:

@@ -78,17 +78,13 @@ def planted_root(root: Path) -> None:
     """A tree with results worth collecting and secrets that must stay out."""
     stages = root / "run/azagent/stages"
     stages.mkdir(parents=True)
-    (stages / "kernel-tune.json").write_text(
-        '{"stage": "kernel-tune", "state": "done"}\n'
-    )
+    (stages / "kernel-tune.json").write_text('{"stage": "kernel-tune", "state": "done"}\n')
     (stages / "create-user.json").write_text(
         '{"stage": "create-user", "state": "failed",'
         ' "reason": "usermod failed: password=Hunter2-Secret, hash $6$saltsalt$hashhashhashhash",'
         f' "changes": ["uploaded status to {SAS}", "{PEM.replace(chr(10), " ")}"]}}\n'
     )
-    (root / "run/azagent/provisioning.json").write_text(
-        '{"password": "PROVISIONING-SECRET"}\n'
-    )
+    (root / "run/azagent/provisioning.json").write_text('{"password": "PROVISIONING-SECRET"}\n')
     (stages / "leak.json").symlink_to(root / "run/azagent/provisioning.json")
     (stages / "provisioning.json").write_text('{"x": "PROVISIONING-SECRET"}\n')
     lib = root / "var/lib/waagent"
@@ -164,10 +160,7 @@ def test_archive_of_the_running_system(tmp_path: Path) -> None:
     status = files["system/systemctl-status.txt"]
     assert "azure-kernel-tune.service" in status
     assert "[systemctl exited with status 3]" not in status  # no stderr: nothing to add
-    assert (
-        "ARGS: -u azure-* -o short-precise --no-pager"
-        in files["journal/azure-units.txt"]
-    )
+    assert "ARGS: -u azure-* -o short-precise --no-pager" in files["journal/azure-units.txt"]
     everything = "\n".join(files.values())
     for secret in SECRETS:
         assert secret not in everything, secret
@@ -175,8 +168,7 @@ def test_archive_of_the_running_system(tmp_path: Path) -> None:
 
 def test_no_journal_is_a_note(root: Path, tmp_path: Path) -> None:
     env = fake_tools(
-        tmp_path / "bin",
-        "echo 'No journal files were found.' >&2\necho 'Failed' >&2\nexit 1",
+        tmp_path / "bin", "echo 'No journal files were found.' >&2\necho 'Failed' >&2\nexit 1"
     )
     output = tmp_path / "logs.zip"
     run = azagent("collect-logs", "--root", str(root), "--output", str(output), env=env)
@@ -212,9 +204,7 @@ def test_an_unwritable_output_fails_cleanly(root: Path, tmp_path: Path) -> None:
     env = fake_tools(tmp_path / "bin", "exit 0")
     blocker = tmp_path / "file"
     blocker.write_text("")
-    run = azagent(
-        "collect-logs", "--root", str(root), "--output", f"{blocker}/logs.zip", env=env
-    )
+    run = azagent("collect-logs", "--root", str(root), "--output", f"{blocker}/logs.zip", env=env)
     assert run.returncode == 1
     assert "collect-logs failed" in run.stderr
 

@@ -157,24 +157,13 @@ def test_waagent_spelling_of_show_configuration(root: Path) -> None:
 
 
 def test_dropins_in_lexical_order_later_wins(tmp_path: Path) -> None:
-    main = write(
-        tmp_path / "waagent.conf", "ResourceDisk.SwapSizeMB=1\nLogs.Verbose=n\n"
-    )
+    main = write(tmp_path / "waagent.conf", "ResourceDisk.SwapSizeMB=1\nLogs.Verbose=n\n")
     write(tmp_path / "waagent.conf.d/20-swap.conf", "ResourceDisk.SwapSizeMB=20\n")
-    write(
-        tmp_path / "waagent.conf.d/10-swap.conf",
-        "ResourceDisk.SwapSizeMB=10\nLogs.Verbose=y\n",
-    )
-    write(
-        tmp_path / "waagent.conf.d/30-ignored.conf.disabled",
-        "ResourceDisk.SwapSizeMB=30\n",
-    )
+    write(tmp_path / "waagent.conf.d/10-swap.conf", "ResourceDisk.SwapSizeMB=10\nLogs.Verbose=y\n")
+    write(tmp_path / "waagent.conf.d/30-ignored.conf.disabled", "ResourceDisk.SwapSizeMB=30\n")
     loaded = config.load(main)
     assert loaded.get_int("ResourceDisk.SwapSizeMB") == 20
-    assert (
-        loaded.origins["ResourceDisk.SwapSizeMB"]
-        == f"{tmp_path}/waagent.conf.d/20-swap.conf:1"
-    )
+    assert loaded.origins["ResourceDisk.SwapSizeMB"] == f"{tmp_path}/waagent.conf.d/20-swap.conf:1"
     assert loaded.get_bool("Logs.Verbose") is True
     assert loaded.files == (
         str(main),
@@ -185,10 +174,7 @@ def test_dropins_in_lexical_order_later_wins(tmp_path: Path) -> None:
 
 def test_dropins_apply_without_a_main_file(tmp_path: Path) -> None:
     write(tmp_path / "waagent.conf.d/50-x.conf", "ResourceDisk.EnableSwap=y\n")
-    assert (
-        config.load(tmp_path / "waagent.conf").get_bool("ResourceDisk.EnableSwap")
-        is True
-    )
+    assert config.load(tmp_path / "waagent.conf").get_bool("ResourceDisk.EnableSwap") is True
 
 
 def test_missing_default_file_means_defaults(tmp_path: Path) -> None:
@@ -254,9 +240,7 @@ def test_malformed_dropin_is_named(tmp_path: Path) -> None:
 
 
 def test_not_utf8_names_the_line(tmp_path: Path) -> None:
-    path = write(
-        tmp_path / "waagent.conf", b"Logs.Verbose=n\nOS.SshDir=/etc/\xff\xfe\n"
-    )
+    path = write(tmp_path / "waagent.conf", b"Logs.Verbose=n\nOS.SshDir=/etc/\xff\xfe\n")
     with pytest.raises(ConfigError, match=r"waagent\.conf:2: not valid UTF-8"):
         config.load(path)
 
@@ -279,7 +263,5 @@ def test_cli_reports_malformed_configuration_and_fails(root: Path) -> None:
     result = run_cli("show-configuration", "--root", str(root))
     assert result.returncode == 1
     assert result.stdout == ""
-    assert (
-        f"{root}/etc/waagent.conf:1: ResourceDisk.EnableSwap='maybe'" in result.stderr
-    )
+    assert f"{root}/etc/waagent.conf:1: ResourceDisk.EnableSwap='maybe'" in result.stderr
     assert "expected y or n" in result.stderr

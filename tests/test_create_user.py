@@ -45,14 +45,10 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="useradd needs root (c
 def host_accounts_untouched() -> Iterator[None]:
     files = ["/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow"]
     before = {f: Path(f).read_bytes() for f in files if Path(f).exists()}
-    sudoers = (
-        sorted(os.listdir("/etc/sudoers.d")) if Path("/etc/sudoers.d").is_dir() else []
-    )
+    sudoers = sorted(os.listdir("/etc/sudoers.d")) if Path("/etc/sudoers.d").is_dir() else []
     yield
     assert {f: Path(f).read_bytes() for f in before} == before
-    after = (
-        sorted(os.listdir("/etc/sudoers.d")) if Path("/etc/sudoers.d").is_dir() else []
-    )
+    after = sorted(os.listdir("/etc/sudoers.d")) if Path("/etc/sudoers.d").is_dir() else []
     assert after == sudoers
 
 
@@ -63,9 +59,7 @@ def write(path: Path, text: str, mode: int = 0o644, gid: int = 0) -> None:
     path.chmod(mode)
 
 
-def debian_root(
-    root: Path, *, admin_group: str = "sudo", extra_users: str = ""
-) -> Path:
+def debian_root(root: Path, *, admin_group: str = "sudo", extra_users: str = "") -> Path:
     """The account files of a fresh Debian-like image, plus ``extra_users`` passwd lines."""
     write(
         root / "etc/passwd",
@@ -96,10 +90,7 @@ def debian_root(
         mode=0o640,
         gid=SHADOW_GID,
     )
-    write(
-        root / "etc/login.defs",
-        "UID_MIN 1000\nUID_MAX 60000\nGID_MIN 1000\nGID_MAX 60000\n",
-    )
+    write(root / "etc/login.defs", "UID_MIN 1000\nUID_MAX 60000\nGID_MIN 1000\nGID_MAX 60000\n")
     write(root / "etc/skel/.bashrc", "# the image's skeleton\n")
     write(root / "bin/bash", "#!/bin/true\n", mode=0o755)
     (root / "etc/sudoers.d").mkdir(mode=0o755)
@@ -133,9 +124,7 @@ def configure(root: Path, *lines: str) -> None:
 
 
 def run(root: Path, *args: str) -> Any:
-    return run_stage(
-        STAGE, "--root", str(root), *args, env={"AZAGENT_LOCK_TIMEOUT": "5"}
-    )
+    return run_stage(STAGE, "--root", str(root), *args, env={"AZAGENT_LOCK_TIMEOUT": "5"})
 
 
 def result(root: Path) -> dict[str, Any]:
@@ -145,9 +134,7 @@ def result(root: Path) -> dict[str, Any]:
 
 def system_state(root: Path) -> dict[str, tuple[int, int, int, bytes | str]]:
     """The tree without the runner's bookkeeping (result files, lock holder pid)."""
-    return {
-        k: v for k, v in snapshot(root).items() if not k.startswith("run") or k == STATE
-    }
+    return {k: v for k, v in snapshot(root).items() if not k.startswith("run") or k == STATE}
 
 
 def records(root: Path, name: str) -> dict[str, list[str]]:
@@ -177,9 +164,7 @@ def test_creates_the_user_with_home_groups_password_and_sudo(root: Path) -> None
 
     home = root / "home/alice"
     assert (home.stat().st_uid, home.stat().st_gid) == (uid, gid)
-    assert (
-        home / ".bashrc"
-    ).read_text() == "# the image's skeleton\n"  # the root's skel
+    assert (home / ".bashrc").read_text() == "# the image's skeleton\n"  # the root's skel
     assert (home / ".bashrc").stat().st_uid == uid
 
     sudoers = root / SUDOERS
@@ -249,14 +234,8 @@ def test_dry_run_writes_nothing(root: Path) -> None:
             " it is 300 characters long, at most 32 allowed",
         ),
         ("a" * 33, "it is 33 characters long, at most 32 allowed"),
-        (
-            "a;b",
-            f"{NAME}'a;b' is not a valid user name: it contains ';': only a-z, 0-9",
-        ),
-        (
-            "Alice",
-            f"{NAME}'Alice' is not a valid user name: it contains 'A' (upper case",
-        ),
+        ("a;b", f"{NAME}'a;b' is not a valid user name: it contains ';': only a-z, 0-9"),
+        ("Alice", f"{NAME}'Alice' is not a valid user name: it contains 'A' (upper case"),
         ("1alice", f"{NAME}'1alice' is not a valid user name: it starts with '1'"),
         ("al ice", f"{NAME}'al ice' is not a valid user name: it contains ' '"),
         ("a$b", f"{NAME}'a$b' is not a valid user name: it contains '$'"),
@@ -303,9 +282,7 @@ def test_an_existing_system_account_is_refused(root: Path) -> None:
     assert system_state(root) == before
 
 
-def test_an_existing_system_account_is_reused_with_allow_reset_sys_user(
-    root: Path,
-) -> None:
+def test_an_existing_system_account_is_reused_with_allow_reset_sys_user(root: Path) -> None:
     debian_root(root)
     provision(root, "svc")
     configure(root, "Provisioning.AllowResetSysUser=y")
@@ -360,10 +337,7 @@ def test_an_existing_users_password_is_locked_when_none_is_given(root: Path) -> 
     done = run(root)
     assert done.returncode == 0, done.stderr
     assert records(root, "shadow")["carol"][1] == "!$6$old$oldhash"
-    assert (
-        "lock the password of carol: none was provided, SSH keys only"
-        in result(root)["changes"]
-    )
+    assert "lock the password of carol: none was provided, SSH keys only" in result(root)["changes"]
     assert run(root).returncode == 0
     assert result(root)["state"] == "nothing-to-do"
 
@@ -401,9 +375,7 @@ def test_delete_root_password_erases_it_once(root: Path) -> None:
 
 
 @pytest.mark.parametrize("field", ["!", "!!", "*", "!*", "*LOCK*"])
-def test_delete_root_password_leaves_an_erased_one_alone(
-    root: Path, field: str
-) -> None:
+def test_delete_root_password_leaves_an_erased_one_alone(root: Path, field: str) -> None:
     debian_root(root)
     shadow = root / "etc/shadow"
     write(
@@ -443,9 +415,7 @@ def test_other_users_sudoers_lines_are_kept(root: Path) -> None:
     )
     provision(root)
     assert run(root).returncode == 0
-    assert (
-        root / SUDOERS
-    ).read_text() == "bob ALL=(ALL) NOPASSWD: ALL\nalice ALL=(ALL) ALL\n"
+    assert (root / SUDOERS).read_text() == "bob ALL=(ALL) NOPASSWD: ALL\nalice ALL=(ALL) ALL\n"
 
 
 def test_content_visudo_refuses_is_never_installed(root: Path) -> None:
@@ -534,9 +504,7 @@ def test_skipped_without_provisioning_data(root: Path) -> None:
     assert system_state(root) == before
 
 
-def test_the_hash_appears_only_in_root_only_files_and_never_in_output(
-    root: Path,
-) -> None:
+def test_the_hash_appears_only_in_root_only_files_and_never_in_output(root: Path) -> None:
     debian_root(root)
     provision(root)
     configure(root, "Provisioning.DeleteRootPassword=y")
@@ -574,9 +542,7 @@ def public_key(comment: str = "platform") -> str:
     line = (
         ed25519.Ed25519PrivateKey.generate()
         .public_key()
-        .public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         .decode()
     )
     return f"{line} {comment}"
@@ -680,9 +646,7 @@ def test_keys_wait_for_a_create_user_run_that_completes(root: Path) -> None:
 
 
 @pytest.mark.parametrize("other", ["root", "carol"])
-def test_keys_stop_when_provisioning_json_names_another_user_later(
-    root: Path, other: str
-) -> None:
+def test_keys_stop_when_provisioning_json_names_another_user_later(root: Path, other: str) -> None:
     """create-user accepted alice; the file now names another account it never looked at."""
     debian_root(root, extra_users="carol:x:1500:1500::/home/carol:/bin/bash\n")
     for home, uid in (("root", 0), ("home/carol", 1500)):
@@ -690,9 +654,7 @@ def test_keys_stop_when_provisioning_json_names_another_user_later(
         os.chown(root / home, uid, uid)
     provision(root, "alice", public_keys=keys_for("alice"))
     assert run(root).returncode == 0
-    provision(
-        root, other, public_keys=keys_for(other)
-    )  # edited by hand, create-user not rerun
+    provision(root, other, public_keys=keys_for(other))  # edited by hand, create-user not rerun
     before = system_state(root)
     keys = ssh_keys(root)
     assert keys.returncode == 1, keys.stderr

@@ -11,12 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, run_cli
 
-STATE = (
-    "provisioned",
-    "ovf-env.xml",
-    "CustomData",
-    "F6ABAA61098A301EBB8A571C3C7CF77F355F7FA9.prv",
-)
+STATE = ("provisioned", "ovf-env.xml", "CustomData", "F6ABAA61098A301EBB8A571C3C7CF77F355F7FA9.prv")
 
 
 def image(root: Path) -> Path:
@@ -30,9 +25,7 @@ def image(root: Path) -> Path:
         "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/bash\n"
     )
     (root / "etc/group").write_text("root:x:0:\nalice:x:1000:\n")
-    (root / "etc/shadow").write_text(
-        "root:$6$salt$hash:19000:0:99999:7:::\nalice:!:19000::::::\n"
-    )
+    (root / "etc/shadow").write_text("root:$6$salt$hash:19000:0:99999:7:::\nalice:!:19000::::::\n")
     (root / "etc/gshadow").write_text("root:*::\nalice:!::\n")
     os.chmod(root / "etc/shadow", 0o640)
     (root / "home/alice/.ssh").mkdir(parents=True)
@@ -79,12 +72,7 @@ def test_confirmation_no_changes_nothing(root: Path) -> None:
     if shutil.which("script") is None:
         pytest.skip("script(1) (util-linux) is not installed")
     done = subprocess.run(
-        [
-            "script",
-            "-qec",
-            f"{sys.executable} -m azagent deprovision --root {root}",
-            "/dev/null",
-        ],
+        ["script", "-qec", f"{sys.executable} -m azagent deprovision --root {root}", "/dev/null"],
         input="n\n",
         capture_output=True,
         text=True,

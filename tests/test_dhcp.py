@@ -23,9 +23,7 @@ from azagent.context import Context
 
 LEASES = FIXTURES / "walinuxagent"
 ANY = "0.0.0.0"  # noqa: S104 - the "any" address of a route, not a bind
-NOW = (
-    1_700_000_000.0  # November 2023: after every sample's "2015" expiry, before "2152"
-)
+NOW = 1_700_000_000.0  # November 2023: after every sample's "2015" expiry, before "2152"
 
 
 def context(root: Path) -> Context:
@@ -42,9 +40,7 @@ def hex_address(address: str) -> str:
 
 def route_table(root: Path, *routes: tuple[str, str, str, str, str, int]) -> None:
     """/proc/net/route with (interface, destination, gateway, mask, flags, metric) rows."""
-    lines = [
-        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT"
-    ]
+    lines = ["Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT"]
     for interface, destination, gateway, mask, flags, metric in routes:
         lines.append(
             f"{interface}\t{hex_address(destination)}\t{hex_address(gateway)}\t{flags}\t0\t0\t"
@@ -162,19 +158,14 @@ def test_option_245_must_be_a_unicast_address() -> None:
 
 
 def test_classless_routes() -> None:
-    raw = bytes(
-        [0, 10, 0, 1, 1, 32, 168, 63, 129, 16, 10, 0, 1, 1, 24, 10, 2, 3, 0, 0, 0, 0]
-    )
+    raw = bytes([0, 10, 0, 1, 1, 32, 168, 63, 129, 16, 10, 0, 1, 1, 24, 10, 2, 3, 0, 0, 0, 0])
     routes = dhcp.classless_routes(raw)
     assert [(str(r.destination), str(r.gateway)) for r in routes] == [
         ("0.0.0.0/0", "10.0.1.1"),
         ("168.63.129.16/32", "10.0.1.1"),
         ("10.2.3.0/24", ANY),
     ]
-    for bad in (
-        bytes([33, 1, 2, 3, 4, 5, 6, 7, 8]),
-        bytes([32, 168, 63, 129, 16, 10, 0]),
-    ):
+    for bad in (bytes([33, 1, 2, 3, 4, 5, 6, 7, 8]), bytes([32, 168, 63, 129, 16, 10, 0])):
         with pytest.raises(ValueError, match="route"):
             dhcp.classless_routes(bad)
 
@@ -189,10 +180,7 @@ def test_networkd_lease_files() -> None:
         ("10.0.1.1",),
     )
     assert lease.routes is not None
-    assert [str(r.destination) for r in lease.routes] == [
-        "0.0.0.0/0",
-        "168.63.129.16/32",
-    ]
+    assert [str(r.destination) for r in lease.routes] == ["0.0.0.0/0", "168.63.129.16/32"]
     # systemd < 246 called them ROUTES
     old = dhcp.parse_networkd_lease("ROUTES=0.0.0.0/0,10.0.1.1\nOPTION_245=0a000001\n")
     assert old is not None
@@ -248,22 +236,13 @@ def test_kernel_routes_parse_proc_net_route(root: Path) -> None:
     ]
 
 
-def test_the_primary_interface_is_the_up_default_route_with_the_lowest_metric(
-    root: Path,
-) -> None:
+def test_the_primary_interface_is_the_up_default_route_with_the_lowest_metric(root: Path) -> None:
     route_table(
         root,
         ("eth1", ANY, "10.0.2.1", ANY, "0003", 200),
         ("eth9", ANY, "10.0.9.1", ANY, "0002", 10),  # not up
         ("eth2", "10.0.3.0", ANY, "255.255.255.0", "0001", 0),  # not a default route
-        (
-            "-x",
-            ANY,
-            "10.0.4.1",
-            ANY,
-            "0003",
-            0,
-        ),  # a name a command would read as an option
+        ("-x", ANY, "10.0.4.1", ANY, "0003", 0),  # a name a command would read as an option
         ("eth0", ANY, "10.0.1.1", ANY, "0003", 100),
     )
     assert dhcp.primary_interface(context(root)) == "eth0"
@@ -281,10 +260,7 @@ def test_the_primary_interface_is_the_up_default_route_with_the_lowest_metric(
         ("veth@1", True),
         ("abcdefghijklmno", True),  # 15 characters, the kernel's most
         ("abcdefghijklmnop", False),
-        (
-            "eth0:1",
-            False,
-        ),  # an address label, not an interface (the kernel refuses ':')
+        ("eth0:1", False),  # an address label, not an interface (the kernel refuses ':')
         ("-eth0", False),
         (".hidden", False),
         ("a/b", False),

@@ -52,9 +52,7 @@ def vm(root: Path, request: pytest.FixtureRequest) -> Iterator[Vm]:
     with Fabric(scenario) as fabric:
         debian_root(root)
         (root / "etc/ssh/sshd_config.d").mkdir(parents=True)
-        (root / "etc/ssh/sshd_config").write_text(
-            "Include /etc/ssh/sshd_config.d/*.conf\n"
-        )
+        (root / "etc/ssh/sshd_config").write_text("Include /etc/ssh/sshd_config.d/*.conf\n")
         (root / "etc/hostname").write_text("localhost\n")
         (root / "sys/class/block/sr0").mkdir(parents=True)
         add_scsi_disk(root, "sda", "Msft", "Virtual Disk")
@@ -112,13 +110,7 @@ def test_dry_runs_change_nothing_and_run_nothing(vm: Vm, tmp_path: Path) -> None
     assert snapshot(vm.root) == before
     assert not log.exists(), log.read_text()
     if vm.state() is not None:
-        planning = (
-            "hostname",
-            "create-user",
-            "ssh-keys",
-            "certificates",
-            "custom-data",
-        )
+        planning = ("hostname", "create-user", "ssh-keys", "certificates", "custom-data")
     else:
         planning = ("imds",)
     for name in (*planning, "report-ready"):

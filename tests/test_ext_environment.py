@@ -74,20 +74,13 @@ def test_settings_file_of_a_real_goal_state() -> None:
 
 def test_settings_without_public_settings_write_null() -> None:
     _, content = environment.settings_file(
-        Extension("E", 5, protected_settings="MIIx", thumbprint=THUMB),
-        multi_config=False,
+        Extension("E", 5, protected_settings="MIIx", thumbprint=THUMB), multi_config=False
     )
-    assert (
-        json.loads(content)["runtimeSettings"][0]["handlerSettings"]["publicSettings"]
-        is None
-    )
+    assert json.loads(content)["runtimeSettings"][0]["handlerSettings"]["publicSettings"] is None
 
 
 def test_no_settings_is_an_empty_zero_settings_file() -> None:
-    assert environment.settings_file(None, multi_config=False) == (
-        "config/0.settings",
-        b"",
-    )
+    assert environment.settings_file(None, multi_config=False) == ("config/0.settings", b"")
     assert environment.status_file(None, multi_config=False) == "status/0.status"
 
 
@@ -97,16 +90,12 @@ def test_multi_config_file_names() -> None:
         "config/firstRunCommand.12.settings"
     )
     assert (
-        environment.status_file(extension, multi_config=True)
-        == "status/firstRunCommand.12.status"
+        environment.status_file(extension, multi_config=True) == "status/firstRunCommand.12.status"
     )
     assert environment.handler_state_file(extension, multi_config=True) == (
         "config/firstRunCommand.HandlerState"
     )
-    assert (
-        environment.handler_state_file(extension, multi_config=False)
-        == "config/HandlerState"
-    )
+    assert environment.handler_state_file(extension, multi_config=False) == "config/HandlerState"
     assert environment.status_file(extension, multi_config=False) == "status/12.status"
 
 
@@ -129,9 +118,7 @@ def test_a_goal_state_value_never_makes_a_path_outside(extension: Extension) -> 
 
 
 def test_inside_refuses_what_leaves_the_handler_directory() -> None:
-    assert (
-        inside(HANDLER_DIR, "config/0.settings") == f"{HANDLER_DIR}/config/0.settings"
-    )
+    assert inside(HANDLER_DIR, "config/0.settings") == f"{HANDLER_DIR}/config/0.settings"
     for relative in ("../x", "config/../../x", "/etc/passwd", ".", "", "a\0b"):
         with pytest.raises(PathRefused):
             inside(HANDLER_DIR, relative)
@@ -199,9 +186,7 @@ def test_command_environment_for_update() -> None:
         multi_config=True,
         disable_exit_codes={"a": 1, "b": None},
     )
-    assert json.loads(
-        multi["AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODES_MULTIPLE_EXTENSIONS"]
-    ) == [
+    assert json.loads(multi["AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODES_MULTIPLE_EXTENSIONS"]) == [
         {"extensionName": "a", "exitCode": "1"},
         {"extensionName": "b", "exitCode": "NOT_RUN"},
     ]
@@ -237,9 +222,9 @@ def test_real_names_are_accepted(name: str) -> None:
 
 
 def test_directory_and_package_names() -> None:
-    assert naming.handler_dir_name(
-        "Microsoft.Azure.Extensions.CustomScript", "2.1.6"
-    ) == ("Microsoft.Azure.Extensions.CustomScript-2.1.6")
+    assert naming.handler_dir_name("Microsoft.Azure.Extensions.CustomScript", "2.1.6") == (
+        "Microsoft.Azure.Extensions.CustomScript-2.1.6"
+    )
     assert naming.package_file_name("A.B", "1.0") == "A.B__1.0.zip"
     with pytest.raises(naming.NameRefused):
         naming.handler_dir_name("A.B", "1.0/../../x")
@@ -263,9 +248,7 @@ def test_thumbprints_are_hex() -> None:
 @given(st.text(max_size=30), st.integers(-5, 2**40))
 def test_every_accepted_name_stays_inside(name: str, seq_no: int) -> None:
     try:
-        relative, _ = environment.settings_file(
-            Extension(name, seq_no), multi_config=True
-        )
+        relative, _ = environment.settings_file(Extension(name, seq_no), multi_config=True)
     except AzagentError:
         return
     joined = inside(HANDLER_DIR, relative)
@@ -276,16 +259,11 @@ def test_every_accepted_name_stays_inside(name: str, seq_no: int) -> None:
 
 @FUZZ
 @given(st.text(max_size=20), st.text(max_size=12))
-def test_every_accepted_handler_directory_is_one_plain_name(
-    name: str, version: str
-) -> None:
+def test_every_accepted_handler_directory_is_one_plain_name(name: str, version: str) -> None:
     try:
         directory = naming.handler_dir_name(name, version)
     except AzagentError:
         return
     assert "/" not in directory
     assert not directory.startswith(".")
-    assert (
-        posixpath.normpath(f"/var/lib/waagent/{directory}")
-        == f"/var/lib/waagent/{directory}"
-    )
+    assert posixpath.normpath(f"/var/lib/waagent/{directory}") == f"/var/lib/waagent/{directory}"

@@ -43,9 +43,7 @@ XML_SAMPLES = sorted(
     ]
 )
 JSON_SAMPLES = sorted(
-    p
-    for p in SAMPLES.glob("hostgaplugin/vm_settings*.json")
-    if "parse_error" not in p.name
+    p for p in SAMPLES.glob("hostgaplugin/vm_settings*.json") if "parse_error" not in p.name
 )
 THUMB = "F6ABAA61098A301EBB8A571C3C7CF77F355F7FA9"
 # Few examples and a fixed seed keep the fast tier fast and repeatable;
@@ -112,9 +110,7 @@ def test_vm_settings_sample_in_detail() -> None:
     assert goal.required_features == ("MultipleExtensionsPerHandler",)
     assert goal.status_blob_type == goalstate.BLOCK_BLOB
     assert goal.status_upload_blob is not None
-    assert goal.status_upload_blob.startswith(
-        "https://dcrcl3a0xs.blob.core.windows.net/$system/"
-    )
+    assert goal.status_upload_blob.startswith("https://dcrcl3a0xs.blob.core.windows.net/$system/")
     assert "&sig=" in goal.status_upload_blob
     assert names(goal) == [
         "Microsoft.Azure.Monitor.AzureMonitorLinuxAgent",
@@ -128,30 +124,20 @@ def test_vm_settings_sample_in_detail() -> None:
     assert len(monitor.manifest_uris) == 3  # location, failover, one additional
     (settings_,) = monitor.extensions
     assert settings_.name == monitor.name
-    assert settings_.public_settings == {
-        "GCS_AUTO_CONFIG": True
-    }  # a JSON string in vmSettings
+    assert settings_.public_settings == {"GCS_AUTO_CONFIG": True}  # a JSON string in vmSettings
     assert settings_.thumbprint == THUMB
     assert settings_.protected_settings is not None
-    assert settings_.protected_settings.startswith(
-        "MIIBsAYJKoZIhvcNAQcDoIIBoTCCAZ0CAQAxggFp"
-    )
-    assert (
-        by_name(goal, "Microsoft.Azure.Extensions.CustomScript").dependency_level == 1
-    )
+    assert settings_.protected_settings.startswith("MIIBsAYJKoZIhvcNAQcDoIIBoTCCAZ0CAQAxggFp")
+    assert by_name(goal, "Microsoft.Azure.Extensions.CustomScript").dependency_level == 1
     run_command = by_name(goal, "Microsoft.CPlat.Core.RunCommandHandlerLinux")
     assert run_command.is_multi_config
-    assert [
-        (e.name, e.seq_no, e.state, e.dependency_level) for e in run_command.extensions
-    ] == [
+    assert [(e.name, e.seq_no, e.state, e.dependency_level) for e in run_command.extensions] == [
         ("MCExt1", 0, ENABLED, 2),
         ("MCExt2", 0, ENABLED, 1),
         ("MCExt3", 0, ENABLED, 0),
     ]
     vm_access = by_name(goal, "Microsoft.OSTCExtensions.VMAccessForLinux")
-    assert (
-        vm_access.extensions[0].public_settings is None
-    )  # absent: null in the settings file
+    assert vm_access.extensions[0].public_settings is None  # absent: null in the settings file
 
 
 def test_extensions_config_sample_matches_its_vm_settings() -> None:
@@ -192,21 +178,10 @@ def test_missing_metadata_and_blob_type_take_the_defaults() -> None:
     assert goal.created_ticks == 0
     assert goal.activity_id == goal.correlation_id == goalstate.ZERO_GUID
     assert xml("wire/ext_conf_no_public.xml").status_blob_type == goalstate.BLOCK_BLOB
-    assert (
-        xml("wire/ext_conf_no_extensions-page_blob.xml").status_blob_type
-        == goalstate.PAGE_BLOB
-    )
-    assert (
-        xml("wire/ext_conf_no_extensions-no_status_blob.xml").status_upload_blob is None
-    )
-    assert (
-        vm("hostgaplugin/vm_settings-invalid_blob_type.json").status_blob_type
-        == "BlockBlob"
-    )
-    assert (
-        vm("hostgaplugin/vm_settings-no_status_upload_blob.json").status_upload_blob
-        is None
-    )
+    assert xml("wire/ext_conf_no_extensions-page_blob.xml").status_blob_type == goalstate.PAGE_BLOB
+    assert xml("wire/ext_conf_no_extensions-no_status_blob.xml").status_upload_blob is None
+    assert vm("hostgaplugin/vm_settings-invalid_blob_type.json").status_blob_type == "BlockBlob"
+    assert vm("hostgaplugin/vm_settings-no_status_upload_blob.json").status_upload_blob is None
 
 
 def test_the_incarnation_comes_from_the_goal_state_when_given() -> None:
@@ -235,40 +210,21 @@ def test_multi_config_dependencies_are_per_extension() -> None:
         "thirdRunCommand": 4,
     }
     vm_access = by_name(goal, "Microsoft.Compute.VMAccessAgent")
-    assert (
-        vm_access.extensions[0].thumbprint == "EE22B5ECAC6A83B581A7CAC1772BEBD0E016649F"
-    )
+    assert vm_access.extensions[0].thumbprint == "EE22B5ECAC6A83B581A7CAC1772BEBD0E016649F"
     assert goal.status_blob_type == goalstate.PAGE_BLOB
 
 
 @pytest.mark.parametrize(
     ("path", "reason"),
     [
-        (
-            "ext_conf_multiple_depends_on_for_single_handler.xml",
-            "2 DependsOn, expected one",
-        ),
-        (
-            "ext_conf_multiple_runtime_settings_same_plugin.xml",
-            "2 RuntimeSettings, expected one",
-        ),
-        (
-            "ext_conf_multiple_settings_for_same_handler.xml",
-            "2 PluginSettings name this handler",
-        ),
-        (
-            "ext_conf_plugin_settings_version_mismatch.xml",
-            "the handler is version 1.0.0",
-        ),
-        (
-            "ext_conf_single_and_multi_config_settings_same_plugin.xml",
-            "both RuntimeSettings",
-        ),
+        ("ext_conf_multiple_depends_on_for_single_handler.xml", "2 DependsOn, expected one"),
+        ("ext_conf_multiple_runtime_settings_same_plugin.xml", "2 RuntimeSettings, expected one"),
+        ("ext_conf_multiple_settings_for_same_handler.xml", "2 PluginSettings name this handler"),
+        ("ext_conf_plugin_settings_version_mismatch.xml", "the handler is version 1.0.0"),
+        ("ext_conf_single_and_multi_config_settings_same_plugin.xml", "both RuntimeSettings"),
     ],
 )
-def test_invalid_handler_configurations_are_that_handlers_error(
-    path: str, reason: str
-) -> None:
+def test_invalid_handler_configurations_are_that_handlers_error(path: str, reason: str) -> None:
     goal = xml(f"wire/invalid_config/{path}")
     bad = by_name(goal, "OSTCExtensions.ExampleHandlerLinux")
     assert bad.error is not None
@@ -288,9 +244,7 @@ def test_a_bad_handler_does_not_hide_the_good_one() -> None:
 
 
 def test_the_vm_settings_syntax_error_sample_is_a_document_error() -> None:
-    with pytest.raises(
-        GoalStateError, match=r"vmSettings: not valid JSON \(.* line 3 column 32\)"
-    ):
+    with pytest.raises(GoalStateError, match=r"vmSettings: not valid JSON \(.* line 3 column 32\)"):
         vm("hostgaplugin/vm_settings-parse_error.json")
 
 
@@ -328,9 +282,7 @@ def test_a_tie_goes_to_extensions_config_and_nothing_goes_back_in_time() -> None
 
 def test_unsupported_required_features() -> None:
     assert goalstate.unsupported_features(vm("hostgaplugin/vm_settings.json")) == ()
-    assert goalstate.unsupported_features(
-        xml("wire/ext_conf_required_features.xml")
-    ) == (
+    assert goalstate.unsupported_features(xml("wire/ext_conf_required_features.xml")) == (
         "TestRequiredFeature1",
         "TestRequiredFeature2",
         "TestRequiredFeature3",
@@ -378,10 +330,7 @@ def assert_same_goal_state(goal: extconf.ExtensionsGoalState) -> None:
         assert a.created_ticks == goal.created_ticks
         assert a.status_upload_blob == (goal.status_upload_blob or None)
         assert a.status_blob_type == goal.status_blob_type
-        assert (a.activity_id, a.correlation_id) == (
-            goal.activity_id,
-            goal.correlation_id,
-        )
+        assert (a.activity_id, a.correlation_id) == (goal.activity_id, goal.correlation_id)
     assert wire.incarnation == goal.incarnation
     assert fast.svd_seq_no == goal.in_svd_seq_no
     for plugin, handler in zip(goal.plugins, wire.handlers):
@@ -409,14 +358,10 @@ def test_the_emulators_documents_round_trip() -> None:
                 "1.3.0",
                 "http://127.0.0.1:8000/manifest.xml",
                 seq_no=2,
-                settings=extconf.HandlerSettings(
-                    {"message": "hi"}, "MIIBase64==", THUMB
-                ),
+                settings=extconf.HandlerSettings({"message": "hi"}, "MIIBase64==", THUMB),
                 failover_location="http://127.0.0.1:8000/failover.xml",
             ),
-            extconf.Plugin(
-                "Other.Ext", "2.0", "http://127.0.0.1:8000/m2.xml", state="uninstall"
-            ),
+            extconf.Plugin("Other.Ext", "2.0", "http://127.0.0.1:8000/m2.xml", state="uninstall"),
             extconf.Plugin(
                 "Third.Ext",
                 "1.0",
@@ -442,8 +387,7 @@ def test_the_emulators_documents_round_trip() -> None:
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=20),
     lambda inner: (
-        st.lists(inner, max_size=3)
-        | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
     ),
     max_leaves=8,
 )
@@ -491,11 +435,7 @@ def test_any_emulator_goal_state_round_trips(
 
 
 def minimal_vm_settings(**entry: Any) -> bytes:
-    base: dict[str, Any] = {
-        "name": "Good.Handler",
-        "version": "1.0",
-        "state": "enabled",
-    }
+    base: dict[str, Any] = {"name": "Good.Handler", "version": "1.0", "state": "enabled"}
     good = dict(base)
     bad = {**base, "name": "Bad.Handler", **entry}
     return json.dumps({"extensionGoalStates": [bad, good]}).encode()
@@ -511,28 +451,16 @@ def minimal_vm_settings(**entry: Any) -> bytes:
         ({"name": "x" * 200}, "over the limit of 128"),
         ({"version": "1.0; rm -rf /"}, "is not a dotted number"),
         ({"version": "../1"}, "is not a dotted number"),
-        (
-            {"state": "exploded"},
-            "state 'exploded' is not one of enabled, disabled, uninstall",
-        ),
+        ({"state": "exploded"}, "state 'exploded' is not one of enabled, disabled, uninstall"),
         ({"location": "file:///etc/shadow"}, "location is not an http(s) URL"),
         ({"location": "http://a b"}, "white space"),
         ({"isMultiConfig": "yes"}, "isMultiConfig is not true or false"),
         ({"settings": {"a": 1}}, "settings is not a list of objects"),
-        (
-            {"settings": [{}, {}], "settingsSeqNo": 1},
-            "single-config handler with 2 settings",
-        ),
+        ({"settings": [{}, {}], "settingsSeqNo": 1}, "single-config handler with 2 settings"),
         ({"settings": [{}], "settingsSeqNo": -1}, "settingsSeqNo -1 is outside"),
         ({"settings": [{}], "settingsSeqNo": "1e9"}, "not a non-negative integer"),
-        (
-            {"settings": [{"publicSettings": "{not json"}], "settingsSeqNo": 0},
-            "not valid JSON",
-        ),
-        (
-            {"settings": [{"publicSettings": "[1]"}], "settingsSeqNo": 0},
-            "not a JSON object",
-        ),
+        ({"settings": [{"publicSettings": "{not json"}], "settingsSeqNo": 0}, "not valid JSON"),
+        ({"settings": [{"publicSettings": "[1]"}], "settingsSeqNo": 0}, "not a JSON object"),
         (
             {"settings": [{"protectedSettings": "MIIsecret"}], "settingsSeqNo": 0},
             "name no certificate thumbprint",
@@ -540,10 +468,7 @@ def minimal_vm_settings(**entry: Any) -> bytes:
         (
             {
                 "settings": [
-                    {
-                        "protectedSettings": "MIIsecret",
-                        "protectedSettingsCertThumbprint": "../k",
-                    }
+                    {"protectedSettings": "MIIsecret", "protectedSettingsCertThumbprint": "../k"}
                 ],
                 "settingsSeqNo": 0,
             },
@@ -566,10 +491,7 @@ def minimal_vm_settings(**entry: Any) -> bytes:
             },
             "appears more than once",
         ),
-        (
-            {"dependsOn": [{"dependencyLevel": "high"}], "settings": []},
-            "dependencyLevel",
-        ),
+        ({"dependsOn": [{"dependencyLevel": "high"}], "settings": []}, "dependencyLevel"),
     ],
 )
 def test_a_hostile_vm_settings_entry_is_its_handlers_error(
@@ -626,9 +548,7 @@ def test_a_handler_named_twice_is_an_error_both_times() -> None:
         (b" " * (goalstate.MAX_DOCUMENT + 1), "over the limit"),
     ],
 )
-def test_a_broken_vm_settings_document_is_an_error(
-    document: bytes, reason: str
-) -> None:
+def test_a_broken_vm_settings_document_is_an_error(document: bytes, reason: str) -> None:
     with pytest.raises(GoalStateError) as caught:
         parse_vm_settings(document, "e")
     assert reason in caught.value.reason
@@ -692,10 +612,7 @@ def test_hostile_extensions_config_entries_are_errors_of_their_handler() -> None
             b"</StatusUploadBlob></Extensions>",
             "StatusUploadBlob is not an http(s) URL",
         ),
-        (
-            b"<Extensions>" + b" " * goalstate.MAX_DOCUMENT + b"</Extensions>",
-            "over the limit",
-        ),
+        (b"<Extensions>" + b" " * goalstate.MAX_DOCUMENT + b"</Extensions>", "over the limit"),
     ],
 )
 def test_a_broken_extensions_config_is_an_error(document: bytes, reason: str) -> None:
@@ -755,15 +672,11 @@ keyed = st.recursive(
     | st.booleans()
     | st.integers()
     | st.floats(allow_nan=True)
-    | st.sampled_from(
-        ["enabled", "1.0", "Ok.Name", "http://x", THUMB, "{}", '{"a":1}', "../x"]
-    )
+    | st.sampled_from(["enabled", "1.0", "Ok.Name", "http://x", THUMB, "{}", '{"a":1}', "../x"])
     | st.text(max_size=10),
     lambda inner: (
         st.lists(inner, max_size=4)
-        | st.dictionaries(
-            st.sampled_from(VOCABULARY) | st.text(max_size=5), inner, max_size=6
-        )
+        | st.dictionaries(st.sampled_from(VOCABULARY) | st.text(max_size=5), inner, max_size=6)
     ),
     max_leaves=25,
 )
@@ -771,9 +684,9 @@ keyed = st.recursive(
 
 def mutations(sample: bytes) -> st.SearchStrategy[bytes]:
     """The sample with a slice replaced by random bytes: near-valid documents."""
-    return st.tuples(
-        st.integers(0, len(sample)), st.integers(0, 64), st.binary(max_size=16)
-    ).map(lambda t: sample[: t[0]] + t[2] + sample[t[0] + t[1] :])
+    return st.tuples(st.integers(0, len(sample)), st.integers(0, 64), st.binary(max_size=16)).map(
+        lambda t: sample[: t[0]] + t[2] + sample[t[0] + t[1] :]
+    )
 
 
 entry_lists: st.SearchStrategy[Any] = st.lists(
@@ -806,9 +719,7 @@ def test_vm_settings_parser_survives_mutated_samples(data: bytes) -> None:
 
 @FUZZ
 @given(
-    mutations(
-        (SAMPLES / "wire/multi-config/ext_conf_with_multi_config.xml").read_bytes()
-    )
+    mutations((SAMPLES / "wire/multi-config/ext_conf_with_multi_config.xml").read_bytes())
     | mutations((SAMPLES / "wire/ext_conf.xml").read_bytes())
 )
 def test_extensions_config_parser_raises_only_azagent_errors(data: bytes) -> None:
@@ -820,9 +731,7 @@ def test_extensions_config_parser_raises_only_azagent_errors(data: bytes) -> Non
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(
-                ["name", "version", "state", "location", "failoverlocation"]
-            ),
+            st.sampled_from(["name", "version", "state", "location", "failoverlocation"]),
             st.text(max_size=12).filter(lambda s: all(c.isprintable() for c in s)),
         ),
         max_size=5,

@@ -64,22 +64,10 @@ def test_the_samples(sample: str, flags: tuple[bool, bool, bool]) -> None:
 @pytest.mark.parametrize(
     ("written", "path", "arguments"),
     [
-        (
-            "bin/custom-script-shim install",
-            "bin/custom-script-shim",
-            "install",
-        ),  # CustomScript
-        (
-            "extension_shim.sh -c ./vmaccess.py -i",
-            "extension_shim.sh",
-            "-c ./vmaccess.py -i",
-        ),
+        ("bin/custom-script-shim install", "bin/custom-script-shim", "install"),  # CustomScript
+        ("extension_shim.sh -c ./vmaccess.py -i", "extension_shim.sh", "-c ./vmaccess.py -i"),
         ("./shim.sh -install", "./shim.sh", "-install"),
-        (
-            "/scripts/enable.sh",
-            "scripts/enable.sh",
-            "",
-        ),  # the leading "/" is not the root
+        ("/scripts/enable.sh", "scripts/enable.sh", ""),  # the leading "/" is not the root
         ("//x.py  --flag ", "x.py", "--flag"),
     ],
 )
@@ -93,12 +81,8 @@ def test_the_shell_line_runs_the_file_in_the_handler_directory(tmp_path: Path) -
     script = handler_dir / "bin" / "run.sh"
     script.write_text('#!/bin/sh\necho "ran with $1"\n')
     script.chmod(0o755)
-    line = parse_command("/bin/run.sh first", "enableCommand").shell_line(
-        str(handler_dir)
-    )
-    done = subprocess.run(
-        ["/bin/sh", "-c", line], capture_output=True, text=True, check=True
-    )
+    line = parse_command("/bin/run.sh first", "enableCommand").shell_line(str(handler_dir))
+    done = subprocess.run(["/bin/sh", "-c", line], capture_output=True, text=True, check=True)
     assert done.stdout == "ran with first\n"
 
 
@@ -128,12 +112,8 @@ def test_hostile_commands_are_refused(written: object, reason: str) -> None:
 
 
 def test_update_mode() -> None:
-    assert parse_handler_manifest(
-        manifest({"updateMode": "UpdateWithInstall"})
-    ).update_with_install
-    assert parse_handler_manifest(
-        manifest({"updateMode": "updatewithinstall"})
-    ).update_with_install
+    assert parse_handler_manifest(manifest({"updateMode": "UpdateWithInstall"})).update_with_install
+    assert parse_handler_manifest(manifest({"updateMode": "updatewithinstall"})).update_with_install
     assert not parse_handler_manifest(
         manifest({"updateMode": "UpdateWithoutInstall"})
     ).update_with_install
@@ -182,9 +162,7 @@ def test_a_missing_command_is_an_error_when_asked_for() -> None:
     data = json.dumps([{"handlerManifest": {"enableCommand": "enable.sh"}}]).encode()
     parsed = parse_handler_manifest(data)
     assert parsed.command(handler.ENABLE).path == "enable.sh"
-    with pytest.raises(
-        HandlerManifestError, match=r"HandlerManifest\.json has no updateCommand"
-    ):
+    with pytest.raises(HandlerManifestError, match=r"HandlerManifest\.json has no updateCommand"):
         parsed.command(handler.UPDATE)
 
 

@@ -13,12 +13,7 @@ from hypothesis import strategies as st
 from azagent import extconf
 from azagent.errors import AzagentError
 from azagent.extensions import manifest
-from azagent.extensions.manifest import (
-    ManifestError,
-    NoMatchingVersion,
-    parse_manifest,
-    pick,
-)
+from azagent.extensions.manifest import ManifestError, NoMatchingVersion, parse_manifest, pick
 
 SAMPLE = (FIXTURES / "walinuxagent/wire/manifest.xml").read_bytes()
 FUZZ = settings(
@@ -34,11 +29,7 @@ def test_the_sample_manifest() -> None:
         "1.0.0", "1.1.0", "1.1.1", "1.2.0", "2.0.0", "2.1.0", "2.1.1", "2.2.0",
         "3.0", "3.1", "4.0.0.0", "4.0.0.1", "4.1.0.0",
     ]  # fmt: skip
-    assert [p.version for p in parsed.versions if p.internal] == [
-        "1.3.0",
-        "2.3.0",
-        "2.4.0",
-    ]
+    assert [p.version for p in parsed.versions if p.internal] == ["1.3.0", "2.3.0", "2.4.0"]
     assert [p.version for p in parsed.versions if p.disallow_major_upgrade] == ["2.1.0"]
     assert parsed.versions[0].uris == (
         "http://mock-goal-state/foo.bar/zar/OSTCExtensions.ExampleHandlerLinux__1.0.0",
@@ -79,9 +70,7 @@ def test_numeric_ordering_not_text() -> None:
 def test_no_match_names_the_version() -> None:
     with pytest.raises(NoMatchingVersion) as caught:
         pick(parse_manifest(SAMPLE), "5.1")
-    assert caught.value.reason.startswith(
-        "version 5.1 is not in the extension manifest"
-    )
+    assert caught.value.reason.startswith("version 5.1 is not in the extension manifest")
     assert "1.0.0, 1.1.0" in caught.value.reason
     with pytest.raises(NoMatchingVersion, match=r"lists none"):
         pick(parse_manifest(extconf.manifest_xml({})), "1.0")
@@ -145,13 +134,11 @@ def test_a_bad_requested_version_is_an_error() -> None:
 
 @FUZZ
 @given(
-    st.tuples(
-        st.integers(0, len(SAMPLE)), st.integers(0, 40), st.binary(max_size=12)
-    ).map(lambda t: SAMPLE[: t[0]] + t[2] + SAMPLE[t[0] + t[1] :]),
+    st.tuples(st.integers(0, len(SAMPLE)), st.integers(0, 40), st.binary(max_size=12)).map(
+        lambda t: SAMPLE[: t[0]] + t[2] + SAMPLE[t[0] + t[1] :]
+    ),
     st.text(max_size=8),
 )
-def test_manifest_parser_raises_only_azagent_errors(
-    data: bytes, requested: str
-) -> None:
+def test_manifest_parser_raises_only_azagent_errors(data: bytes, requested: str) -> None:
     with contextlib.suppress(AzagentError):
         pick(parse_manifest(data), requested)

@@ -51,11 +51,7 @@ class RunningExecutor:
     def run(self, operation: Operation) -> Outcome:
         self.ran.append(operation)
         started = time.monotonic()
-        line = (
-            "echo broken handler >&2; exit 3"
-            if operation.handler in self.fail
-            else None
-        )
+        line = "echo broken handler >&2; exit 3" if operation.handler in self.fail else None
         done = subprocess.run(
             ["/bin/sh", "-c", line or operation.shell_line],
             cwd=operation.cwd,
@@ -80,11 +76,7 @@ class RunningExecutor:
         return None
 
     def operations(self, handler: str = SAMPLE) -> list[tuple[str, str, int]]:
-        return [
-            (o.operation, o.version, o.sequence)
-            for o in self.ran
-            if o.handler == handler
-        ]
+        return [(o.operation, o.version, o.sequence) for o in self.ran if o.handler == handler]
 
 
 def installer(ctx: Context) -> Any:
@@ -132,9 +124,7 @@ def fabric() -> Iterator[Fabric]:
 def vm_context(root: Path, fabric: Fabric, *lines: str) -> Context:
     vm = make_vm(root, fabric.scenario, fabric, with_media=False)
     with open(vm.root / "etc/waagent.conf", "a") as conf:
-        conf.write(
-            "Endpoint.RetryDeadline=1\n" + "".join(f"{line}\n" for line in lines)
-        )
+        conf.write("Endpoint.RetryDeadline=1\n" + "".join(f"{line}\n" for line in lines))
     (vm.root / "var/lib/waagent").mkdir(parents=True, exist_ok=True)
     return fabric_context(vm.root)
 
@@ -161,9 +151,7 @@ def settings_status(entry: dict[str, Any]) -> dict[str, Any]:
     return entry["runtimeSettingsStatus"]["settingsStatus"]["status"]  # type: ignore[no-any-return]
 
 
-def test_new_handler_installed_enabled_and_its_status_uploaded(
-    root: Path, fabric: Fabric
-) -> None:
+def test_new_handler_installed_enabled_and_its_status_uploaded(root: Path, fabric: Fabric) -> None:
     ctx = vm_context(root, fabric)
     executor = RunningExecutor()
     summary = service(ctx, executor).run_once()
@@ -171,15 +159,10 @@ def test_new_handler_installed_enabled_and_its_status_uploaded(
     entry = handler_entries(last_upload(fabric))[SAMPLE]
     assert entry["status"] == "Ready"
     assert settings_status(entry)["status"] == "success"
-    assert (
-        settings_status(entry)["formattedMessage"]["message"]
-        == "hello from the goal state"
-    )
+    assert settings_status(entry)["formattedMessage"]["message"] == "hello from the goal state"
     handler_dir = ctx.lib_dir / f"{SAMPLE}-1.3.0"
     assert (handler_dir / "config/HandlerState").read_text() == "Enabled"
-    assert json.loads((handler_dir / "config/0.settings").read_text())[
-        "runtimeSettings"
-    ]
+    assert json.loads((handler_dir / "config/0.settings").read_text())["runtimeSettings"]
     assert summary.endswith("1 handler enabled")
     state = saved.load(ctx.lib_dir)
     assert state.handlers[SAMPLE].version == "1.3.0"
@@ -202,9 +185,7 @@ def test_a_pass_without_change_runs_nothing_and_asks_conditionally(
     assert asked[-1].header("if-none-match")
 
 
-def test_new_settings_enable_again_with_the_new_sequence_number(
-    root: Path, fabric: Fabric
-) -> None:
+def test_new_settings_enable_again_with_the_new_sequence_number(root: Path, fabric: Fabric) -> None:
     ctx = vm_context(root, fabric)
     executor = RunningExecutor()
     svc = service(ctx, executor)
@@ -250,9 +231,7 @@ def test_uninstall_disables_uninstalls_and_deletes(root: Path, fabric: Fabric) -
     assert SAMPLE not in saved.load(ctx.lib_dir).handlers
 
 
-def test_a_vanished_handler_is_deleted_without_uninstall(
-    root: Path, fabric: Fabric
-) -> None:
+def test_a_vanished_handler_is_deleted_without_uninstall(root: Path, fabric: Fabric) -> None:
     ctx = vm_context(root, fabric)
     executor = RunningExecutor()
     svc = service(ctx, executor)
@@ -277,12 +256,8 @@ def test_extensions_disabled_reports_terminal_errors_and_runs_nothing(
     assert daemon.period(ctx) == 300
 
 
-def test_a_failing_handler_reports_error_and_others_still_run(
-    root: Path, fabric: Fabric
-) -> None:
-    fabric.add_extension(
-        Extension(name=OTHER, version="2.0", public_settings={"message": "x"})
-    )
+def test_a_failing_handler_reports_error_and_others_still_run(root: Path, fabric: Fabric) -> None:
+    fabric.add_extension(Extension(name=OTHER, version="2.0", public_settings={"message": "x"}))
     fabric.add_extension(Extension(name="Broken.Download", version="1.0"))
     ctx = vm_context(root, fabric)
     executor = RunningExecutor(fail=[OTHER])
@@ -324,9 +299,7 @@ def test_a_failing_fabric_is_retried_on_the_next_pass(root: Path, kind: str) -> 
         assert [op for op, _, _ in executor.operations()] == ["install", "enable"]
 
 
-def test_state_survives_a_restart_and_enable_runs_again(
-    root: Path, fabric: Fabric
-) -> None:
+def test_state_survives_a_restart_and_enable_runs_again(root: Path, fabric: Fabric) -> None:
     ctx = vm_context(root, fabric)
     executor = RunningExecutor()
     service(ctx, executor).run_once()
@@ -335,9 +308,7 @@ def test_state_survives_a_restart_and_enable_runs_again(
     assert again.operations() == [("enable", "1.3.0", 0)]  # no second install
 
 
-def test_a_malformed_state_file_is_unknown_not_a_crash(
-    root: Path, fabric: Fabric
-) -> None:
+def test_a_malformed_state_file_is_unknown_not_a_crash(root: Path, fabric: Fabric) -> None:
     ctx = vm_context(root, fabric)
     saved.state_path(ctx.lib_dir).write_text("{not json")
     assert saved.load(ctx.lib_dir).unknown
@@ -353,9 +324,7 @@ def test_no_secret_reaches_the_log(
     ctx = vm_context(root, fabric)
     with caplog.at_level("DEBUG"):
         service(ctx, RunningExecutor()).run_once()
-    settings = json.loads(
-        (ctx.lib_dir / f"{SAMPLE}-1.3.0/config/1.settings").read_text()
-    )
+    settings = json.loads((ctx.lib_dir / f"{SAMPLE}-1.3.0/config/1.settings").read_text())
     protected = settings["runtimeSettings"][0]["handlerSettings"]["protectedSettings"]
     assert protected
     assert "s3cr3t" not in protected
@@ -383,9 +352,7 @@ def test_loop_notifies_and_stops(root: Path, fabric: Fabric) -> None:
     assert told[-1] == "STOPPING=1"
 
 
-def run_stage(
-    *args: str, env: Optional[dict[str, str]] = None
-) -> subprocess.CompletedProcess[str]:
+def run_stage(*args: str, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(REPO / "stages/extensions"), *args],
         capture_output=True,
@@ -396,9 +363,7 @@ def run_stage(
     )
 
 
-def test_guest_agent_disabled_markers_stop_the_stage(
-    root: Path, fabric: Fabric
-) -> None:
+def test_guest_agent_disabled_markers_stop_the_stage(root: Path, fabric: Fabric) -> None:
     ctx = vm_context(root, fabric)
     for marker in ("guest-agent-disabled", "disable_agent"):
         (ctx.lib_dir / marker).write_text("")

@@ -27,7 +27,9 @@ from azagent.extensions.status import (
 
 SAMPLES = FIXTURES / "walinuxagent/ext"
 NOW = datetime(2025, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
-SAS = "https://acct.blob.core.windows.net/$system/vm.status?sv=2018-03-28&sr=b&sig=S3cr3tSig%3d&sp=w"
+SAS = (
+    "https://acct.blob.core.windows.net/$system/vm.status?sv=2018-03-28&sr=b&sig=S3cr3tSig%3d&sp=w"
+)
 AGENT = AgentStatus("0.1.0", "vm1", "debian", "12")
 FUZZ = settings(
     derandomize=True,
@@ -52,12 +54,7 @@ def sample(name: str) -> ExtensionStatus:
 
 def test_the_sample_status() -> None:
     parsed = sample("sample-status.json")
-    assert (parsed.status, parsed.code, parsed.seq_no, parsed.name) == (
-        "success",
-        1,
-        4,
-        "Ext.Name",
-    )
+    assert (parsed.status, parsed.code, parsed.seq_no, parsed.name) == ("success", 1, 4, "Ext.Name")
     assert parsed.message is not None
     assert parsed.message.startswith("Aenean semper nunc nisl")
     (substatus,) = parsed.substatus
@@ -75,15 +72,9 @@ def test_a_missing_status_file_is_transitioning() -> None:
 @pytest.mark.parametrize(
     ("name", "reason"),
     [
-        (
-            "sample-status-invalid-json-format.json",
-            "is not valid JSON (Expecting ',' delimiter",
-        ),
+        ("sample-status-invalid-json-format.json", "is not valid JSON (Expecting ',' delimiter"),
         ("sample-status-invalid-format-emptykey-line7.json", "is not valid JSON"),
-        (
-            "sample-status-invalid-status-no-status-status-key.json",
-            "[0].status.status is missing",
-        ),
+        ("sample-status-invalid-status-no-status-status-key.json", "[0].status.status is missing"),
     ],
 )
 def test_invalid_samples_are_error_statuses(name: str, reason: str) -> None:
@@ -104,30 +95,19 @@ def test_an_oversized_status_is_cut_to_the_limits() -> None:
 
 
 def test_oversized_substatuses_are_cut_and_dropped_past_the_budget() -> None:
-    full = json.loads(
-        (SAMPLES / "sample-status-very-large-multiple-substatuses.json").read_bytes()
-    )
+    full = json.loads((SAMPLES / "sample-status-very-large-multiple-substatuses.json").read_bytes())
     parsed = sample("sample-status-very-large-multiple-substatuses.json")
     assert 0 < len(parsed.substatus) < len(full[0]["status"]["substatus"])
     kept = sum(len(s.name or "") + len(s.message or "") for s in parsed.substatus)
     assert kept + len(parsed.message or "") <= status.MAX_STATUS_FILE
     for item in parsed.substatus:
-        assert len(item.name or "") <= status.MAX_SUBSTATUS_FIELD + len(
-            status.TRUNCATED
-        )
+        assert len(item.name or "") <= status.MAX_SUBSTATUS_FIELD + len(status.TRUNCATED)
 
 
 def test_a_small_status_keeps_its_whole_message() -> None:
     message = "x" * 5000  # CustomScript puts the script's output here
     data = json.dumps(
-        [
-            {
-                "status": {
-                    "status": "success",
-                    "formattedMessage": {"lang": "en", "message": message},
-                }
-            }
-        ]
+        [{"status": {"status": "success", "formattedMessage": {"lang": "en", "message": message}}}]
     )
     assert parse_status_file(data.encode(), name="E", seq_no=0).message == message
 
@@ -137,46 +117,22 @@ def test_a_small_status_keeps_its_whole_message() -> None:
     [
         ({"status": {}}, "the top level is not a list"),
         ([1], "[0].status is missing or not an object"),
+        ([{"status": {"status": "success", "code": "twelve"}}], "[0].status.code is not a number"),
+        ([{"status": {"status": "success", "code": True}}], "[0].status.code is not a number"),
+        ([{"status": {"status": "success", "formattedMessage": "hi"}}], "lacks lang or message"),
         (
-            [{"status": {"status": "success", "code": "twelve"}}],
-            "[0].status.code is not a number",
-        ),
-        (
-            [{"status": {"status": "success", "code": True}}],
-            "[0].status.code is not a number",
-        ),
-        (
-            [{"status": {"status": "success", "formattedMessage": "hi"}}],
-            "lacks lang or message",
-        ),
-        (
-            [
-                {
-                    "status": {
-                        "status": "success",
-                        "formattedMessage": {"lang": "en", "message": 5},
-                    }
-                }
-            ],
+            [{"status": {"status": "success", "formattedMessage": {"lang": "en", "message": 5}}}],
             "not a string",
         ),
-        (
-            [{"status": {"status": "success", "substatus": {}}}],
-            "substatus is not a list",
-        ),
+        ([{"status": {"status": "success", "substatus": {}}}], "substatus is not a list"),
         (
             [{"status": {"status": "success", "substatus": [{"status": "fine"}]}}],
             "substatus[0].status",
         ),
-        (
-            [{"status": {"status": "success", "operation": []}}],
-            "operation is not a string",
-        ),
+        ([{"status": {"status": "success", "operation": []}}], "operation is not a string"),
     ],
 )
-def test_malformed_statuses_are_errors_with_a_reason(
-    document: Any, reason: str
-) -> None:
+def test_malformed_statuses_are_errors_with_a_reason(document: Any, reason: str) -> None:
     parsed = parse_status_file(json.dumps(document).encode(), name="E", seq_no=1)
     assert (parsed.status, parsed.code) == (status.ERROR, status.CODE_STATUS_INVALID)
     assert parsed.message is not None
@@ -193,9 +149,7 @@ def test_odd_but_accepted_statuses() -> None:
     huge = b" " * (status.MAX_STATUS_READ + 1)
     assert "is over" in (parse_status_file(huge, name="E", seq_no=1).message or "")
     deep = b"[" * 100_000
-    assert (
-        parse_status_file(deep, name="E", seq_no=1).code == status.CODE_STATUS_INVALID
-    )
+    assert parse_status_file(deep, name="E", seq_no=1).code == status.CODE_STATUS_INVALID
 
 
 @FUZZ
@@ -216,15 +170,7 @@ status_like = st.recursive(
         st.lists(inner, max_size=3)
         | st.dictionaries(
             st.sampled_from(
-                [
-                    "status",
-                    "code",
-                    "formattedMessage",
-                    "lang",
-                    "message",
-                    "substatus",
-                    "name",
-                ]
+                ["status", "code", "formattedMessage", "lang", "message", "substatus", "name"]
             ),
             inner,
             max_size=5,
@@ -256,28 +202,15 @@ def test_status_file_parser_never_raises_on_status_shaped_json(document: Any) ->
 def test_heartbeat() -> None:
     message = {"lang": "en-US", "message": "fine"}
     beat = json.dumps(
-        [
-            {
-                "version": 1.0,
-                "heartbeat": {
-                    "status": "ready",
-                    "code": 0,
-                    "formattedMessage": message,
-                },
-            }
-        ]
+        [{"version": 1.0, "heartbeat": {"status": "ready", "code": 0, "formattedMessage": message}}]
     ).encode()
     assert parse_heartbeat(beat, age_seconds=5) == status.Heartbeat("ready", 0, "fine")
     stale = parse_heartbeat(beat, age_seconds=601)
     assert stale.status == status.UNRESPONSIVE
     assert "601 s old" in (stale.message or "")
     assert parse_heartbeat(None, 0).status == status.NOT_READY
-    assert (
-        parse_heartbeat(b"{", 0).message == "the extension's heartbeat.log is malformed"
-    )
-    assert (
-        parse_heartbeat(b'[{"heartbeat": {"status": 7}}]', 0).status == status.NOT_READY
-    )
+    assert parse_heartbeat(b"{", 0).message == "the extension's heartbeat.log is malformed"
+    assert parse_heartbeat(b'[{"heartbeat": {"status": 7}}]', 0).status == status.NOT_READY
 
 
 @FUZZ
@@ -290,12 +223,7 @@ def test_heartbeat_parser_never_raises(document: Any) -> None:
 
 
 def blob(**kwargs: Any) -> dict[str, Any]:
-    arguments: dict[str, Any] = {
-        "agent": AGENT,
-        "handlers": [],
-        "goal_state": None,
-        "now": NOW,
-    }
+    arguments: dict[str, Any] = {"agent": AGENT, "handlers": [], "goal_state": None, "now": NOW}
     arguments.update(kwargs)
     result: dict[str, Any] = json.loads(status.status_blob(**arguments))
     return result
@@ -306,14 +234,8 @@ def test_the_status_blob_shape() -> None:
         "Sample", 3, status.SUCCESS, 0, "hello", "Enable", "2025-01-01T00:00:00Z"
     )
     document = blob(
-        handlers=[
-            HandlerStatus(
-                "Sample", "1.3.0", status.READY, 0, "Plugin enabled", extension
-            )
-        ],
-        goal_state=GoalStateStatus(
-            7, "Success", 0, "GoalState executed successfully", NOW
-        ),
+        handlers=[HandlerStatus("Sample", "1.3.0", status.READY, 0, "Plugin enabled", extension)],
+        goal_state=GoalStateStatus(7, "Success", 0, "GoalState executed successfully", NOW),
         fast_track=True,
     )
     assert document["version"] == "1.1"
@@ -342,12 +264,7 @@ def test_the_status_blob_shape() -> None:
     assert settings_status["status"]["operation"] == "Enable"
     assert settings_status["status"]["formattedMessage"]["message"] == "hello"
     assert "substatus" not in settings_status["status"]
-    assert (
-        aggregate["vmArtifactsAggregateStatus"]["goalStateAggregateStatus"][
-            "inSvdSeqNo"
-        ]
-        == 7
-    )
+    assert aggregate["vmArtifactsAggregateStatus"]["goalStateAggregateStatus"]["inSvdSeqNo"] == 7
     assert document["supportedFeatures"] == [
         {"Key": "MultipleExtensionsPerHandler", "Value": "1.0"},
         {"Key": "FastTrack", "Value": "1.0"},
@@ -375,10 +292,7 @@ def test_multi_config_entries_name_their_extension() -> None:
 
 def test_error_report_for_a_handler_without_settings() -> None:
     (entry,) = status.error_report(
-        goalstate.Handler("A.B", "1.0", "enabled"),
-        version="1.0",
-        code=1009,
-        message="disabled",
+        goalstate.Handler("A.B", "1.0", "enabled"), version="1.0", code=1009, message="disabled"
     )
     assert entry.extension is None
     assert entry.code == 1009
@@ -393,15 +307,11 @@ def test_no_secret_reaches_the_status_blob() -> None:
     protected = handler.extensions[0].protected_settings
     assert protected is not None
     redact.register(protected)
-    leaky = ExtensionStatus(
-        handler.name, 0, status.ERROR, 1, f"failed with {protected} at {SAS}"
-    )
+    leaky = ExtensionStatus(handler.name, 0, status.ERROR, 1, f"failed with {protected} at {SAS}")
     data = status.status_blob(
         agent=AGENT,
         handlers=[
-            *status.error_report(
-                handler, version="1.0.0", code=1000, message=f"see {SAS}"
-            ),
+            *status.error_report(handler, version="1.0.0", code=1000, message=f"see {SAS}"),
             HandlerStatus(handler.name, "1.0.0", status.NOT_READY, 1, None, leaky),
         ],
         goal_state=None,
@@ -428,9 +338,7 @@ def test_a_block_blob_is_one_put() -> None:
 
 def test_a_page_blob_is_created_then_written_in_aligned_pages() -> None:
     content = b'{"a": "' + b"x" * (status.MAX_PAGE_WRITE + 100) + b'"}'
-    create, *pages = status.blob_requests(
-        content, url=SAS, blob_type="PageBlob", now=NOW
-    )
+    create, *pages = status.blob_requests(content, url=SAS, blob_type="PageBlob", now=NOW)
     size = -(-len(content) // 512) * 512
     assert create.body is None
     assert create.url == SAS
@@ -446,22 +354,16 @@ def test_a_page_blob_is_created_then_written_in_aligned_pages() -> None:
     assert len(written) == size
     assert written.rstrip(b" ") == content
     json.loads(written)  # the padding keeps the document valid JSON
-    (first,) = status.blob_requests(
-        b"{}", url="http://h/b", blob_type="PageBlob", now=NOW
-    )[1:]
+    (first,) = status.blob_requests(b"{}", url="http://h/b", blob_type="PageBlob", now=NOW)[1:]
     assert first.url == "http://h/b?comp=page"
     assert len(first.body or b"") == 512
 
 
 def test_the_hostgaplugin_envelope() -> None:
-    request = status.blob_requests(b'{"a":1}', url=SAS, blob_type="BlockBlob", now=NOW)[
-        0
-    ]
+    request = status.blob_requests(b'{"a":1}', url=SAS, blob_type="BlockBlob", now=NOW)[0]
     envelope = json.loads(status.hostgaplugin_envelope(request))
     assert envelope["requestUri"] == SAS
-    assert {"headerName": "x-ms-blob-type", "headerValue": "BlockBlob"} in envelope[
-        "headers"
-    ]
+    assert {"headerName": "x-ms-blob-type", "headerValue": "BlockBlob"} in envelope["headers"]
     assert base64.b64decode(envelope["content"]) == b'{"a":1}'
     create = status.blob_requests(b"{}", url=SAS, blob_type="PageBlob", now=NOW)[0]
     assert "content" not in json.loads(status.hostgaplugin_envelope(create))
@@ -471,9 +373,7 @@ def test_the_sas_token_stays_out_of_what_is_logged() -> None:
     request = status.blob_requests(b"{}", url=SAS, blob_type="BlockBlob", now=NOW)[0]
     assert "S3cr3tSig" not in repr(request)
     assert "S3cr3tSig" not in request.redacted_url
-    assert request.redacted_url.startswith(
-        "https://acct.blob.core.windows.net/$system/vm.status"
-    )
+    assert request.redacted_url.startswith("https://acct.blob.core.windows.net/$system/vm.status")
 
 
 def test_an_unknown_blob_type_is_refused() -> None:

@@ -58,9 +58,7 @@ def call(
 
 @pytest.fixture
 def fabric() -> Iterator[Fabric]:
-    with Fabric(
-        Scenario(extensions=[Extension(name="Test.Publisher.Handler")])
-    ) as running:
+    with Fabric(Scenario(extensions=[Extension(name="Test.Publisher.Handler")])) as running:
         yield running
 
 
@@ -70,9 +68,7 @@ def goal_state(fabric: Fabric) -> wireserver.GoalState:
     return wireserver.parse_goal_state(reply.body)
 
 
-def report(
-    fabric: Fabric, state: str = "Ready", incarnation: Optional[int] = None
-) -> Reply:
+def report(fabric: Fabric, state: str = "Ready", incarnation: Optional[int] = None) -> Reply:
     goal = goal_state(fabric)
     body = wireserver.health_xml(
         wireserver.HealthReport(
@@ -109,9 +105,7 @@ def test_versions_has_the_fixture_shape(fabric: Fabric) -> None:
     assert wireserver.parse_versions(reply.body).preferred == "2012-11-30"
 
 
-def test_default_vm_without_certificates_has_no_certificates_uri(
-    fabric: Fabric,
-) -> None:
+def test_default_vm_without_certificates_has_no_certificates_uri(fabric: Fabric) -> None:
     reply = call(f"{fabric.urls['wireserver']}/machine/?comp=goalstate", headers=WIRE)
     sample = FIXTURES / "walinuxagent/hibernate/goal_state_1/GoalState.xml"
     missing = shape(sample.read_bytes()) - shape(reply.body)
@@ -158,9 +152,7 @@ def test_required_headers_are_enforced(fabric: Fabric) -> None:
     base = fabric.urls["wireserver"]
     assert call(f"{base}/machine/?comp=goalstate").status == 400
     assert (
-        call(
-            f"{base}/machine/?comp=goalstate", headers={"x-ms-version": "2012-11-30"}
-        ).status
+        call(f"{base}/machine/?comp=goalstate", headers={"x-ms-version": "2012-11-30"}).status
         == 400
     )
     assert call(f"{base}/machine/?comp=goalstate", headers=WIRE).status == 200
@@ -176,18 +168,12 @@ def test_health_reports_are_recorded_and_checked(fabric: Fabric) -> None:
     # A stale incarnation is refused with 410, malformed XML with 400.
     assert report(fabric, "Ready", incarnation=fabric.incarnation + 5).status == 410
     malformed = call(
-        f"{fabric.urls['wireserver']}/machine?comp=health",
-        "POST",
-        WIRE,
-        b"<Health><oops>",
+        f"{fabric.urls['wireserver']}/machine?comp=health", "POST", WIRE, b"<Health><oops>"
     )
     assert malformed.status == 400
     entity = b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "b">]><Health>&a;</Health>'
     assert (
-        call(
-            f"{fabric.urls['wireserver']}/machine?comp=health", "POST", WIRE, entity
-        ).status
-        == 400
+        call(f"{fabric.urls['wireserver']}/machine?comp=health", "POST", WIRE, entity).status == 400
     )
     assert len(fabric.health_reports) == 2
 
@@ -204,9 +190,7 @@ def test_new_incarnation_makes_old_reports_stale(fabric: Fabric) -> None:
 def test_role_properties_and_telemetry(fabric: Fabric) -> None:
     goal = goal_state(fabric)
     body = wireserver.role_properties_xml(goal.container_id, goal.instance_id, "ABCDEF")
-    reply = call(
-        f"{fabric.urls['wireserver']}/machine?comp=roleProperties", "POST", WIRE, body
-    )
+    reply = call(f"{fabric.urls['wireserver']}/machine?comp=roleProperties", "POST", WIRE, body)
     assert reply.status == 202
     assert fabric.role_properties == [body]
     telemetry = call(
@@ -235,20 +219,11 @@ def test_hostgaplugin_versions_and_vm_settings_etag(fabric: Fabric) -> None:
     assert first.status == 200
     etag = first.headers["ETag"]
     settings = json.loads(first.body)
-    sample = json.loads(
-        (FIXTURES / "walinuxagent/hostgaplugin/vm_settings.json").read_bytes()
-    )
+    sample = json.loads((FIXTURES / "walinuxagent/hostgaplugin/vm_settings.json").read_bytes())
     assert set(settings) == set(sample)
-    assert set(settings["extensionGoalStates"][0]) <= set(
-        sample["extensionGoalStates"][0]
-    )
-    assert [e["name"] for e in settings["extensionGoalStates"]] == [
-        "Test.Publisher.Handler"
-    ]
-    assert (
-        call(f"{base}/vmSettings", headers={**headers, "if-none-match": etag}).status
-        == 304
-    )
+    assert set(settings["extensionGoalStates"][0]) <= set(sample["extensionGoalStates"][0])
+    assert [e["name"] for e in settings["extensionGoalStates"]] == ["Test.Publisher.Handler"]
+    assert call(f"{base}/vmSettings", headers={**headers, "if-none-match": etag}).status == 304
     fabric.remove_extension("Test.Publisher.Handler")
     changed = call(f"{base}/vmSettings", headers={**headers, "if-none-match": etag})
     assert changed.status == 200
@@ -256,18 +231,14 @@ def test_hostgaplugin_versions_and_vm_settings_etag(fabric: Fabric) -> None:
     assert call(f"{base}/vmSettings", headers=HGAP_VERSION).status == 400
 
 
-def test_extension_artifacts_directly_and_through_the_hostgaplugin(
-    fabric: Fabric,
-) -> None:
+def test_extension_artifacts_directly_and_through_the_hostgaplugin(fabric: Fabric) -> None:
     goal = goal_state(fabric)
     assert goal.uris.extensions_config is not None
     config = call(goal.uris.extensions_config, headers=WIRE).body.decode()
     manifest_url = config.split('location="', 1)[1].split('"', 1)[0]
     manifest = call(manifest_url)
     assert manifest.status == 200
-    assert shape(manifest.body) <= shape(
-        (FIXTURES / "walinuxagent/wire/manifest.xml").read_bytes()
-    )
+    assert shape(manifest.body) <= shape((FIXTURES / "walinuxagent/wire/manifest.xml").read_bytes())
     package_url = manifest.body.decode().split("<Uri>", 1)[1].split("</Uri>", 1)[0]
     direct = call(package_url)
     assert direct.status == 200
@@ -291,10 +262,7 @@ def test_block_blob_status_upload(fabric: Fabric) -> None:
     url = status_blob_url(fabric)
     path = urlsplit(url).path
     reply = call(
-        url,
-        "PUT",
-        {"x-ms-blob-type": "BlockBlob", "x-ms-version": "2014-02-14"},
-        b'{"v":1}',
+        url, "PUT", {"x-ms-blob-type": "BlockBlob", "x-ms-version": "2014-02-14"}, b'{"v":1}'
     )
     assert reply.status == 201
     assert bytes(fabric.blobs[path].data) == b'{"v":1}'
@@ -320,10 +288,7 @@ def test_page_blob_semantics(fabric: Fabric) -> None:
     assert misaligned.status == 400
     beyond = call(f"{url}&comp=page", "PUT", {"x-ms-range": "bytes=1024-1535"}, page)
     assert beyond.status == 416
-    unaligned_create = {
-        "x-ms-blob-type": "PageBlob",
-        "x-ms-blob-content-length": "1000",
-    }
+    unaligned_create = {"x-ms-blob-type": "PageBlob", "x-ms-blob-content-length": "1000"}
     assert call(url, "PUT", unaligned_create).status == 400
 
 
@@ -354,13 +319,7 @@ def faulty(*faults: Fault) -> Fabric:
 
 def test_fault_status_n_times_then_normal() -> None:
     fabric = faulty(
-        Fault(
-            endpoint="wireserver",
-            kind="status",
-            path="comp=versions",
-            status=503,
-            count=2,
-        )
+        Fault(endpoint="wireserver", kind="status", path="comp=versions", status=503, count=2)
     )
     try:
         url = f"{fabric.urls['wireserver']}/?comp=versions"
@@ -395,11 +354,7 @@ def test_fault_dropped_connection() -> None:
     fabric = faulty(Fault(endpoint="imds", kind="drop"))
     try:
         with pytest.raises(
-            (
-                http.client.RemoteDisconnected,
-                ConnectionResetError,
-                http.client.BadStatusLine,
-            )
+            (http.client.RemoteDisconnected, ConnectionResetError, http.client.BadStatusLine)
         ):
             call(
                 f"{fabric.urls['imds']}/metadata/instance?api-version=2021-08-01",
@@ -412,9 +367,7 @@ def test_fault_dropped_connection() -> None:
 def test_fault_garbage_body() -> None:
     fabric = faulty(Fault(endpoint="wireserver", kind="garbage", path="goalstate"))
     try:
-        reply = call(
-            f"{fabric.urls['wireserver']}/machine/?comp=goalstate", headers=WIRE
-        )
+        reply = call(f"{fabric.urls['wireserver']}/machine/?comp=goalstate", headers=WIRE)
         assert reply.status == 200
         with pytest.raises(Exception, match="goal state"):
             wireserver.parse_goal_state(reply.body)
@@ -423,9 +376,7 @@ def test_fault_garbage_body() -> None:
 
 
 def test_fault_slow_trickle_sends_the_body_slowly() -> None:
-    fabric = faulty(
-        Fault(endpoint="wireserver", kind="trickle", path="versions", seconds=1.0)
-    )
+    fabric = faulty(Fault(endpoint="wireserver", kind="trickle", path="versions", seconds=1.0))
     try:
         url = f"{fabric.urls['wireserver']}/?comp=versions"
         start = time.monotonic()
@@ -442,12 +393,8 @@ def test_fault_slow_trickle_sends_the_body_slowly() -> None:
 def raw_get(url: str, timeout: float) -> tuple[bytes, str]:
     """The bytes a plain socket receives for a GET of ``url``, and how the stream ended."""
     parts = urlsplit(url)
-    with socket.create_connection(
-        (parts.hostname, parts.port), timeout=timeout
-    ) as sock:
-        sock.sendall(
-            f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-        )
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+        sock.sendall(f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         received = b""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -474,13 +421,10 @@ def announced_and_sent(received: bytes) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize(
-    ("kind", "ending"),
-    [("stall", "silence"), ("reset", "reset"), ("truncate", "closed")],
+    ("kind", "ending"), [("stall", "silence"), ("reset", "reset"), ("truncate", "closed")]
 )
 def test_body_faults_send_half_the_body_then_misbehave(kind: str, ending: str) -> None:
-    fabric = faulty(
-        Fault(endpoint="wireserver", kind=kind, path="versions", seconds=30)
-    )
+    fabric = faulty(Fault(endpoint="wireserver", kind=kind, path="versions", seconds=30))
     try:
         url = f"{fabric.urls['wireserver']}/?comp=versions"
         start = time.monotonic()
@@ -496,9 +440,7 @@ def test_body_faults_send_half_the_body_then_misbehave(kind: str, ending: str) -
     finally:
         start = time.monotonic()
         fabric.stop()
-        assert (
-            time.monotonic() - start < 5
-        )  # a stalled answer does not hold the emulator up
+        assert time.monotonic() - start < 5  # a stalled answer does not hold the emulator up
 
 
 def test_timeline_after_health_reports_and_after_seconds() -> None:
@@ -506,9 +448,7 @@ def test_timeline_after_health_reports_and_after_seconds() -> None:
         timeline=[
             TimelineEvent(action="new_incarnation", after_health_reports=1),
             TimelineEvent(
-                action="add_extension",
-                after_seconds=0.3,
-                extension=Extension(name="Later.Ext"),
+                action="add_extension", after_seconds=0.3, extension=Extension(name="Later.Ext")
             ),
         ]
     )
@@ -526,15 +466,8 @@ def test_request_log_redacts_secrets(tmp_path: Path) -> None:
     log = tmp_path / "requests.jsonl"
     with Fabric(Scenario(), log_path=log) as fabric:
         url = status_blob_url(fabric)
-        call(
-            url,
-            "PUT",
-            {"x-ms-blob-type": "BlockBlob"},
-            b"<UserPassword>hunter2</UserPassword>",
-        )
-        assert (
-            "sig=" in fabric.requests[-1].path
-        )  # the Python view keeps everything for tests
+        call(url, "PUT", {"x-ms-blob-type": "BlockBlob"}, b"<UserPassword>hunter2</UserPassword>")
+        assert "sig=" in fabric.requests[-1].path  # the Python view keeps everything for tests
     text = log.read_text()
     assert "hunter2" not in text
     assert "sig=" not in text
@@ -559,8 +492,7 @@ def test_imds_requires_the_metadata_header(fabric: Fabric) -> None:
     assert call(f"{base}?api-version=2021-08-01").status == 400
     assert call(base, headers={"Metadata": "true"}).status == 400
     proxied = call(
-        f"{base}?api-version=2021-08-01",
-        headers={"Metadata": "true", "X-Forwarded-For": "1.2.3.4"},
+        f"{base}?api-version=2021-08-01", headers={"Metadata": "true", "X-Forwarded-For": "1.2.3.4"}
     )
     assert proxied.status == 400
 
@@ -590,13 +522,7 @@ def test_imds_document_matches_the_scenario(fabric: Fabric) -> None:
 
 def test_serve_prints_urls_first_and_stops_on_sigterm(tmp_path: Path) -> None:
     process = subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO / "tools/fabric"),
-            "serve",
-            "--log",
-            str(tmp_path / "log.jsonl"),
-        ],
+        [sys.executable, str(REPO / "tools/fabric"), "serve", "--log", str(tmp_path / "log.jsonl")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -656,9 +582,7 @@ def test_kvp_command_decodes_a_pool_file(tmp_path: Path) -> None:
         timestamp=datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc),
         vm_id="e7fdbfc4-2deb-4a4e-8615-ea6aaf50162e",
     )
-    records = kvp.encode_record("Other", "x") + kvp.encode_record(
-        "PROVISIONING_REPORT", report
-    )
+    records = kvp.encode_record("Other", "x") + kvp.encode_record("PROVISIONING_REPORT", report)
     pool.write_bytes(records)
     done = subprocess.run(
         [sys.executable, str(REPO / "tools/fabric"), "kvp", str(pool)],

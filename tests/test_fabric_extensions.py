@@ -49,10 +49,7 @@ from azagent.wireclient import WireClient
 SAMPLE_ZIP = FIXTURES / "walinuxagent/ext/sample_ext-1.3.0.zip"
 SAMPLE = "OSTCExtensions.ExampleHandlerLinux"
 MULTI = "Contoso.Test.MultiConfig"
-SECRET = {
-    "commandToExecute": "echo s3cr3t-value",
-    "storageAccountKey": "a2V5LWtleS1rZXk=",
-}
+SECRET = {"commandToExecute": "echo s3cr3t-value", "storageAccountKey": "a2V5LWtleS1rZXk="}
 
 
 # -- helpers ---------------------------------------------------------------
@@ -127,9 +124,7 @@ def rich_scenario() -> Scenario:
                         protected_settings={"token": "first-secret"},
                         dependency_level=2,
                     ),
-                    ExtensionConfig(
-                        name="second", seq_no=4, state="disabled", dependency_level=3
-                    ),
+                    ExtensionConfig(name="second", seq_no=4, state="disabled", dependency_level=3),
                 ],
             ),
         ],
@@ -162,19 +157,13 @@ def test_a_scenario_file_names_its_package_relative_to_itself(tmp_path: Path) ->
     (tmp_path / "pkg").mkdir()
     shutil.copy(SAMPLE_ZIP, tmp_path / "pkg/sample.zip")
     file = tmp_path / "scenario.json"
-    file.write_text(
-        json.dumps({"extensions": [{"name": SAMPLE, "package": "pkg/sample.zip"}]})
-    )
+    file.write_text(json.dumps({"extensions": [{"name": SAMPLE, "package": "pkg/sample.zip"}]}))
     scenario = load(file)
-    assert scenario.extensions[0].package == str(
-        (tmp_path / "pkg/sample.zip").resolve()
-    )
+    assert scenario.extensions[0].package == str((tmp_path / "pkg/sample.zip").resolve())
     with Fabric(scenario) as fabric:
         [url] = manifest(fabric, SAMPLE)["1.0.0"]
         assert call(url).body == SAMPLE_ZIP.read_bytes()
-    file.write_text(
-        json.dumps({"extensions": [{"name": SAMPLE, "package": "missing.zip"}]})
-    )
+    file.write_text(json.dumps({"extensions": [{"name": SAMPLE, "package": "missing.zip"}]}))
     with pytest.raises(ScenarioError, match=r"missing\.zip"):
         load(file)
     done = subprocess.run(
@@ -196,12 +185,8 @@ def test_the_manifest_lists_every_version_with_its_own_package() -> None:
                 name=SAMPLE,
                 version="1.1",  # a prefix, as the platform may request
                 versions=[
-                    ExtensionVersion(
-                        "1.0.0", files={"HandlerManifest.json": "[]", "v": "1.0.0"}
-                    ),
-                    ExtensionVersion(
-                        "1.1.5", files={"HandlerManifest.json": "[]", "v": "1.1.5"}
-                    ),
+                    ExtensionVersion("1.0.0", files={"HandlerManifest.json": "[]", "v": "1.0.0"}),
+                    ExtensionVersion("1.1.5", files={"HandlerManifest.json": "[]", "v": "1.1.5"}),
                     ExtensionVersion("1.3.0", package=str(SAMPLE_ZIP)),
                 ],
             )
@@ -240,16 +225,8 @@ def test_extension_artifact_faults_target_the_package_alone() -> None:
         [url] = manifest(fabric, SAMPLE)["1.3.0"]
         artifact = f"{fabric.urls['hostgaplugin']}/extensionArtifact"
         headers = hgap_headers(fabric)
-        assert (
-            call(
-                artifact, headers={**headers, "x-ms-artifact-location": location}
-            ).status
-            == 200
-        )
-        assert (
-            call(artifact, headers={**headers, "x-ms-artifact-location": url}).status
-            == 500
-        )
+        assert call(artifact, headers={**headers, "x-ms-artifact-location": location}).status == 200
+        assert call(artifact, headers={**headers, "x-ms-artifact-location": url}).status == 500
         again = call(artifact, headers={**headers, "x-ms-artifact-location": url})
         assert (again.status, again.body) == (200, SAMPLE_ZIP.read_bytes())
         assert [r.fault for r in fabric.requests if r.endpoint == "hostgaplugin"].count(
@@ -267,33 +244,22 @@ def test_vm_settings_and_extensions_config_describe_one_goal_state() -> None:
         root = ET.fromstring(config)  # noqa: S314 - the emulator's own document
         metadata = root.find("InVMGoalStateMetaData")
         assert metadata is not None
-        assert (
-            int(metadata.attrib["createdOnTicks"])
-            == settings["extensionsLastModifiedTickCount"]
-        )
+        assert int(metadata.attrib["createdOnTicks"]) == settings["extensionsLastModifiedTickCount"]
         blob = root.find("StatusUploadBlob")
         assert blob is not None
         assert blob.attrib["statusBlobType"] == "PageBlob"
-        assert settings["statusUploadBlob"] == {
-            "statusBlobType": "PageBlob",
-            "value": blob.text,
-        }
+        assert settings["statusUploadBlob"] == {"statusBlobType": "PageBlob", "value": blob.text}
         assert root.findtext("RequiredFeatures/RequiredFeature/Name") == (
             "MultipleExtensionsPerHandler"
         )
-        assert settings["requiredFeatures"] == [
-            {"name": "MultipleExtensionsPerHandler"}
-        ]
+        assert settings["requiredFeatures"] == [{"name": "MultipleExtensionsPerHandler"}]
 
         listed, ordered = plugins(config), plugin_settings(config)
         by_name = {e["name"]: e for e in settings["extensionGoalStates"]}
         assert list(listed) == list(by_name) == [SAMPLE, MULTI]
         for name, entry in by_name.items():
             for attribute in ("version", "state", "location"):
-                assert listed[name].attrib[attribute] == entry[attribute], (
-                    name,
-                    attribute,
-                )
+                assert listed[name].attrib[attribute] == entry[attribute], (name, attribute)
 
         # The single-config handler: its settings, dependency level and protected settings.
         sample = by_name[SAMPLE]
@@ -303,13 +269,8 @@ def test_vm_settings_and_extensions_config_describe_one_goal_state() -> None:
         ours = handler_settings(runtime.text)
         [theirs] = sample["settings"]
         assert ours["publicSettings"] == json.loads(theirs["publicSettings"])
-        assert (
-            ours["protectedSettings"] == theirs["protectedSettings"]
-        )  # encrypted once
-        assert (
-            ours["protectedSettingsCertThumbprint"]
-            == theirs["protectedSettingsCertThumbprint"]
-        )
+        assert ours["protectedSettings"] == theirs["protectedSettings"]  # encrypted once
+        assert ours["protectedSettingsCertThumbprint"] == theirs["protectedSettingsCertThumbprint"]
         depends = ordered[SAMPLE].find("DependsOn")
         assert depends is not None
         assert depends.attrib["dependencyLevel"] == "1"
@@ -319,8 +280,7 @@ def test_vm_settings_and_extensions_config_describe_one_goal_state() -> None:
         multi = by_name[MULTI]
         assert multi["isMultiConfig"] is True
         xml_configs = {
-            e.attrib["name"]: e
-            for e in ordered[MULTI].iterfind("ExtensionRuntimeSettings")
+            e.attrib["name"]: e for e in ordered[MULTI].iterfind("ExtensionRuntimeSettings")
         }
         json_configs = {s["extensionName"]: s for s in multi["settings"]}
         assert list(xml_configs) == list(json_configs) == ["first", "second"]
@@ -347,10 +307,7 @@ def test_vm_settings_and_extensions_config_describe_one_goal_state() -> None:
             "second": ("3", [(SAMPLE, None), (MULTI, "first")]),
         }
         assert multi["dependsOn"][1] == {
-            "dependsOnExtension": [
-                {"handler": SAMPLE},
-                {"extension": "first", "handler": MULTI},
-            ],
+            "dependsOnExtension": [{"handler": SAMPLE}, {"extension": "first", "handler": MULTI}],
             "dependencyLevel": 3,
             "name": "second",
         }
@@ -368,26 +325,20 @@ def test_vm_settings_and_extensions_config_describe_one_goal_state() -> None:
             )
         )
         assert shape(config) <= known
-        sample_settings = json.loads(
-            (samples / "hostgaplugin/vm_settings.json").read_bytes()
-        )
+        sample_settings = json.loads((samples / "hostgaplugin/vm_settings.json").read_bytes())
         sample_entries = sample_settings["extensionGoalStates"]
         known_keys = set().union(*(set(e) for e in sample_entries))
         assert set(sample) <= known_keys
         assert set(multi) <= known_keys
         [run_command] = [e for e in sample_entries if e.get("isMultiConfig")]
-        settings_keys = set().union(
-            *(set(s) for e in sample_entries for s in e["settings"])
-        )
+        settings_keys = set().union(*(set(s) for e in sample_entries for s in e["settings"]))
         assert set(json_configs["first"]) <= settings_keys
         assert set(multi["dependsOn"][0]) == set(run_command["dependsOn"][0])
 
 
 def test_default_documents_are_unchanged_by_the_new_features() -> None:
     """A plain extension gets no DependsOn, RequiredFeatures or isMultiConfig."""
-    with Fabric(
-        Scenario(extensions=[Extension(name="Test.Publisher.Handler")])
-    ) as fabric:
+    with Fabric(Scenario(extensions=[Extension(name="Test.Publisher.Handler")])) as fabric:
         config = extensions_config(fabric)
         _, _, settings = vm_settings(fabric)
         assert b"DependsOn" not in config
@@ -411,28 +362,19 @@ def test_protected_settings_come_with_their_certificate_and_key() -> None:
         assert certificate.with_key
         assert goal_state(fabric).uris.certificates is not None
         settings = handler_settings(
-            plugin_settings(extensions_config(fabric))[SAMPLE].findtext(
-                "RuntimeSettings"
-            )
+            plugin_settings(extensions_config(fabric))[SAMPLE].findtext("RuntimeSettings")
         )
-        assert settings["protectedSettingsCertThumbprint"] == keys.thumbprint_of(
-            certificate
-        )
+        assert settings["protectedSettingsCertThumbprint"] == keys.thumbprint_of(certificate)
         assert "s3cr3t" not in json.dumps(settings)
         # A handler added later names a certificate of its own: it gets it too.
         fabric.add_extension(
-            Extension(
-                name="Later.Handler", protected_settings={"x": "y"}, certificate="later"
-            )
+            Extension(name="Later.Handler", protected_settings={"x": "y"}, certificate="later")
         )
         assert {c.name for c in fabric.scenario.certificates} == {
             PROTECTED_SETTINGS_CERTIFICATE,
             "later",
         }
-        assert (
-            call(goal_state(fabric).uris.extensions_config or "", headers=WIRE).status
-            == 200
-        )
+        assert call(goal_state(fabric).uris.extensions_config or "", headers=WIRE).status == 200
 
 
 def recipient_shape(blob: bytes) -> dict[str, Any]:
@@ -459,16 +401,12 @@ def recipient_shape(blob: bytes) -> dict[str, Any]:
 
 
 def test_protected_settings_have_the_envelope_of_the_platform_samples() -> None:
-    sample = (
-        FIXTURES / "walinuxagent/wire/ext_conf_multiple_extensions.xml"
-    ).read_text()
+    sample = (FIXTURES / "walinuxagent/wire/ext_conf_multiple_extensions.xml").read_text()
     [theirs, *_] = [
         handler_settings(p.findtext("RuntimeSettings"))
         for p in ET.fromstring(sample).iterfind("PluginSettings/Plugin")  # noqa: S314
     ]
-    with Fabric(
-        Scenario(extensions=[Extension(name=SAMPLE, protected_settings=SECRET)])
-    ) as f:
+    with Fabric(Scenario(extensions=[Extension(name=SAMPLE, protected_settings=SECRET)])) as f:
         ours = handler_settings(
             plugin_settings(extensions_config(f))[SAMPLE].findtext("RuntimeSettings")
         )
@@ -479,9 +417,7 @@ def test_protected_settings_have_the_envelope_of_the_platform_samples() -> None:
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
-def test_openssl_smime_decrypts_protected_settings_as_handlers_do(
-    tmp_path: Path,
-) -> None:
+def test_openssl_smime_decrypts_protected_settings_as_handlers_do(tmp_path: Path) -> None:
     """The certificate store fetches the goal state's certificates; handlers' command decrypts."""
     scenario = rich_scenario()
     with Fabric(scenario) as fabric:
@@ -495,15 +431,11 @@ def test_openssl_smime_decrypts_protected_settings_as_handlers_do(
     sealed = [
         (handler_settings(ordered[SAMPLE].findtext("RuntimeSettings")), SECRET),
         (
-            handler_settings(
-                ordered[MULTI].findtext("ExtensionRuntimeSettings[@name='first']")
-            ),
+            handler_settings(ordered[MULTI].findtext("ExtensionRuntimeSettings[@name='first']")),
             {"token": "first-secret"},
         ),
     ]
-    from_vm_settings = [
-        s for e in settings["extensionGoalStates"] for s in e["settings"]
-    ]
+    from_vm_settings = [s for e in settings["extensionGoalStates"] for s in e["settings"]]
     assert {s["protectedSettings"] for s, _ in sealed} <= {
         s.get("protectedSettings") for s in from_vm_settings
     }
@@ -540,10 +472,7 @@ def test_new_settings_update_version_and_uninstall_while_polling() -> None:
     scenario = Scenario(
         extensions=[
             Extension(name=SAMPLE, version="1.3.0", public_settings={"message": "one"}),
-            Extension(
-                name=MULTI,
-                configs=[ExtensionConfig("a"), ExtensionConfig("b", seq_no=7)],
-            ),
+            Extension(name=MULTI, configs=[ExtensionConfig("a"), ExtensionConfig("b", seq_no=7)]),
         ]
     )
     with Fabric(scenario) as fabric:
@@ -560,9 +489,7 @@ def test_new_settings_update_version_and_uninstall_while_polling() -> None:
         [sample, _] = document["extensionGoalStates"]
         assert sample["settingsSeqNo"] == 1
         assert json.loads(sample["settings"][0]["publicSettings"]) == {"message": "two"}
-        runtime = plugin_settings(extensions_config(fabric))[SAMPLE].find(
-            "RuntimeSettings"
-        )
+        runtime = plugin_settings(extensions_config(fabric))[SAMPLE].find("RuntimeSettings")
         assert runtime is not None
         assert runtime.attrib["seqNo"] == "1"
         assert handler_settings(runtime.text)["publicSettings"] == {"message": "two"}
@@ -570,19 +497,14 @@ def test_new_settings_update_version_and_uninstall_while_polling() -> None:
         # One extension of a multi-config handler: only its own number moves.
         assert fabric.new_settings(MULTI, config="b") == 8
         configs = plugin_settings(extensions_config(fabric))[MULTI]
-        assert [
-            e.attrib["seqNo"] for e in configs.iterfind("ExtensionRuntimeSettings")
-        ] == [
+        assert [e.attrib["seqNo"] for e in configs.iterfind("ExtensionRuntimeSettings")] == [
             "0",
             "8",
         ]
 
         fabric.update_version(SAMPLE, "1.4.0")
         assert plugins(extensions_config(fabric))[SAMPLE].attrib["version"] == "1.4.0"
-        assert sorted(manifest(fabric, SAMPLE)) == [
-            "1.3.0",
-            "1.4.0",
-        ]  # both stay downloadable
+        assert sorted(manifest(fabric, SAMPLE)) == ["1.3.0", "1.4.0"]  # both stay downloadable
 
         fabric.set_extension_state(SAMPLE, "uninstall")
         _, etag3, document = vm_settings(fabric, etag2)
@@ -622,20 +544,14 @@ def test_timeline_actions_from_a_scenario_file() -> None:
     )
     with Fabric(scenario) as fabric:
         # The certificate for settings that only come later is there from the start.
-        assert [c.name for c in fabric.scenario.certificates] == [
-            PROTECTED_SETTINGS_CERTIFICATE
-        ]
-        assert fabric.wait_for(
-            lambda: fabric.extension(SAMPLE).state == "disabled", timeout=5
-        )
+        assert [c.name for c in fabric.scenario.certificates] == [PROTECTED_SETTINGS_CERTIFICATE]
+        assert fabric.wait_for(lambda: fabric.extension(SAMPLE).state == "disabled", timeout=5)
         start = fabric.incarnation
         put_block(fabric, status_document({SAMPLE: "success"}))
         assert fabric.incarnation == start + 1
         assert fabric.extension(SAMPLE).seq_no == 1
         settings = handler_settings(
-            plugin_settings(extensions_config(fabric))[SAMPLE].findtext(
-                "RuntimeSettings"
-            )
+            plugin_settings(extensions_config(fabric))[SAMPLE].findtext("RuntimeSettings")
         )
         assert settings["protectedSettingsCertThumbprint"] == keys.thumbprint_of(
             fabric.scenario.certificates[0]
@@ -649,15 +565,7 @@ def test_timeline_actions_from_a_scenario_file() -> None:
     ("event", "message"),
     [
         ({"action": "update_version", "name": SAMPLE, "after_seconds": 1}, "version"),
-        (
-            {
-                "action": "set_state",
-                "name": SAMPLE,
-                "state": "gone",
-                "after_seconds": 1,
-            },
-            "state",
-        ),
+        ({"action": "set_state", "name": SAMPLE, "state": "gone", "after_seconds": 1}, "state"),
         ({"action": "new_settings", "after_seconds": 1}, "needs a name"),
         (
             {
@@ -679,14 +587,8 @@ def test_bad_timeline_events_are_named(event: dict[str, Any], message: str) -> N
     ("extension", "message"),
     [
         ({"name": SAMPLE, "package": "a.zip", "files": {"x": "y"}}, "package or files"),
-        (
-            {"name": SAMPLE, "versions": [{"version": "1.0"}, {"version": "1.0"}]},
-            "twice",
-        ),
-        (
-            {"name": SAMPLE, "configs": [{"name": "a", "state": "on"}]},
-            r"configs\[0\]\.state",
-        ),
+        ({"name": SAMPLE, "versions": [{"version": "1.0"}, {"version": "1.0"}]}, "twice"),
+        ({"name": SAMPLE, "configs": [{"name": "a", "state": "on"}]}, r"configs\[0\]\.state"),
         ({"name": SAMPLE, "dependency_level": "1"}, "dependency_level"),
     ],
 )
@@ -709,10 +611,7 @@ def status_document(handlers: dict[str, str], message: str = "enabled") -> bytes
             "guestAgentStatus": {
                 "version": "9.9.9",
                 "status": "Ready",
-                "formattedMessage": {
-                    "lang": "en-US",
-                    "message": "Guest Agent is running",
-                },
+                "formattedMessage": {"lang": "en-US", "message": "Guest Agent is running"},
             },
             "handlerAggregateStatus": [
                 {
@@ -728,10 +627,7 @@ def status_document(handlers: dict[str, str], message: str = "enabled") -> bytes
                                 "operation": "Enable",
                                 "status": state,
                                 "code": 0,
-                                "formattedMessage": {
-                                    "lang": "en-US",
-                                    "message": message,
-                                },
+                                "formattedMessage": {"lang": "en-US", "message": message},
                             },
                             "version": 1.0,
                             "timestampUTC": "2026-01-01T00:00:00Z",
@@ -765,9 +661,7 @@ def put_block(fabric: Fabric, content: bytes) -> None:
     assert reply.status == 201
 
 
-def put_pages(
-    fabric: Fabric, content: bytes, pad: bytes = b"\0", page: int = 4 << 20
-) -> int:
+def put_pages(fabric: Fabric, content: bytes, pad: bytes = b"\0", page: int = 4 << 20) -> int:
     """Create a page blob and write it in pages of at most ``page`` bytes; the uploads seen."""
     url = blob_url(fabric)
     size = -(-len(content) // 512) * 512
@@ -843,9 +737,7 @@ def test_a_page_blob_status_counts_once_all_its_pages_are_written() -> None:
     with Fabric(Scenario()) as fabric:
         content = status_document({SAMPLE: "success"}, message="x" * 1200)
         assert len(content) > 1024
-        assert (
-            put_pages(fabric, content, page=512) == 0
-        )  # the first page alone is not a status
+        assert put_pages(fabric, content, page=512) == 0  # the first page alone is not a status
         [upload] = fabric.status_uploads
         assert upload.content == content
 
@@ -876,9 +768,7 @@ def test_log_status_prints_each_handlers_latest_status_redacted(tmp_path: Path) 
     as_json = json.loads(fabric_log("--status", "--json"))
     assert as_json["uploads"] == 2
     assert (
-        as_json["handlers"][SAMPLE]["runtimeSettingsStatus"]["settingsStatus"][
-            "status"
-        ]["status"]
+        as_json["handlers"][SAMPLE]["runtimeSettingsStatus"]["settingsStatus"]["status"]["status"]
         == "error"
     )
     assert "TOPSECRET" not in json.dumps(as_json)

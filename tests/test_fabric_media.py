@@ -33,19 +33,11 @@ SECRET_SCENARIO = {
 def media(tmp_path: Path, *formats: str) -> dict[str, str]:
     scenario = tmp_path / "scenario.json"
     scenario.write_text(json.dumps(SECRET_SCENARIO))
-    args = [
-        sys.executable,
-        str(REPO / "tools/fabric"),
-        "media",
-        "--scenario",
-        str(scenario),
-    ]
+    args = [sys.executable, str(REPO / "tools/fabric"), "media", "--scenario", str(scenario)]
     args += ["--out", str(tmp_path / "media")]
     for name in formats:
         args += ["--format", name]
-    done = subprocess.run(
-        args, capture_output=True, text=True, timeout=120, check=False
-    )
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     written: dict[str, str] = json.loads(done.stdout)
     return written
@@ -68,9 +60,7 @@ def check_document(data: bytes) -> None:
     # lacks and the Fingerprint of a key given inline (only keys delivered as
     # certificates have one).
     missing = shape(sample) - shape(data)
-    assert all(
-        "KeyPair" in path or path.endswith("}Fingerprint") for path in missing
-    ), missing
+    assert all("KeyPair" in path or path.endswith("}Fingerprint") for path in missing), missing
     assert shape(data) <= shape(sample)
 
 
@@ -101,13 +91,7 @@ def test_images_carry_the_document(tmp_path: Path, kind: str) -> None:
 
 def test_same_materialized_scenario_gives_the_same_keys(tmp_path: Path) -> None:
     done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tools/fabric"),
-            "init",
-            "--out",
-            str(tmp_path / "vm"),
-        ],
+        [sys.executable, str(REPO / "tools/fabric"), "init", "--out", str(tmp_path / "vm")],
         capture_output=True,
         text=True,
         timeout=60,
@@ -144,18 +128,14 @@ def certificate_scenario() -> Scenario:
     return materialize(
         Scenario(
             public_keys=[
-                PublicKey(
-                    path="/home/azureuser/.ssh/authorized_keys", fingerprint="generate"
-                )
+                PublicKey(path="/home/azureuser/.ssh/authorized_keys", fingerprint="generate")
             ],
             key_pairs=[KeyPair(path="/home/azureuser/.ssh/id_rsa")],
         )
     )
 
 
-def fetch_certificates(
-    fabric: Fabric, transport_pem: bytes, cipher: str = "AES128_CBC"
-) -> bytes:
+def fetch_certificates(fabric: Fabric, transport_pem: bytes, cipher: str = "AES128_CBC") -> bytes:
     goal = wireserver.parse_goal_state(
         call(f"{fabric.urls['wireserver']}/machine/?comp=goalstate", headers=WIRE).body
     )
@@ -163,9 +143,7 @@ def fetch_certificates(
     headers = {
         **WIRE,
         "x-ms-cipher-name": cipher,
-        "x-ms-guest-agent-public-x509-cert": certs.certificate_header_value(
-            transport_pem
-        ),
+        "x-ms-guest-agent-public-x509-cert": certs.certificate_header_value(transport_pem),
     }
     reply = call(goal.uris.certificates, headers=headers)
     assert reply.status == 200
@@ -187,9 +165,7 @@ def test_certificates_to_a_fresh_transport_certificate() -> None:
         for cipher in ("AES128_CBC", ""):
             blob = fetch_certificates(fabric, transport_cert, cipher)
             assert (
-                thumbprints(
-                    certs.parse_pfx(certs.decrypt_enveloped(blob, transport_key))
-                )
+                thumbprints(certs.parse_pfx(certs.decrypt_enveloped(blob, transport_key)))
                 == expected
             )
         # The thumbprints named in the OVF are the ones delivered.
@@ -204,25 +180,19 @@ def test_certificates_to_the_fixture_transport_certificate() -> None:
     with Fabric(scenario) as fabric:
         blob = fetch_certificates(fabric, transport_cert)
     items = certs.parse_pfx(certs.decrypt_enveloped(blob, transport_key))
-    assert thumbprints(items) == {
-        keys.thumbprint_of(c): c.with_key for c in scenario.certificates
-    }
+    assert thumbprints(items) == {keys.thumbprint_of(c): c.with_key for c in scenario.certificates}
 
 
 def test_certificates_need_the_transport_header() -> None:
     with Fabric(certificate_scenario()) as fabric:
         goal = wireserver.parse_goal_state(
-            call(
-                f"{fabric.urls['wireserver']}/machine/?comp=goalstate", headers=WIRE
-            ).body
+            call(f"{fabric.urls['wireserver']}/machine/?comp=goalstate", headers=WIRE).body
         )
         assert goal.uris.certificates is not None
         assert call(goal.uris.certificates, headers=WIRE).status == 400
         bad = {
             **WIRE,
-            "x-ms-guest-agent-public-x509-cert": base64.b64encode(
-                b"not a certificate"
-            ).decode(),
+            "x-ms-guest-agent-public-x509-cert": base64.b64encode(b"not a certificate").decode(),
         }
         assert call(goal.uris.certificates, headers=bad).status == 400
 

@@ -110,9 +110,7 @@ def test_iptables_input_and_commands() -> None:
         ("iptables", "-w", "-t", "security", "-F", "AZAGENT"),
         ("iptables", "-w", "-t", "security", "-X", "AZAGENT"),
     ]
-    assert [c.argv for c in firewall.install_commands("nft", "10.0.0.1")] == [
-        ("nft", "-f", "-")
-    ]
+    assert [c.argv for c in firewall.install_commands("nft", "10.0.0.1")] == [("nft", "-f", "-")]
     assert [c.argv for c in firewall.remove_commands("nft")] == [
         ("nft", "delete", "table", "inet", "azagent")
     ]
@@ -145,9 +143,7 @@ def test_installs_records_and_then_has_nothing_to_do(root: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert "nothing to do" in again.stderr
     changed = {
-        k
-        for k in before.keys() | snapshot(root).keys()
-        if before.get(k) != snapshot(root).get(k)
+        k for k in before.keys() | snapshot(root).keys() if before.get(k) != snapshot(root).get(k)
     }
     assert changed <= {RESULT, "run/azagent/lock/firewall.lock"}
 
@@ -158,10 +154,7 @@ def test_dry_run_writes_nothing(root: Path) -> None:
     run = run_stage("firewall", "--root", str(root), "--dry-run")
     assert run.returncode == 0, run.stderr
     assert snapshot(root) == before
-    assert (
-        "only root may open TCP connections to the WireServer 168.63.129.16"
-        in run.stdout
-    )
+    assert "only root may open TCP connections to the WireServer 168.63.129.16" in run.stdout
 
 
 def test_iptables_where_nft_is_absent(root: Path) -> None:
@@ -185,9 +178,7 @@ def test_neither_tool_fails_with_the_reason(root: Path) -> None:
     assert not (root / RECORD).exists()
 
 
-def test_a_wireserver_named_by_host_name_fails_and_loopback_is_skipped(
-    root: Path,
-) -> None:
+def test_a_wireserver_named_by_host_name_fails_and_loopback_is_skipped(root: Path) -> None:
     enabled_root(root)
     configure(root, "OS.EnableFirewall=y", "Endpoint.WireServer=http://wireserver.test")
     run = run_stage("firewall", "--root", str(root))
@@ -234,18 +225,14 @@ def test_a_new_backend_removes_the_old_rules_first(root: Path) -> None:
     assert run_stage("firewall", "--root", str(root)).returncode == 0
     changes = result(root)["changes"]
     assert isinstance(changes, list)
-    assert changes[0].startswith(
-        "remove the iptables firewall rules (nft replaces them): "
-    )
+    assert changes[0].startswith("remove the iptables firewall rules (nft replaces them): ")
     assert (root / RECORD).read_text() == NFT_RULESET
 
 
 # -- the real nft, in a throw-away network namespace ----------------------------------
 
 
-def in_private_netns(
-    script: str, timeout: float = 30
-) -> subprocess.CompletedProcess[str]:
+def in_private_netns(script: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """Run ``script`` with bash in a new, empty network namespace (never the host's)."""
     return subprocess.run(
         ["unshare", "--net", "bash", "-euc", script],
@@ -266,9 +253,7 @@ def need_private_netns(*tools: str) -> None:
 
 
 def host_ruleset() -> str | None:
-    done = subprocess.run(
-        ["nft", "list", "ruleset"], capture_output=True, text=True, check=False
-    )
+    done = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True, check=False)
     return done.stdout if done.returncode == 0 else None
 
 
@@ -333,14 +318,10 @@ def test_only_root_reaches_the_protected_address(tmp_path: Path) -> None:
         timeout=40,
     )
     assert done.returncode == 0, done.stderr
-    lines = dict(
-        line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line
-    )
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
     assert lines["root"] == "connected"
     assert lines["nobody"] == "failed:124"  # the SYN was dropped: no answer at all
-    assert (
-        lines["dns"] == "failed:1"
-    )  # port 53 was let through and refused by the kernel
+    assert lines["dns"] == "failed:1"  # port 53 was let through and refused by the kernel
 
 
 def test_iptables_restore_accepts_the_input(tmp_path: Path) -> None:
@@ -348,9 +329,8 @@ def test_iptables_restore_accepts_the_input(tmp_path: Path) -> None:
     rules = tmp_path / "rules.iptables"
     rules.write_text(firewall.iptables_restore_input("168.63.129.16"))
     done = in_private_netns(f"iptables-restore --test --noflush < {rules}")
-    if (
-        "Could not fetch rule set generation id" in done.stderr
-        or "Table does not exist" in (done.stderr)
+    if "Could not fetch rule set generation id" in done.stderr or "Table does not exist" in (
+        done.stderr
     ):
         pytest.skip(f"this kernel has no security table: {done.stderr.strip()}")
     assert done.returncode == 0, done.stderr

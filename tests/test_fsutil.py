@@ -99,9 +99,7 @@ def test_open_directory_refuses_every_link_by_default(tmp_path: Path) -> None:
         open_directory(tmp_path, "/real/missing/x")
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0, reason="links root made are told apart by their owner"
-)
+@pytest.mark.skipif(os.geteuid() != 0, reason="links root made are told apart by their owner")
 def test_open_directory_follows_root_links_within_the_root(tmp_path: Path) -> None:
     """Absolute targets and '..' resolve as if the root were /, never outside it."""
     root = tmp_path / "root"

@@ -91,9 +91,7 @@ def network(root: Path, interface: str = "eth0", ifindex: int = 2) -> None:
     (sysfs / "ifindex").write_text(f"{ifindex}\n")
 
 
-def process(
-    root: Path, pid: int, comm: str, argv: tuple[str, ...], uid: int = 0
-) -> None:
+def process(root: Path, pid: int, comm: str, argv: tuple[str, ...], uid: int = 0) -> None:
     base = root / "proc" / str(pid)
     base.mkdir(parents=True)
     (base / "comm").write_text(comm + "\n")
@@ -105,9 +103,7 @@ def networkd(root: Path, ifindex: int = 2) -> None:
     process(root, 310, "systemd-network", ("/lib/systemd/systemd-networkd",), uid=101)
     leases = root / "run/systemd/netif/leases"
     leases.mkdir(parents=True)
-    (leases / str(ifindex)).write_text(
-        "# This is private data. Do not parse.\nADDRESS=10.0.0.4\n"
-    )
+    (leases / str(ifindex)).write_text("# This is private data. Do not parse.\nADDRESS=10.0.0.4\n")
 
 
 def network_manager(root: Path, ifindex: int = 2, managed: str = "true") -> None:
@@ -182,9 +178,7 @@ def test_first_boot_sets_the_provisioned_name(root: Path) -> None:
 def test_second_run_changes_nothing_and_says_so(root: Path) -> None:
     image(root)
     provisioned(root, "web-1")
-    (root / "proc/sys/kernel/hostname").write_text(
-        "web-1\n"
-    )  # as if sethostname had run
+    (root / "proc/sys/kernel/hostname").write_text("web-1\n")  # as if sethostname had run
     assert run_stage("hostname", "--root", str(root)).returncode == 0
     before = state(root)
     again = run_stage("hostname", "--root", str(root))
@@ -206,9 +200,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(root: Path) -> None:
     assert "set the running hostname from debian to web-1" in run.stdout
 
 
-def test_after_the_first_run_etc_hostname_wins_over_the_provisioning_data(
-    root: Path,
-) -> None:
+def test_after_the_first_run_etc_hostname_wins_over_the_provisioning_data(root: Path) -> None:
     image(root)
     provisioned(root, "web-1")
     assert run_stage("hostname", "--root", str(root)).returncode == 0
@@ -234,9 +226,7 @@ def test_nothing_to_do_without_provisioning_data_or_etc_hostname(root: Path) -> 
     run = run_stage("hostname", "--root", str(root))
     assert run.returncode == 0, run.stderr
     assert result(root)["state"] == "skipped"
-    assert "no provisioning data and no name in /etc/hostname" in str(
-        result(root)["reason"]
-    )
+    assert "no provisioning data and no name in /etc/hostname" in str(result(root)["reason"])
 
 
 # -- refused names --------------------------------------------------------------------
@@ -251,10 +241,7 @@ def test_nothing_to_do_without_provisioning_data_or_etc_hostname(root: Path) -> 
         ("web_1", "'web_1' is not a valid hostname: it contains '_'"),
         ("web 1", "it contains ' '"),
         ("web\n1", "'web\\n1' is not a valid hostname: it contains '\\n'"),
-        (
-            "wéb",
-            "it contains '\\xe9': only ASCII letters, digits, '-' and '.' between labels",
-        ),
+        ("wéb", "it contains '\\xe9': only ASCII letters, digits, '-' and '.' between labels"),
         ("web;rm -rf", "it contains ' ', ';'"),
         ("web$(id)", "it contains '$', '(', ')'"),
         ("web..example", "empty label"),
@@ -262,22 +249,14 @@ def test_nothing_to_do_without_provisioning_data_or_etc_hostname(root: Path) -> 
         ("web.", "ends with a dot"),
         ("a" * 64, "a label is 64 characters long, at most 63 allowed"),
         ("10.0.0.4", "all digits"),
-        (
-            "x" * 254,
-            "(254 characters) is not a valid hostname: it is 254 characters long",
-        ),
+        ("x" * 254, "(254 characters) is not a valid hostname: it is 254 characters long"),
         ("../etc", "'../etc' is not a valid hostname: it contains '/'"),
         ("root\n", "'root\\n' is not a valid hostname: it contains '\\n'"),
         ("a;b", "'a;b' is not a valid hostname: it contains ';'"),
-        (
-            "a" * 300,
-            "(300 characters) is not a valid hostname: it is 300 characters long",
-        ),
+        ("a" * 300, "(300 characters) is not a valid hostname: it is 300 characters long"),
     ],
 )
-def test_invalid_names_are_refused_with_their_reason(
-    root: Path, name: str, reason: str
-) -> None:
+def test_invalid_names_are_refused_with_their_reason(root: Path, name: str, reason: str) -> None:
     image(root)
     provisioned(root, name)
     before = state(root)
@@ -312,9 +291,7 @@ def test_an_invalid_etc_hostname_is_refused(root: Path) -> None:
     run = run_stage("hostname", "--root", str(root))
     assert run.returncode == 1
     assert state(root) == before
-    assert (
-        "/etc/hostname: 'web_1' is not a valid hostname: it contains '_'" in run.stderr
-    )
+    assert "/etc/hostname: 'web_1' is not a valid hostname: it contains '_'" in run.stderr
 
 
 @pytest.mark.parametrize(
@@ -357,8 +334,7 @@ def test_hosts_line_is_replaced_and_everything_else_kept() -> None:
     # Only the first 127.0.1.1 line is ours; a commented-out one is not a line.
     two = b"#127.0.1.1 ghost\n127.0.1.1 a\n127.0.1.1 b\n"
     assert (
-        hostname.hosts_with(two, ["web-1"])
-        == b"#127.0.1.1 ghost\n127.0.1.1\tweb-1\n127.0.1.1 b\n"
+        hostname.hosts_with(two, ["web-1"]) == b"#127.0.1.1 ghost\n127.0.1.1\tweb-1\n127.0.1.1 b\n"
     )
 
 
@@ -399,10 +375,7 @@ def test_networkd_gets_reconfigured(root: Path) -> None:
     later_boot(root)
     networkd(root)
     out = plan_of(root)
-    assert (
-        "publish web-2 through systemd-networkd on eth0: networkctl reconfigure eth0"
-        in out
-    )
+    assert "publish web-2 through systemd-networkd on eth0: networkctl reconfigure eth0" in out
     assert "record web-2 as published" in out
     assert "write /etc/hostname" not in out  # already the name
     assert "set '127.0.1.1 web-2' in /etc/hosts" in out  # the image's line follows
@@ -421,8 +394,7 @@ def test_network_manager_restarts_dhcp_with_the_new_name(root: Path) -> None:
     out = plan_of(root)
     assert (
         "publish web-2 through NetworkManager on eth0: "
-        "nmcli device modify eth0 ipv4.dhcp-hostname web-2 ipv6.dhcp-hostname web-2"
-        in out
+        "nmcli device modify eth0 ipv4.dhcp-hostname web-2 ipv6.dhcp-hostname web-2" in out
     )
     assert "dhclient -x" not in out
 
@@ -439,10 +411,7 @@ def test_standalone_dhclient_is_restarted_keeping_its_lease(root: Path) -> None:
     process(root, 530, "dhclient", IFUPDOWN_DHCLIENT)
     out = plan_of(root)
     assert f"publish web-2 through dhclient on eth0: dhclient -x {DHCLIENT_ARGS}" in out
-    assert (
-        f"publish web-2 through dhclient on eth0: dhclient {DHCLIENT_ARGS} [not run:"
-        in out
-    )
+    assert f"publish web-2 through dhclient on eth0: dhclient {DHCLIENT_ARGS} [not run:" in out
     assert out.index("dhclient -x") < out.index(f": dhclient {DHCLIENT_ARGS}")
 
 
@@ -465,14 +434,7 @@ def test_dhclient_runs_outside_the_sandbox_under_systemd(root: Path) -> None:
 
 @pytest.mark.parametrize(
     "why",
-    [
-        "not root",
-        "other interface",
-        "foreground",
-        "dhcpv6",
-        "not dhclient",
-        "no default route",
-    ],
+    ["not root", "other interface", "foreground", "dhcpv6", "not dhclient", "no default route"],
 )
 def test_no_client_no_command(root: Path, why: str) -> None:
     later_boot(root)
@@ -493,9 +455,7 @@ def test_no_client_no_command(root: Path, why: str) -> None:
     process(root, 530, "dhclient", argv, uid=uid)
     out = plan_of(root)
     assert " through " not in out
-    assert (
-        "record web-2 as published: no DHCP client serves the primary interface;" in out
-    )
+    assert "record web-2 as published: no DHCP client serves the primary interface;" in out
 
 
 def test_networkd_without_a_lease_is_not_the_dhcp_client(root: Path) -> None:
@@ -538,14 +498,7 @@ def test_running_system_steps_never_run_under_root(root: Path, tmp_path: Path) -
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     marker = tmp_path / "ran"
-    for tool in (
-        "networkctl",
-        "nmcli",
-        "dhclient",
-        "systemd-run",
-        "hostname",
-        "hostnamectl",
-    ):
+    for tool in ("networkctl", "nmcli", "dhclient", "systemd-run", "hostname", "hostnamectl"):
         script = bin_dir / tool
         script.write_text(f'#!/bin/sh\necho {tool} "$@" >> {marker}\n')
         script.chmod(0o755)

@@ -50,10 +50,7 @@ def test_unicode_sample() -> None:
     assert instance.name == "h\u00e9alth"
     assert instance.location == "w\u00e9stus"
     # Not a UUID: vmId is compared as text, so the sample must still parse.
-    assert (
-        instance.vm_id
-        == "\u00e97fdbfc4-2d\u00e9b-4a4\u00e9-8615-\u00e9a6aaf50162\u00e9"
-    )
+    assert instance.vm_id == "\u00e97fdbfc4-2d\u00e9b-4a4\u00e9-8615-\u00e9a6aaf50162\u00e9"
 
 
 def full() -> Instance:
@@ -67,12 +64,10 @@ def full() -> Instance:
         disable_password_authentication=True,
         public_keys=(
             PublicKey(
-                key_data="ssh-ed25519 AAAAC3 alice@laptop",
-                path="/home/alice/.ssh/authorized_keys",
+                key_data="ssh-ed25519 AAAAC3 alice@laptop", path="/home/alice/.ssh/authorized_keys"
             ),
             PublicKey(
-                key_data="ssh-rsa AAAAB3 alice@desk",
-                path="/home/alice/.ssh/authorized_keys",
+                key_data="ssh-rsa AAAAB3 alice@desk", path="/home/alice/.ssh/authorized_keys"
             ),
         ),
         user_data=USER_DATA,
@@ -98,15 +93,9 @@ def test_build_parse_round_trip(instance: Instance) -> None:
 
 def test_build_accepts_key_pairs_as_tuples() -> None:
     document = imds.build_instance(
-        vm_id="v",
-        name="n",
-        location="l",
-        vm_size="s",
-        public_keys=[("ssh-ed25519 AAAA", "/k")],
+        vm_id="v", name="n", location="l", vm_size="s", public_keys=[("ssh-ed25519 AAAA", "/k")]
     )
-    assert document["compute"]["publicKeys"] == [
-        {"keyData": "ssh-ed25519 AAAA", "path": "/k"}
-    ]
+    assert document["compute"]["publicKeys"] == [{"keyData": "ssh-ed25519 AAAA", "path": "/k"}]
 
 
 def test_built_document_has_the_samples_shape() -> None:
@@ -167,51 +156,33 @@ def profile(**members: Any) -> dict[str, Any]:
 
 
 BAD: list[Any] = [
+    pytest.param(encode([1, 2]), "the document: expected an object, got an array", id="top-array"),
+    pytest.param(encode({"network": {}}), "compute: expected an object, got null", id="no-compute"),
     pytest.param(
-        encode([1, 2]), "the document: expected an object, got an array", id="top-array"
-    ),
-    pytest.param(
-        encode({"network": {}}),
-        "compute: expected an object, got null",
-        id="no-compute",
-    ),
-    pytest.param(
-        encode({"compute": []}),
-        "compute: expected an object, got an array",
-        id="compute-list",
+        encode({"compute": []}), "compute: expected an object, got an array", id="compute-list"
     ),
     pytest.param(encode(document(vmId=None)), "compute.vmId: missing", id="no-vmid"),
     pytest.param(encode(document(vmId="")), "compute.vmId: is empty", id="empty-vmid"),
     pytest.param(
-        encode(document(vmId=12)),
-        "compute.vmId: expected a string, got a number",
-        id="vmid-number",
+        encode(document(vmId=12)), "compute.vmId: expected a string, got a number", id="vmid-number"
     ),
+    pytest.param(encode(document(vmId="a b")), "compute.vmId: not an identifier", id="vmid-space"),
     pytest.param(
-        encode(document(vmId="a b")), "compute.vmId: not an identifier", id="vmid-space"
-    ),
-    pytest.param(
-        encode(document(vmId="v" * 129)),
-        "compute.vmId: not an identifier",
-        id="vmid-long",
+        encode(document(vmId="v" * 129)), "compute.vmId: not an identifier", id="vmid-long"
     ),
     pytest.param(
         encode(document(name=["x"])),
         "compute.name: expected a string, got an array",
         id="name-list",
     ),
-    pytest.param(
-        encode(document(vmSize=None)), "compute.vmSize: missing", id="no-vmsize"
-    ),
+    pytest.param(encode(document(vmSize=None)), "compute.vmSize: missing", id="no-vmsize"),
     pytest.param(
         encode(document(location=True)),
         "compute.location: expected a string, got a boolean",
         id="loc",
     ),
     pytest.param(
-        encode(document(osProfile="x")),
-        "compute.osProfile: expected an object",
-        id="profile-str",
+        encode(document(osProfile="x")), "compute.osProfile: expected an object", id="profile-str"
     ),
     pytest.param(
         encode(document(osProfile=profile(disablePasswordAuthentication=True))),
@@ -251,9 +222,7 @@ BAD: list[Any] = [
     ),
     pytest.param(
         encode(document(osProfile=profile(computerName="h" * 300))),
-        "osProfile.computerName: "
-        + repr("h" * 40)
-        + "... (300 characters) is not a valid"
+        "osProfile.computerName: " + repr("h" * 40) + "... (300 characters) is not a valid"
         " hostname: it is 300 characters long, at most 253 allowed",
         id="hostname-300",
     ),
@@ -278,11 +247,7 @@ BAD: list[Any] = [
         id="relative-path",
     ),
     pytest.param(
-        encode(
-            document(
-                publicKeys=[{"keyData": "ssh-rsa A\ncommand=x ssh-rsa B", "path": "/k"}]
-            )
-        ),
+        encode(document(publicKeys=[{"keyData": "ssh-rsa A\ncommand=x ssh-rsa B", "path": "/k"}])),
         "publicKeys[0].keyData: is not a single line",
         id="two-line-key",
     ),
@@ -292,9 +257,7 @@ BAD: list[Any] = [
         id="userdata",
     ),
     pytest.param(
-        b'{"compute": {"vmId": "a", "vmId": "b"}}',
-        "member 'vmId' appears more than once",
-        id="dup",
+        b'{"compute": {"vmId": "a", "vmId": "b"}}', "member 'vmId' appears more than once", id="dup"
     ),
     pytest.param(b'{"compute": NaN}', "NaN and Infinity are not JSON", id="nan"),
     pytest.param(encode(document())[:-5], "not valid JSON", id="truncated"),
@@ -357,12 +320,8 @@ def test_flag_is_case_insensitive() -> None:
 
 def test_protocol_modules_stay_light() -> None:
     """A stage importing them pays for neither HTTP, crypto nor XML until it parses XML."""
-    code = (
-        "import sys, azagent.imds, azagent.kvp, azagent.ovf; print(sorted(sys.modules))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
+    code = "import sys, azagent.imds, azagent.kvp, azagent.ovf; print(sorted(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = done.stdout
     for heavy in ("requests", "cryptography", "xmltodict", "urllib3"):
         assert f"'{heavy}'" not in loaded, heavy

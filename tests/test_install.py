@@ -79,10 +79,7 @@ def test_reinstall_keeps_the_image_builders_mask(tmp_path: Path) -> None:
     os.symlink("/dev/null", image / "etc/systemd/system/azure-kernel-tune.service")
     done = install(image)
     assert done.returncode == 0, done.stderr
-    assert (
-        os.readlink(image / "etc/systemd/system/azure-kernel-tune.service")
-        == "/dev/null"
-    )
+    assert os.readlink(image / "etc/systemd/system/azure-kernel-tune.service") == "/dev/null"
     assert not (
         image / "etc/systemd/system/sysinit.target.wants/azure-kernel-tune.service"
     ).exists()

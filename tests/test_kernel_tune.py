@@ -80,9 +80,7 @@ def test_configuration_from_root_and_dropins(root: Path) -> None:
     sda, _, _ = azure_root(root)
     (root / "etc/waagent.conf.d").mkdir(parents=True)
     (root / "etc/waagent.conf").write_text("OS.RootDeviceScsiTimeout=120\n")
-    (root / "etc/waagent.conf.d/90-site.conf").write_text(
-        "OS.RootDeviceScsiTimeout=180\n"
-    )
+    (root / "etc/waagent.conf.d/90-site.conf").write_text("OS.RootDeviceScsiTimeout=180\n")
     assert run_stage("kernel-tune", "--root", str(root)).returncode == 0
     assert sda.read_text() == "180\n"
     assert 'ATTR{timeout}="180"' in (root / RULE).read_text()
@@ -92,14 +90,9 @@ def test_explicit_config_path(root: Path, tmp_path: Path) -> None:
     sda, _, _ = azure_root(root)
     conf = tmp_path / "other.conf"
     conf.write_text("OS.RootDeviceScsiTimeout=90\n")
-    assert (
-        run_stage("kernel-tune", "--root", str(root), "--config", str(conf)).returncode
-        == 0
-    )
+    assert run_stage("kernel-tune", "--root", str(root), "--config", str(conf)).returncode == 0
     assert sda.read_text() == "90\n"
-    missing = run_stage(
-        "kernel-tune", "--root", str(root), "--config", str(tmp_path / "nope")
-    )
+    missing = run_stage("kernel-tune", "--root", str(root), "--config", str(tmp_path / "nope"))
     assert missing.returncode == 1
     assert "nope: cannot read" in missing.stderr
 
@@ -166,9 +159,7 @@ def test_a_held_lock_fails_the_run_with_the_holder(root: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.write(fd, b"4242\n")
-        run = run_stage(
-            "kernel-tune", "--root", str(root), env={"AZAGENT_LOCK_TIMEOUT": "0.3"}
-        )
+        run = run_stage("kernel-tune", "--root", str(root), env={"AZAGENT_LOCK_TIMEOUT": "0.3"})
     finally:
         os.close(fd)
     assert run.returncode == 1

@@ -51,9 +51,7 @@ def entropy_root(root: Path, table: bytes = HEADER + SEED) -> Path:
     return random
 
 
-def kernel(
-    root: Path, release: str, cmdline: str = "BOOT_IMAGE=/vmlinuz ro quiet"
-) -> None:
+def kernel(root: Path, release: str, cmdline: str = "BOOT_IMAGE=/vmlinuz ro quiet") -> None:
     (root / "proc/sys/kernel").mkdir(parents=True)
     (root / "proc/sys/kernel/osrelease").write_text(release + "\n")
     (root / "proc/cmdline").write_text(cmdline + "\n")
@@ -82,9 +80,7 @@ def test_entropy_is_fed_once_per_boot(root: Path) -> None:
     run = run_stage("kernel-tune", "--root", str(root))
     assert run.returncode == 0, run.stderr
     assert random.read_bytes() == HEADER + SEED
-    assert changes(root) == [
-        "feed the Hyper-V entropy table (OEM0, 100 bytes) to /dev/random"
-    ]
+    assert changes(root) == ["feed the Hyper-V entropy table (OEM0, 100 bytes) to /dev/random"]
     marker = root / MARKER
     assert marker.read_text() == "100 bytes\n"
     assert oct(marker.stat().st_mode & 0o777) == "0o644"
@@ -106,9 +102,7 @@ def test_entropy_dry_run_writes_nothing(root: Path) -> None:
     before = snapshot(root)
     run = run_stage("kernel-tune", "--root", str(root), "--dry-run")
     assert run.returncode == 0, run.stderr
-    assert (
-        "feed the Hyper-V entropy table (OEM0, 100 bytes) to /dev/random" in run.stdout
-    )
+    assert "feed the Hyper-V entropy table (OEM0, 100 bytes) to /dev/random" in run.stdout
     assert snapshot(root) == before
 
 
@@ -143,9 +137,7 @@ def test_entropy_the_kernel_already_took_is_left_alone(root: Path) -> None:
 
 # -- Virtual NUMA ------------------------------------------------------------
 
-DEBIAN_GRUB = (
-    'GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX=""\n'
-)
+DEBIAN_GRUB = 'GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX=""\n'
 
 
 @pytest.mark.parametrize(
@@ -159,16 +151,12 @@ DEBIAN_GRUB = (
         ("6.1.0-27-cloud-amd64", False),
     ],
 )
-def test_numa_off_only_for_kernels_that_need_it(
-    root: Path, release: str, needed: bool
-) -> None:
+def test_numa_off_only_for_kernels_that_need_it(root: Path, release: str, needed: bool) -> None:
     kernel(root, release)
     path = grub(root, DEBIAN_GRUB)
     run = run_stage("kernel-tune", "--root", str(root))
     assert run.returncode == 0, run.stderr
-    expected = (
-        'GRUB_CMDLINE_LINUX="numa=off"\n' if needed else 'GRUB_CMDLINE_LINUX=""\n'
-    )
+    expected = 'GRUB_CMDLINE_LINUX="numa=off"\n' if needed else 'GRUB_CMDLINE_LINUX=""\n'
     assert path.read_text().endswith(expected)
     if not needed:
         assert f"kernel {release} handles Hyper-V's virtual NUMA" in run.stderr
@@ -176,9 +164,7 @@ def test_numa_off_only_for_kernels_that_need_it(
 
 def test_numa_off_is_added_once(root: Path) -> None:
     kernel(root, "2.6.32-279.el6.x86_64")
-    path = grub(
-        root, 'GRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX="crashkernel=auto rhgb quiet"\n'
-    )
+    path = grub(root, 'GRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX="crashkernel=auto rhgb quiet"\n')
     run = run_stage("kernel-tune", "--root", str(root))
     assert run.returncode == 0, run.stderr
     assert (
@@ -234,8 +220,7 @@ def test_rdma_off_by_default(root: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("device", "driver"),
-    [("0x101c", "mlx5_ib"), ("0x1016", "mlx5_ib"), ("0x1004", "mlx4_ib")],
+    ("device", "driver"), [("0x101c", "mlx5_ib"), ("0x1016", "mlx5_ib"), ("0x1004", "mlx4_ib")]
 )
 def test_rdma_names_the_driver_and_loads_nothing_under_root(
     root: Path, fake_modprobe: tuple[dict[str, str], Path], device: str, driver: str
@@ -280,9 +265,7 @@ def test_rdma_unknown_mellanox_device_is_reported(root: Path) -> None:
     configure(root, "OS.EnableRDMA=y")
     run = run_stage("kernel-tune", "--root", str(root))
     assert run.returncode == 0, run.stderr
-    assert (
-        "Mellanox device 0001:00:02.0 (id 0xcb84) is not a known ConnectX" in run.stderr
-    )
+    assert "Mellanox device 0001:00:02.0 (id 0xcb84) is not a known ConnectX" in run.stderr
 
 
 def test_rdma_infiniband_devices_without_connectx(root: Path) -> None:
@@ -295,9 +278,7 @@ def test_rdma_infiniband_devices_without_connectx(root: Path) -> None:
 
 
 def _stage_module() -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader(
-        "kernel_tune_stage", str(STAGES / "kernel-tune")
-    )
+    loader = importlib.machinery.SourceFileLoader("kernel_tune_stage", str(STAGES / "kernel-tune"))
     spec = importlib.util.spec_from_loader("kernel_tune_stage", loader)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)

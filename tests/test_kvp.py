@@ -71,9 +71,7 @@ def test_largest_record_fits() -> None:
 
 @pytest.mark.parametrize("length", [1, 511, 2559, 2561, 2 * 2560 - 1, 3 * 2560 + 7])
 def test_garbage_length_is_rejected(length: int) -> None:
-    with pytest.raises(
-        KvpError, match=f"KVP pool of {length} bytes is not a whole number"
-    ):
+    with pytest.raises(KvpError, match=f"KVP pool of {length} bytes is not a whole number"):
         kvp.decode_pool(b"\x01" * length)
 
 
@@ -148,9 +146,7 @@ def test_reason_cannot_break_the_field_structure() -> None:
 
 
 def test_long_reason_is_shortened_to_fit_a_record() -> None:
-    report = kvp.provisioning_report(
-        result="error", reason="é" * 2000, timestamp=WHEN, vm_id=VM_ID
-    )
+    report = kvp.provisioning_report(result="error", reason="é" * 2000, timestamp=WHEN, vm_id=VM_ID)
     assert len(report.encode()) <= kvp.MAX_VALUE_BYTES
     assert len(report.encode()) >= kvp.MAX_VALUE_BYTES - 1  # uses the room it has
     reason = kvp.parse_provisioning_report(report)["reason"]
@@ -175,14 +171,9 @@ def test_reason_is_redacted() -> None:
 def test_timestamp_is_utc_and_must_be_aware() -> None:
     local = WHEN.astimezone(timezone(timedelta(hours=2)))
     report = kvp.provisioning_report(result="success", timestamp=local, vm_id=VM_ID)
-    assert (
-        kvp.parse_provisioning_report(report)["timestamp"]
-        == "2024-05-01T12:30:15+00:00"
-    )
+    assert kvp.parse_provisioning_report(report)["timestamp"] == "2024-05-01T12:30:15+00:00"
     with pytest.raises(KvpError, match="time zone"):
-        kvp.provisioning_report(
-            result="success", timestamp=datetime(2024, 5, 1), vm_id=VM_ID
-        )
+        kvp.provisioning_report(result="success", timestamp=datetime(2024, 5, 1), vm_id=VM_ID)
 
 
 @pytest.mark.parametrize(

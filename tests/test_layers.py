@@ -73,6 +73,10 @@ FLOORS: dict[str, tuple[str, ...]] = {
         "deprovision",
         "dhcp",
         "disks",
+        "extensions.channel",
+        "extensions.daemon",
+        "extensions.service",
+        "extensions.state",
         "firewall",
         "grub",
         "homefiles",
@@ -117,9 +121,7 @@ IO_MODULES = {"subprocess", "requests", "urllib3", "socket", "shutil", "pyudev"}
 
 def floor_of(floors: Mapping[str, Iterable[str]]) -> dict[str, int]:
     return {
-        module: FLOOR_NAMES.index(floor)
-        for floor, modules in floors.items()
-        for module in modules
+        module: FLOOR_NAMES.index(floor) for floor, modules in floors.items() for module in modules
     }
 
 
@@ -139,17 +141,12 @@ def _resolve(lib: Path, dotted: list[str]) -> str:
     """The longest module of the package that ``dotted`` (names below the package) names."""
     for end in range(len(dotted), 0, -1):
         candidate = lib.joinpath(*dotted[:end])
-        if (
-            candidate.with_suffix(".py").is_file()
-            or (candidate / "__init__.py").is_file()
-        ):
+        if candidate.with_suffix(".py").is_file() or (candidate / "__init__.py").is_file():
             return ".".join(dotted[:end])
     return "__init__"  # a name defined by the package itself (__version__)
 
 
-def package_imports(
-    path: Path, lib: Path | None = None, package: str = "azagent"
-) -> set[str]:
+def package_imports(path: Path, lib: Path | None = None, package: str = "azagent") -> set[str]:
     """The modules of ``package`` (rooted at ``lib``) that ``path`` imports, anywhere in it."""
     lib = lib if lib is not None else path.parent
     found: set[str] = set()
@@ -192,9 +189,7 @@ def upward_imports(lib: Path, floors: Mapping[str, Iterable[str]]) -> list[str]:
     problems = []
     for name, path in modules(lib).items():
         if name not in floor:
-            problems.append(
-                f"{name}: on no floor (add it to FLOORS in tests/test_layers.py)"
-            )
+            problems.append(f"{name}: on no floor (add it to FLOORS in tests/test_layers.py)")
             continue
         for imported in sorted(package_imports(path, lib)):
             if imported not in floor:
@@ -237,9 +232,7 @@ def test_an_upward_import_is_found(tmp_path: Path) -> None:
     (lib / "ext").mkdir()
     (lib / "ext/__init__.py").write_text("")
     (lib / "ext/parse.py").write_text("from azagent import doc\nfrom .. import base\n")
-    (lib / "ext/service.py").write_text(
-        "from .parse import x\nfrom azagent.ext import parse\n"
-    )
+    (lib / "ext/service.py").write_text("from .parse import x\nfrom azagent.ext import parse\n")
     assert upward_imports(lib, floors) == []
 
     (lib / "doc.py").write_text("def f():\n    from azagent.users import x\n")
@@ -262,9 +255,7 @@ def test_an_upward_import_is_found(tmp_path: Path) -> None:
 def test_library_never_imports_stages_tools_or_emulator() -> None:
     for module in sorted(LIB.rglob("*.py")):
         used = other_imports(module)
-        assert not used & {"azfabric", "azvmtest", "conftest", "tools", "stages"}, (
-            module.name
-        )
+        assert not used & {"azfabric", "azvmtest", "conftest", "tools", "stages"}, module.name
 
 
 def test_no_stage_imports_the_cli() -> None:

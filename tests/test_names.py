@@ -34,10 +34,7 @@ GOOD_USERS = [
     "_a-" + "b" * 29,
 ]
 BAD_USERS: list[tuple[Any, str]] = [
-    (
-        "Alice",
-        "it contains 'A' (upper case is not accepted): only a-z, 0-9, '_' and '-'",
-    ),
+    ("Alice", "it contains 'A' (upper case is not accepted): only a-z, 0-9, '_' and '-'"),
     ("ALICE", "it contains 'A', 'C', 'E', 'I', 'L' (upper case is not accepted)"),
     ("../etc", "it contains '.', '/': only a-z, 0-9, '_' and '-' are accepted"),
     ("root\n", "it contains '\\n'"),
@@ -79,10 +76,7 @@ GOOD_HOSTS = [
 ]
 BAD_HOSTS: list[tuple[Any, str]] = [
     ("", "it is empty"),
-    (
-        "web_1",
-        "it contains '_': only ASCII letters, digits, '-' and '.' between labels",
-    ),
+    ("web_1", "it contains '_': only ASCII letters, digits, '-' and '.' between labels"),
     ("../etc", "it contains '/'"),
     ("root\n", "it contains '\\n'"),
     ("a;b", "it contains ';'"),
@@ -125,9 +119,7 @@ def test_good_user_names_come_back_as_given(name: str) -> None:
 
 
 @pytest.mark.parametrize(("name", "problem"), BAD_USERS, ids=ids)
-def test_bad_user_names_are_refused_with_the_field_and_why(
-    name: Any, problem: str
-) -> None:
+def test_bad_user_names_are_refused_with_the_field_and_why(name: Any, problem: str) -> None:
     with pytest.raises(names.InvalidName) as caught:
         names.user_name(name, "ovf-env.xml: UserName")
     reason = caught.value.reason
@@ -147,15 +139,11 @@ def test_good_hostnames_come_back_as_given(name: str) -> None:
 
 
 @pytest.mark.parametrize(("name", "problem"), BAD_HOSTS, ids=ids)
-def test_bad_hostnames_are_refused_with_the_field_and_why(
-    name: Any, problem: str
-) -> None:
+def test_bad_hostnames_are_refused_with_the_field_and_why(name: Any, problem: str) -> None:
     with pytest.raises(names.InvalidName) as caught:
         names.host_name(name, "/etc/hostname")
     reason = caught.value.reason
-    assert reason.startswith(
-        f"/etc/hostname: {names.shown(name)} is not a valid hostname: "
-    )
+    assert reason.startswith(f"/etc/hostname: {names.shown(name)} is not a valid hostname: ")
     assert problem in reason
     assert reason.isprintable()
     assert reason.isascii()
@@ -208,14 +196,8 @@ HOST_TABLE = GOOD_HOSTS + [name for name, _ in BAD_HOSTS if isinstance(name, str
 def ovf_document(hostname: str = "vm-1", username: str = "alice") -> bytes:
     return (
         ovf.build_ovf(ovf.Provisioning(hostname="vm-1", username="alice"))
-        .replace(
-            b"<HostName>vm-1</HostName>",
-            f"<HostName>{escape(hostname)}</HostName>".encode(),
-        )
-        .replace(
-            b"<UserName>alice</UserName>",
-            f"<UserName>{escape(username)}</UserName>".encode(),
-        )
+        .replace(b"<HostName>vm-1</HostName>", f"<HostName>{escape(hostname)}</HostName>".encode())
+        .replace(b"<UserName>alice</UserName>", f"<UserName>{escape(username)}</UserName>".encode())
     )
 
 
@@ -250,14 +232,8 @@ def test_every_entry_point_takes_exactly_the_user_names_the_rule_takes(
     if name == name.strip():  # XML text is stripped: " alice" is alice there
         assert accepted(lambda: ovf.parse_ovf(ovf_document(username=name))) is verdict
     if name:  # IMDS spells "not set" as ""
-        assert (
-            accepted(lambda: imds.parse_instance(imds_document(adminUsername=name)))
-            is verdict
-        )
-    assert (
-        accepted(lambda: ProvisioningData.from_json(handed_off(username=name)))
-        is verdict
-    )
+        assert accepted(lambda: imds.parse_instance(imds_document(adminUsername=name))) is verdict
+    assert accepted(lambda: ProvisioningData.from_json(handed_off(username=name))) is verdict
     if name not in users.RESERVED_NAMES:
         assert accepted(lambda: users.check_name(name)) is verdict
     # ssh-keys: an accepted name is looked up (and is not in this empty root's passwd).
@@ -268,21 +244,13 @@ def test_every_entry_point_takes_exactly_the_user_names_the_rule_takes(
 
 
 @pytest.mark.parametrize("name", HOST_TABLE, ids=ids)
-def test_every_entry_point_takes_exactly_the_hostnames_the_rule_takes(
-    name: str,
-) -> None:
+def test_every_entry_point_takes_exactly_the_hostnames_the_rule_takes(name: str) -> None:
     verdict = names.host_name_problem(name) is None
     if name == name.strip():
         assert accepted(lambda: ovf.parse_ovf(ovf_document(hostname=name))) is verdict
     if name:
-        assert (
-            accepted(lambda: imds.parse_instance(imds_document(computerName=name)))
-            is verdict
-        )
-    assert (
-        accepted(lambda: ProvisioningData.from_json(handed_off(hostname=name)))
-        is verdict
-    )
+        assert accepted(lambda: imds.parse_instance(imds_document(computerName=name))) is verdict
+    assert accepted(lambda: ProvisioningData.from_json(handed_off(hostname=name))) is verdict
 
 
 def test_the_parsers_name_the_field() -> None:
@@ -317,19 +285,13 @@ def test_a_refused_name_in_xml_that_xml_cannot_carry_is_still_refused() -> None:
 
 
 def test_provisioning_data_never_holds_a_refused_name() -> None:
-    with pytest.raises(
-        names.InvalidName, match=r"^username: 'Alice' is not a valid user name"
-    ):
+    with pytest.raises(names.InvalidName, match=r"^username: 'Alice' is not a valid user name"):
         ProvisioningData(vm_id="v", source="ovf", hostname="vm-1", username="Alice")
-    with pytest.raises(
-        names.InvalidName, match=r"^hostname: 'vm_1' is not a valid hostname"
-    ):
+    with pytest.raises(names.InvalidName, match=r"^hostname: 'vm_1' is not a valid hostname"):
         ProvisioningData(vm_id="v", source="ovf", hostname="vm_1", username="alice")
 
 
-def test_reports_still_name_the_vm_when_provisioning_json_is_refused(
-    tmp_path: Path,
-) -> None:
+def test_reports_still_name_the_vm_when_provisioning_json_is_refused(tmp_path: Path) -> None:
     ctx = Context(stage="test", root=tmp_path, config=config.defaults())
     state = tmp_path / provisioning.STATE_PATH.lstrip("/")
     state.parent.mkdir(parents=True)

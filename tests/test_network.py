@@ -24,9 +24,7 @@ LEASES = FIXTURES / "walinuxagent"
 RESULT = "run/azagent/stages/network.json"
 SAVED = "run/azagent/wireserver"
 ANY = "0.0.0.0"  # noqa: S104 - the "any" address of a route, not a bind
-NOW = (
-    1_700_000_000.0  # November 2023: after every sample's "2015" expiry, before "2152"
-)
+NOW = 1_700_000_000.0  # November 2023: after every sample's "2015" expiry, before "2152"
 
 
 def context(root: Path, *lines: str) -> Context:
@@ -53,9 +51,7 @@ def hex_address(address: str) -> str:
 
 def route_table(root: Path, *routes: tuple[str, str, str, str]) -> None:
     """/proc/net/route with (interface, destination, gateway, mask) rows."""
-    lines = [
-        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT"
-    ]
+    lines = ["Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT"]
     for interface, destination, gateway, mask in routes:
         flags = "0003" if gateway != ANY else "0001"
         lines.append(
@@ -85,9 +81,7 @@ def write(root: Path, relative: str, text: str, mtime: float | None = None) -> P
 def dhclient_lease(
     endpoint_hex: str, *, routes: str | None = None, router: str = "10.0.1.1"
 ) -> str:
-    classless = (
-        f"  option rfc3442-classless-static-routes {routes};\n" if routes else ""
-    )
+    classless = f"  option rfc3442-classless-static-routes {routes};\n" if routes else ""
     return (
         'lease {\n  interface "eth0";\n  fixed-address 10.0.1.4;\n'
         f"  option routers {router};\n{classless}"
@@ -117,15 +111,8 @@ def azure_vm(root: Path) -> None:
 
 def test_saves_the_endpoint_of_the_newest_lease(root: Path) -> None:
     azure_vm(root)
-    write(
-        root, "run/systemd/netif/leases/2", networkd_lease("0a000063"), mtime=NOW - 100
-    )
-    write(
-        root,
-        "var/lib/dhcp/dhclient.eth0.leases",
-        dhclient_lease("a8:3f:81:10"),
-        mtime=NOW,
-    )
+    write(root, "run/systemd/netif/leases/2", networkd_lease("0a000063"), mtime=NOW - 100)
+    write(root, "var/lib/dhcp/dhclient.eth0.leases", dhclient_lease("a8:3f:81:10"), mtime=NOW)
     run = run_stage("network", "--root", str(root))
     assert run.returncode == 0, run.stderr
     saved = root / SAVED
@@ -166,9 +153,7 @@ def test_every_dhcp_client_is_read(root: Path, relative: str, text: str) -> None
 
 def test_second_run_changes_nothing(root: Path) -> None:
     azure_vm(root)
-    write(
-        root, "var/lib/dhcp/dhclient.eth0.leases", (LEASES / "dhcp.leases").read_text()
-    )
+    write(root, "var/lib/dhcp/dhclient.eth0.leases", (LEASES / "dhcp.leases").read_text())
     write(root, "etc/udev/rules.d/70-persistent-net.rules", PINNED)
     assert run_stage("network", "--root", str(root)).returncode == 0
     # What `ip route add` did on a running system:
@@ -203,9 +188,7 @@ def test_without_a_lease_the_configuration_applies(root: Path) -> None:
     configure(root, "Endpoint.WireServer=http://10.9.8.7/")
     assert run_stage("network", "--root", str(root)).returncode == 0
     assert (root / SAVED).read_text() == "http://10.9.8.7\n"
-    assert "Endpoint.WireServer (no DHCP lease names one)" in str(
-        result(root)["changes"]
-    )
+    assert "Endpoint.WireServer (no DHCP lease names one)" in str(result(root)["changes"])
     # An emulator's URL (a port) is no http://A.B.C.D: the configuration is
     # used as it is, and the address saved before goes.
     configure(root, "Endpoint.WireServer=http://127.0.0.1:8080")
@@ -217,16 +200,12 @@ def test_without_a_lease_the_configuration_applies(root: Path) -> None:
 
 def test_an_expired_or_unusable_lease_is_no_lease(root: Path) -> None:
     azure_vm(root)
-    expired = dhclient_lease("a8:3f:81:10").replace(
-        "expire never", "expire 1 2012/07/23 23:27:10"
-    )
+    expired = dhclient_lease("a8:3f:81:10").replace("expire never", "expire 1 2012/07/23 23:27:10")
     write(root, "var/lib/dhcp/dhclient.eth0.leases", expired)
     write(root, "run/systemd/netif/leases/2", "OPTION_245=ffffffff\n")
     write(root, "var/lib/dhclient/huge.leases", "x" * (dhcp.MAX_LEASE_FILE + 1))
     assert run_stage("network", "--root", str(root)).returncode == 0
-    assert "Endpoint.WireServer (no DHCP lease names one)" in str(
-        result(root)["changes"]
-    )
+    assert "Endpoint.WireServer (no DHCP lease names one)" in str(result(root)["changes"])
     assert "ip route" not in str(result(root)["changes"])
 
 
@@ -234,9 +213,7 @@ def test_the_firewall_follows_a_new_address(root: Path) -> None:
     azure_vm(root)
     configure(root, "OS.EnableFirewall=y")
     write(
-        root,
-        "run/azagent/firewall.rules",
-        "# azagent firewall (nft): WireServer 168.63.129.16\n",
+        root, "run/azagent/firewall.rules", "# azagent firewall (nft): WireServer 168.63.129.16\n"
     )
     write(root, "var/lib/dhcp/dhclient.eth0.leases", dhclient_lease("a:0:0:5"))
     run = run_stage("network", "--root", str(root), "--dry-run")
@@ -246,14 +223,10 @@ def test_the_firewall_follows_a_new_address(root: Path) -> None:
     ) in run.stdout
     # Same address, or the firewall off: nothing to restart.
     write(root, "var/lib/dhcp/dhclient.eth0.leases", dhclient_lease("a8:3f:81:10"))
-    assert (
-        "systemctl" not in run_stage("network", "--root", str(root), "--dry-run").stdout
-    )
+    assert "systemctl" not in run_stage("network", "--root", str(root), "--dry-run").stdout
     configure(root, "OS.EnableFirewall=n")
     write(root, "var/lib/dhcp/dhclient.eth0.leases", dhclient_lease("a:0:0:5"))
-    assert (
-        "systemctl" not in run_stage("network", "--root", str(root), "--dry-run").stdout
-    )
+    assert "systemctl" not in run_stage("network", "--root", str(root), "--dry-run").stdout
 
 
 # -- the stage: the route ---------------------------------------------------------
@@ -277,9 +250,7 @@ def test_no_route_when_the_dhcp_client_installed_it(root: Path) -> None:
         ("eth0", ANY, "10.0.1.1", ANY),
         ("eth0", "168.63.129.16", "10.0.1.1", "255.255.255.255"),
     )
-    write(
-        root, "var/lib/dhcp/dhclient.eth0.leases", (LEASES / "dhcp.leases").read_text()
-    )
+    write(root, "var/lib/dhcp/dhclient.eth0.leases", (LEASES / "dhcp.leases").read_text())
     run = run_stage("network", "--root", str(root), "--dry-run")
     assert "save the WireServer" in run.stdout
     assert "ip route" not in run.stdout
@@ -288,17 +259,11 @@ def test_no_route_when_the_dhcp_client_installed_it(root: Path) -> None:
 def test_the_classless_route_gateway_wins_and_on_link_has_no_via(root: Path) -> None:
     azure_vm(root)
     routes = "0,10,0,1,1,32,168,63,129,16,10,0,1,254"
-    write(
-        root,
-        "var/lib/dhcp/dhclient.eth0.leases",
-        dhclient_lease("a8:3f:81:10", routes=routes),
-    )
+    write(root, "var/lib/dhcp/dhclient.eth0.leases", dhclient_lease("a8:3f:81:10", routes=routes))
     run = run_stage("network", "--root", str(root), "--dry-run")
     assert "ip route add 168.63.129.16/32 via 10.0.1.254 dev eth0" in run.stdout
     write(
-        root,
-        "run/systemd/netif/leases/2",
-        networkd_lease("a83f8110", "168.63.129.16/32,0.0.0.0"),
+        root, "run/systemd/netif/leases/2", networkd_lease("a83f8110", "168.63.129.16/32,0.0.0.0")
     )
     os.utime(root / "run/systemd/netif/leases/2", (NOW * 2, NOW * 2))
     run = run_stage("network", "--root", str(root), "--dry-run")
@@ -323,9 +288,7 @@ PINNED = (
 GENERATOR = 'ACTION=="add", SUBSYSTEM=="net", IMPORT{program}="write_net_rules"\n'
 
 
-def test_persistent_net_rules_are_moved_aside_and_the_generator_masked(
-    root: Path,
-) -> None:
+def test_persistent_net_rules_are_moved_aside_and_the_generator_masked(root: Path) -> None:
     rules = write(root, "etc/udev/rules.d/70-persistent-net.rules", PINNED)
     write(root, "lib/udev/rules.d/75-persistent-net-generator.rules", GENERATOR)
     run = run_stage("network", "--root", str(root))
@@ -336,18 +299,13 @@ def test_persistent_net_rules_are_moved_aside_and_the_generator_masked(
     assert not network.has_rules(mask.read_text())
     assert oct(mask.stat().st_mode & 0o777) == "0o644"
     changes = str(result(root)["changes"])
-    assert (
-        "move /etc/udev/rules.d/70-persistent-net.rules aside to /var/lib/waagent/"
-        in changes
-    )
+    assert "move /etc/udev/rules.d/70-persistent-net.rules aside to /var/lib/waagent/" in changes
     assert "mask the persistent-net generator" in changes
     again = run_stage("network", "--root", str(root))
     assert again.returncode == 0
     assert result(root)["state"] == "nothing-to-do"
     # The generator came back and wrote the rules again: moved aside again.
-    write(
-        root, "etc/udev/rules.d/70-persistent-net.rules", PINNED.replace("eth0", "eth1")
-    )
+    write(root, "etc/udev/rules.d/70-persistent-net.rules", PINNED.replace("eth0", "eth1"))
     assert run_stage("network", "--root", str(root)).returncode == 0
     assert "eth1" in (root / "var/lib/waagent/70-persistent-net.rules").read_text()
 
@@ -357,10 +315,7 @@ def test_rules_that_pin_nothing_or_come_from_cloud_init_stay(root: Path) -> None
     write(root, "etc/udev/rules.d/70-persistent-net.rules", other)
     assert run_stage("network", "--root", str(root)).returncode == 0
     assert (root / "etc/udev/rules.d/70-persistent-net.rules").read_text() == other
-    cloud = (
-        "# Created by cloud-init on instance boot automatically, do not edit.\n#\n"
-        + PINNED
-    )
+    cloud = "# Created by cloud-init on instance boot automatically, do not edit.\n#\n" + PINNED
     write(root, "etc/udev/rules.d/70-persistent-net.rules", cloud)
     assert run_stage("network", "--root", str(root)).returncode == 0
     assert (root / "etc/udev/rules.d/70-persistent-net.rules").read_text() == cloud
@@ -368,13 +323,9 @@ def test_rules_that_pin_nothing_or_come_from_cloud_init_stay(root: Path) -> None
 
 
 def test_a_generator_in_etc_is_kept_and_masked(root: Path) -> None:
-    generator = write(
-        root, "etc/udev/rules.d/75-persistent-net-generator.rules", GENERATOR
-    )
+    generator = write(root, "etc/udev/rules.d/75-persistent-net-generator.rules", GENERATOR)
     assert run_stage("network", "--root", str(root)).returncode == 0
-    assert (
-        root / "var/lib/waagent/75-persistent-net-generator.rules"
-    ).read_text() == GENERATOR
+    assert (root / "var/lib/waagent/75-persistent-net-generator.rules").read_text() == GENERATOR
     assert not network.has_rules(generator.read_text())
     # A symlink to /dev/null is a mask too.
     generator.unlink()
@@ -387,9 +338,7 @@ def test_a_generator_in_etc_is_kept_and_masked(root: Path) -> None:
 def test_pins_names() -> None:
     assert network.pins_names(PINNED)
     assert not network.pins_names("# " + PINNED.splitlines()[1])
-    assert not network.pins_names(
-        'ATTR{address}=="00:0d:3a:12:34:56", ENV{ID_NET_NAME}="x"\n'
-    )
+    assert not network.pins_names('ATTR{address}=="00:0d:3a:12:34:56", ENV{ID_NET_NAME}="x"\n')
 
 
 # -- Context.endpoint ---------------------------------------------------------------
@@ -404,9 +353,7 @@ def test_context_prefers_the_saved_wireserver(root: Path) -> None:
     assert ctx.endpoint("IMDS") == "http://169.254.169.254"
     # An explicitly configured HostGAPlugin stays; so does the default spelled out.
     assert (
-        context(root, "Endpoint.HostGAPlugin=http://127.0.0.1:9/").endpoint(
-            "HostGAPlugin"
-        )
+        context(root, "Endpoint.HostGAPlugin=http://127.0.0.1:9/").endpoint("HostGAPlugin")
         == "http://127.0.0.1:9"
     )
     spelled = context(root, "Endpoint.HostGAPlugin=http://168.63.129.16:32526")

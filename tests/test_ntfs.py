@@ -37,9 +37,7 @@ def sh(*argv: str) -> str:
 def ntfsls_names(volume: Path) -> set[str]:
     listing = sh("ntfsls", "-a", "-f", str(volume))
     return {
-        line.strip()
-        for line in listing.splitlines()
-        if line.strip() and not line.startswith("$")
+        line.strip() for line in listing.splitlines() if line.strip() and not line.startswith("$")
     }
 
 
@@ -75,14 +73,10 @@ def test_ntfs_reader_refuses_what_it_cannot_read(tmp_path: Path) -> None:
         pytest.raises(ntfs.NtfsError, match="no NTFS boot sector"),
     ):
         ntfs.ntfs_foreign_files(f, 0, 16 * MIB)
-    subprocess.run(
-        ["mkntfs", "-q", "-F", "-f", str(volume)], capture_output=True, check=True
-    )
+    subprocess.run(["mkntfs", "-q", "-F", "-f", str(volume)], capture_output=True, check=True)
     boot = volume.read_bytes()[:512]
     mft = int.from_bytes(boot[0x30:0x38], "little") * 4096
-    with open(
-        volume, "r+b"
-    ) as f:  # tear the $MFT record: its update sequence no longer matches
+    with open(volume, "r+b") as f:  # tear the $MFT record: its update sequence no longer matches
         f.seek(mft + 510)
         f.write(b"\xde\xad")
     with open(volume, "rb") as f, pytest.raises(ntfs.NtfsError, match="torn"):

@@ -68,9 +68,7 @@ def test_sample_parses_to_its_values() -> None:
             value="ssh-rsa AAAANOTAREALKEY== foo@bar.local",
         ),
     )
-    assert p.key_pairs == (
-        KeyPair(fingerprint=FINGERPRINT, path="$HOME/UserName/.ssh/id_rsa"),
-    )
+    assert p.key_pairs == (KeyPair(fingerprint=FINGERPRINT, path="$HOME/UserName/.ssh/id_rsa"),)
     assert p.provision_guest_agent is False
     assert p.preprovisioned_vm is False
     assert p.preprovisioned_vm_type is None
@@ -133,9 +131,7 @@ def test_sample_custom_data_is_not_base64_and_says_so_only_when_decoded() -> Non
     assert str(caught.value) == "ovf-env.xml: CustomData: not valid base64"
 
 
-@pytest.mark.parametrize(
-    "name", ["ovf-env.xml", "ovf-env-2.xml", "ovf-env-3.xml", "ovf-env-4.xml"]
-)
+@pytest.mark.parametrize("name", ["ovf-env.xml", "ovf-env-2.xml", "ovf-env-3.xml", "ovf-env-4.xml"])
 def test_samples_round_trip(name: str) -> None:
     p = ovf.parse_ovf(sample(name))
     assert ovf.parse_ovf(ovf.build_ovf(p)) == p
@@ -152,13 +148,8 @@ def full() -> Provisioning:
         custom_data_base64=ovf.encode_custom_data(b"#!/bin/sh\necho hi\n\x00\xff"),
         disable_ssh_password_auth=True,
         public_keys=(
-            PublicKey(
-                path="/home/alice_adm/.ssh/authorized_keys",
-                value="ssh-ed25519 AAAAC3 a@b",
-            ),
-            PublicKey(
-                path="$HOME/alice_adm/.ssh/authorized_keys", fingerprint=FINGERPRINT
-            ),
+            PublicKey(path="/home/alice_adm/.ssh/authorized_keys", value="ssh-ed25519 AAAAC3 a@b"),
+            PublicKey(path="$HOME/alice_adm/.ssh/authorized_keys", fingerprint=FINGERPRINT),
             PublicKey(
                 path="$HOME/alice_adm/.ssh/authorized_keys",
                 fingerprint=FINGERPRINT.lower(),
@@ -217,9 +208,7 @@ def test_built_document_has_the_platforms_shape() -> None:
 
 def test_build_refuses_invalid_values_unless_asked() -> None:
     bad = Provisioning(hostname="h" * 300, username="alice", password=Secret(PASSWORD))
-    with pytest.raises(
-        OvfError, match=r"Provisioning\.hostname: .* it is 300 characters long"
-    ):
+    with pytest.raises(OvfError, match=r"Provisioning\.hostname: .* it is 300 characters long"):
         ovf.build_ovf(bad)
     # The emulator builds what the agent must refuse.
     data = ovf.build_ovf(bad, validate=False)
@@ -231,8 +220,7 @@ def test_build_refuses_invalid_values_unless_asked() -> None:
 def test_build_refuses_what_xml_cannot_carry(password: str) -> None:
     with pytest.raises(OvfError) as caught:
         ovf.build_ovf(
-            Provisioning(hostname="h", username="u", password=Secret(password)),
-            validate=False,
+            Provisioning(hostname="h", username="u", password=Secret(password)), validate=False
         )
     assert "Provisioning.password" in str(caught.value)
     assert password not in str(caught.value)
@@ -297,9 +285,7 @@ def test_prefixes_do_not_matter() -> None:
 )
 def test_preprovisioned_vm_type_spellings(element: bytes, expected: str | None) -> None:
     data = re.sub(
-        rb"<ns1:PreprovisionedVMType>.*?</ns1:PreprovisionedVMType>",
-        element,
-        OTHER_PREFIXES,
+        rb"<ns1:PreprovisionedVMType>.*?</ns1:PreprovisionedVMType>", element, OTHER_PREFIXES
     )
     data = data.replace(
         b"<ns0:Environment ",
@@ -320,15 +306,10 @@ def test_absent_flags_take_waagents_defaults() -> None:
     # No DisableSshPasswordAuthentication: password login stays enabled; no
     # PlatformSettingsSection: the guest agent is provisioned.
     data = re.sub(
-        rb"<ns1:DisableSsh.*?</ns1:DisableSshPasswordAuthentication>",
-        b"",
-        OTHER_PREFIXES,
+        rb"<ns1:DisableSsh.*?</ns1:DisableSshPasswordAuthentication>", b"", OTHER_PREFIXES
     )
     data = re.sub(
-        rb"<ns1:PlatformSettingsSection>.*</ns1:PlatformSettingsSection>",
-        b"",
-        data,
-        flags=re.S,
+        rb"<ns1:PlatformSettingsSection>.*</ns1:PlatformSettingsSection>", b"", data, flags=re.S
     )
     p = ovf.parse_ovf(data)
     assert p.disable_ssh_password_auth is False
@@ -338,12 +319,10 @@ def test_absent_flags_take_waagents_defaults() -> None:
 
 def test_an_element_in_the_wrong_namespace_does_not_count() -> None:
     data = OTHER_PREFIXES.replace(
-        b"<ns1:UserName>bob</ns1:UserName>",
-        b'<UserName xmlns="urn:elsewhere">bob</UserName>',
+        b"<ns1:UserName>bob</ns1:UserName>", b'<UserName xmlns="urn:elsewhere">bob</UserName>'
     )
     with pytest.raises(
-        xmlsafe.XmlStructureError,
-        match="LinuxProvisioningConfigurationSet/UserName: missing",
+        xmlsafe.XmlStructureError, match="LinuxProvisioningConfigurationSet/UserName: missing"
     ):
         ovf.parse_ovf(data)
 
@@ -417,9 +396,7 @@ HOSTILE = [
         id="external-entity",
     ),
     pytest.param(
-        document(
-            doctype='<!DOCTYPE Environment SYSTEM "http://127.0.0.1:9/ovf.dtd">\n'
-        ),
+        document(doctype='<!DOCTYPE Environment SYSTEM "http://127.0.0.1:9/ovf.dtd">\n'),
         xmlsafe.XmlRefused,
         "DOCTYPE",
         id="external-dtd",
@@ -443,10 +420,7 @@ HOSTILE = [
         id="latin-1",
     ),
     pytest.param(
-        document().decode().encode("utf-16"),
-        xmlsafe.XmlEncodingError,
-        "UTF-8",
-        id="utf-16",
+        document().decode().encode("utf-16"), xmlsafe.XmlEncodingError, "UTF-8", id="utf-16"
     ),
     pytest.param(
         document().replace(b'encoding="utf-8"', b'encoding="iso-8859-1"'),
@@ -454,9 +428,7 @@ HOSTILE = [
         "declares an encoding",
         id="declared-latin-1",
     ),
-    pytest.param(
-        document()[:-40], xmlsafe.XmlMalformed, "not well-formed", id="truncated"
-    ),
+    pytest.param(document()[:-40], xmlsafe.XmlMalformed, "not well-formed", id="truncated"),
     pytest.param(
         document(username="ali</UserName><UserName>ce"),
         xmlsafe.XmlStructureError,
@@ -464,10 +436,7 @@ HOSTILE = [
         id="duplicate-username",
     ),
     pytest.param(
-        document(username="ali\x00ce"),
-        xmlsafe.XmlMalformed,
-        "not well-formed",
-        id="username-nul",
+        document(username="ali\x00ce"), xmlsafe.XmlMalformed, "not well-formed", id="username-nul"
     ),
     pytest.param(
         document(username="ali&#0;ce"),
@@ -502,15 +471,11 @@ HOSTILE = [
     pytest.param(
         document(username="u" * 33),
         OvfError,
-        "UserName: "
-        + repr("u" * 33)
-        + " is not a valid user name: it is 33 characters long,"
+        "UserName: " + repr("u" * 33) + " is not a valid user name: it is 33 characters long,"
         " at most 32 allowed",
         id="username-long",
     ),
-    pytest.param(
-        document(username=""), OvfError, "UserName: is empty", id="username-empty"
-    ),
+    pytest.param(document(username=""), OvfError, "UserName: is empty", id="username-empty"),
     pytest.param(
         document(username="Alice"),
         OvfError,
@@ -592,22 +557,13 @@ HOSTILE = [
         id="path-relative",
     ),
     pytest.param(
-        document(path="$HOMEalice/x"),
-        OvfError,
-        "Path: is neither",
-        id="path-home-no-slash",
+        document(path="$HOMEalice/x"), OvfError, "Path: is neither", id="path-home-no-slash"
     ),
     pytest.param(
-        document(path="$HOME/../../etc/shadow"),
-        OvfError,
-        "Path: contains a '..'",
-        id="path-dotdot",
+        document(path="$HOME/../../etc/shadow"), OvfError, "Path: contains a '..'", id="path-dotdot"
     ),
     pytest.param(
-        document(path="/home/a b/.ssh/k"),
-        OvfError,
-        "Path: contains a space",
-        id="path-space",
+        document(path="/home/a b/.ssh/k"), OvfError, "Path: contains a space", id="path-space"
     ),
     pytest.param(document(path=""), OvfError, "Path: is empty", id="path-empty"),
 ]
@@ -622,9 +578,7 @@ def test_hostile_documents_are_refused_without_leaking_secrets(
     assert message in str(caught.value)
     assert str(caught.value).startswith("ovf-env.xml: ")
     # Nothing that reaches a log (message, repr, a formatted traceback) carries a secret.
-    shown = "".join(
-        traceback.format_exception(type(caught.value), caught.value, caught.tb)
-    )
+    shown = "".join(traceback.format_exception(type(caught.value), caught.value, caught.tb))
     for text in (str(caught.value), repr(caught.value), shown):
         assert PASSWORD not in text
         assert CUSTOM_DATA not in text
@@ -634,14 +588,8 @@ def test_hostile_documents_are_refused_without_leaking_secrets(
 @pytest.mark.parametrize(
     ("remove", "message"),
     [
-        (
-            rb"<HostName>.*?</HostName>",
-            "LinuxProvisioningConfigurationSet/HostName: missing",
-        ),
-        (
-            rb"<UserName>.*?</UserName>",
-            "LinuxProvisioningConfigurationSet/UserName: missing",
-        ),
+        (rb"<HostName>.*?</HostName>", "LinuxProvisioningConfigurationSet/HostName: missing"),
+        (rb"<UserName>.*?</UserName>", "LinuxProvisioningConfigurationSet/UserName: missing"),
         (rb"<wa:Version>.*?</wa:Version>", "ProvisioningSection/Version: missing"),
         (
             rb"<LinuxProvisioningConfigurationSet .*</LinuxProvisioningConfigurationSet>",
@@ -677,11 +625,7 @@ def test_missing_required_elements(remove: bytes, message: str) -> None:
             b"",
             "neither a Fingerprint nor a Value",
         ),
-        (
-            b"<HostName>good-host",
-            b"<HostName><x>good-host</x>",
-            "HostName: holds elements",
-        ),
+        (b"<HostName>good-host", b"<HostName><x>good-host</x>", "HostName: holds elements"),
         (
             b"<UserPassword>" + PASSWORD.encode(),
             b"<UserPassword><b/>" + PASSWORD.encode(),
@@ -717,12 +661,7 @@ def test_the_parser_refuses_a_dtd_even_when_the_byte_check_misses_it(
 
 
 def test_errors_are_azagent_errors() -> None:
-    for error in (
-        xmlsafe.XmlRefused,
-        xmlsafe.XmlTooLarge,
-        xmlsafe.XmlMalformed,
-        OvfError,
-    ):
+    for error in (xmlsafe.XmlRefused, xmlsafe.XmlTooLarge, xmlsafe.XmlMalformed, OvfError):
         assert issubclass(error, AzagentError)
 
 
@@ -751,8 +690,7 @@ def test_redacted_copy_keeps_everything_but_the_secrets() -> None:
         original = sample(name)
         kept = ovf.redacted_ovf(original)
         assert kept == original.replace(
-            b"<UserPassword>UserPassword</UserPassword>",
-            b"<UserPassword></UserPassword>",
+            b"<UserPassword>UserPassword</UserPassword>", b"<UserPassword></UserPassword>"
         ).replace(b"<CustomData>CustomData</CustomData>", b"<CustomData></CustomData>")
         assert ovf.parse_ovf(kept) == dataclasses.replace(
             ovf.parse_ovf(original), password=None, custom_data_base64=None
@@ -792,10 +730,7 @@ def test_redaction_refuses_what_parsing_refuses() -> None:
 def test_qualified_names_split_on_the_last_colon() -> None:
     key = xmlsafe.qname("http://schemas.microsoft.com/windowsazure", "HostName")
     assert key == "http://schemas.microsoft.com/windowsazure:HostName"
-    assert xmlsafe.split_qname(key) == (
-        "http://schemas.microsoft.com/windowsazure",
-        "HostName",
-    )
+    assert xmlsafe.split_qname(key) == ("http://schemas.microsoft.com/windowsazure", "HostName")
     assert xmlsafe.split_qname("plain") == ("", "plain")
     assert xmlsafe.qname("", "plain") == "plain"
 
@@ -828,9 +763,7 @@ def test_xmlsafe_refuses_non_bytes() -> None:
 
 
 def test_xmlsafe_size_cap_is_the_callers() -> None:
-    with pytest.raises(
-        xmlsafe.XmlTooLarge, match="doc: 9 bytes, over the limit of 8 bytes"
-    ):
+    with pytest.raises(xmlsafe.XmlTooLarge, match="doc: 9 bytes, over the limit of 8 bytes"):
         xmlsafe.parse(b"<a>x</a> ", what="doc", max_bytes=8)
     assert xmlsafe.parse(b"<a>x</a>", what="doc", max_bytes=8) == {"a": "x"}
 
@@ -838,7 +771,5 @@ def test_xmlsafe_size_cap_is_the_callers() -> None:
 def test_malformed_xml_message_has_position_not_content() -> None:
     with pytest.raises(xmlsafe.XmlMalformed) as caught:
         xmlsafe.parse(b"<a>\n<secret-" + PASSWORD.encode() + b"></a>", what="doc")
-    assert re.fullmatch(
-        r"doc: not well-formed XML \(.+, line \d+, column \d+\)", str(caught.value)
-    )
+    assert re.fullmatch(r"doc: not well-formed XML \(.+, line \d+, column \d+\)", str(caught.value))
     assert PASSWORD not in str(caught.value)

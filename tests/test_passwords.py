@@ -123,9 +123,7 @@ def test_builtin_crypt_matches_openssl(password: str, method: str, salt: str) ->
     if not password and method != "1":
         pytest.skip("openssl passwd prints <NULL> for an empty SHA-crypt password")
     setting = f"${method}${salt}"
-    assert passwords.crypt_pure(password, setting) == openssl_passwd(
-        password, method, salt
-    )
+    assert passwords.crypt_pure(password, setting) == openssl_passwd(password, method, salt)
 
 
 @pytest.mark.parametrize("password", PASSWORDS)
@@ -133,16 +131,8 @@ def test_builtin_crypt_matches_the_system_libcrypt(password: str) -> None:
     crypt = system_crypt()
     if crypt is None:
         pytest.skip("no crypt module on this Python")
-    for setting in (
-        "$1$",
-        "$1$12345678",
-        "$5$s",
-        "$5$0123456789abcdef",
-        "$6$rounds=1000$x",
-    ):
-        assert passwords.crypt_pure(password, setting) == crypt(password, setting), (
-            setting
-        )
+    for setting in ("$1$", "$1$12345678", "$5$s", "$5$0123456789abcdef", "$6$rounds=1000$x"):
+        assert passwords.crypt_pure(password, setting) == crypt(password, setting), setting
 
 
 # --- hash_password ----------------------------------------------------------
@@ -192,9 +182,7 @@ def test_libcrypt_bcrypt_matches_published_vector() -> None:
 @pytest.mark.parametrize("crypt_id", ["1", "2a", "5", "6"])
 def test_every_call_draws_a_new_salt(crypt_id: str) -> None:
     hashes = [passwords.hash_password("same password", crypt_id, 16) for _ in range(8)]
-    salts = {
-        h.split("$")[3][:22] if crypt_id == "2a" else h.split("$")[2] for h in hashes
-    }
+    salts = {h.split("$")[3][:22] if crypt_id == "2a" else h.split("$")[2] for h in hashes}
     assert len(salts) == len(hashes)
     assert len(set(hashes)) == len(hashes)
 
@@ -221,9 +209,7 @@ def test_salt_characters_come_from_the_whole_crypt_alphabet() -> None:
         ("5", 17, "Provisioning.PasswordCryptSaltLength=17 is out of range"),
     ],
 )
-def test_bad_settings_fail_with_a_reason(
-    crypt_id: str, salt_length: int, reason: str
-) -> None:
+def test_bad_settings_fail_with_a_reason(crypt_id: str, salt_length: int, reason: str) -> None:
     with pytest.raises(StageFailed, match=re.escape(reason)):
         passwords.hash_password("a password", crypt_id, salt_length)
 

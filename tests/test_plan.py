@@ -57,17 +57,12 @@ def test_unreadable_provisioning_data_fails_rather_than_skips(root: Path) -> Non
         planned(ctx)
 
 
-def test_a_change_to_the_running_system_is_only_shown_under_another_root(
-    root: Path,
-) -> None:
+def test_a_change_to_the_running_system_is_only_shown_under_another_root(root: Path) -> None:
     ran = []
     result = Plan()
     result.add_running(context(root), "set the hostname", lambda: ran.append("set"))
     [action] = result.actions
-    assert (
-        action.summary
-        == f"set the hostname [not run: {root} is not the running system]"
-    )
+    assert action.summary == f"set the hostname [not run: {root} is not the running system]"
     action.apply()
     assert ran == []
 
@@ -76,9 +71,7 @@ def test_a_change_to_the_running_system_is_made_on_it() -> None:
     ran = []
     result = Plan()
     # The action only records that it ran: nothing changes the machine running the test.
-    result.add_running(
-        context(Path("/")), "set the hostname", lambda: ran.append("set")
-    )
+    result.add_running(context(Path("/")), "set the hostname", lambda: ran.append("set"))
     [action] = result.actions
     assert action.summary == "set the hostname"
     action.apply()

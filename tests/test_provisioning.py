@@ -43,19 +43,13 @@ def test_mount_ovf_saves_the_data_root_only(vm: Vm) -> None:
     assert state.stat().st_mode & 0o777 == 0o600
     data = vm.state()
     assert data is not None
-    assert (data["hostname"], data["username"], data["source"]) == (
-        "prov-vm",
-        "alice",
-        "ovf",
-    )
+    assert (data["hostname"], data["username"], data["source"]) == ("prov-vm", "alice", "ovf")
     assert data["vm_id"] == vm.scenario.vm_id
     assert data["public_keys"][0]["value"] == vm.scenario.public_keys[0].value
     copy = vm.root / "var/lib/waagent/ovf-env.xml"
     assert copy.stat().st_mode & 0o777 == 0o600
     assert b"CustomData" in copy.read_bytes()
-    assert (
-        b"IyEvYmlu" not in copy.read_bytes()
-    )  # customData's base64 is gone from the copy
+    assert b"IyEvYmlu" not in copy.read_bytes()  # customData's base64 is gone from the copy
     assert "IyEvYmlu" not in run.stderr
 
 
@@ -93,20 +87,12 @@ def test_mount_ovf_second_run_and_dry_run_change_nothing(vm: Vm) -> None:
             b'<?xml version="1.0"?><!DOCTYPE x SYSTEM "http://127.0.0.1:1/x.dtd"><Environment/>',
             "DOCTYPE",
         ),
-        (
-            b"<Environment>" + b"A" * (2 * 1024 * 1024) + b"</Environment>",
-            "larger than",
-        ),
-        (
-            b"<Environment xmlns='urn:wrong'><ProvisioningSection/></Environment>",
-            "ovf-env.xml",
-        ),
+        (b"<Environment>" + b"A" * (2 * 1024 * 1024) + b"</Environment>", "larger than"),
+        (b"<Environment xmlns='urn:wrong'><ProvisioningSection/></Environment>", "ovf-env.xml"),
         (b"not xml at all", "not well-formed"),
     ],
 )
-def test_mount_ovf_rejects_hostile_documents(
-    vm: Vm, document: bytes, reason: str
-) -> None:
+def test_mount_ovf_rejects_hostile_documents(vm: Vm, document: bytes, reason: str) -> None:
     (vm.root / DVD / "ovf-env.xml").write_bytes(document)
     run = vm.run("mount-ovf")
     assert run.returncode == 1
@@ -119,11 +105,7 @@ def test_mount_ovf_rejects_hostile_documents(
     ("hostname", "username", "reason"),
     [
         ("vm-1", "a;b", "UserName: 'a;b' is not a valid user name: it contains ';'"),
-        (
-            "vm-1",
-            "Alice",
-            "UserName: 'Alice' is not a valid user name: it contains 'A'",
-        ),
+        ("vm-1", "Alice", "UserName: 'Alice' is not a valid user name: it contains 'A'"),
         ("vm_1", "alice", "HostName: 'vm_1' is not a valid hostname: it contains '_'"),
     ],
 )
@@ -172,9 +154,7 @@ def test_gen1_byte_swapped_vm_id_is_the_same_vm(vm: Vm) -> None:
         (["Provisioning.UseCloudInit=y"], "cloud-init"),
     ],
 )
-def test_provisioning_disabled_skips_cleanly(
-    vm: Vm, lines: list[str], reason: str
-) -> None:
+def test_provisioning_disabled_skips_cleanly(vm: Vm, lines: list[str], reason: str) -> None:
     vm.configure(*lines)
     assert vm.run("mount-ovf").returncode == 0
     assert vm.result("mount-ovf")["state"] == "skipped"
@@ -234,9 +214,7 @@ def _load_custom_data_stage() -> object:
 
     from conftest import STAGES
 
-    loader = importlib.machinery.SourceFileLoader(
-        "custom_data_stage", str(STAGES / "custom-data")
-    )
+    loader = importlib.machinery.SourceFileLoader("custom_data_stage", str(STAGES / "custom-data"))
     spec = importlib.util.spec_from_loader("custom_data_stage", loader)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
@@ -268,9 +246,7 @@ def test_custom_data_execution_time_limit_and_status(tmp_path: Path) -> None:
 
     write("#!/bin/sh\nsleep 30\n")
     short = Context(
-        stage="custom-data",
-        root=tmp_path,
-        config=_config_with("Provisioning.CustomDataTimeout", 1),
+        stage="custom-data", root=tmp_path, config=_config_with("Provisioning.CustomDataTimeout", 1)
     )
     with pytest.raises(StageFailed, match="did not finish within 1 s"):
         stage.execute(short, str(script), "x", "/var/lib/waagent/m")  # type: ignore[attr-defined]
@@ -289,9 +265,7 @@ def _config_with(name: str, value: object) -> object:
 def test_report_ready_end_to_end(vm: Vm) -> None:
     ssh = vm.root / "etc/ssh"
     ssh.mkdir(parents=True)
-    (ssh / "ssh_host_rsa_key.pub").write_text(
-        "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 host\n"
-    )
+    (ssh / "ssh_host_rsa_key.pub").write_text("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 host\n")
     assert vm.run("mount-ovf").returncode == 0
     run = vm.run("report-ready")
     assert run.returncode == 0, run.stderr
@@ -308,9 +282,7 @@ def test_report_ready_end_to_end(vm: Vm) -> None:
     assert fields["result"] == "success"
     assert fields["vm_id"] == vm.scenario.vm_id
     assert "mount_ovf_ms" in fields
-    assert (
-        vm.root / "var/lib/waagent/provisioned"
-    ).read_text().strip() == vm.scenario.vm_id
+    assert (vm.root / "var/lib/waagent/provisioned").read_text().strip() == vm.scenario.vm_id
     # Once per VM.
     assert vm.run("report-ready").returncode == 0
     assert vm.result("report-ready")["state"] == "skipped"
@@ -359,13 +331,7 @@ def test_report_failure_with_nothing_failed_is_skipped(vm: Vm) -> None:
 def test_report_ready_retries_transient_errors(root: Path, status: int) -> None:
     scenario = Scenario(
         faults=[
-            Fault(
-                endpoint="wireserver",
-                kind="status",
-                path="comp=health",
-                status=status,
-                count=2,
-            )
+            Fault(endpoint="wireserver", kind="status", path="comp=health", status=status, count=2)
         ]
     )
     with Fabric(scenario) as fabric:
@@ -384,13 +350,7 @@ def test_report_ready_retries_transient_errors(root: Path, status: int) -> None:
 def test_report_ready_gives_up_at_the_deadline_with_a_reason(root: Path) -> None:
     scenario = Scenario(
         faults=[
-            Fault(
-                endpoint="wireserver",
-                kind="status",
-                path="goalstate",
-                status=503,
-                count=1000,
-            )
+            Fault(endpoint="wireserver", kind="status", path="goalstate", status=503, count=1000)
         ]
     )
     with Fabric(scenario) as fabric:
@@ -407,13 +367,7 @@ def test_report_ready_gives_up_at_the_deadline_with_a_reason(root: Path) -> None
 def test_report_ready_survives_garbage_and_timeouts(root: Path) -> None:
     scenario = Scenario(
         faults=[
-            Fault(
-                endpoint="wireserver",
-                kind="delay",
-                path="goalstate",
-                seconds=3,
-                count=1,
-            ),
+            Fault(endpoint="wireserver", kind="delay", path="goalstate", seconds=3, count=1),
         ]
     )
     with Fabric(scenario) as fabric:
@@ -423,9 +377,7 @@ def test_report_ready_survives_garbage_and_timeouts(root: Path) -> None:
         run = vm.run("report-ready")
         assert run.returncode == 0, run.stderr
         assert [r.state for r in fabric.health_reports] == ["Ready"]
-    garbage = Scenario(
-        faults=[Fault(endpoint="wireserver", kind="garbage", path="goalstate")]
-    )
+    garbage = Scenario(faults=[Fault(endpoint="wireserver", kind="garbage", path="goalstate")])
     other = root.parent / "other"
     other.mkdir()
     with Fabric(garbage) as fabric:
@@ -445,9 +397,7 @@ def mask(vm: Vm, *stages: str) -> None:
     lib_units = vm.root / "usr/lib/systemd/system"
     lib_units.mkdir(parents=True, exist_ok=True)
     for stage in stages:
-        (lib_units / f"azure-{stage}.service").write_text(
-            "[Service]\nExecStart=/bin/true\n"
-        )
+        (lib_units / f"azure-{stage}.service").write_text("[Service]\nExecStart=/bin/true\n")
         (units / f"azure-{stage}.service").symlink_to("/dev/null")
 
 
@@ -466,11 +416,7 @@ def test_imds_provisions_when_there_is_no_media(root: Path) -> None:
         assert run.returncode == 0, run.stderr
         data = vm.state()
         assert data is not None
-        assert (data["source"], data["username"], data["hostname"]) == (
-            "imds",
-            "bob",
-            "imds-vm",
-        )
+        assert (data["source"], data["username"], data["hostname"]) == ("imds", "bob", "imds-vm")
         assert data["password_hash"] is None
         assert data["custom_data"] is None
         assert data["disable_password_auth"] is True
@@ -538,11 +484,7 @@ def test_imds_rejects_an_invalid_name_clearly(
         assert run.returncode == 1
         assert reason in vm.result("imds")["reason"]
         assert vm.state() is None
-        for stage in (
-            "hostname",
-            "create-user",
-            "ssh-keys",
-        ):  # not run: nothing to give them
+        for stage in ("hostname", "create-user", "ssh-keys"):  # not run: nothing to give them
             assert not (root / f"run/azagent/stages/{stage}.json").exists()
 
 
@@ -562,26 +504,18 @@ def test_a_refused_name_in_provisioning_json_is_still_reported(vm: Vm) -> None:
 
 
 def test_imds_retries_while_metadata_is_not_ready(root: Path) -> None:
-    scenario = Scenario(
-        faults=[Fault(endpoint="imds", kind="status", status=404, count=2)]
-    )
+    scenario = Scenario(faults=[Fault(endpoint="imds", kind="status", status=404, count=2)])
     with Fabric(scenario) as fabric:
         vm = make_vm(root, scenario, fabric, with_media=False)
         mask(vm, "hostname", "create-user", "ssh-keys")
         assert vm.run("mount-ovf").returncode == 0
         run = vm.run("imds")
         assert run.returncode == 0, run.stderr
-        assert [r.status for r in fabric.requests if r.endpoint == "imds"] == [
-            404,
-            404,
-            200,
-        ]
+        assert [r.status for r in fabric.requests if r.endpoint == "imds"] == [404, 404, 200]
 
 
 def test_imds_failure_is_reported(root: Path) -> None:
-    scenario = Scenario(
-        faults=[Fault(endpoint="imds", kind="status", status=500, count=1000)]
-    )
+    scenario = Scenario(faults=[Fault(endpoint="imds", kind="status", status=500, count=1000)])
     with Fabric(scenario) as fabric:
         vm = make_vm(root, scenario, fabric, with_media=False)
         vm.configure("Endpoint.RetryDeadline=2")
@@ -629,9 +563,7 @@ def test_a_root_never_reaches_the_real_platform(tmp_path: Path) -> None:
 
     root = tmp_path / "image"
     (root / "sys/class/dmi/id").mkdir(parents=True)
-    (root / "sys/class/dmi/id/product_uuid").write_text(
-        "00000000-0000-0000-0000-000000000001\n"
-    )
+    (root / "sys/class/dmi/id/product_uuid").write_text("00000000-0000-0000-0000-000000000001\n")
     run = run_stage("report-ready", "--root", str(root))
     assert run.returncode == 1
     assert "Endpoint.WireServer is not configured" in run.stderr

@@ -59,9 +59,7 @@ def test_proxy_from_the_configuration_wins_over_the_environment(root: Path) -> N
         "https": "http://10.0.0.9",
     }
     assert (
-        proxy.proxies(context(root, "HttpProxy.Host=fd00::9", "HttpProxy.Port=3128"))[
-            "http"
-        ]
+        proxy.proxies(context(root, "HttpProxy.Host=fd00::9", "HttpProxy.Port=3128"))["http"]
         == "http://[fd00::9]:3128"
     )
 
@@ -69,9 +67,7 @@ def test_proxy_from_the_configuration_wins_over_the_environment(root: Path) -> N
 def test_proxy_from_the_environment(root: Path) -> None:
     ctx = context(root)
     assert proxy.proxies(ctx, {}) == {}
-    assert proxy.proxies(
-        ctx, {"HTTP_PROXY": "proxy:3128", "https_proxy": "http://s:1"}
-    ) == {
+    assert proxy.proxies(ctx, {"HTTP_PROXY": "proxy:3128", "https_proxy": "http://s:1"}) == {
         "http": "http://proxy:3128",
         "https": "http://s:1",
     }
@@ -89,10 +85,7 @@ def test_platform_endpoints_never_use_the_proxy(root: Path) -> None:
         "http://169.254.169.254/metadata/instance",
     ):
         assert proxy.proxies_for(ctx, url, env) == {}, url
-    assert (
-        proxy.proxies_for(ctx, "https://a.blob.core.windows.net/x?sig=1", env)
-        == proxied
-    )
+    assert proxy.proxies_for(ctx, "https://a.blob.core.windows.net/x?sig=1", env) == proxied
     assert proxy.proxies_for(ctx, "https://repo.internal.example/x", env) == {}
     assert proxy.proxies_for(ctx, "http://10.2.3.4/x", env) == {}
     assert proxy.proxies_for(ctx, "http://11.2.3.4/x", env) == proxied
@@ -160,16 +153,9 @@ def test_the_proxy_carries_other_traffic_and_never_the_fabrics(
         assert hgap.status == 200
         # A platform host is direct even when a caller files it as a blob (the
         # emulator refuses it for want of the WireServer's headers: a blob has none).
-        assert (
-            http.request("GET", goal.uris.hosting_environment, endpoint="blob").status
-            == 400
-        )
+        assert http.request("GET", goal.uris.hosting_environment, endpoint="blob").status == 400
         assert len(recorder.requests) == 1
-        assert {r.endpoint for r in fabric.requests} == {
-            "wireserver",
-            "imds",
-            "hostgaplugin",
-        }
+        assert {r.endpoint for r in fabric.requests} == {"wireserver", "imds", "hostgaplugin"}
 
 
 def test_a_tunnel_the_proxy_refuses_is_a_transport_error(root: Path) -> None:
@@ -193,11 +179,7 @@ def test_report_ready_never_goes_through_the_proxy(root: Path) -> None:
         vm = make_vm(root, scenario, fabric)
         vm.configure("HttpProxy.Host=127.0.0.1", f"HttpProxy.Port={recorder.port}")
         assert vm.run("mount-ovf").returncode == 0
-        env = {
-            "AZAGENT_LOCK_TIMEOUT": "5",
-            "http_proxy": recorder.url,
-            "https_proxy": recorder.url,
-        }
+        env = {"AZAGENT_LOCK_TIMEOUT": "5", "http_proxy": recorder.url, "https_proxy": recorder.url}
         run = run_stage("report-ready", "--root", str(root), env=env)
         assert run.returncode == 0, run.stderr
         assert fabric.wait_for(lambda: len(fabric.health_reports) == 1, timeout=5)

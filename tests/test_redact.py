@@ -19,9 +19,7 @@ PRIVATE_KEY = """-----BEGIN OPENSSH PRIVATE KEY-----
 b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
 QyNTUxOQAAACBQ0Wg2xg8Vxk0Bq0xhYfVbU8k2u0p2Z1yqkLx7KQK7IwAAAJg4w3ZQ
 -----END OPENSSH PRIVATE KEY-----"""
-SHA512_HASH = (
-    "$6$aB3dE5gH7j$R0lN9q8iEoQH3u0y0T2m7p1k0y7e2Qn4mYj2J1G9bXl1T1q3sQzJ6Wc7Lh8Fv"
-)
+SHA512_HASH = "$6$aB3dE5gH7j$R0lN9q8iEoQH3u0y0T2m7p1k0y7e2Qn4mYj2J1G9bXl1T1q3sQzJ6Wc7Lh8Fv"
 SAS_URL = (
     "https://md-hdd.blob.core.windows.net/$system/vm.status"
     "?sv=2018-03-28&sr=b&sk=system-1&sig=Zm9vYmFyYmF6cXV4%3D&se=9999-01-01T00%3A00%3A00Z&sp=rw"
@@ -41,20 +39,11 @@ def clean_registry() -> Iterator[None]:
         (f"key: {PRIVATE_KEY} end", "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ"),
         (f"root:{SHA512_HASH}:19000:0:99999:7:::", "R0lN9q8iEoQH3u0y0T2m7p1k0y7e2Qn4"),
         ("hash $1$salt$qJH7.N4xYta3aEG/dfqo/0", "qJH7.N4xYta3aEG"),
-        (
-            "hash $2b$12$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ01234",
-            "ABCDEFGHIJKLMNOP",
-        ),
+        ("hash $2b$12$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ01234", "ABCDEFGHIJKLMNOP"),
         (f"uploading to {SAS_URL} now", "Zm9vYmFyYmF6cXV4"),
         ("<ns1:UserPassword>hunter2!</ns1:UserPassword>", "hunter2!"),
-        (
-            '<CustomData encoding="base64">IyEvYmluL3NoCmVjaG8gaGk=</CustomData>',
-            "IyEvYmluL3No",
-        ),
-        (
-            '{"protectedSettings": "MIIBsQYJKoZIhvcNAQcDoIIBojCC", "x": 1}',
-            "MIIBsQYJKoZ",
-        ),
+        ('<CustomData encoding="base64">IyEvYmluL3NoCmVjaG8gaGk=</CustomData>', "IyEvYmluL3No"),
+        ('{"protectedSettings": "MIIBsQYJKoZIhvcNAQcDoIIBojCC", "x": 1}', "MIIBsQYJKoZ"),
         ("login with password=hunter22 please", "hunter22"),
     ],
 )
@@ -67,9 +56,7 @@ def test_known_secret_shapes_are_redacted(text: str, secret: str) -> None:
 
 def test_sas_url_keeps_its_path() -> None:
     cleaned = redact.redact(SAS_URL)
-    assert (
-        cleaned == "https://md-hdd.blob.core.windows.net/$system/vm.status?<redacted>"
-    )
+    assert cleaned == "https://md-hdd.blob.core.windows.net/$system/vm.status?<redacted>"
 
 
 def test_ordinary_text_is_untouched() -> None:
@@ -100,9 +87,7 @@ def test_stderr_logging_redacts_arguments_and_tracebacks(
 ) -> None:
     journal.setup("test", verbose=True, journal=False)
     redact.register("hunter2-password")
-    journal.log.info(
-        "user password is %s", "hunter2-password", extra={"REASON": SAS_URL}
-    )
+    journal.log.info("user password is %s", "hunter2-password", extra={"REASON": SAS_URL})
     try:
         raise ValueError(f"bad hash {SHA512_HASH}")
     except ValueError:
@@ -131,10 +116,7 @@ def test_journal_handler_sends_redacted_structured_fields() -> None:
         logger.error(
             "create-user failed for %s",
             "TopSecretPassw0rd",
-            extra={
-                "REASON": "bad <UserPassword>x1y2z3</UserPassword>",
-                "MESSAGE_ID": "abc",
-            },
+            extra={"REASON": "bad <UserPassword>x1y2z3</UserPassword>", "MESSAGE_ID": "abc"},
         )
     finally:
         logger.removeHandler(handler)
@@ -154,9 +136,7 @@ def test_failure_reason_in_result_file_is_redacted(
         result = Plan()
 
         def fail() -> None:
-            raise StageFailed(
-                f"could not hash password=Sup3rS3cret for user; key {PRIVATE_KEY}"
-            )
+            raise StageFailed(f"could not hash password=Sup3rS3cret for user; key {PRIVATE_KEY}")
 
         result.add("hash the password", fail)
         return result
@@ -179,9 +159,7 @@ def test_url_credentials_are_redacted() -> None:
     assert "proxy.example:3128" in cleaned
 
 
-def test_journal_handler_fields_suit_systemd_python(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_journal_handler_fields_suit_systemd_python(monkeypatch: pytest.MonkeyPatch) -> None:
     """The real systemd.journal.send, with only its socket write (sendv) replaced."""
     from systemd import journal as systemd_journal
 
@@ -195,9 +173,7 @@ def test_journal_handler_fields_suit_systemd_python(
     logger.addHandler(handler)
     try:
         logger.info(
-            "set %s",
-            "sda",
-            extra={"REASON": "why", "MESSAGE_ID": journal.MESSAGE_STAGE_DONE},
+            "set %s", "sda", extra={"REASON": "why", "MESSAGE_ID": journal.MESSAGE_STAGE_DONE}
         )
     finally:
         logger.removeHandler(handler)

@@ -44,14 +44,10 @@ from test_fabric_extensions import MULTI, SAMPLE, SECRET, rich_scenario
 
 FETCH = REPO / "tools" / "fetch-waagent"
 DRIVER = Path(__file__).resolve().parent / "waagent_driver.py"
-DEBIAN_PYTHON = Path(
-    "/usr/bin/python3"
-)  # the interpreter Debian's package is built for
+DEBIAN_PYTHON = Path("/usr/bin/python3")  # the interpreter Debian's package is built for
 MARKER = ".fetch-waagent-complete"
 DRIVER_TIMEOUT = 90  # seconds; the driver's own watchdog, the subprocess gets a margin
-FAILURE = (
-    "reference client says <no> & stops"  # escaped by waagent, parsed by the emulator
-)
+FAILURE = "reference client says <no> & stops"  # escaped by waagent, parsed by the emulator
 ROLE_THUMBPRINT = "0123456789ABCDEF0123456789ABCDEF01234567"
 HOST_STATE = (Path("/var/lib/waagent"), Path("/var/log/waagent.log"))
 
@@ -66,16 +62,10 @@ class Waagent:
 @pytest.fixture(scope="module")
 def waagent() -> Waagent:
     done = subprocess.run(
-        [sys.executable, str(FETCH)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
+        [sys.executable, str(FETCH)], capture_output=True, text=True, timeout=900, check=False
     )
     if done.returncode != 0:
-        reason = done.stderr.strip().splitlines()[-1:] or [
-            f"exit status {done.returncode}"
-        ]
+        reason = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
         pytest.skip(f"Debian's waagent package cannot be had: {reason[0]}")
     pythonpath = Path(done.stdout.strip().splitlines()[-1])
     assert (pythonpath / "azurelinuxagent" / "__init__.py").is_file(), done.stdout
@@ -83,16 +73,11 @@ def waagent() -> Waagent:
     package = markers[0].read_text().strip() if markers else "waagent (unknown version)"
     for python in (str(DEBIAN_PYTHON), sys.executable):
         probe = subprocess.run(
-            [python, "-c", "import distro"],
-            capture_output=True,
-            timeout=60,
-            check=False,
+            [python, "-c", "import distro"], capture_output=True, timeout=60, check=False
         )
         if probe.returncode == 0:
             return Waagent(pythonpath, python, package)
-    pytest.skip(
-        "waagent needs the distro module (Debian: python3-distro), not installed here"
-    )
+    pytest.skip("waagent needs the distro module (Debian: python3-distro), not installed here")
 
 
 def drive(
@@ -157,9 +142,7 @@ def drive(
     assert "fatal" not in result, result["fatal"]
     # Nothing of the host's own waagent state appeared, nothing real was dialled.
     assert [path.exists() for path in HOST_STATE] == before
-    assert result["blocked"] == [], (
-        f"waagent tried to reach {result['blocked']} (blocked)"
-    )
+    assert result["blocked"] == [], f"waagent tried to reach {result['blocked']} (blocked)"
     assert result["lib_dir"] == str(workdir / "lib")
     return result
 
@@ -167,9 +150,7 @@ def drive(
 def value(result: dict[str, Any], name: str) -> Any:
     """The value of one driver step, or a failure that shows waagent's error and log."""
     step = result["steps"].get(name)
-    assert step is not None, (
-        f"step {name} did not run; steps: {sorted(result['steps'])}"
-    )
+    assert step is not None, f"step {name} did not run; steps: {sorted(result['steps'])}"
     if not step["ok"]:
         # waagent's log records start with a timestamp; continuation lines carry openssl's stderr.
         records = re.split(r"\n(?=\d{4}-\d\d-\d\dT)", result["log"])
@@ -182,27 +163,17 @@ def value(result: dict[str, Any], name: str) -> Any:
     return step["value"]
 
 
-def waagent_requests(
-    fabric: Fabric, endpoint: str = "wireserver"
-) -> list[tuple[str, str, int]]:
-    return [
-        (r.method, r.path, r.status) for r in fabric.requests if r.endpoint == endpoint
-    ]
+def waagent_requests(fabric: Fabric, endpoint: str = "wireserver") -> list[tuple[str, str, int]]:
+    return [(r.method, r.path, r.status) for r in fabric.requests if r.endpoint == endpoint]
 
 
 # -- the tests -------------------------------------------------------------
 
 
-def test_versions_goal_state_and_health_reports(
-    waagent: Waagent, tmp_path: Path
-) -> None:
-    scenario = Scenario(
-        extensions=[Extension(name="Test.Publisher.Handler", version="1.2.3")]
-    )
+def test_versions_goal_state_and_health_reports(waagent: Waagent, tmp_path: Path) -> None:
+    scenario = Scenario(extensions=[Extension(name="Test.Publisher.Handler", version="1.2.3")])
     with Fabric(scenario) as fabric:
-        result = drive(
-            waagent, fabric, tmp_path / "waagent", role_thumbprint=ROLE_THUMBPRINT
-        )
+        result = drive(waagent, fabric, tmp_path / "waagent", role_thumbprint=ROLE_THUMBPRINT)
         requests = waagent_requests(fabric)
 
         assert result["agent_version"] in waagent.package
@@ -213,9 +184,7 @@ def test_versions_goal_state_and_health_reports(
         assert goal["container_id"] == fabric.container_id
         assert goal["role_instance_id"] == fabric.scenario.role_instance
         assert goal["vm_name"] == fabric.scenario.role_instance
-        assert goal["role_config_name"].startswith(
-            f"{fabric.deployment}.{fabric.incarnation}."
-        )
+        assert goal["role_config_name"].startswith(f"{fabric.deployment}.{fabric.incarnation}.")
         assert value(result, "certificates") == []
         extensions = value(result, "extensions")
         assert extensions["source"] == "ExtensionsGoalStateFromExtensionsConfig"
@@ -223,18 +192,13 @@ def test_versions_goal_state_and_health_reports(
             ["Test.Publisher.Handler"],
             ["1.2.3"],
         )
-        assert extensions["status_upload_blob"].startswith(
-            fabric.urls["blob"] + "/status/"
-        )
+        assert extensions["status_upload_blob"].startswith(fabric.urls["blob"] + "/status/")
         assert not any("comp=certificates" in path for _, path, _ in requests)
 
         value(result, "not_ready")
         value(result, "ready")
         reports = [(r.state, r.substatus, r.description) for r in fabric.health_reports]
-        assert reports == [
-            ("NotReady", "ProvisioningFailed", FAILURE),
-            ("Ready", None, None),
-        ]
+        assert reports == [("NotReady", "ProvisioningFailed", FAILURE), ("Ready", None, None)]
         assert fabric.health_reports[-1].state == "Ready"
         assert fabric.health_reports[-1].incarnation == fabric.incarnation
         assert len(fabric.role_properties) == 1
@@ -257,31 +221,20 @@ def check_certificates(result: dict[str, Any], fabric: Fabric, lib: Path) -> Non
     assert {f[:-4] for f in files if f.endswith(".prv")} == with_key
     for thumbprint, certificate in expected.items():
         assert certificate.cert_pem is not None
-        theirs = x509.load_pem_x509_certificate(
-            (lib / f"{thumbprint}.crt").read_bytes()
-        )
+        theirs = x509.load_pem_x509_certificate((lib / f"{thumbprint}.crt").read_bytes())
         ours = x509.load_pem_x509_certificate(certificate.cert_pem.encode())
         assert theirs == ours
         if thumbprint in with_key:
-            key = serialization.load_pem_private_key(
-                (lib / f"{thumbprint}.prv").read_bytes(), None
-            )
-            spki = (
-                serialization.Encoding.DER,
-                serialization.PublicFormat.SubjectPublicKeyInfo,
-            )
-            assert key.public_key().public_bytes(
-                *spki
-            ) == ours.public_key().public_bytes(*spki)
+            key = serialization.load_pem_private_key((lib / f"{thumbprint}.prv").read_bytes(), None)
+            spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            assert key.public_key().public_bytes(*spki) == ours.public_key().public_bytes(*spki)
 
 
 def certificate_scenario() -> Scenario:
     return Scenario(
         key_pairs=[KeyPair(path="/home/azureuser/.ssh/id_rsa")],
         public_keys=[
-            PublicKey(
-                path="/home/azureuser/.ssh/authorized_keys", fingerprint="generate"
-            )
+            PublicKey(path="/home/azureuser/.ssh/authorized_keys", fingerprint="generate")
         ],
     )
 
@@ -320,9 +273,7 @@ def test_a_blob_for_another_transport_key_is_noticed(
     monkeypatch.setattr(documents, "certificates", misdirected)
     with Fabric(certificate_scenario()) as fabric:
         result = drive(waagent, fabric, tmp_path / "waagent")
-        assert [r.status for r in fabric.requests if "comp=certificates" in r.path] == [
-            200
-        ]
+        assert [r.status for r in fabric.requests if "comp=certificates" in r.path] == [200]
         with pytest.raises((AssertionError, pytest.fail.Exception)):
             check_certificates(result, fabric, tmp_path / "waagent" / "lib")
         assert not [f for f in result["lib_files"] if f.endswith((".crt", ".prv"))]
@@ -337,9 +288,7 @@ def platform_address() -> str:
             try:
                 probe.bind((address, port))
             except OSError as e:
-                pytest.skip(
-                    f"cannot listen on {address}:{port} as the platform does: {e}"
-                )
+                pytest.skip(f"cannot listen on {address}:{port} as the platform does: {e}")
     return address
 
 
@@ -353,9 +302,7 @@ def test_fast_track_vm_settings_agree_with_extensions_config(
     HostGAPlugin and compares them with ExtensionsConfig, with its own code.
     """
     scenario = Scenario(
-        extensions=[
-            Extension(name="Test.Publisher.Handler", public_settings={"greeting": "hi"})
-        ]
+        extensions=[Extension(name="Test.Publisher.Handler", public_settings={"greeting": "hi"})]
     )
     ports = {"wireserver": 80, "hostgaplugin": 32526}
     with Fabric(scenario, host=platform_address(), ports=ports) as fabric:
@@ -400,14 +347,7 @@ def check_extension_details(extensions: dict[str, Any], fabric: Fabric) -> None:
     }
     assert multi["multi_config"] is True
     assert [
-        (
-            s["name"],
-            s["seq_no"],
-            s["state"],
-            s["public"],
-            s["thumbprint"],
-            s["dependency_level"],
-        )
+        (s["name"], s["seq_no"], s["state"], s["public"], s["thumbprint"], s["dependency_level"])
         for s in multi["settings"]
     ] == [
         ("first", 1, "enabled", {"message": "first"}, thumbprint, 2),
@@ -479,21 +419,15 @@ def test_waagent_reads_protected_settings_and_uploads_status_directly(
         check_status_upload(fabric, "direct")
 
 
-def test_fast_track_extensions_status_and_health_service(
-    waagent: Waagent, tmp_path: Path
-) -> None:
+def test_fast_track_extensions_status_and_health_service(waagent: Waagent, tmp_path: Path) -> None:
     """vmSettings with multi-config, dependencies and protected settings; status via HGAP."""
     ports = {"wireserver": 80, "hostgaplugin": 32526}
     with Fabric(rich_scenario(), host=platform_address(), ports=ports) as fabric:
-        result = drive(
-            waagent, fabric, tmp_path / "waagent", fast_track=True, status=True
-        )
+        result = drive(waagent, fabric, tmp_path / "waagent", fast_track=True, status=True)
         extensions = value(result, "extensions")
         assert extensions["source"] == "ExtensionsGoalStateFromVmSettings"
         check_extension_details(extensions, fabric)
-        value(
-            result, "fast_track_consistency"
-        )  # waagent's own comparison of the two documents
+        value(result, "fast_track_consistency")  # waagent's own comparison of the two documents
         assert decrypt_as_handlers_do(extensions, tmp_path / "waagent" / "lib") == [
             SECRET,
             {"token": "first-secret"},
@@ -507,11 +441,7 @@ def test_fast_track_extensions_status_and_health_service(
             for report in fabric.health_service
             for o in report["Observations"]
         ]
-        assert (
-            "WALinuxAgent",
-            "GuestAgentPluginStatus",
-            True,
-        ) in observed  # our PUT /status
+        assert ("WALinuxAgent", "GuestAgentPluginStatus", True) in observed  # our PUT /status
         assert observed[-1] == ("WALinuxAgent", "GuestAgentPluginHeartbeat", True)
         posts = [r for r in waagent_requests(fabric) if r[1] == "/HealthService"]
         assert posts == [("POST", "/HealthService", 200)] * len(fabric.health_service)

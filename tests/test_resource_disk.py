@@ -30,16 +30,7 @@ RESULT = "run/azagent/stages/resource-disk.json"
 WARNING = "mnt/resource/DATALOSS_WARNING_README.txt"
 SWAP = "mnt/resource/swapfile"
 
-TOOLS = (
-    "sfdisk",
-    "blkid",
-    "mkfs.ext4",
-    "mkfs.ext3",
-    "mkntfs",
-    "ntfscp",
-    "ntfsls",
-    "mkswap",
-)
+TOOLS = ("sfdisk", "blkid", "mkfs.ext4", "mkfs.ext3", "mkntfs", "ntfscp", "ntfsls", "mkswap")
 
 
 @pytest.fixture(autouse=True)
@@ -48,15 +39,11 @@ def _tools() -> None:
     path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
     missing = [tool for tool in TOOLS if shutil.which(tool, path=path) is None]
     if missing:
-        pytest.fail(
-            f"missing {', '.join(missing)}: install fdisk, e2fsprogs, util-linux, ntfs-3g"
-        )
+        pytest.fail(f"missing {', '.join(missing)}: install fdisk, e2fsprogs, util-linux, ntfs-3g")
 
 
 def sh(*argv: str, stdin: str | None = None) -> str:
-    done = subprocess.run(
-        argv, input=stdin, capture_output=True, text=True, check=True, timeout=60
-    )
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=True, timeout=60)
     return done.stdout
 
 
@@ -68,9 +55,7 @@ def system_state(root: Path) -> dict[str, tuple[int, int, int, bytes | str]]:
     """The tree without azagent's bookkeeping (result files, lock holder pid)."""
     own = ("run", "run/azagent")
     return {
-        k: v
-        for k, v in snapshot(root).items()
-        if k not in own and not k.startswith("run/azagent/")
+        k: v for k, v in snapshot(root).items() if k not in own and not k.startswith("run/azagent/")
     }
 
 
@@ -104,9 +89,7 @@ def splice(image: Path, offset: int, filesystem: Path) -> None:
         target.write(source.read())
 
 
-def ntfs_disk(
-    image: Path, tmp_path: Path, files: dict[str, bytes], *, msr: bool = False
-) -> None:
+def ntfs_disk(image: Path, tmp_path: Path, files: dict[str, bytes], *, msr: bool = False) -> None:
     """The platform's layout: one NTFS partition (MBR type 7), or GPT with an MSR first."""
     if msr:
         script = (
@@ -136,9 +119,7 @@ def ntfs_disk(
     volume.unlink()
 
 
-def ext4_partition(
-    image: Path, tmp_path: Path, content: dict[str, bytes] | None = None
-) -> None:
+def ext4_partition(image: Path, tmp_path: Path, content: dict[str, bytes] | None = None) -> None:
     """One MBR type-83 partition holding ext4 (with ``content``), as an earlier run made it."""
     sh("sfdisk", "--quiet", str(image), stdin="label: dos\n,,83\n")
     tree = tmp_path / "tree"
@@ -214,10 +195,7 @@ def test_empty_disk_is_partitioned_formatted_and_given_a_mount_unit(root: Path) 
     image = make_disk(root)
     run = run_stage("resource-disk", "--root", str(root))
     assert run.returncode == 0, run.stderr
-    assert partition_table(image) == (
-        "dos",
-        [(PART_START, DISK_SIZE - PART_START, "83")],
-    )
+    assert partition_table(image) == ("dos", [(PART_START, DISK_SIZE - PART_START, "83")])
     assert filesystem_at(image, PART_START) == "ext4"
     unit = root / UNIT
     assert unit.read_text() == unit_text()
@@ -255,36 +233,23 @@ def test_dry_run_writes_nothing(root: Path) -> None:
     assert snapshot(root) == before
     assert image.read_bytes() == bytes(DISK_SIZE)
     assert "would:" in run.stdout
-    assert (
-        "partition /dev/sdb (one partition, MBR, type 83) and make ext4" in run.stdout
-    )
-    assert (
-        "create the swap file /mnt/resource/swapfile (8 MiB, mode 0600)" in run.stdout
-    )
+    assert "partition /dev/sdb (one partition, MBR, type 83) and make ext4" in run.stdout
+    assert "create the swap file /mnt/resource/swapfile (8 MiB, mode 0600)" in run.stdout
 
 
-def test_fresh_ntfs_holding_only_the_warning_is_formatted(
-    root: Path, tmp_path: Path
-) -> None:
+def test_fresh_ntfs_holding_only_the_warning_is_formatted(root: Path, tmp_path: Path) -> None:
     image = make_disk(root)
-    ntfs_disk(
-        image, tmp_path, {"DATALOSS_WARNING_README.txt": b"Temporary storage\r\n"}
-    )
+    ntfs_disk(image, tmp_path, {"DATALOSS_WARNING_README.txt": b"Temporary storage\r\n"})
     assert filesystem_at(image, PART_START) == "ntfs"
     run = run_stage("resource-disk", "--root", str(root))
     assert run.returncode == 0, run.stderr
-    assert partition_table(image) == (
-        "dos",
-        [(PART_START, DISK_SIZE - PART_START, "83")],
-    )
+    assert partition_table(image) == ("dos", [(PART_START, DISK_SIZE - PART_START, "83")])
     assert filesystem_at(image, PART_START) == "ext4"
     assert "it held a fresh NTFS holding only DATALOSS_WARNING_README.txt" in run.stderr
     assert (root / UNIT).read_text() == unit_text()
 
 
-def test_gen2_layout_with_reserved_partition_is_formatted(
-    root: Path, tmp_path: Path
-) -> None:
+def test_gen2_layout_with_reserved_partition_is_formatted(root: Path, tmp_path: Path) -> None:
     image = make_disk(root)
     ntfs_disk(
         image,
@@ -299,9 +264,7 @@ def test_gen2_layout_with_reserved_partition_is_formatted(
     assert filesystem_at(image, PART_START) == "ext4"
 
 
-def test_ntfs_with_user_data_is_refused_and_left_byte_identical(
-    root: Path, tmp_path: Path
-) -> None:
+def test_ntfs_with_user_data_is_refused_and_left_byte_identical(root: Path, tmp_path: Path) -> None:
     image = make_disk(root)
     ntfs_disk(
         image,
@@ -323,9 +286,7 @@ def test_ntfs_with_user_data_is_refused_and_left_byte_identical(
     assert system_state(root) == before  # no unit, no warning file, nothing
 
 
-def test_ntfs_without_the_warning_but_with_files_is_refused(
-    root: Path, tmp_path: Path
-) -> None:
+def test_ntfs_without_the_warning_but_with_files_is_refused(root: Path, tmp_path: Path) -> None:
     image = make_disk(root)
     ntfs_disk(image, tmp_path, {"notes.txt": b"mine"})
     sha = digest(image)
@@ -359,9 +320,7 @@ def test_the_os_disk_is_never_touched(root: Path) -> None:
     before = system_state(root)
     run = run_stage("resource-disk", "--root", str(root))
     assert run.returncode == 1
-    assert (
-        "holds the root filesystem: that is the OS disk, never formatted" in run.stderr
-    )
+    assert "holds the root filesystem: that is the OS disk, never formatted" in run.stderr
     assert image.read_bytes() == bytes(DISK_SIZE)
     assert system_state(root) == before
 
@@ -370,9 +329,7 @@ def test_the_os_disk_under_lvm_is_never_touched(root: Path) -> None:
     """/ on dm-0, whose slave is sda2: sda is the OS disk all the same."""
     image = make_disk(root, name="sda")
     (root / "proc/self").mkdir(parents=True)
-    (root / "proc/self/mountinfo").write_text(
-        "22 1 254:0 / / rw - ext4 /dev/mapper/vg-root rw\n"
-    )
+    (root / "proc/self/mountinfo").write_text("22 1 254:0 / / rw - ext4 /dev/mapper/vg-root rw\n")
     dm = root / "sys/block/dm-0"
     (dm / "slaves").mkdir(parents=True)
     (root / "sys/block/sda/sda2").mkdir(parents=True)
@@ -400,16 +357,11 @@ def test_a_disk_mounted_elsewhere_is_refused(root: Path) -> None:
         f.write("40 22 8:17 / /data rw - xfs /dev/sdb1 rw\n")
     run = run_stage("resource-disk", "--root", str(root))
     assert run.returncode == 1
-    assert (
-        "the resource disk /dev/sdb is in use: /dev/sdb1 is mounted at /data"
-        in run.stderr
-    )
+    assert "the resource disk /dev/sdb is in use: /dev/sdb1 is mounted at /data" in run.stderr
     assert image.read_bytes() == bytes(DISK_SIZE)
 
 
-def test_existing_filesystem_is_mounted_not_formatted(
-    root: Path, tmp_path: Path
-) -> None:
+def test_existing_filesystem_is_mounted_not_formatted(root: Path, tmp_path: Path) -> None:
     image = make_disk(root)
     ext4_partition(image, tmp_path, {"cache.bin": b"still here"})
     sha = digest(image)
@@ -437,10 +389,7 @@ def test_another_filesystem_is_refused(root: Path, tmp_path: Path) -> None:
     sha = digest(image)
     run = run_stage("resource-disk", "--root", str(root))
     assert run.returncode == 1
-    assert (
-        "a dos partition table (1: type 83 ext4) and no xfs on partition 1"
-        in run.stderr
-    )
+    assert "a dos partition table (1: type 83 ext4) and no xfs on partition 1" in run.stderr
     assert digest(image) == sha
 
 
@@ -476,9 +425,7 @@ def test_missing_mkfs_fails_before_touching_the_disk(root: Path) -> None:
 def test_fstab_owning_the_mount_point_is_refused(root: Path) -> None:
     image = make_disk(root)
     (root / "etc").mkdir()
-    (root / "etc/fstab").write_text(
-        "# comment\nUUID=1234 /mnt/resource ext4 defaults 0 2\n"
-    )
+    (root / "etc/fstab").write_text("# comment\nUUID=1234 /mnt/resource ext4 defaults 0 2\n")
     run = run_stage("resource-disk", "--root", str(root))
     assert run.returncode == 1
     assert "/etc/fstab:2 already mounts /mnt/resource" in run.stderr
@@ -567,8 +514,7 @@ def test_mount_options_and_mount_point(root: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "path",
-    ["/mnt/resource", "/mnt/scratch-disk", "/data/.hidden/x y", "/srv/ré", "/mnt//a/"],
+    "path", ["/mnt/resource", "/mnt/scratch-disk", "/data/.hidden/x y", "/srv/ré", "/mnt//a/"]
 )
 def test_unit_names_match_systemd_escape(path: str) -> None:
     expected = sh("systemd-escape", "--path", "--suffix=mount", path).strip()
@@ -696,10 +642,7 @@ def test_swap_file_is_resized(root: Path) -> None:
     st = (root / SWAP).stat()
     assert (st.st_size, oct(st.st_mode & 0o777)) == (12 * MIB, "0o600")
     assert st.st_blocks * 512 >= 12 * MIB
-    assert (
-        sh("blkid", "-p", "-o", "value", "-s", "TYPE", str(root / SWAP)).strip()
-        == "swap"
-    )
+    assert sh("blkid", "-p", "-o", "value", "-s", "TYPE", str(root / SWAP)).strip() == "swap"
     assert run_stage("resource-disk", "--root", str(root)).returncode == 0
     assert result(root)["state"] == "nothing-to-do"
 
@@ -712,10 +655,7 @@ def test_swap_it_did_not_create_is_left_alone(root: Path) -> None:
     configure(root, ResourceDisk_EnableSwap="y", ResourceDisk_SwapSizeMB="8")
     run = run_stage("resource-disk", "--root", str(root))
     assert run.returncode == 1
-    assert (
-        "/mnt/resource/swapfile exists and azagent did not create it: left alone"
-        in run.stderr
-    )
+    assert "/mnt/resource/swapfile exists and azagent did not create it: left alone" in run.stderr
     assert theirs.read_bytes() == b"someone else's swap"
     # The disk was still formatted and given its unit before the refusal.
     assert (root / UNIT).exists()
@@ -758,9 +698,7 @@ def test_swap_encryption_is_reported_unsupported(root: Path) -> None:
 def test_swap_larger_than_the_disk_fails_cleanly(root: Path) -> None:
     """Under --root the swap file lands in the tree; ask for more than any disk has."""
     make_disk(root)
-    configure(
-        root, ResourceDisk_EnableSwap="y", ResourceDisk_SwapSizeMB=str(16 * 1024 * 1024)
-    )
+    configure(root, ResourceDisk_EnableSwap="y", ResourceDisk_SwapSizeMB=str(16 * 1024 * 1024))
     run = run_stage("resource-disk", "--root", str(root))
     assert run.returncode == 1
     assert "not enough space on /mnt/resource for a swap file" in run.stderr

@@ -75,14 +75,8 @@ def test_the_file_format_stays_what_users_and_the_vm_harness_read(root: Path) ->
 
 
 def test_a_partial_document_reads_with_defaults(root: Path) -> None:
-    record(
-        root,
-        "create-user",
-        '{"stage": "create-user", "state": "failed", "reason": "bad"}',
-    )
-    assert read_result(root, "create-user") == Result(
-        "create-user", STATE_FAILED, reason="bad"
-    )
+    record(root, "create-user", '{"stage": "create-user", "state": "failed", "reason": "bad"}')
+    assert read_result(root, "create-user") == Result("create-user", STATE_FAILED, reason="bad")
 
 
 def test_never_ran(root: Path) -> None:
@@ -125,11 +119,7 @@ def test_hostile_files_read_as_no_result(root: Path, content: bytes) -> None:
 
 def test_a_huge_file_reads_as_no_result(root: Path) -> None:
     padding = " " * MAX_RESULT_BYTES
-    record(
-        root,
-        "create-user",
-        '{"stage": "create-user", "state": "failed"' + padding + "}",
-    )
+    record(root, "create-user", '{"stage": "create-user", "state": "failed"' + padding + "}")
     assert read_result(root, "create-user") is None
 
 
@@ -145,18 +135,10 @@ def test_a_fifo_or_directory_reads_as_no_result_without_blocking(root: Path) -> 
 
 def test_readers_survive_hostile_results(root: Path) -> None:
     """status and the failure report treat a hostile result as no result."""
-    record(
-        root,
-        "create-user",
-        '{"stage": "create-user", "state": "failed", "reason": [1]}',
-    )
-    record(
-        root, "ssh-keys", '{"stage": "ssh-keys", "state": "failed", "reason": "no key"}'
-    )
+    record(root, "create-user", '{"stage": "create-user", "state": "failed", "reason": [1]}')
+    record(root, "ssh-keys", '{"stage": "ssh-keys", "state": "failed", "reason": "no key"}')
     record(root, "hostname", '{"stage": "hostname", "state": "done", "duration_ms": 7}')
-    record(
-        root, "mount-ovf", '{"stage": "mount-ovf", "state": "done", "duration_ms": "7"}'
-    )
+    record(root, "mount-ovf", '{"stage": "mount-ovf", "state": "done", "duration_ms": "7"}')
     ctx = Context(stage="test", root=root, config=config.defaults())
     assert report.failures(ctx) == [("ssh-keys", "no key")]
     assert report.durations(ctx) == {"hostname_ms": "7"}

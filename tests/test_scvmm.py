@@ -44,9 +44,7 @@ def vmm_dvd(directory: Path, evidence: Path) -> Path:
     directory.mkdir(parents=True)
     (directory / "linuxosconfiguration.xml").write_text("<LinuxOSConfiguration/>\n")
     installer = directory / "install"
-    installer.write_text(
-        f'#!/bin/bash\nprintf "%s\\n" "$#" "$@" "$PWD" > "{evidence}"\n'
-    )
+    installer.write_text(f'#!/bin/bash\nprintf "%s\\n" "$#" "$@" "$PWD" > "{evidence}"\n')
     return installer
 
 
@@ -62,21 +60,15 @@ def test_off_by_default(root: Path, tmp_path: Path) -> None:
 def test_no_vmm_media(root: Path) -> None:
     configure(root, "DetectScvmmEnv=y")
     (root / "mnt/cdrom/secure").mkdir(parents=True)
-    (root / "mnt/cdrom/secure/ovf-env.xml").write_text(
-        "<Environment/>\n"
-    )  # Azure's DVD
+    (root / "mnt/cdrom/secure/ovf-env.xml").write_text("<Environment/>\n")  # Azure's DVD
     run = run_stage("scvmm", "--root", str(root))
     assert run.returncode == 0, run.stderr
     assert result(root)["state"] == "skipped"
-    assert "no SCVMM media: no DVD holds linuxosconfiguration.xml" in str(
-        result(root)["reason"]
-    )
+    assert "no SCVMM media: no DVD holds linuxosconfiguration.xml" in str(result(root)["reason"])
 
 
 @pytest.mark.parametrize("mount_point", ["/mnt/cdrom/secure", "/media/vmm"])
-def test_media_found_under_root_is_never_run(
-    root: Path, tmp_path: Path, mount_point: str
-) -> None:
+def test_media_found_under_root_is_never_run(root: Path, tmp_path: Path, mount_point: str) -> None:
     lines = ["DetectScvmmEnv=y"]
     if mount_point != "/mnt/cdrom/secure":
         lines.append(f"DVD.MountPoint={mount_point}")
@@ -85,10 +77,7 @@ def test_media_found_under_root_is_never_run(
     before = snapshot(root)
     dry = run_stage("scvmm", "--root", str(root), "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert (
-        f"would skip: SCVMM media at {mount_point}; its installer runs only"
-        in dry.stdout
-    )
+    assert f"would skip: SCVMM media at {mount_point}; its installer runs only" in dry.stdout
     assert snapshot(root) == before
     run = run_stage("scvmm", "--root", str(root))
     assert run.returncode == 0, run.stderr
@@ -97,9 +86,7 @@ def test_media_found_under_root_is_never_run(
     assert not (tmp_path / "ran").exists()
 
 
-def test_started_earlier_in_this_boot_is_nothing_to_do(
-    root: Path, tmp_path: Path
-) -> None:
+def test_started_earlier_in_this_boot_is_nothing_to_do(root: Path, tmp_path: Path) -> None:
     configure(root, "DetectScvmmEnv=y")
     vmm_dvd(root / "mnt/cdrom/secure", tmp_path / "ran")
     (root / "run/azagent").mkdir(parents=True)
@@ -135,9 +122,7 @@ def test_a_failing_installer_fails_the_stage_and_may_run_again(tmp_path: Path) -
     vmm_dvd(dvd, tmp_path / "ran")
     (dvd / "install").write_text("#!/bin/bash\necho installing; exit 3\n")
     started = tmp_path / "scvmm-started"
-    with pytest.raises(
-        StageFailed, match="the VMM agent installer: bash exited with status 3"
-    ):
+    with pytest.raises(StageFailed, match="the VMM agent installer: bash exited with status 3"):
         _stage_module().run_installer(dvd, "", started)
     assert not started.exists()  # a later run tries again
 
@@ -146,9 +131,7 @@ def test_vmm_data_without_an_installer_fails(tmp_path: Path) -> None:
     dvd = tmp_path / "dvd"
     dvd.mkdir()
     (dvd / "linuxosconfiguration.xml").write_text("<LinuxOSConfiguration/>\n")
-    with pytest.raises(
-        StageFailed, match=r"has linuxosconfiguration\.xml but no install"
-    ):
+    with pytest.raises(StageFailed, match=r"has linuxosconfiguration\.xml but no install"):
         _stage_module().run_installer(dvd, "", tmp_path / "started")
 
 
@@ -228,10 +211,7 @@ def test_no_cdrom_on_the_running_system_skips_without_mounting(
     assert run_live(root) == 0
     assert drives.calls == []
     assert result(root)["state"] == "skipped"
-    assert (
-        result(root)["reason"]
-        == "no SCVMM media: no DVD holds linuxosconfiguration.xml"
-    )
+    assert result(root)["reason"] == "no SCVMM media: no DVD holds linuxosconfiguration.xml"
 
 
 def test_probing_finds_nothing_once_per_boot(root: Path, drives: FakeDrives) -> None:
@@ -253,9 +233,7 @@ def test_probing_finds_nothing_once_per_boot(root: Path, drives: FakeDrives) -> 
     assert drives.mounts() == ["/dev/sr0", "/dev/sr0", "/dev/sr1", "/dev/sr1"]
 
 
-def test_probing_finds_the_vmm_dvd_and_runs_its_installer(
-    root: Path, drives: FakeDrives
-) -> None:
+def test_probing_finds_the_vmm_dvd_and_runs_its_installer(root: Path, drives: FakeDrives) -> None:
     drives.add("sr0", "sr1")
     drives.vmm = "sr1"
     assert run_live(root) == 0, result(root)
@@ -266,11 +244,7 @@ def test_probing_finds_the_vmm_dvd_and_runs_its_installer(
         ["/dev/sr1", str(root / "run/azagent/scvmm-probe")],
         ["/dev/sr1", str(mount_point)],
     ]
-    assert drives.evidence.read_text().splitlines() == [
-        "1",
-        f"-p {mount_point}",
-        str(mount_point),
-    ]
+    assert drives.evidence.read_text().splitlines() == ["1", f"-p {mount_point}", str(mount_point)]
     assert (root / "run/azagent/scvmm-started").read_text().endswith(" sr1\n")
     drives.calls.clear()
     assert run_live(root) == 0

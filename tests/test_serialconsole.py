@@ -76,10 +76,7 @@ def test_debian_image(root: Path) -> None:
 
 def test_rhel_image_prefers_grubby(root: Path) -> None:
     path = image(
-        root,
-        RHEL,
-        'NAME="Red Hat Enterprise Linux"\nID="rhel"\nID_LIKE="fedora"\n',
-        ("grubby",),
+        root, RHEL, 'NAME="Red Hat Enterprise Linux"\nID="rhel"\nID_LIKE="fedora"\n', ("grubby",)
     )
     run = run_cli("-serialconsole", "--root", str(root))
     assert run.returncode == 0, run.stderr
@@ -94,9 +91,7 @@ def test_rhel_image_prefers_grubby(root: Path) -> None:
     )
 
 
-def test_rhel_without_grubby_and_a_debian_without_tools(
-    root: Path, tmp_path: Path
-) -> None:
+def test_rhel_without_grubby_and_a_debian_without_tools(root: Path, tmp_path: Path) -> None:
     image(root, RHEL, 'ID="centos"\n', ("grub2-mkconfig",))
     run = run_cli("serialconsole", "--root", str(root))
     assert f"chroot {root} grub2-mkconfig -o /boot/grub2/grub.cfg" in run.stdout
@@ -165,10 +160,7 @@ def test_a_dropin_that_overrides_is_pointed_out(root: Path) -> None:
     )
     run = run_cli("serialconsole", "--root", str(root))
     assert run.returncode == 0, run.stderr
-    assert (
-        "/etc/default/grub.d/50-cloudimg-settings.cfg sets GRUB_CMDLINE_LINUX too"
-        in run.stdout
-    )
+    assert "/etc/default/grub.d/50-cloudimg-settings.cfg sets GRUB_CMDLINE_LINUX too" in run.stdout
 
 
 def test_missing_or_uneditable_defaults_fail_and_change_nothing(root: Path) -> None:

@@ -44,9 +44,7 @@ def ssh_keygen() -> str:
 def public_line(key: object, comment: str = "") -> str:
     text: str = (
         key.public_key()  # type: ignore[attr-defined]
-        .public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         .decode()
     )
     return f"{text} {comment}" if comment else text
@@ -147,10 +145,7 @@ def key_type(path: Path) -> str:
 
 def test_installs_keys_configures_sshd_and_replaces_host_keys(root: Path) -> None:
     make_system(root)
-    first, second = (
-        ed25519_line("alice@laptop"),
-        public_line(rsa.generate_private_key(65537, 2048)),
-    )
+    first, second = ed25519_line("alice@laptop"), public_line(rsa.generate_private_key(65537, 2048))
     provide(
         root,
         inline(first),
@@ -164,11 +159,7 @@ def test_installs_keys_configures_sshd_and_replaces_host_keys(root: Path) -> Non
     assert authorized.read_text() == f"{first}\n{second}\n"
     assert mode_owner(authorized) == (0o600, UID, GID)
     assert mode_owner(authorized.parent) == (0o700, UID, GID)
-    assert mode_owner(root / "home/alice") == (
-        0o750,
-        UID,
-        GID,
-    )  # the home is left alone
+    assert mode_owner(root / "home/alice") == (0o750, UID, GID)  # the home is left alone
 
     dropin = root / DROPIN
     assert dropin.read_text().splitlines()[-3:] == [
@@ -200,9 +191,7 @@ def test_installs_keys_configures_sshd_and_replaces_host_keys(root: Path) -> Non
         "replace the image's 7 SSH host key file(s) with a new ed25519 SSH host key in /etc/ssh"
     )
     assert "10-azagent.conf" in changes[2]
-    assert (
-        "not checking /etc/ssh/sshd_config with sshd -t: --root is not /" in run.stderr
-    )
+    assert "not checking /etc/ssh/sshd_config with sshd -t: --root is not /" in run.stderr
 
 
 def test_second_run_changes_nothing(root: Path) -> None:
@@ -277,10 +266,7 @@ def test_only_a_wrong_mode_is_fixed(root: Path) -> None:
 @pytest.mark.parametrize(
     ("value", "reason"),
     [
-        (
-            "ssh-rsa AAAANOTAREALKEY== foo@bar.local",
-            "ssh-rsa key data is not valid base64",
-        ),
+        ("ssh-rsa AAAANOTAREALKEY== foo@bar.local", "ssh-rsa key data is not valid base64"),
         (
             'command="/bin/sh" {good}',
             "starts with authorized_keys options, which are not accepted from the platform",
@@ -297,9 +283,7 @@ def test_an_invalid_key_fails_the_stage_naming_its_index(
 ) -> None:
     make_system(root)
     good = ed25519_line()
-    provide(
-        root, inline(good), inline(value.format(good=good, good_blob=good.split()[1]))
-    )
+    provide(root, inline(good), inline(value.format(good=good, good_blob=good.split()[1])))
     before = system_state(root)
     run = run_stage("ssh-keys", "--root", str(root))
     assert run.returncode == 1
@@ -321,9 +305,7 @@ def test_an_invalid_key_fails_the_stage_naming_its_index(
         ("/home/alice", "not inside the home directory of alice"),
     ],
 )
-def test_paths_outside_the_home_fail_the_stage(
-    root: Path, path: str, reason: str
-) -> None:
+def test_paths_outside_the_home_fail_the_stage(root: Path, path: str, reason: str) -> None:
     make_system(root)
     provide(root, inline(ed25519_line(), path=path))
     before = system_state(root)
@@ -379,9 +361,7 @@ def test_a_missing_user_fails_with_the_reason(root: Path) -> None:
     provide(root, inline(ed25519_line()))
     results = root / "run/azagent/stages"
     results.mkdir(parents=True, exist_ok=True)
-    (results / "create-user.json").write_text(
-        '{"stage": "create-user", "state": "done"}'
-    )
+    (results / "create-user.json").write_text('{"stage": "create-user", "state": "done"}')
     run = run_stage("ssh-keys", "--root", str(root))
     assert run.returncode == 1
     assert "user alice is not in /etc/passwd" in run.stderr
@@ -391,20 +371,12 @@ HOSTILE_USERS = [
     ("../etc", "'../etc' is not a valid user name: it contains '.', '/'"),
     ("root\n", "'root\\n' is not a valid user name: it contains '\\n'"),
     ("a;b", "'a;b' is not a valid user name: it contains ';'"),
-    (
-        "a" * 300,
-        f"'{'a' * 40}'... (300 characters) is not a valid user name: it is 300",
-    ),
-    (
-        "Alice",
-        "'Alice' is not a valid user name: it contains 'A' (upper case is not accepted)",
-    ),
+    ("a" * 300, f"'{'a' * 40}'... (300 characters) is not a valid user name: it is 300"),
+    ("Alice", "'Alice' is not a valid user name: it contains 'A' (upper case is not accepted)"),
 ]
 
 
-@pytest.mark.parametrize(
-    ("username", "reason"), HOSTILE_USERS, ids=lambda v: ascii(v)[:20]
-)
+@pytest.mark.parametrize(("username", "reason"), HOSTILE_USERS, ids=lambda v: ascii(v)[:20])
 def test_a_hand_edited_user_name_fails_the_stage_and_writes_nothing(
     root: Path, username: str, reason: str
 ) -> None:
@@ -484,9 +456,7 @@ def create_user_ran(root: Path, state: str, reason: str = "") -> None:
     (results / "create-user.json").write_text(json.dumps(document))
 
 
-def accept(
-    root: Path, username: str = "alice", vm_id: str = "vm-1", uid: int = UID
-) -> None:
+def accept(root: Path, username: str = "alice", vm_id: str = "vm-1", uid: int = UID) -> None:
     """What create-user records when it accepts the user (created or adopted)."""
     ctx = Context(stage="create-user", root=root, config=config.defaults())
     provisioning.record_accepted_user(ctx, username, vm_id, uid)
@@ -514,9 +484,7 @@ def test_no_keys_for_an_account_create_user_refuses(
     assert run.returncode == 1, run.stderr
     assert f"the keys of {name} are not installed: " in run.stderr
     if create_user == "masked":
-        assert (
-            SYSTEM_ACCOUNTS[name][2] in run.stderr
-        )  # create-user's own rule, applied here
+        assert SYSTEM_ACCOUNTS[name][2] in run.stderr  # create-user's own rule, applied here
     assert f"the keys of {name} are not installed" in str(result(root)["reason"])
     assert system_state(root) == before
     assert not (root / SYSTEM_ACCOUNTS[name][1] / ".ssh").exists()
@@ -530,9 +498,7 @@ def test_no_keys_into_roots_home_through_another_account(root: Path, home: str) 
     passwd = root / "etc/passwd"
     passwd.write_text(passwd.read_text() + f"mallory:x:1500:1500::{home}:/bin/sh\n")
     provide(
-        root,
-        inline(ed25519_line(), path="$HOME/mallory/.ssh/authorized_keys"),
-        username="mallory",
+        root, inline(ed25519_line(), path="$HOME/mallory/.ssh/authorized_keys"), username="mallory"
     )
     before = system_state(root)
     run = run_stage("ssh-keys", "--root", str(root))
@@ -681,9 +647,7 @@ def test_authorized_keys_linked_to_shadow_is_neither_read_nor_replaced(
 
 
 @pytest.mark.parametrize("target", ["/etc", "../keys", "/home/bob"])
-def test_a_key_path_through_a_linked_directory_is_refused(
-    root: Path, target: str
-) -> None:
+def test_a_key_path_through_a_linked_directory_is_refused(root: Path, target: str) -> None:
     make_system(root)
     ssh = root / "home/alice/.ssh"
     ssh.mkdir(mode=0o700)
@@ -745,9 +709,7 @@ def test_a_setting_above_the_include_is_edited_in_place(root: Path) -> None:
     original = "PasswordAuthentication yes\n" + DEBIAN_SSHD_CONFIG
     make_system(root, sshd_config=original)
     (root / "etc/ssh/sshd_config.d").mkdir()
-    (root / "etc/ssh/sshd_config.d/50-cloud-init.conf").write_text(
-        "PasswordAuthentication yes\n"
-    )
+    (root / "etc/ssh/sshd_config.d/50-cloud-init.conf").write_text("PasswordAuthentication yes\n")
     (root / "etc/ssh/sshd_config.d/05-site.conf").write_text("ClientAliveInterval 30\n")
     provide(root, inline(ed25519_line()))
     run = run_stage("ssh-keys", "--root", str(root))
@@ -788,11 +750,7 @@ def test_auto_makes_every_default_type(root: Path) -> None:
     run = run_stage("ssh-keys", "--root", str(root))
     assert run.returncode == 0, run.stderr
     ssh = root / "etc/ssh"
-    for name, kind in (
-        ("rsa", "(RSA)"),
-        ("ecdsa", "(ECDSA)"),
-        ("ed25519", "(ED25519)"),
-    ):
+    for name, kind in (("rsa", "(RSA)"), ("ecdsa", "(ECDSA)"), ("ed25519", "(ED25519)")):
         private = ssh / f"ssh_host_{name}_key"
         assert mode_owner(private) == (0o600, 0, 0)
         assert private.read_bytes().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
@@ -861,10 +819,7 @@ def test_no_private_key_reaches_stderr_or_the_result(root: Path) -> None:
     provide(root, inline(leaked), vm_id="vm-2")
     run = run_stage("ssh-keys", "--root", str(root), "-v")
     assert run.returncode == 1
-    assert (
-        "public key #1 (Path $HOME/alice/.ssh/authorized_keys): is a private key"
-        in run.stderr
-    )
+    assert "public key #1 (Path $HOME/alice/.ssh/authorized_keys): is a private key" in run.stderr
     recorded = (root / RESULT).read_text()
     for body in leaked.splitlines()[1:-1]:
         assert body[:16] not in run.stderr

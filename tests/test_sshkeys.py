@@ -72,18 +72,14 @@ def blob_of(text: str) -> bytes:
 
 def sk_ed25519() -> str:
     pk = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes_raw()
-    return line(
-        string(b"sk-ssh-ed25519@openssh.com") + string(pk) + string(b"ssh:"), "yubikey"
-    )
+    return line(string(b"sk-ssh-ed25519@openssh.com") + string(pk) + string(b"ssh:"), "yubikey")
 
 
 def sk_ecdsa() -> str:
     point = (
         ec.generate_private_key(ec.SECP256R1())
         .public_key()
-        .public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-        )
+        .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
     )
     return line(
         string(b"sk-ecdsa-sha2-nistp256@openssh.com")
@@ -101,18 +97,13 @@ def dss() -> str:
     """Written out by hand: cryptography is deprecating DSA in the SSH format."""
     numbers = dsa.generate_private_key(1024).private_numbers()  # noqa: S505 - ssh-dss is 1024
     public = numbers.public_numbers
-    p, q, g = (
-        public.parameter_numbers.p,
-        public.parameter_numbers.q,
-        public.parameter_numbers.g,
-    )
+    p, q, g = public.parameter_numbers.p, public.parameter_numbers.q, public.parameter_numbers.g
     return line(string(b"ssh-dss") + mpint(p) + mpint(q) + mpint(g) + mpint(public.y))
 
 
 def plain_keys() -> dict[str, str]:
     return {
-        "ssh-rsa": openssh_public(rsa.generate_private_key(65537, 2048))
-        + " alice@laptop",
+        "ssh-rsa": openssh_public(rsa.generate_private_key(65537, 2048)) + " alice@laptop",
         "ssh-dss": dss(),
         "ecdsa-sha2-nistp256": openssh_public(ec.generate_private_key(ec.SECP256R1())),
         "ecdsa-sha2-nistp384": openssh_public(ec.generate_private_key(ec.SECP384R1())),
@@ -129,26 +120,14 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     work = tmp_path_factory.mktemp("keys")
     ca = work / "ca"
     subprocess.run(
-        [ssh_keygen(), "-q", "-t", "ed25519", "-N", "", "-f", str(ca)],
-        check=True,
-        timeout=30,
+        [ssh_keygen(), "-q", "-t", "ed25519", "-N", "", "-f", str(ca)], check=True, timeout=30
     )
     result = plain_keys()
     for index, (key_type, text) in enumerate(list(result.items())):
         public = work / f"key{index}.pub"
         public.write_text(text + "\n")
         subprocess.run(
-            [
-                ssh_keygen(),
-                "-q",
-                "-s",
-                str(ca),
-                "-I",
-                "test",
-                "-n",
-                "alice",
-                str(public),
-            ],
+            [ssh_keygen(), "-q", "-s", str(ca), "-I", "test", "-n", "alice", str(public)],
             check=True,
             timeout=30,
             capture_output=True,
@@ -165,9 +144,7 @@ def test_every_openssh_type_is_known() -> None:
     assert "ecdsa-sha2-nistp521-cert-v01@openssh.com" in sshkeys.KEY_TYPES
 
 
-def test_valid_keys_of_every_type_are_accepted(
-    keys: dict[str, str], tmp_path: Path
-) -> None:
+def test_valid_keys_of_every_type_are_accepted(keys: dict[str, str], tmp_path: Path) -> None:
     assert set(keys) == sshkeys.KEY_TYPES
     for key_type, text in keys.items():
         assert sshkeys.validate_public_key(text) == text, key_type
@@ -185,9 +162,7 @@ def test_valid_keys_of_every_type_are_accepted(
         assert done.stdout.split()[1] == sshkeys.fingerprint(text).split()[1], key_type
 
 
-def test_normalization_strips_line_ends_and_recodes_the_blob(
-    keys: dict[str, str],
-) -> None:
+def test_normalization_strips_line_ends_and_recodes_the_blob(keys: dict[str, str]) -> None:
     text = keys["ssh-ed25519"]
     assert sshkeys.validate_public_key(f"  {text}\r\n") == text
     bare = " ".join(text.split()[:2])
@@ -243,15 +218,11 @@ def rejected_cases(keys: dict[str, str]) -> dict[str, tuple[str, str]]:
         line(ed_blob + b"\x00"): ("trailing bytes", "trailing"),
         line(rsa_blob(768)): ("768-bit RSA", "768 bits"),
         line(rsa_blob(2048, exponent=65536)): ("even RSA exponent", "exponent"),
-        line(
-            string(b"ecdsa-sha2-nistp256") + string(b"nistp384") + string(b"\x04" * 97)
-        ): (
+        line(string(b"ecdsa-sha2-nistp256") + string(b"nistp384") + string(b"\x04" * 97)): (
             "curve name mismatch",
             "curve",
         ),
-        line(
-            string(b"sk-ssh-ed25519@openssh.com") + string(b"\x01" * 32) + string(b"")
-        ): (
+        line(string(b"sk-ssh-ed25519@openssh.com") + string(b"\x01" * 32) + string(b"")): (
             "security key without application",
             "application",
         ),
@@ -289,11 +260,7 @@ def test_key_identity_reads_the_users_lines_leniently(keys: dict[str, str]) -> N
 
 
 def test_merge_keeps_the_users_lines_and_never_duplicates(keys: dict[str, str]) -> None:
-    ed, rsa_key, ecdsa = (
-        keys["ssh-ed25519"],
-        keys["ssh-rsa"],
-        keys["ecdsa-sha2-nistp256"],
-    )
+    ed, rsa_key, ecdsa = keys["ssh-ed25519"], keys["ssh-rsa"], keys["ecdsa-sha2-nistp256"]
     existing = f"# my keys\nno-pty {ed}\n\nnot a key\n{rsa_key}"
     merged = sshkeys.merge_authorized_keys(existing, [ecdsa, rsa_key, ecdsa, ed])
     assert merged == f"# my keys\nno-pty {ed}\n\nnot a key\n{rsa_key}\n{ecdsa}\n"
@@ -307,28 +274,14 @@ def test_merge_keeps_the_users_lines_and_never_duplicates(keys: dict[str, str]) 
 @pytest.mark.parametrize(
     ("template", "home", "expected"),
     [
-        (
-            "$HOME/alice/.ssh/authorized_keys",
-            "/home/alice",
-            "/home/alice/.ssh/authorized_keys",
-        ),
-        (
-            "/home/alice/.ssh/authorized_keys",
-            "/home/alice",
-            "/home/alice/.ssh/authorized_keys",
-        ),
+        ("$HOME/alice/.ssh/authorized_keys", "/home/alice", "/home/alice/.ssh/authorized_keys"),
+        ("/home/alice/.ssh/authorized_keys", "/home/alice", "/home/alice/.ssh/authorized_keys"),
         ("/home/alice//.ssh/./id_rsa", "/home/alice", "/home/alice/.ssh/id_rsa"),
         # $HOME/<user> is the user's home wherever /etc/passwd puts it.
-        (
-            "$HOME/alice/.ssh/authorized_keys",
-            "/data/alice",
-            "/data/alice/.ssh/authorized_keys",
-        ),
+        ("$HOME/alice/.ssh/authorized_keys", "/data/alice", "/data/alice/.ssh/authorized_keys"),
     ],
 )
-def test_key_paths_inside_the_home_are_accepted(
-    template: str, home: str, expected: str
-) -> None:
+def test_key_paths_inside_the_home_are_accepted(template: str, home: str, expected: str) -> None:
     assert sshkeys.resolve_key_path(template, "alice", "/home", home) == expected
 
 
@@ -387,9 +340,7 @@ AUTHORIZED = "/home/alice/.ssh/authorized_keys"
         ".ssh",
     ],
 )
-def test_a_linked_ssh_directory_is_refused_wherever_it_points(
-    tmp_path: Path, link: str
-) -> None:
+def test_a_linked_ssh_directory_is_refused_wherever_it_points(tmp_path: Path, link: str) -> None:
     root, account = make_root(tmp_path)
     (root / "home/alice/keys").mkdir()
     (root / "home/alice/.ssh").symlink_to(link)
@@ -436,18 +387,14 @@ def test_a_home_root_linked_by_root_is_followed(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("case", ["group-writable", "link of a user", "too many links"])
-def test_a_home_root_link_someone_else_could_make_is_refused(
-    tmp_path: Path, case: str
-) -> None:
+def test_a_home_root_link_someone_else_could_make_is_refused(tmp_path: Path, case: str) -> None:
     root, account = make_root(tmp_path)
     (root / "var").mkdir()
     (root / "home").rename(root / "var/home")
     (root / "home").symlink_to("var/home")
     if case == "group-writable":
         (root / "var").chmod(0o775)
-        reason = (
-            "/var is writable by its group: the symbolic link /home is not followed"
-        )
+        reason = "/var is writable by its group: the symbolic link /home is not followed"
     elif case == "link of a user":
         os.lchown(root / "home", UID, GID)
         reason = f"the symbolic link /home is owned by uid {UID}: not followed"
@@ -588,8 +535,7 @@ def test_platform_certificate_to_ssh_rsa_agrees_with_ssh_keygen(tmp_path: Path) 
             x509.load_pem_x509_certificate(item.certificate_pem)
             .public_key()
             .public_bytes(
-                serialization.Encoding.PEM,
-                serialization.PublicFormat.SubjectPublicKeyInfo,
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
         )
         theirs = subprocess.run(
@@ -712,9 +658,7 @@ def apply(actions: list[object]) -> list[str]:
 
 
 @pytest.mark.parametrize("source", ["lib-dir", "items"])
-def test_certificate_keys_and_key_pairs_are_installed(
-    tmp_path: Path, source: str
-) -> None:
+def test_certificate_keys_and_key_pairs_are_installed(tmp_path: Path, source: str) -> None:
     ctx, items = lib_root(tmp_path)
     given = items if source == "items" else None
     data = certificate_data()
@@ -739,9 +683,7 @@ def test_certificate_keys_and_key_pairs_are_installed(
         ("id_rsa.pub", 0o644),
     ):
         st = (ssh / name).stat()
-        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (mode, UID, GID), (
-            name
-        )
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (mode, UID, GID), name
     # No summary carries key material.
     body = private_pem.decode().splitlines()[1]
     assert not any(body[:16] in s or "PRIVATE" in s for s in summaries)
@@ -752,19 +694,13 @@ def test_certificate_keys_and_key_pairs_are_installed(
 def test_a_missing_certificate_names_the_key_and_thumbprint(tmp_path: Path) -> None:
     ctx, _ = lib_root(tmp_path)
     (ctx.root / f"var/lib/waagent/{KEYED}.prv").unlink()
-    with pytest.raises(
-        SshKeyError, match=r"key pair #1 \(Path /home/alice/.ssh/id_rsa\): the"
-    ):
+    with pytest.raises(SshKeyError, match=r"key pair #1 \(Path /home/alice/.ssh/id_rsa\): the"):
         sshkeys.plan_certificate_keys(ctx, certificate_data())
     missing = certificate_data(
-        public_keys=(
-            Key(path="$HOME/alice/.ssh/authorized_keys", fingerprint="AB" * 20),
-        ),
+        public_keys=(Key(path="$HOME/alice/.ssh/authorized_keys", fingerprint="AB" * 20),),
         key_pairs=(),
     )
-    with pytest.raises(
-        SshKeyError, match=f"public key #1 .*certificate {'AB' * 20} was not"
-    ):
+    with pytest.raises(SshKeyError, match=f"public key #1 .*certificate {'AB' * 20} was not"):
         sshkeys.plan_certificate_keys(ctx, missing)
     assert not (ctx.root / "home/alice/.ssh").exists()
 
@@ -773,21 +709,15 @@ def test_certificate_keys_are_read_through_the_store(tmp_path: Path) -> None:
     """Only a thumbprint names a file in Lib.Dir, and a symbolic link there is not followed."""
     ctx, _ = lib_root(tmp_path)
     hostile = certificate_data(
-        public_keys=(
-            Key(path="$HOME/alice/.ssh/authorized_keys", fingerprint="AB" * 32),
-        ),
+        public_keys=(Key(path="$HOME/alice/.ssh/authorized_keys", fingerprint="AB" * 32),),
         key_pairs=(),
     )
-    with pytest.raises(
-        SshKeyError, match=r"public key #1 .*is not a certificate thumbprint"
-    ):
+    with pytest.raises(SshKeyError, match=r"public key #1 .*is not a certificate thumbprint"):
         sshkeys.plan_certificate_keys(ctx, hostile)
     lib = ctx.root / "var/lib/waagent"
     (lib / f"{PLAIN}.crt").unlink()
     (lib / f"{PLAIN}.crt").symlink_to(lib / f"{KEYED}.crt")
-    with pytest.raises(
-        SshKeyError, match=rf"public key #1 .*{PLAIN}.crt in Lib.Dir is a symbolic"
-    ):
+    with pytest.raises(SshKeyError, match=rf"public key #1 .*{PLAIN}.crt in Lib.Dir is a symbolic"):
         sshkeys.plan_certificate_keys(ctx, certificate_data())
     assert not (ctx.root / "home/alice/.ssh").exists()
 
@@ -796,15 +726,10 @@ def test_key_pair_paths_are_confined_too(tmp_path: Path) -> None:
     ctx, _ = lib_root(tmp_path)
     escaping = certificate_data(
         key_pairs=(
-            Key(
-                path="/root/.ssh/id_rsa",
-                fingerprint="F6ABAA61098A301EBB8A571C3C7CF77F355F7FA9",
-            ),
+            Key(path="/root/.ssh/id_rsa", fingerprint="F6ABAA61098A301EBB8A571C3C7CF77F355F7FA9"),
         )
     )
-    with pytest.raises(
-        SshKeyError, match=r"key pair #1 .*not inside the home directory"
-    ):
+    with pytest.raises(SshKeyError, match=r"key pair #1 .*not inside the home directory"):
         sshkeys.plan_certificate_keys(ctx, escaping)
 
 
@@ -829,9 +754,7 @@ def test_set_directives_replaces_the_first_global_occurrence() -> None:
         "  PasswordAuthentication yes\n"
     )
     lines = text.splitlines(keepends=True)
-    edited = sshd.set_directives(
-        text, SETTINGS, limit=sshd.global_end(lines), insert=True
-    )
+    edited = sshd.set_directives(text, SETTINGS, limit=sshd.global_end(lines), insert=True)
     assert edited == (
         "# comment\n"
         "# Set by azagent when this VM was provisioned (ssh-keys stage).\n"
@@ -845,8 +768,7 @@ def test_set_directives_replaces_the_first_global_occurrence() -> None:
     )
     again = edited.splitlines(keepends=True)
     assert (
-        sshd.set_directives(edited, SETTINGS, limit=sshd.global_end(again), insert=True)
-        == edited
+        sshd.set_directives(edited, SETTINGS, limit=sshd.global_end(again), insert=True) == edited
     )
 
 
@@ -871,9 +793,7 @@ def test_set_directives_on_a_file_of_comments_appends() -> None:
 )
 def test_covering_include(include: str, covered: bool) -> None:
     lines = f"Port 22\n{include}\n".splitlines(keepends=True)
-    found = sshd.covering_include(
-        lines, "/etc/ssh", "/etc/ssh/sshd_config.d/10-azagent.conf"
-    )
+    found = sshd.covering_include(lines, "/etc/ssh", "/etc/ssh/sshd_config.d/10-azagent.conf")
     assert (found is not None) == covered
 
 
@@ -887,18 +807,14 @@ def fake_sshd(tmp_path: Path, stderr: str, status: int) -> str:
 def test_check_config_reports_what_sshd_refuses(tmp_path: Path) -> None:
     config_file = tmp_path / "sshd_config"
     config_file.write_text("Bogus yes\n")
-    refusing = fake_sshd(
-        tmp_path, f"{config_file} line 1: Bad configuration option: Bogus", 255
-    )
+    refusing = fake_sshd(tmp_path, f"{config_file} line 1: Bad configuration option: Bogus", 255)
     assert sshd.check_config(refusing, config_file) == (
         f"{config_file} line 1: Bad configuration option: Bogus"
     )
     accepting = fake_sshd(tmp_path, "", 0)
     assert sshd.check_config(accepting, config_file) is None
     # Before ssh.service created /run/sshd, sshd -t cannot judge: not an error.
-    early = fake_sshd(
-        tmp_path, "Missing privilege separation directory: /run/sshd", 255
-    )
+    early = fake_sshd(tmp_path, "Missing privilege separation directory: /run/sshd", 255)
     assert sshd.check_config(early, config_file) is None
 
 

@@ -36,8 +36,7 @@ def broken(kind: str, endpoint: str, path: str, **fields: object) -> Scenario:
 
 def tighten(vm: Vm) -> None:
     vm.configure(
-        f"Endpoint.RequestTimeout={REQUEST_TIMEOUT}",
-        f"Endpoint.RetryDeadline={RETRY_DEADLINE}",
+        f"Endpoint.RequestTimeout={REQUEST_TIMEOUT}", f"Endpoint.RetryDeadline={RETRY_DEADLINE}"
     )
 
 
@@ -68,9 +67,7 @@ def test_report_ready(root: Path, kind: str) -> None:
 
 
 def test_report_ready_recovers_from_one_reset(root: Path) -> None:
-    scenario = Scenario(
-        faults=[Fault(endpoint="wireserver", kind="reset", path="comp=goalstate")]
-    )
+    scenario = Scenario(faults=[Fault(endpoint="wireserver", kind="reset", path="comp=goalstate")])
     with Fabric(scenario) as fabric:
         vm = make_vm(root, scenario, fabric)
         tighten(vm)

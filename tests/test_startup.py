@@ -41,9 +41,6 @@ def test_light_stages_do_not_import_heavy_libraries(stage: str, root: Path) -> N
 
 
 def test_cli_status_and_configuration_stay_light(root: Path) -> None:
-    for args in (
-        ["status", "--root", str(root)],
-        ["show-configuration", "--root", str(root)],
-    ):
+    for args in (["status", "--root", str(root)], ["show-configuration", "--root", str(root)]):
         modules = imported_modules(["-m", "azagent", *args])
         assert not modules & set(HEAVY), (args, sorted(modules & set(HEAVY)))

@@ -24,9 +24,7 @@ from azagent import transport
 from azagent.transport import Transport, TransportError
 from azagent.wireclient import WireClient, WireServerError
 
-SLACK = (
-    1.0  # scheduling on a loaded two-core machine; the bounds tested are far from it
-)
+SLACK = 1.0  # scheduling on a loaded two-core machine; the bounds tested are far from it
 
 
 def ok(body: bytes = b"hello", headers: Optional[dict[str, str]] = None) -> Script:
@@ -85,10 +83,7 @@ def test_a_body_that_stops_ends_at_the_deadline() -> None:
         client = Transport(timeout=10)
         error, took = timed(
             lambda: client.request(
-                "GET",
-                f"{server.url}/doc",
-                endpoint="blob",
-                deadline=time.monotonic() + 1,
+                "GET", f"{server.url}/doc", endpoint="blob", deadline=time.monotonic() + 1
             )
         )
     assert 0.9 < took < 1 + SLACK
@@ -103,10 +98,7 @@ def test_a_trickled_body_cannot_outlast_the_deadline() -> None:
         client = Transport(timeout=0.5)
         error, took = timed(
             lambda: client.request(
-                "GET",
-                f"{server.url}/doc",
-                endpoint="blob",
-                deadline=time.monotonic() + 1.5,
+                "GET", f"{server.url}/doc", endpoint="blob", deadline=time.monotonic() + 1.5
             )
         )
     assert 1.4 < took < 1.5 + SLACK
@@ -118,10 +110,7 @@ def test_trickled_headers_cannot_outlast_the_deadline() -> None:
         client = Transport(timeout=0.5)
         error, took = timed(
             lambda: client.request(
-                "GET",
-                f"{server.url}/doc",
-                endpoint="blob",
-                deadline=time.monotonic() + 1,
+                "GET", f"{server.url}/doc", endpoint="blob", deadline=time.monotonic() + 1
             )
         )
     assert took < 1 + SLACK
@@ -131,9 +120,7 @@ def test_trickled_headers_cannot_outlast_the_deadline() -> None:
 def test_the_default_deadline_is_the_timeout() -> None:
     with Server(stall) as server:
         error, took = timed(
-            lambda: Transport(timeout=0.5).request(
-                "GET", server.url, endpoint="wireserver"
-            )
+            lambda: Transport(timeout=0.5).request("GET", server.url, endpoint="wireserver")
         )
     assert took < 0.5 + SLACK
     assert "deadline" in error.problem
@@ -170,9 +157,7 @@ def test_a_reset_mid_body() -> None:
 
 def test_a_truncated_body() -> None:
     with Server(truncate) as server:
-        error, _ = timed(
-            lambda: Transport(timeout=5).request("GET", server.url, endpoint="blob")
-        )
+        error, _ = timed(lambda: Transport(timeout=5).request("GET", server.url, endpoint="blob"))
     assert error.problem == "the body ended after 50 of 100 bytes"
     assert error.transient
 
@@ -180,9 +165,7 @@ def test_a_truncated_body() -> None:
 def test_an_answer_over_the_cap_announced() -> None:
     with Server(ok(b"x" * 2000)) as server:
         error, _ = timed(
-            lambda: Transport().request(
-                "GET", server.url, endpoint="blob", max_bytes=1000
-            )
+            lambda: Transport().request("GET", server.url, endpoint="blob", max_bytes=1000)
         )
     assert "over the limit of 1000" in error.problem
     assert not error.transient
@@ -197,27 +180,19 @@ def test_an_answer_over_the_cap_without_a_length() -> None:
 
     with Server(endless) as server:
         error, _ = timed(
-            lambda: Transport().request(
-                "GET", server.url, endpoint="blob", max_bytes=5000
-            )
+            lambda: Transport().request("GET", server.url, endpoint="blob", max_bytes=5000)
         )
     assert error.problem == "an answer larger than 5000 bytes"
 
 
 def test_a_bad_gzip_body() -> None:
-    with Server(
-        ok(b"\x1f\x8b\x08not gzip at all", {"Content-Encoding": "gzip"})
-    ) as server:
-        error, _ = timed(
-            lambda: Transport().request("GET", server.url, endpoint="blob")
-        )
+    with Server(ok(b"\x1f\x8b\x08not gzip at all", {"Content-Encoding": "gzip"})) as server:
+        error, _ = timed(lambda: Transport().request("GET", server.url, endpoint="blob"))
     assert error.problem == "the body is not valid gzip data"
 
 
 def test_a_good_gzip_body_is_decoded() -> None:
-    with Server(
-        ok(gzip.compress(b"<Versions/>"), {"Content-Encoding": "gzip"})
-    ) as server:
+    with Server(ok(gzip.compress(b"<Versions/>"), {"Content-Encoding": "gzip"})) as server:
         reply = Transport().request("GET", server.url, endpoint="blob")
     assert reply.body == b"<Versions/>"
 
@@ -231,9 +206,7 @@ def test_a_malformed_chunked_body() -> None:
         connection.shutdown(socket.SHUT_RDWR)
 
     with Server(chunked) as server:
-        error, _ = timed(
-            lambda: Transport().request("GET", server.url, endpoint="blob")
-        )
+        error, _ = timed(lambda: Transport().request("GET", server.url, endpoint="blob"))
     assert "chunked" in error.problem
 
 
@@ -242,9 +215,7 @@ def test_a_connection_closed_before_an_answer() -> None:
         connection.shutdown(socket.SHUT_RDWR)
 
     with Server(drop) as server:
-        error, _ = timed(
-            lambda: Transport().request("GET", server.url, endpoint="wireserver")
-        )
+        error, _ = timed(lambda: Transport().request("GET", server.url, endpoint="wireserver"))
     assert error.problem == "the connection closed before an answer"
 
 
@@ -253,9 +224,7 @@ def test_connection_refused() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     error, _ = timed(
-        lambda: Transport().request(
-            "GET", f"http://127.0.0.1:{port}/", endpoint="wireserver"
-        )
+        lambda: Transport().request("GET", f"http://127.0.0.1:{port}/", endpoint="wireserver")
     )
     assert error.problem == "connection refused"
     assert error.transient
@@ -290,9 +259,7 @@ def test_download_streams_into_a_private_file(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
         with Server(ok(body)) as server:
-            size = Transport().download(
-                f"{server.url}/p.zip", target, max_bytes=4 << 20
-            )
+            size = Transport().download(f"{server.url}/p.zip", target, max_bytes=4 << 20)
     finally:
         os.umask(old)
     assert size == len(body)
@@ -301,18 +268,13 @@ def test_download_streams_into_a_private_file(tmp_path: Path) -> None:
     assert leftovers(tmp_path) == [target.name]
 
 
-@pytest.mark.parametrize(
-    "script", [reset_mid_body, truncate, stall], ids=lambda s: s.__name__
-)
+@pytest.mark.parametrize("script", [reset_mid_body, truncate, stall], ids=lambda s: s.__name__)
 def test_a_failed_download_leaves_no_file(tmp_path: Path, script: Script) -> None:
     target = tmp_path / "pkg.zip"
     with Server(script) as server:
         error, took = timed(
             lambda: Transport(timeout=5).download(
-                f"{server.url}/p.zip",
-                target,
-                max_bytes=1000,
-                deadline=time.monotonic() + 1,
+                f"{server.url}/p.zip", target, max_bytes=1000, deadline=time.monotonic() + 1
             )
         )
     assert took < 1 + SLACK
@@ -324,9 +286,7 @@ def test_a_failed_download_keeps_the_previous_file(tmp_path: Path) -> None:
     target = tmp_path / "pkg.zip"
     target.write_bytes(b"the previous package")
     with Server(ok(b"x" * 2000)) as server:
-        error, _ = timed(
-            lambda: Transport().download(server.url, target, max_bytes=1000)
-        )
+        error, _ = timed(lambda: Transport().download(server.url, target, max_bytes=1000))
     assert "over the limit" in error.problem
     assert leftovers(tmp_path) == ["pkg.zip"]
     assert target.read_bytes() == b"the previous package"
@@ -337,21 +297,15 @@ def test_a_download_answered_404_writes_nothing(tmp_path: Path) -> None:
         connection.sendall(answer(404, b"<Error>BlobNotFound</Error>"))
 
     with Server(missing) as server:
-        error, _ = timed(
-            lambda: Transport().download(server.url, tmp_path / "p", max_bytes=100)
-        )
+        error, _ = timed(lambda: Transport().download(server.url, tmp_path / "p", max_bytes=100))
     assert (error.problem, error.status, error.transient) == ("HTTP 404", 404, False)
     assert leftovers(tmp_path) == []
 
 
-def test_a_download_into_a_missing_directory_is_a_transport_error(
-    tmp_path: Path,
-) -> None:
+def test_a_download_into_a_missing_directory_is_a_transport_error(tmp_path: Path) -> None:
     with Server(ok()) as server:
         error, _ = timed(
-            lambda: Transport().download(
-                server.url, tmp_path / "no/such/p", max_bytes=100
-            )
+            lambda: Transport().download(server.url, tmp_path / "no/such/p", max_bytes=100)
         )
     assert error.problem.startswith("cannot write")
     assert not error.transient

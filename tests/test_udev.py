@@ -108,9 +108,7 @@ class FakeMachine:
         self.devices.append(device)
         return device
 
-    def scsi_disk(
-        self, name: str, host: int, vendor: str, model: str, major: int
-    ) -> FakeDevice:
+    def scsi_disk(self, name: str, host: int, vendor: str, model: str, major: int) -> FakeDevice:
         scsi = self.add(
             f"/sys/devices/vmbus/host{host}/target{host}:0:0/{host}:0:0:0",
             "scsi",
@@ -150,27 +148,20 @@ class FakeMachine:
                 for device in machine.devices:
                     if subsystem not in (None, device.subsystem):
                         continue
-                    if (
-                        properties.get("DEVTYPE", device.device_type)
-                        != device.device_type
-                    ):
+                    if properties.get("DEVTYPE", device.device_type) != device.device_type:
                         continue
                     yield device
 
         class Devices:
             @staticmethod
-            def from_name(
-                context: FakeContext, subsystem: str, name: str
-            ) -> FakeDevice:
+            def from_name(context: FakeContext, subsystem: str, name: str) -> FakeDevice:
                 for device in machine.devices:
                     if (device.subsystem, device.sys_name) == (subsystem, name):
                         return device
                 raise DeviceNotFoundError(name)
 
             @staticmethod
-            def from_device_number(
-                context: FakeContext, kind: str, number: int
-            ) -> FakeDevice:
+            def from_device_number(context: FakeContext, kind: str, number: int) -> FakeDevice:
                 for device in machine.devices:
                     if (device.subsystem, device.device_number) == (kind, number):
                         return device
@@ -203,15 +194,11 @@ def hyperv_vm(machine: FakeMachine) -> None:
     machine.scsi_disk("sdb", 1, "Msft", "Virtual Disk", 8)
     machine.scsi_disk("sdc", 2, "QEMU", "QEMU HARDDISK", 8)
     machine.scsi_disk("sr0", 3, "Msft", "Virtual DVD-ROM", 11)
-    machine.add(
-        "/sys/devices/pci0000:00/nvme/nvme0/nvme0n1", "block", device_type="disk"
-    )
+    machine.add("/sys/devices/pci0000:00/nvme/nvme0/nvme0n1", "block", device_type="disk")
 
 
 def stage_module() -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader(
-        "kernel_tune_stage", str(STAGES / "kernel-tune")
-    )
+    loader = importlib.machinery.SourceFileLoader("kernel_tune_stage", str(STAGES / "kernel-tune"))
     spec = importlib.util.spec_from_loader("kernel_tune_stage", loader)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
@@ -225,10 +212,7 @@ def stage_module() -> ModuleType:
 def test_hyperv_scsi_disks_come_from_udev(machine: FakeMachine, tmp_path: Path) -> None:
     hyperv_vm(machine)
     found = disks.hyperv_scsi_disks(live_context(tmp_path))
-    assert [(disk.name, disk.timeout) for disk in found] == [
-        ("sda", "30"),
-        ("sdb", "30"),
-    ]
+    assert [(disk.name, disk.timeout) for disk in found] == [("sda", "30"), ("sdb", "30")]
     sdb = machine.base / "sys/devices/vmbus/host1/target1:0:0/1:0:0:0/timeout"
     assert found[1].timeout_path == sdb
     disks.write_attribute(found[1].timeout_path, "300")
@@ -243,9 +227,7 @@ def test_kernel_tune_plans_the_timeout_of_the_disks_udev_found(
     plan = Plan()
     ctx = live_context(tmp_path, "OS.RootDeviceScsiTimeout=300")
     assert stage_module().plan_scsi_timeout(ctx, plan) is None
-    summaries = [
-        action.summary for action in plan.actions
-    ]  # planned only, never applied
+    summaries = [action.summary for action in plan.actions]  # planned only, never applied
     assert "set the SCSI timeout of sda from 30 s to 300 s" in summaries
     assert "set the SCSI timeout of sdb from 30 s to 300 s" in summaries
     assert not [s for s in summaries if "sdc" in s or "sr0" in s or "nvme" in s]
@@ -276,19 +258,11 @@ def test_mellanox_functions_and_rdma_devices_come_from_udev(
 ) -> None:
     pci = "/sys/devices/pci0000:00"
     machine.add(
-        f"{pci}/0000:00:08.0",
-        "pci",
-        attributes={"vendor": "0x1414\n", "device": "0x5353\n"},
+        f"{pci}/0000:00:08.0", "pci", attributes={"vendor": "0x1414\n", "device": "0x5353\n"}
     )
+    machine.add(f"{pci}/0002:00:02.0", "pci", attributes={"vendor": "0x15B3\n", "device": "none\n"})
     machine.add(
-        f"{pci}/0002:00:02.0",
-        "pci",
-        attributes={"vendor": "0x15B3\n", "device": "none\n"},
-    )
-    machine.add(
-        f"{pci}/0001:00:02.0",
-        "pci",
-        attributes={"vendor": "0x15b3\n", "device": "0x101c\n"},
+        f"{pci}/0001:00:02.0", "pci", attributes={"vendor": "0x15b3\n", "device": "0x101c\n"}
     )
     machine.add(f"{pci}/0001:00:02.0/infiniband/mlx5_0", "infiniband")
     stage = stage_module()
@@ -321,15 +295,14 @@ def test_without_libudev_sysfs_answers(
 
     machine.module.Context.__init__ = no_library  # type: ignore[attr-defined]
     caplog.set_level(logging.DEBUG, logger="azagent")
-    assert udev.find(
-        live_context(tmp_path), "test", lambda p, c: "udev", lambda: "sysfs"
-    ) == ("sysfs")
+    assert udev.find(live_context(tmp_path), "test", lambda p, c: "udev", lambda: "sysfs") == (
+        "sysfs"
+    )
     assert "No library named udev" in caplog.text
 
 
 @pytest.mark.parametrize(
-    "error",
-    [OSError(5, "Input/output error"), AttributeError("from_device_number"), None],
+    "error", [OSError(5, "Input/output error"), AttributeError("from_device_number"), None]
 )
 def test_a_failing_lookup_falls_back_to_sysfs(
     machine: FakeMachine, tmp_path: Path, error: Optional[Exception]

@@ -34,16 +34,7 @@ from conftest import REPO
 
 RULES = REPO / "units/66-azure-storage.rules"
 
-MATCH_KEYS = {
-    "ACTION",
-    "SUBSYSTEM",
-    "KERNEL",
-    "ENV",
-    "KERNELS",
-    "SUBSYSTEMS",
-    "DRIVERS",
-    "ATTRS",
-}
+MATCH_KEYS = {"ACTION", "SUBSYSTEM", "KERNEL", "ENV", "KERNELS", "SUBSYSTEMS", "DRIVERS", "ATTRS"}
 PARENT_KEYS = {"KERNELS", "SUBSYSTEMS", "DRIVERS", "ATTRS"}
 ASSIGN_KEYS = {"ENV", "SYMLINK"}
 KEYS_WITH_ATTRIBUTE = {"ENV", "ATTRS"}
@@ -74,35 +65,25 @@ def parse(text: str) -> list[Rule]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        assert not line.endswith("\\"), (
-            f"line {number}: continuation lines are not used here"
-        )
+        assert not line.endswith("\\"), f"line {number}: continuation lines are not used here"
         tokens = []
         position = 0
         while position < len(line):
             found = TOKEN.match(line, position)
             assert found, f"line {number}: cannot parse {line[position:]!r}"
-            tokens.append(
-                Token(found["key"], found["attr"], found["op"], found["value"])
-            )
+            tokens.append(Token(found["key"], found["attr"], found["op"], found["value"]))
             position = found.end()
         for token in tokens:
             known = MATCH_KEYS | ASSIGN_KEYS | {"GOTO", "LABEL"}
             assert token.key in known, f"line {number}: {token.key} is not modelled"
-            assert (token.attribute is not None) == (
-                token.key in KEYS_WITH_ATTRIBUTE
-            ), f"line {number}: {token.key} and its {{attribute}}"
+            assert (token.attribute is not None) == (token.key in KEYS_WITH_ATTRIBUTE), (
+                f"line {number}: {token.key} and its {{attribute}}"
+            )
             if token.op in ("==", "!="):
-                assert token.key in MATCH_KEYS, (
-                    f"line {number}: {token.key} cannot be matched"
-                )
+                assert token.key in MATCH_KEYS, f"line {number}: {token.key} cannot be matched"
             else:
-                assert token.op in ("=", "+="), (
-                    f"line {number}: operator {token.op} not modelled"
-                )
-                assert token.key in ASSIGN_KEYS | {"GOTO", "LABEL"}, (
-                    f"line {number}: {token.key}"
-                )
+                assert token.op in ("=", "+="), f"line {number}: operator {token.op} not modelled"
+                assert token.key in ASSIGN_KEYS | {"GOTO", "LABEL"}, f"line {number}: {token.key}"
         rules.append(Rule(number, tokens))
     return rules
 
@@ -131,9 +112,7 @@ class Outcome:
 
 
 def glob(pattern: str, value: str) -> bool:
-    return any(
-        fnmatch.fnmatchcase(value, alternative) for alternative in pattern.split("|")
-    )
+    return any(fnmatch.fnmatchcase(value, alternative) for alternative in pattern.split("|"))
 
 
 def matches(token: Token, value: str | None) -> bool:
@@ -154,9 +133,7 @@ def substitute(value: str, event: Event, env: dict[str, str]) -> str:
             return kernel
         raise AssertionError(f"substitution {m.group()} not modelled")
 
-    result = re.sub(
-        r"\$env\{(?P<env>[^}]+)\}|%(?P<fmt>.)|\$(?P<other>[a-z]+)", one, value
-    )
+    result = re.sub(r"\$env\{(?P<env>[^}]+)\}|%(?P<fmt>.)|\$(?P<other>[a-z]+)", one, value)
     assert "$" not in result, value
     return result
 
@@ -175,12 +152,8 @@ def evaluate(rules: list[Rule], event: Event) -> Outcome:
     while index < len(rules):
         rule = rules[index]
         index += 1
-        plain = [
-            t for t in rule.tokens if t.op in ("==", "!=") and t.key not in PARENT_KEYS
-        ]
-        parents = [
-            t for t in rule.tokens if t.op in ("==", "!=") and t.key in PARENT_KEYS
-        ]
+        plain = [t for t in rule.tokens if t.op in ("==", "!=") and t.key not in PARENT_KEYS]
+        parents = [t for t in rule.tokens if t.op in ("==", "!=") and t.key in PARENT_KEYS]
         ok = True
         for token in plain:
             if token.key == "ACTION":
@@ -195,19 +168,14 @@ def evaluate(rules: list[Rule], event: Event) -> Outcome:
             if not ok:
                 break
         if ok and parents:
-            ok = any(
-                all(_parent_match(t, candidate) for t in parents)
-                for candidate in event.chain
-            )
+            ok = any(all(_parent_match(t, candidate) for t in parents) for candidate in event.chain)
         if not ok:
             continue
         for token in rule.tokens:
             if token.op in ("==", "!=") or token.key == "LABEL":
                 continue
             if token.key == "GOTO":
-                assert token.value in labels, (
-                    f"line {rule.line}: no LABEL {token.value}"
-                )
+                assert token.value in labels, f"line {rule.line}: no LABEL {token.value}"
                 assert labels[token.value] >= index, f"line {rule.line}: GOTO backwards"
                 index = labels[token.value]
                 break
@@ -223,9 +191,7 @@ def evaluate(rules: list[Rule], event: Event) -> Outcome:
                     env[token.attribute] = f"{old} {value}"
                 else:
                     env[token.attribute] = value
-    exported = {
-        k: v for k, v in env.items() if not k.startswith(".") and k not in event.env
-    }
+    exported = {k: v for k, v in env.items() if not k.startswith(".") and k not in event.env}
     return Outcome(symlinks, exported)
 
 
@@ -249,20 +215,14 @@ def _parent_match(token: Token, device: Device) -> bool:
 
 # --- recorded devices ----------------------------------------------------------
 
-ACPI = [
-    Device("VMBUS:00", "acpi"),
-    Device("LNXSYBUS:00", "acpi"),
-    Device("LNXSYSTM:00", "acpi"),
-]
+ACPI = [Device("VMBUS:00", "acpi"), Device("LNXSYBUS:00", "acpi"), Device("LNXSYSTM:00", "acpi")]
 MSFT = {"vendor": "Msft    ", "model": "Virtual Disk    ", "rev": "1.0 "}
 HYPERV_ENV = {"ID_VENDOR": "Msft", "ID_MODEL": "Virtual_Disk", "ID_BUS": "scsi"}
 GEN2_CONTROLLER = "{f8b3781a-1e82-4818-a1c3-63d806ec15bb}"
 DATA_CONTROLLER = "{f8b3781b-1e82-4818-a1c3-63d806ec15bb}"
 
 
-def vmbus_disk(
-    name: str, address: str, device_id: str, *, partition: int | None = None
-) -> Event:
+def vmbus_disk(name: str, address: str, device_id: str, *, partition: int | None = None) -> Event:
     """A Hyper-V SCSI disk (or its partition) under the VMBus device ``device_id``."""
     host, _, target, _ = address.split(":")
     guid = device_id.strip("{}")
@@ -274,10 +234,7 @@ def vmbus_disk(
         Device(
             guid,
             "vmbus",
-            {
-                "device_id": device_id,
-                "class_id": "{ba6163d9-04a1-4d29-b605-72e2ffb1dc7f}",
-            },
+            {"device_id": device_id, "class_id": "{ba6163d9-04a1-4d29-b605-72e2ffb1dc7f}"},
             driver="hv_storvsc",
         ),
         *ACPI,
@@ -286,9 +243,7 @@ def vmbus_disk(
     env = dict(HYPERV_ENV, DEVTYPE="disk")
     env["ID_PATH"] = f"acpi-VMBUS:00-vmbus-{guid.replace('-', '')}-lun-{lun}"
     if partition is not None:
-        chain.insert(
-            0, Device(f"{name}{partition}", "block", {"partition": str(partition)})
-        )
+        chain.insert(0, Device(f"{name}{partition}", "block", {"partition": str(partition)}))
         env["DEVTYPE"] = "partition"
     return Event("add", chain, env)
 
@@ -304,11 +259,7 @@ def qemu_disk(
     """virtio-scsi under qemu (VM-TESTING.md): scsi-hd with the Hyper-V identity."""
     chain = [
         Device(name, "block"),
-        Device(
-            f"0:{address}",
-            "scsi",
-            {"vendor": vendor.ljust(8), "model": model.ljust(16)},
-        ),
+        Device(f"0:{address}", "scsi", {"vendor": vendor.ljust(8), "model": model.ljust(16)}),
         Device("target0:0:" + address.split(":")[1], "scsi"),
         Device("host0", "scsi"),
         Device("virtio2", "virtio", {"device": "0x0008", "vendor": "0x1af4"}),
@@ -323,16 +274,12 @@ def qemu_disk(
         "DEVTYPE": "disk",
     }
     if partition is not None:
-        chain.insert(
-            0, Device(f"{name}{partition}", "block", {"partition": str(partition)})
-        )
+        chain.insert(0, Device(f"{name}{partition}", "block", {"partition": str(partition)}))
         env["DEVTYPE"] = "partition"
     return Event("add", chain, env)
 
 
-def nvme_disk(
-    name: str, model: str, serial: str, *, partition: int | None = None
-) -> Event:
+def nvme_disk(name: str, model: str, serial: str, *, partition: int | None = None) -> Event:
     chain = [
         Device(name, "block", {"nsid": "1"}),
         Device("nvme0", "nvme", {"model": model.ljust(40), "serial": serial}),
@@ -340,9 +287,7 @@ def nvme_disk(
     ]
     env = {"ID_MODEL": model, "ID_SERIAL_SHORT": serial, "DEVTYPE": "disk"}
     if partition is not None:
-        chain.insert(
-            0, Device(f"{name}p{partition}", "block", {"partition": str(partition)})
-        )
+        chain.insert(0, Device(f"{name}p{partition}", "block", {"partition": str(partition)}))
         env["DEVTYPE"] = "partition"
     return Event("add", chain, env)
 
@@ -353,12 +298,7 @@ WANTS = {"SYSTEMD_WANTS": "azure-resource-disk.service"}
 
 CASES: list[tuple[str, Event, list[str], dict[str, str]]] = [
     # Gen1: OS and resource disks on their own VMBus devices (lsscsi [0:0:0:0], [1:0:1:0]).
-    (
-        "gen1 os disk",
-        vmbus_disk("sda", "0:0:0:0", GEN1_ROOT_ID),
-        ["disk/azure/root"],
-        {},
-    ),
+    ("gen1 os disk", vmbus_disk("sda", "0:0:0:0", GEN1_ROOT_ID), ["disk/azure/root"], {}),
     (
         "gen1 os partition",
         vmbus_disk("sda", "0:0:0:0", GEN1_ROOT_ID, partition=1),
@@ -378,12 +318,7 @@ CASES: list[tuple[str, Event, list[str], dict[str, str]]] = [
         {},
     ),
     # Gen2: both on controller f8b3781a, LUN 0 and LUN 1.
-    (
-        "gen2 os disk",
-        vmbus_disk("sda", "0:0:0:0", GEN2_CONTROLLER),
-        ["disk/azure/root"],
-        {},
-    ),
+    ("gen2 os disk", vmbus_disk("sda", "0:0:0:0", GEN2_CONTROLLER), ["disk/azure/root"], {}),
     (
         "gen2 resource disk",
         vmbus_disk("sdb", "0:0:0:1", GEN2_CONTROLLER),
@@ -396,19 +331,9 @@ CASES: list[tuple[str, Event, list[str], dict[str, str]]] = [
         ["disk/azure/resource-part2"],
         {},
     ),
-    (
-        "gen2 unknown lun on scsi0",
-        vmbus_disk("sdx", "0:0:0:5", GEN2_CONTROLLER),
-        [],
-        {},
-    ),
+    ("gen2 unknown lun on scsi0", vmbus_disk("sdx", "0:0:0:5", GEN2_CONTROLLER), [], {}),
     # Data disks (lsscsi [3:0:0:0], [3:0:0:1], ...).
-    (
-        "data lun 0",
-        vmbus_disk("sdc", "3:0:0:0", DATA_CONTROLLER),
-        ["disk/azure/scsi1/lun0"],
-        {},
-    ),
+    ("data lun 0", vmbus_disk("sdc", "3:0:0:0", DATA_CONTROLLER), ["disk/azure/scsi1/lun0"], {}),
     (
         "data lun 12 partition",
         vmbus_disk("sdd", "3:0:0:12", DATA_CONTROLLER, partition=1),
@@ -438,12 +363,7 @@ CASES: list[tuple[str, Event, list[str], dict[str, str]]] = [
     ),
     ("qemu other target", qemu_disk("sdc", "0:2:0"), [], {}),
     ("qemu other lun", qemu_disk("sdc", "0:1:1"), [], {}),
-    (
-        "qemu foreign disk",
-        qemu_disk("sdb", "0:1:0", vendor="QEMU", model="QEMU HARDDISK"),
-        [],
-        {},
-    ),
+    ("qemu foreign disk", qemu_disk("sdb", "0:1:0", vendor="QEMU", model="QEMU HARDDISK"), [], {}),
     ("qemu dvd", qemu_disk("sr0", "0:0:2", model="Virtual DVD-ROM"), [], {}),
     # Local NVMe temporary disks.
     (
@@ -454,22 +374,12 @@ CASES: list[tuple[str, Event, list[str], dict[str, str]]] = [
     ),
     (
         "nvme direct disk v2 partition",
-        nvme_disk(
-            "nvme1n1",
-            "Microsoft NVMe Direct Disk v2",
-            "2cf3ab3ce1db00000002",
-            partition=1,
-        ),
+        nvme_disk("nvme1n1", "Microsoft NVMe Direct Disk v2", "2cf3ab3ce1db00000002", partition=1),
         ["disk/azure/local/by-serial/2cf3ab3ce1db00000002-part1"],
         {},
     ),
     ("other nvme", nvme_disk("nvme0n1", "Samsung SSD 990 PRO 2TB", "S6Z2NJ0W"), [], {}),
-    (
-        "remote nvme os disk",
-        nvme_disk("nvme0n1", "MSFT NVMe Accelerator v1.0", "x"),
-        [],
-        {},
-    ),
+    ("remote nvme os disk", nvme_disk("nvme0n1", "MSFT NVMe Accelerator v1.0", "x"), [], {}),
 ]
 
 
@@ -493,17 +403,13 @@ def test_names_and_wants(
 @pytest.mark.parametrize("lun", range(64))
 def test_every_data_lun(rules: list[Rule], lun: int) -> None:
     whole = evaluate(rules, vmbus_disk("sdc", f"3:0:0:{lun}", DATA_CONTROLLER))
-    part = evaluate(
-        rules, vmbus_disk("sdc", f"3:0:0:{lun}", DATA_CONTROLLER, partition=3)
-    )
+    part = evaluate(rules, vmbus_disk("sdc", f"3:0:0:{lun}", DATA_CONTROLLER, partition=3))
     assert whole.symlinks == [f"disk/azure/scsi1/lun{lun}"]
     assert part.symlinks == [f"disk/azure/scsi1/lun{lun}-part3"]
 
 
 def test_lun_beyond_azure_limit_is_unnamed(rules: list[Rule]) -> None:
-    assert (
-        evaluate(rules, vmbus_disk("sdc", "3:0:0:64", DATA_CONTROLLER)).symlinks == []
-    )
+    assert evaluate(rules, vmbus_disk("sdc", "3:0:0:64", DATA_CONTROLLER)).symlinks == []
 
 
 def test_remove_and_other_subsystems_are_ignored(rules: list[Rule]) -> None:
@@ -535,20 +441,14 @@ def test_evaluator_is_not_vacuous(rules: list[Rule]) -> None:
     # device_id and LUN live on different parents: one rule matching both
     # would never fire in udev; the evaluator must agree.
     combined = parse(
-        'ATTRS{device_id}=="'
-        + DATA_CONTROLLER
-        + '", KERNELS=="*:*:*:0", SYMLINK+="x"\n'
+        'ATTRS{device_id}=="' + DATA_CONTROLLER + '", KERNELS=="*:*:*:0", SYMLINK+="x"\n'
     )
-    assert (
-        evaluate(combined, vmbus_disk("sdc", "3:0:0:0", DATA_CONTROLLER)).symlinks == []
-    )
+    assert evaluate(combined, vmbus_disk("sdc", "3:0:0:0", DATA_CONTROLLER)).symlinks == []
     separate = parse(
         'ATTRS{device_id}=="' + DATA_CONTROLLER + '", ENV{.C}="1"\n'
         'ENV{.C}=="1", KERNELS=="*:*:*:0", SYMLINK+="x"\n'
     )
-    assert evaluate(
-        separate, vmbus_disk("sdc", "3:0:0:0", DATA_CONTROLLER)
-    ).symlinks == ["x"]
+    assert evaluate(separate, vmbus_disk("sdc", "3:0:0:0", DATA_CONTROLLER)).symlinks == ["x"]
     skip = parse('GOTO="end"\nSYMLINK+="never"\nLABEL="end"\nSYMLINK+="after"\n')
     assert evaluate(skip, qemu_disk("sda", "0:0:0")).symlinks == ["after"]
     with pytest.raises(AssertionError):

@@ -32,10 +32,7 @@ def test_find_stage_prefers_the_environment(
 
 @pytest.mark.skipif(shutil.which("systemctl") is None, reason="needs systemctl")
 def test_unit_state_under_a_root(root: Path) -> None:
-    assert units.unit_state(root, "azure-kernel-tune.service") in (
-        "not-found",
-        "unknown",
-    )
+    assert units.unit_state(root, "azure-kernel-tune.service") in ("not-found", "unknown")
     directory = root / "usr/lib/systemd/system"
     directory.mkdir(parents=True)
     shutil.copy(REPO / "units/azure-kernel-tune.service", directory)
@@ -45,9 +42,7 @@ def test_unit_state_under_a_root(root: Path) -> None:
     assert units.unit_state(root, "azure-kernel-tune.service") == "masked"
 
 
-def test_unit_state_without_systemctl(
-    root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unit_state_without_systemctl(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(root))
     assert units.unit_state(root, "azure-kernel-tune.service") == "unknown"
 

@@ -16,9 +16,7 @@ UNITS = REPO / "units"
 
 
 def unit_files() -> list[Path]:
-    return sorted(
-        p for p in UNITS.iterdir() if p.suffix in (".service", ".target", ".path")
-    )
+    return sorted(p for p in UNITS.iterdir() if p.suffix in (".service", ".target", ".path"))
 
 
 GATE = UNITS / "azure-.service.d/10-azure-only.conf"
@@ -33,15 +31,11 @@ def parse(unit: Path) -> configparser.RawConfigParser:
 
 def test_catalog_stages_units_and_executables_match() -> None:
     executables = sorted(p.name for p in STAGES.iterdir() if p.is_file())
-    assert executables == sorted(
-        stage.name for stage in catalog.STAGES + catalog.SERVICES
-    )
+    assert executables == sorted(stage.name for stage in catalog.STAGES + catalog.SERVICES)
     services = sorted(p.name for p in UNITS.glob("azure-*.service"))
     for stage in catalog.STAGES + catalog.SERVICES:
         assert stage.unit in services
-        assert (STAGES / stage.name).stat().st_mode & 0o111, (
-            f"{stage.name} is not executable"
-        )
+        assert (STAGES / stage.name).stat().st_mode & 0o111, f"{stage.name} is not executable"
 
 
 @pytest.mark.parametrize("unit", unit_files(), ids=lambda p: p.name)
@@ -50,9 +44,7 @@ def test_stage_units_follow_the_conventions(unit: Path) -> None:
     assert unit.name.startswith("azure-")
     assert parsed.get("Unit", "Description")
     assert parsed.get("Unit", "Documentation")
-    assert unit.read_text().startswith("#"), (
-        "a header comment says why it is ordered so"
-    )
+    assert unit.read_text().startswith("#"), "a header comment says why it is ordered so"
     if unit.name in {service.unit for service in catalog.SERVICES}:
         # A long-running service: systemd hears from it (READY, the watchdog).
         assert parsed.get("Service", "Type") == "notify"
@@ -66,10 +58,7 @@ def test_stage_units_follow_the_conventions(unit: Path) -> None:
         # stay "active" so that `systemctl status 'azure-*'` shows what ran.
         # and a service a .path unit starts must become inactive again, or
         # the path unit could start it only once.
-        if (
-            unit.name != "azure-report-failure.service"
-            and not unit.with_suffix(".path").exists()
-        ):
+        if unit.name != "azure-report-failure.service" and not unit.with_suffix(".path").exists():
             assert parsed.get("Service", "RemainAfterExit") == "yes"
         # custom-data runs the VM owner's script and scvmm the VMM installer,
         # which install packages.
@@ -96,9 +85,7 @@ def test_systemd_analyze_verify_prints_nothing(tmp_path: Path) -> None:
         copy.write_text(text)
         copies.append(str(copy))
     # The gate drop-in applies to every azure-*.service: check its lines too.
-    gate = [
-        line for line in GATE.read_text().splitlines() if line.startswith("Condition")
-    ]
+    gate = [line for line in GATE.read_text().splitlines() if line.startswith("Condition")]
     gated = tmp_path / "azure-gate-check.service"
     gated.write_text(
         "[Unit]\nDescription=gate check\nDocumentation=file:/dev/null\n"
@@ -107,11 +94,7 @@ def test_systemd_analyze_verify_prints_nothing(tmp_path: Path) -> None:
     )
     copies.append(str(gated))
     done = subprocess.run(
-        [analyze, "verify", *copies],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        [analyze, "verify", *copies], capture_output=True, text=True, timeout=120, check=False
     )
     assert (done.returncode, done.stdout + done.stderr) == (0, "")
 
@@ -120,19 +103,13 @@ def test_gate_keeps_stages_off_other_machines() -> None:
     """On this machine (no Azure asset tag, no override) the gate's conditions fail."""
     analyze = shutil.which("systemd-analyze")
     assert analyze is not None
-    gate = [
-        line for line in GATE.read_text().splitlines() if line.startswith("Condition")
-    ]
+    gate = [line for line in GATE.read_text().splitlines() if line.startswith("Condition")]
     assert any("7783-7084-3265-9085-8269-3286-77" in line for line in gate)
     assert "ConditionKernelCommandLine=|azagent.force" in gate
     if Path("/etc/azagent/force").exists():
         pytest.skip("this machine has the override")
     done = subprocess.run(
-        [analyze, "condition", *gate],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        [analyze, "condition", *gate], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode != 0, done.stdout + done.stderr
 

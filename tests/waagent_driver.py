@@ -41,9 +41,7 @@ def _guard(connect: Callable[..., Any]) -> Callable[..., Any]:
             host = str(address[0])
             if host not in LOOPBACK and not host.startswith("127."):
                 blocked.append(f"{host}:{address[1]}")
-                raise ConnectionRefusedError(
-                    f"waagent_driver: connection to {host} blocked"
-                )
+                raise ConnectionRefusedError(f"waagent_driver: connection to {host} blocked")
         return connect(self, address)
 
     return guarded
@@ -101,9 +99,7 @@ def write_conf(workdir: Path, fast_track: bool) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument(
-        "--endpoint", required=True, help="host:port of the emulated WireServer"
-    )
+    parser.add_argument("--endpoint", required=True, help="host:port of the emulated WireServer")
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--timeout", type=int, default=90)
@@ -129,10 +125,7 @@ def main() -> int:
 
     def step(name: str, action: Callable[[], Any]) -> bool:
         if timed_out:
-            result["steps"][name] = {
-                "ok": False,
-                "error": "skipped: time limit ran out",
-            }
+            result["steps"][name] = {"ok": False, "error": "skipped: time limit ran out"}
             return False
         start = time.monotonic()
         try:
@@ -146,11 +139,7 @@ def main() -> int:
                 "timed_out": timed_out,
             }
             return False
-        result["steps"][name] = {
-            "ok": True,
-            "value": value,
-            "seconds": time.monotonic() - start,
-        }
+        result["steps"][name] = {"ok": True, "value": value, "seconds": time.monotonic() - start}
         return True
 
     try:
@@ -159,9 +148,7 @@ def main() -> int:
 
         conf.load_conf_from_file(str(write_conf(workdir, args.fast_track)))
         logger.add_logger_appender(
-            logger.AppenderType.FILE,
-            logger.LogLevel.VERBOSE,
-            path=str(workdir / "waagent.log"),
+            logger.AppenderType.FILE, logger.LogLevel.VERBOSE, path=str(workdir / "waagent.log")
         )
         result["agent_version"] = AGENT_VERSION
         result["lib_dir"] = conf.get_lib_dir()
@@ -195,11 +182,7 @@ def main() -> int:
         def certificates() -> list[str]:
             # WireProtocol.get_certs() fails on a goal state without certificates.
             listed = protocol.client.get_certs()
-            return (
-                sorted(c.thumbprint for c in listed.cert_list.certificates)
-                if listed
-                else []
-            )
+            return sorted(c.thumbprint for c in listed.cert_list.certificates) if listed else []
 
         step("certificates", certificates)
 
@@ -273,17 +256,13 @@ def main() -> int:
 
         def consistency() -> str:
             # waagent's own check that vmSettings and ExtensionsConfig describe one goal state.
-            from azurelinuxagent.common.protocol.extensions_goal_state import (
-                ExtensionsGoalState,
-            )
+            from azurelinuxagent.common.protocol.extensions_goal_state import ExtensionsGoalState
 
             client = protocol.client
             vm_settings = client._cached_vm_settings
             if vm_settings is None:
                 raise RuntimeError("waagent holds no vmSettings from the HostGAPlugin")
-            ExtensionsGoalState.compare(
-                client.get_goal_state().extensions_config, vm_settings
-            )
+            ExtensionsGoalState.compare(client.get_goal_state().extensions_config, vm_settings)
             return "match"
 
         if args.fast_track:
@@ -299,21 +278,15 @@ def main() -> int:
         if args.fast_track:
             step("health_service", health_service)
 
-        def report(
-            status: str, substatus: Any, description: Any, thumbprint: str = ""
-        ) -> None:
-            provision = ProvisionStatus(
-                status=status, subStatus=substatus, description=description
-            )
+        def report(status: str, substatus: Any, description: Any, thumbprint: str = "") -> None:
+            provision = ProvisionStatus(status=status, subStatus=substatus, description=description)
             if thumbprint:
                 provision.properties.certificateThumbprint = thumbprint
             protocol.report_provision_status(provision)
 
         step(
             "not_ready",
-            lambda: report(
-                "NotReady", "ProvisioningFailed", "reference client says <no> & stops"
-            ),
+            lambda: report("NotReady", "ProvisioningFailed", "reference client says <no> & stops"),
         )
         step("ready", lambda: report("Ready", None, None, args.role_thumbprint))
     except BaseException as e:
@@ -321,9 +294,7 @@ def main() -> int:
     finally:
         signal.alarm(0)
         lib = workdir / "lib"
-        result["lib_files"] = (
-            sorted(p.name for p in lib.iterdir()) if lib.is_dir() else []
-        )
+        result["lib_files"] = sorted(p.name for p in lib.iterdir()) if lib.is_dir() else []
         args.out.write_text(json.dumps(result, indent=2, default=str))
     return 0
 

@@ -36,12 +36,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.ciphers import (
-    BlockCipherAlgorithm,
-    Cipher,
-    algorithms,
-    modes,
-)
+from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.hazmat.primitives.padding import PKCS7
 from cryptography.hazmat.primitives.serialization import pkcs12
@@ -150,14 +145,10 @@ def _cbc_encrypt(name: str, key: bytes, iv: bytes, data: bytes) -> bytes:
     algorithm = _block_cipher(name, key)
     padder = PKCS7(algorithm.block_size).padder()
     encryptor = Cipher(algorithm, modes.CBC(iv)).encryptor()
-    return (
-        encryptor.update(padder.update(data) + padder.finalize()) + encryptor.finalize()
-    )
+    return encryptor.update(padder.update(data) + padder.finalize()) + encryptor.finalize()
 
 
-def _pkcs12_kdf(
-    password: bytes, salt: bytes, purpose: int, iterations: int, size: int
-) -> bytes:
+def _pkcs12_kdf(password: bytes, salt: bytes, purpose: int, iterations: int, size: int) -> bytes:
     """RFC 7292 appendix B.2 with SHA-1: the PBE key/IV and MAC key derivation.
 
     ``purpose`` is 1 for a key, 2 for an IV, 3 for a MAC key. cryptography does
@@ -181,9 +172,7 @@ def _pkcs12_kdf(
         out += digest
         addend = int.from_bytes((digest * (v // u + 1))[:v], "big") + 1
         for start in range(0, len(block), v):
-            total = (int.from_bytes(block[start : start + v], "big") + addend) % (
-                1 << (8 * v)
-            )
+            total = (int.from_bytes(block[start : start + v], "big") + addend) % (1 << (8 * v))
             block[start : start + v] = total.to_bytes(v, "big")
     return out[:size]
 
@@ -221,11 +210,7 @@ def _pbe_decrypt(algorithm: asn1.Tlv, data: bytes, what: str) -> bytes:
         raise CertificateError(f"{what} is malformed")
     kdf_oid, kdf_parameters = asn1.read_algorithm(parts[0], what)
     cipher_oid, iv_element = asn1.read_algorithm(parts[1], what)
-    if (
-        kdf_oid != asn1.OID_PBKDF2
-        or kdf_parameters is None
-        or cipher_oid not in _CIPHERS
-    ):
+    if kdf_oid != asn1.OID_PBKDF2 or kdf_parameters is None or cipher_oid not in _CIPHERS:
         raise CertificateError(f"{what} uses an unsupported encryption")
     name, key_size, block_size = _CIPHERS[cipher_oid]
     iv = asn1.expect(iv_element, asn1.OCTET_STRING, what) if iv_element else b""
@@ -258,8 +243,7 @@ def _pbe_encrypt(data: bytes) -> tuple[bytes, bytes]:
     key = _pkcs12_kdf(_EMPTY_BMP_PASSWORD, salt, 1, _PFX_ITERATIONS, 24)
     iv = _pkcs12_kdf(_EMPTY_BMP_PASSWORD, salt, 2, _PFX_ITERATIONS, 8)
     algorithm = asn1.algorithm(
-        asn1.OID_PBE_SHA1_3DES,
-        asn1.seq(asn1.octets(salt), asn1.integer(_PFX_ITERATIONS)),
+        asn1.OID_PBE_SHA1_3DES, asn1.seq(asn1.octets(salt), asn1.integer(_PFX_ITERATIONS))
     )
     return algorithm, _cbc_encrypt("des3", key, iv, data)
 
@@ -337,9 +321,7 @@ def self_signed_certificate(
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     return certificate.public_bytes(serialization.Encoding.PEM), _private_pem(key)
@@ -356,9 +338,7 @@ def generate_transport_certificate() -> tuple[bytes, bytes]:
 
 def certificate_header_value(cert_pem: bytes) -> str:
     """The ``x-ms-guest-agent-public-x509-cert`` header: base64 DER, one line, no armour."""
-    return base64.b64encode(_certificate_der(_load_certificate(cert_pem))).decode(
-        "ascii"
-    )
+    return base64.b64encode(_certificate_der(_load_certificate(cert_pem))).decode("ascii")
 
 
 def thumbprint(cert: bytes) -> str:
@@ -376,13 +356,9 @@ def _subject_key_identifier(certificate: x509.Certificate) -> bytes:
     string), which is also what the samples' SKI extensions hold.
     """
     try:
-        extension = certificate.extensions.get_extension_for_class(
-            x509.SubjectKeyIdentifier
-        )
+        extension = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
     except x509.ExtensionNotFound:
-        return x509.SubjectKeyIdentifier.from_public_key(
-            certificate.public_key()
-        ).digest
+        return x509.SubjectKeyIdentifier.from_public_key(certificate.public_key()).digest
     return extension.value.digest
 
 
@@ -411,13 +387,10 @@ def build_pfx(items: Sequence[tuple[bytes, bytes | None]]) -> bytes:
             if _public_der(key) != _public_der(certificate):
                 raise ValueError("a private key does not belong to its certificate")
             local_key_id = asn1.seq(
-                asn1.tlv(asn1.OID, asn1.OID_LOCAL_KEY_ID),
-                asn1.set_of(asn1.octets(_sha1(der))),
+                asn1.tlv(asn1.OID, asn1.OID_LOCAL_KEY_ID), asn1.set_of(asn1.octets(_sha1(der)))
             )
             attributes = asn1.set_of(local_key_id)
-            key_bags.append(
-                _safe_bag(asn1.OID_SHROUDED_KEY_BAG, _shrouded_key(key), attributes)
-            )
+            key_bags.append(_safe_bag(asn1.OID_SHROUDED_KEY_BAG, _shrouded_key(key), attributes))
         cert_bag = asn1.seq(
             asn1.tlv(asn1.OID, asn1.OID_X509_CERTIFICATE),
             asn1.tlv(asn1.EXPLICIT_0, asn1.octets(der)),
@@ -428,9 +401,7 @@ def build_pfx(items: Sequence[tuple[bytes, bytes | None]]) -> bytes:
         safes.append(asn1.content_info(asn1.OID_DATA, asn1.octets(asn1.seq(*key_bags))))
     algorithm, encrypted = _pbe_encrypt(asn1.seq(*cert_bags))
     encrypted_content_info = asn1.seq(
-        asn1.tlv(asn1.OID, asn1.OID_DATA),
-        algorithm,
-        asn1.tlv(asn1.CONTEXT_0, encrypted),
+        asn1.tlv(asn1.OID, asn1.OID_DATA), algorithm, asn1.tlv(asn1.CONTEXT_0, encrypted)
     )
     safes.append(
         asn1.content_info(
@@ -446,9 +417,7 @@ def build_pfx(items: Sequence[tuple[bytes, bytes | None]]) -> bytes:
 
 
 def _safe_bag(bag_id: bytes, value: bytes, attributes: bytes) -> bytes:
-    return asn1.seq(
-        asn1.tlv(asn1.OID, bag_id), asn1.tlv(asn1.EXPLICIT_0, value), attributes
-    )
+    return asn1.seq(asn1.tlv(asn1.OID, bag_id), asn1.tlv(asn1.EXPLICIT_0, value), attributes)
 
 
 def _shrouded_key(key: PrivateKeyTypes) -> bytes:
@@ -468,9 +437,7 @@ def _mac_data(authenticated_safe: bytes) -> bytes:
     mac_key = _pkcs12_kdf(_EMPTY_BMP_PASSWORD, salt, 3, _PFX_ITERATIONS, 20)
     mac = hmac.new(mac_key, authenticated_safe, hashlib.sha1).digest()
     return asn1.seq(
-        asn1.seq(
-            asn1.algorithm(asn1.OID_SHA1, asn1.tlv(asn1.NULL, b"")), asn1.octets(mac)
-        ),
+        asn1.seq(asn1.algorithm(asn1.OID_SHA1, asn1.tlv(asn1.NULL, b"")), asn1.octets(mac)),
         asn1.octets(salt),
         asn1.integer(_PFX_ITERATIONS),
     )
@@ -492,9 +459,7 @@ def _bag_keys(safe_contents: asn1.Tlv) -> list[PrivateKeyTypes]:
             if len(shrouded) != 2:
                 raise CertificateError("PFX key bag is malformed")
             data = asn1.expect(shrouded[1], asn1.OCTET_STRING, "PFX key bag")
-            keys.append(
-                _load_private_key(_pbe_decrypt(shrouded[0], data, "PFX key bag"))
-            )
+            keys.append(_load_private_key(_pbe_decrypt(shrouded[0], data, "PFX key bag")))
         elif bag_id == asn1.OID_SAFE_CONTENTS_BAG:
             keys.extend(_bag_keys(value))  # depth is bounded by asn1.decode
     return keys
@@ -514,9 +479,7 @@ def _pfx_private_keys(pfx: bytes) -> list[PrivateKeyTypes]:
         raise CertificateError("PFX integrity mode is not supported")
     authenticated_safe = asn1.expect(content, asn1.OCTET_STRING, "PFX")
     keys: list[PrivateKeyTypes] = []
-    for info in asn1.fields(
-        asn1.decode(authenticated_safe, "PFX content"), "PFX content"
-    ):
+    for info in asn1.fields(asn1.decode(authenticated_safe, "PFX content"), "PFX content"):
         content_type, content = asn1.read_content_info(info, "PFX content")
         if content_type == asn1.OID_DATA:
             safe_contents = asn1.expect(content, asn1.OCTET_STRING, "PFX content")
@@ -584,10 +547,7 @@ def build_enveloped_pfx(
     into ``Data``.
     """
     return encrypt_enveloped(
-        recipient_certificate,
-        build_pfx(items),
-        key_transport=key_transport,
-        cipher=cipher,
+        recipient_certificate, build_pfx(items), key_transport=key_transport, cipher=cipher
     )
 
 
@@ -635,18 +595,12 @@ def encrypt_enveloped(
         asn1.algorithm(cipher_oid, asn1.octets(iv)),
         asn1.tlv(asn1.CONTEXT_0, _cbc_encrypt(name, content_key, iv, content)),
     )
-    enveloped = asn1.seq(
-        asn1.integer(2), asn1.set_of(recipient_info), encrypted_content_info
-    )
+    enveloped = asn1.seq(asn1.integer(2), asn1.set_of(recipient_info), encrypted_content_info)
     return asn1.content_info(asn1.OID_ENVELOPED_DATA, enveloped)
 
 
-def _oaep(
-    digest: type[hashes.HashAlgorithm], mgf: type[hashes.HashAlgorithm]
-) -> padding.OAEP:
-    return padding.OAEP(
-        mgf=padding.MGF1(algorithm=mgf()), algorithm=digest(), label=None
-    )
+def _oaep(digest: type[hashes.HashAlgorithm], mgf: type[hashes.HashAlgorithm]) -> padding.OAEP:
+    return padding.OAEP(mgf=padding.MGF1(algorithm=mgf()), algorithm=digest(), label=None)
 
 
 def _oaep_parameters(parameters: asn1.Tlv | None) -> padding.OAEP:
@@ -658,16 +612,12 @@ def _oaep_parameters(parameters: asn1.Tlv | None) -> padding.OAEP:
     what = "OAEP parameters"
     for part in asn1.fields(parameters, what):
         if part.tag == asn1.EXPLICIT_0:
-            oid, _ = asn1.read_algorithm(
-                asn1.explicit(part, asn1.EXPLICIT_0, what), what
-            )
+            oid, _ = asn1.read_algorithm(asn1.explicit(part, asn1.EXPLICIT_0, what), what)
             if oid not in _HASHES:
                 raise CertificateError("OAEP hash is not supported")
             digest = _HASHES[oid]
         elif part.tag == asn1.EXPLICIT_1:
-            oid, inner = asn1.read_algorithm(
-                asn1.explicit(part, asn1.EXPLICIT_1, what), what
-            )
+            oid, inner = asn1.read_algorithm(asn1.explicit(part, asn1.EXPLICIT_1, what), what)
             if oid != asn1.OID_MGF1 or inner is None:
                 raise CertificateError("OAEP mask generation is not supported")
             mgf_oid, _ = asn1.read_algorithm(inner, what)
@@ -720,11 +670,7 @@ def _read_encrypted_content(element: asn1.Tlv) -> tuple[str, int, bytes, bytes]:
     if oid not in _CIPHERS:
         raise CertificateError("CMS content cipher is not supported")
     name, key_size, block_size = _CIPHERS[oid]
-    iv = (
-        asn1.expect(parameters, asn1.OCTET_STRING, what)
-        if parameters is not None
-        else b""
-    )
+    iv = asn1.expect(parameters, asn1.OCTET_STRING, what) if parameters is not None else b""
     if len(iv) != block_size:
         raise CertificateError(f"{what} is malformed")
     return name, key_size, iv, asn1.expect(parts[2], asn1.CONTEXT_0, what)
@@ -751,17 +697,13 @@ def decrypt_enveloped(der: bytes, private_key_pem: bytes) -> bytes:
     so the content must be one DER element, as a PFX is.
     """
     key = _load_transport_key(private_key_pem)
-    content_type, body = asn1.read_content_info(
-        asn1.decode(der, "CMS blob"), "CMS blob"
-    )
+    content_type, body = asn1.read_content_info(asn1.decode(der, "CMS blob"), "CMS blob")
     if content_type != asn1.OID_ENVELOPED_DATA:
         raise CertificateError("CMS blob is not EnvelopedData")
     parts = asn1.fields(body, "CMS EnvelopedData")
     if len(parts) < 3 or asn1.small_int(parts[0], "CMS version") > 4:
         raise CertificateError("CMS EnvelopedData is malformed")
-    rest = (
-        parts[2:] if parts[1].tag == asn1.EXPLICIT_0 else parts[1:]
-    )  # skip originatorInfo
+    rest = parts[2:] if parts[1].tag == asn1.EXPLICIT_0 else parts[1:]  # skip originatorInfo
     if len(rest) not in (2, 3) or (len(rest) == 3 and rest[2].tag != asn1.EXPLICIT_1):
         raise CertificateError("CMS EnvelopedData is malformed")
     recipients = [
@@ -787,9 +729,7 @@ def decrypt_enveloped(der: bytes, private_key_pem: bytes) -> bytes:
             continue
         if asn1.is_one_element(content):
             return content
-    raise CertificateError(
-        "certificates blob cannot be decrypted with the transport key"
-    )
+    raise CertificateError("certificates blob cannot be decrypted with the transport key")
 
 
 # --- The CertificateFile document -------------------------------------------------------
@@ -804,16 +744,11 @@ def parse_certificates_xml(xml: bytes) -> bytes:
     """
     what = "certificates document"
     try:
-        root = xmlsafe.Element.root(
-            xmlsafe.parse(xml, what=what, max_bytes=_MAX_XML), what=what
-        )
+        root = xmlsafe.Element.root(xmlsafe.parse(xml, what=what, max_bytes=_MAX_XML), what=what)
         if not root.is_("", "CertificateFile"):
             raise CertificateError(f"{what} is not a CertificateFile")
         blob_format = root.child("", "Format")
-        if blob_format is not None and blob_format.text(strip=True) not in (
-            "",
-            FORMAT_PFX,
-        ):
+        if blob_format is not None and blob_format.text(strip=True) not in ("", FORMAT_PFX):
             raise CertificateError(f"{what} has an unsupported Format")
         data = root.require("", "Data").text()
     except xmlsafe.XmlError as e:  # its messages never quote the document

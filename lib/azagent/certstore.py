@@ -66,9 +66,7 @@ def check_thumbprint(thumbprint: str) -> str:
     """``thumbprint`` itself if it is 40 upper-case hex digits, else :class:`CertStoreError`."""
     if not isinstance(thumbprint, str) or not _THUMBPRINT.fullmatch(thumbprint):
         shown = repr(thumbprint)[:50]
-        raise CertStoreError(
-            f"{shown} is not a certificate thumbprint (40 upper-case hex digits)"
-        )
+        raise CertStoreError(f"{shown} is not a certificate thumbprint (40 upper-case hex digits)")
     return thumbprint
 
 
@@ -141,9 +139,7 @@ class CertStore:
         """The stored private key of ``thumbprint``; an error naming it when it is not stored."""
         found = self.find_private_key(thumbprint)
         if found is None:
-            raise CertStoreError(
-                f"the private key of certificate {thumbprint} is not in Lib.Dir"
-            )
+            raise CertStoreError(f"the private key of certificate {thumbprint} is not in Lib.Dir")
         return found
 
     def pair(self, thumbprint: str) -> tuple[bytes, bytes]:
@@ -181,9 +177,7 @@ class CertStore:
         return items
 
 
-def fetch(
-    client: WireClient, goal: Optional[GoalState] = None
-) -> list[CertificateItem]:
+def fetch(client: WireClient, goal: Optional[GoalState] = None) -> list[CertificateItem]:
     """The certificates of ``goal`` (default: the current goal state), decrypted.
 
     Empty when the goal state lists no Certificates document (a PFX always
@@ -202,9 +196,7 @@ def fetch(
         url,
         headers={
             "x-ms-cipher-name": CIPHER_NAME,
-            "x-ms-guest-agent-public-x509-cert": certs.certificate_header_value(
-                transport_cert
-            ),
+            "x-ms-guest-agent-public-x509-cert": certs.certificate_header_value(transport_cert),
         },
     )
     try:
@@ -220,9 +212,7 @@ def _is_regular(path: Path) -> bool:
     except FileNotFoundError:
         return False
     except OSError as e:
-        raise CertStoreError(
-            f"cannot look at {path.name} in Lib.Dir: {e.strerror}"
-        ) from None
+        raise CertStoreError(f"cannot look at {path.name} in Lib.Dir: {e.strerror}") from None
 
 
 def _read(path: Path) -> Optional[bytes]:
@@ -234,17 +224,13 @@ def _read(path: Path) -> Optional[bytes]:
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise CertStoreError(f"{path.name} in Lib.Dir is a symbolic link") from None
-        raise CertStoreError(
-            f"cannot read {path.name} in Lib.Dir: {e.strerror}"
-        ) from None
+        raise CertStoreError(f"cannot read {path.name} in Lib.Dir: {e.strerror}") from None
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise CertStoreError(f"{path.name} in Lib.Dir is not a regular file")
         data = f.read(MAX_FILE_BYTES + 1)
     if len(data) > MAX_FILE_BYTES:
-        raise CertStoreError(
-            f"{path.name} in Lib.Dir is larger than {MAX_FILE_BYTES} bytes"
-        )
+        raise CertStoreError(f"{path.name} in Lib.Dir is larger than {MAX_FILE_BYTES} bytes")
     return data
 
 

@@ -59,16 +59,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     info = catalog.STAGES_BY_NAME.get(args.stage)
     if info is None:
         known = ", ".join(stage.name for stage in catalog.STAGES)
-        print(
-            f"azagent: unknown stage {args.stage!r} (stages: {known})", file=sys.stderr
-        )
+        print(f"azagent: unknown stage {args.stage!r} (stages: {known})", file=sys.stderr)
         return EXIT_USAGE
     path = find_stage(info.name)
     if path is None:
-        print(
-            f"azagent: the executable of stage {info.name} is not installed",
-            file=sys.stderr,
-        )
+        print(f"azagent: the executable of stage {info.name} is not installed", file=sys.stderr)
         return EXIT_FAILED
     command = [sys.executable, str(path), *args.stage_args]
     # Replace this process, so the stage's exit status and signals are the caller's.
@@ -130,11 +125,7 @@ def cmd_deprovision(args: argparse.Namespace) -> int:
     root = ctx.root
     plan, notes = deprovision.plan(ctx, user=args.user)
     what = "deprovision+user" if args.user else "deprovision"
-    print(
-        f"{what} of {root} will:"
-        if plan.actions
-        else f"{what}: nothing to do on {root}"
-    )
+    print(f"{what} of {root} will:" if plan.actions else f"{what}: nothing to do on {root}")
     for action in plan.actions:
         print(f"  - {action.summary}")
     for note in notes:
@@ -169,9 +160,7 @@ def _context(args: argparse.Namespace, command: str) -> Context | None:
         return None
     for warning in config.warnings:
         print(f"azagent: warning: {warning}", file=sys.stderr)
-    return Context(
-        stage=command, root=root, config=config, dry_run=getattr(args, "dry_run", False)
-    )
+    return Context(stage=command, root=root, config=config, dry_run=getattr(args, "dry_run", False))
 
 
 def cmd_serialconsole(args: argparse.Namespace) -> int:
@@ -187,9 +176,7 @@ def cmd_serialconsole(args: argparse.Namespace) -> int:
         print(f"azagent: serialconsole: {e.reason}", file=sys.stderr)
         return EXIT_FAILED
     if not plan.actions:
-        print(
-            f"serialconsole: nothing to do: the kernel command line of {ctx.root} has {wanted}"
-        )
+        print(f"serialconsole: nothing to do: the kernel command line of {ctx.root} has {wanted}")
     else:
         print(f"serialconsole on {ctx.root}{' (dry run)' if ctx.dry_run else ''} will:")
         for action in plan.actions:
@@ -225,11 +212,7 @@ def cmd_collect_logs(args: argparse.Namespace) -> int:
     try:
         archive = logcollect.collect_logs(ctx, output, extra)
     except (AzagentError, OSError) as e:
-        reason = (
-            e.reason
-            if isinstance(e, AzagentError)
-            else f"{e.filename}: {e.strerror or e}"
-        )
+        reason = e.reason if isinstance(e, AzagentError) else f"{e.filename}: {e.strerror or e}"
         print(f"azagent: collect-logs failed: {reason}", file=sys.stderr)
         return EXIT_FAILED
     for note in archive.notes:
@@ -253,15 +236,12 @@ def extensions_report(ctx: Context) -> dict[str, object]:
             handlers.append(
                 {
                     "handler": record.name,
-                    "extension": entry.name
-                    if entry is not None and record.multi_config
-                    else None,
+                    "extension": entry.name if entry is not None and record.multi_config else None,
                     "version": record.version,
                     "state": entry.state if entry is not None else record.state,
                     "sequence_number": entry.seq_no if entry is not None else None,
                     "status": entry.status if entry is not None else None,
-                    "message": record.error
-                    or (entry.message if entry is not None else None),
+                    "message": record.error or (entry.message if entry is not None else None),
                     "last_operation": None
                     if last is None
                     else {
@@ -308,9 +288,7 @@ def cmd_extensions(args: argparse.Namespace) -> int:
         f"goal state: {goal['id'] or 'none acted on yet'}"
         f" (incarnation {goal['incarnation']}, etag {goal['etag']}) at {goal['acted_on']}"
     )
-    print(
-        f"last status upload: {report['last_upload'] or 'never'} ({report['last_upload_via']})"
-    )
+    print(f"last status upload: {report['last_upload'] or 'never'} ({report['last_upload_via']})")
     rows = [
         [
             "HANDLER",
@@ -365,13 +343,9 @@ def cmd_no_daemon(args: argparse.Namespace) -> int:
 
 def _root_options(parser: argparse.ArgumentParser) -> None:
     """--root and --config, as every command acting on a system (or image tree) takes them."""
+    parser.add_argument("--root", default="/", metavar="DIR", help="an image tree instead of /")
     parser.add_argument(
-        "--root", default="/", metavar="DIR", help="an image tree instead of /"
-    )
-    parser.add_argument(
-        "--config",
-        metavar="PATH",
-        help="configuration file (default: /etc/waagent.conf)",
+        "--config", metavar="PATH", help="configuration file (default: /etc/waagent.conf)"
     )
 
 
@@ -392,9 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(--root DIR, --dry-run, --config PATH, -v) follow its name.",
     )
     run.add_argument("stage", help="stage name, e.g. " + catalog.STAGES[0].name)
-    run.add_argument(
-        "stage_args", nargs=argparse.REMAINDER, help="options for the stage"
-    )
+    run.add_argument("stage_args", nargs=argparse.REMAINDER, help="options for the stage")
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", help="each stage's unit state and last result")
@@ -418,13 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     deprovision.add_argument(
         "--user", action="store_true", help="also delete the last provisioned user"
     )
-    deprovision.add_argument(
-        "--force", action="store_true", help="do not ask for confirmation"
-    )
+    deprovision.add_argument("--force", action="store_true", help="do not ask for confirmation")
     _root_options(deprovision)
-    deprovision.add_argument(
-        "--dry-run", action="store_true", help="only print what would be done"
-    )
+    deprovision.add_argument("--dry-run", action="store_true", help="only print what would be done")
     deprovision.set_defaults(func=cmd_deprovision)
 
     serial = sub.add_parser(
@@ -435,9 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         "else update-grub or grub2-mkconfig); under --root, print how to regenerate it.",
     )
     _root_options(serial)
-    serial.add_argument(
-        "--dry-run", action="store_true", help="only print what would be done"
-    )
+    serial.add_argument("--dry-run", action="store_true", help="only print what would be done")
     serial.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
     serial.set_defaults(func=cmd_serialconsole)
 
@@ -471,9 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
         "state file under Lib.Dir; no network.",
     )
     _root_options(extensions)
-    extensions.add_argument(
-        "--json", action="store_true", help="machine-readable output"
-    )
+    extensions.add_argument("--json", action="store_true", help="machine-readable output")
     extensions.set_defaults(func=cmd_extensions)
 
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
@@ -486,9 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for p in [parser, *sub.choices.values()]:
         if p.prog != "azagent run":
-            p.add_argument(
-                "--verbose", "-v", action="store_true", help=argparse.SUPPRESS
-            )
+            p.add_argument("--verbose", "-v", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 

@@ -145,11 +145,7 @@ KEYS: tuple[Key, ...] = (
         choices=("auto", "waagent", "cloud-init", "disabled"),
     ),
     _bool("Provisioning.UseCloudInit", False, "Leave provisioning to cloud-init."),
-    _bool(
-        "Provisioning.DeleteRootPassword",
-        False,
-        "Erase root's password in /etc/shadow.",
-    ),
+    _bool("Provisioning.DeleteRootPassword", False, "Erase root's password in /etc/shadow."),
     _bool(
         "Provisioning.RegenerateSshHostKeyPair",
         True,
@@ -168,9 +164,7 @@ KEYS: tuple[Key, ...] = (
         "Publish later hostname changes to Azure DNS (DHCP lease renewal).",
     ),
     _bool("Provisioning.DecodeCustomData", False, "Base64-decode customData."),
-    _bool(
-        "Provisioning.ExecuteCustomData", False, "Run customData after provisioning."
-    ),
+    _bool("Provisioning.ExecuteCustomData", False, "Run customData after provisioning."),
     Key(
         "Provisioning.CustomDataTimeout",
         int,
@@ -242,12 +236,8 @@ KEYS: tuple[Key, ...] = (
     _bool("LBProbeResponder", True, "Answer the load balancer's probes."),
     _bool("Logs.Verbose", False, "Log debug messages."),
     _bool("Logs.Collect", True, "Collect logs periodically for the host."),
-    Key(
-        "Logs.CollectPeriod", int, 3600, "Seconds between log collections.", minimum=60
-    ),
-    _bool(
-        "DetectScvmmEnv", False, "Bootstrap the SCVMM agent when its DVD is attached."
-    ),
+    Key("Logs.CollectPeriod", int, 3600, "Seconds between log collections.", minimum=60),
+    _bool("DetectScvmmEnv", False, "Bootstrap the SCVMM agent when its DVD is attached."),
     # OS
     _bool("OS.AllowHTTP", False, "Allow plain HTTP where HTTPS is expected."),
     _bool("OS.EnableRDMA", False, "Load the RDMA driver that matches the hardware."),
@@ -276,13 +266,7 @@ KEYS: tuple[Key, ...] = (
         nullable=True,
         check=_absolute_path,
     ),
-    Key(
-        "OS.SshDir",
-        str,
-        "/etc/ssh",
-        "SSH configuration directory.",
-        check=_absolute_path,
-    ),
+    Key("OS.SshDir", str, "/etc/ssh", "SSH configuration directory.", check=_absolute_path),
     Key(
         "OS.SshClientAliveInterval",
         int,
@@ -291,20 +275,8 @@ KEYS: tuple[Key, ...] = (
         minimum=0,
         maximum=86400,
     ),
-    Key(
-        "OS.HomeDir",
-        str,
-        "/home",
-        "Parent of the users' home directories.",
-        check=_absolute_path,
-    ),
-    Key(
-        "OS.SudoersDir",
-        str,
-        "/etc/sudoers.d",
-        "sudoers drop-in directory.",
-        check=_absolute_path,
-    ),
+    Key("OS.HomeDir", str, "/home", "Parent of the users' home directories.", check=_absolute_path),
+    Key("OS.SudoersDir", str, "/etc/sudoers.d", "sudoers drop-in directory.", check=_absolute_path),
     # Proxy
     Key(
         "HttpProxy.Host",
@@ -324,13 +296,7 @@ KEYS: tuple[Key, ...] = (
         maximum=65535,
     ),
     # State and paths
-    Key(
-        "Lib.Dir",
-        str,
-        "/var/lib/waagent",
-        "The agent's state directory.",
-        check=_absolute_path,
-    ),
+    Key("Lib.Dir", str, "/var/lib/waagent", "The agent's state directory.", check=_absolute_path),
     Key(
         "DVD.MountPoint",
         str,
@@ -362,11 +328,7 @@ KEYS: tuple[Key, ...] = (
         minimum=1,
         maximum=3600,
     ),
-    _bool(
-        "AutoUpdate.Enabled",
-        True,
-        "Accepted for compatibility; azagent updates by package.",
-    ),
+    _bool("AutoUpdate.Enabled", True, "Accepted for compatibility; azagent updates by package."),
     _bool("AutoUpdate.UpdateToLatestVersion", True, "Accepted for compatibility."),
     Key("AutoUpdate.GAFamily", str, "Prod", "Accepted for compatibility.", check=_word),
     _bool(
@@ -451,9 +413,7 @@ class Config:
 
     def render(self) -> str:
         """``Key = value  # origin`` lines, one per key, for show-configuration."""
-        width = max(
-            len(key.name) + 3 + len(key.format(self.values[key.name])) for key in KEYS
-        )
+        width = max(len(key.name) + 3 + len(key.format(self.values[key.name])) for key in KEYS)
         lines = []
         for key in KEYS:
             text = f"{key.name} = {key.format(self.values[key.name])}"
@@ -476,9 +436,7 @@ def _read_text(path: Path) -> list[str]:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
     if len(data) > MAX_FILE_SIZE:
-        raise ConfigError(
-            f"{path}: larger than {MAX_FILE_SIZE} bytes, not a configuration file"
-        )
+        raise ConfigError(f"{path}: larger than {MAX_FILE_SIZE} bytes, not a configuration file")
     lines = []
     for number, raw in enumerate(data.split(b"\n"), start=1):
         try:
@@ -512,9 +470,7 @@ def _parse_into(
         try:
             values[name] = key.parse(raw)
         except ValueError as e:
-            raise ConfigError(
-                f"{where}: {name}={raw!r} is not valid: expected {e}"
-            ) from None
+            raise ConfigError(f"{where}: {name}={raw!r} is not valid: expected {e}") from None
         origins[name] = where
 
 
@@ -540,15 +496,11 @@ def load(path: Path, *, required: bool = False) -> Config:
         names = []
     except OSError as e:
         raise ConfigError(f"{dropin_dir}: cannot list: {e.strerror or e}") from None
-    dropins = [
-        name for name in names if name.endswith(".conf") and not name.startswith(".")
-    ]
+    dropins = [name for name in names if name.endswith(".conf") and not name.startswith(".")]
     if len(dropins) > MAX_DROPINS:
         raise ConfigError(f"{dropin_dir}: more than {MAX_DROPINS} drop-ins")
     for name in dropins:
         _parse_into(dropin_dir / name, values, origins, warnings)
         files.append(str(dropin_dir / name))
 
-    return Config(
-        values=values, origins=origins, warnings=tuple(warnings), files=tuple(files)
-    )
+    return Config(values=values, origins=origins, warnings=tuple(warnings), files=tuple(files))

@@ -78,14 +78,11 @@ def plan(ctx: Context, *, user: bool) -> tuple[Plan, list[str]]:
     if config.get_bool("Provisioning.RegenerateSshHostKeyPair"):
         for key in _matches(ctx, f"{config.required_str('OS.SshDir')}/ssh_host_*key*"):
             result.add(
-                f"delete the SSH host key {ctx.display(key)}",
-                functools.partial(_remove, key),
+                f"delete the SSH host key {ctx.display(key)}", functools.partial(_remove, key)
             )
     resolv = ctx.path("/etc/resolv.conf")
     if resolv.is_symlink():
-        notes.append(
-            "/etc/resolv.conf is a link (systemd-resolved/resolvconf): left alone"
-        )
+        notes.append("/etc/resolv.conf is a link (systemd-resolved/resolvconf): left alone")
     elif resolv.exists() and resolv.read_bytes():
         result.add(
             "empty /etc/resolv.conf (nameserver configuration)",
@@ -95,12 +92,7 @@ def plan(ctx: Context, *, user: bool) -> tuple[Plan, list[str]]:
         shadow = ctx.path("/etc/shadow")
         try:
             root_line = next(
-                (
-                    line
-                    for line in shadow.read_text().splitlines()
-                    if line.startswith("root:")
-                ),
-                "",
+                (line for line in shadow.read_text().splitlines() if line.startswith("root:")), ""
             )
         except OSError:
             root_line = ""
@@ -110,8 +102,7 @@ def plan(ctx: Context, *, user: bool) -> tuple[Plan, list[str]]:
     for pattern in LEASE_PATTERNS:
         for lease in _matches(ctx, pattern):
             result.add(
-                f"delete the DHCP lease {ctx.display(lease)}",
-                functools.partial(_remove, lease),
+                f"delete the DHCP lease {ctx.display(lease)}", functools.partial(_remove, lease)
             )
     hostname = ctx.path("/etc/hostname")
     if not hostname.exists() or hostname.read_text().strip() != HOSTNAME:
@@ -124,20 +115,16 @@ def plan(ctx: Context, *, user: bool) -> tuple[Plan, list[str]]:
     for pattern in STATE_PATTERNS:
         for path in _matches(ctx, f"{lib_dir}/{pattern}"):
             result.add(
-                f"delete azagent state {ctx.display(path)}",
-                functools.partial(_remove, path),
+                f"delete azagent state {ctx.display(path)}", functools.partial(_remove, path)
             )
     for path in _matches(ctx, "/run/azagent/*"):
         if path.name not in ("lock",):
             result.add(
-                f"delete azagent state {ctx.display(path)}",
-                functools.partial(_remove, path),
+                f"delete azagent state {ctx.display(path)}", functools.partial(_remove, path)
             )
     if user:
         if name is None:
-            notes.append(
-                "no provisioned user is recorded in Lib.Dir: no user to delete"
-            )
+            notes.append("no provisioned user is recorded in Lib.Dir: no user to delete")
         elif _user_exists(ctx, name):
             result.add(
                 f"delete the user {name} and its home directory",
@@ -176,8 +163,5 @@ def _lock_root(ctx: Context) -> None:
             fields[1] = "*"
         lines.append(":".join(fields))
     atomic_write(
-        shadow,
-        "".join(lines).encode(),
-        mode=st.st_mode & 0o777,
-        owner=(st.st_uid, st.st_gid),
+        shadow, "".join(lines).encode(), mode=st.st_mode & 0o777, owner=(st.st_uid, st.st_gid)
     )

@@ -77,9 +77,7 @@ def interface_index(ctx: Context, interface: str) -> Optional[str]:
     if not valid_interface_name(interface):
         return None
     try:
-        index = ctx.path(f"/sys/class/net/{interface}/ifindex").read_text(
-            encoding="ascii"
-        )
+        index = ctx.path(f"/sys/class/net/{interface}/ifindex").read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError):
         return None
     index = index.strip()
@@ -129,8 +127,7 @@ def kernel_routes(ctx: Context) -> list[KernelRoute]:
             continue
         try:
             destination, gateway, mask = (
-                ipaddress.IPv4Address(struct.pack("=I", int(fields[i], 16)))
-                for i in (1, 2, 7)
+                ipaddress.IPv4Address(struct.pack("=I", int(fields[i], 16))) for i in (1, 2, 7)
             )
             network = ipaddress.IPv4Network(f"{destination}/{mask}", strict=False)
             up = bool(int(fields[3], 16) & _RTF_UP)
@@ -211,9 +208,7 @@ def classless_routes(raw: bytes) -> tuple[Route, ...]:
         index += significant
         gateway = raw[index : index + 4]
         index += 4
-        network = ipaddress.IPv4Network(
-            (int.from_bytes(destination, "big"), width), strict=False
-        )
+        network = ipaddress.IPv4Network((int.from_bytes(destination, "big"), width), strict=False)
         routes.append(Route(network, ipaddress.IPv4Address(gateway)))
     return tuple(routes)
 
@@ -324,9 +319,7 @@ def _dhclient_expiry(value: str) -> Optional[float]:
     raise ValueError(f"unknown expiry {value!r}")
 
 
-def parse_dhclient_leases(
-    text: str, *, client: str = DHCLIENT, source: str = ""
-) -> list[Lease]:
+def parse_dhclient_leases(text: str, *, client: str = DHCLIENT, source: str = "") -> list[Lease]:
     """Every DHCPv4 lease in an ISC dhclient lease file, oldest first.
 
     A lease whose expiry cannot be read is left out: nothing says it is current.
@@ -354,36 +347,17 @@ def parse_dhclient_leases(
                 elif words[0] == "option" and len(words) == 3:
                     name, value = words[1], words[2].strip()
                     if name == f"unknown-{OPTION_WIRESERVER}":
-                        raw = (
-                            _c_string(value)
-                            if value.startswith('"')
-                            else _hex_bytes(value)
-                        )
+                        raw = _c_string(value) if value.startswith('"') else _hex_bytes(value)
                         endpoint = endpoint_from_option(raw)
                     elif name == "routers":
                         routers = _ipv4s(value.split(","))
-                    elif name in (
-                        "rfc3442-classless-static-routes",
-                        "classless-static-routes",
-                    ):
-                        routes = classless_routes(
-                            bytes(int(b) for b in value.split(","))
-                        )
+                    elif name in ("rfc3442-classless-static-routes", "classless-static-routes"):
+                        routes = classless_routes(bytes(int(b) for b in value.split(",")))
             except ValueError:
                 continue  # one unreadable statement does not spoil the lease
         if expiry_known:
             leases.append(
-                Lease(
-                    client,
-                    source,
-                    interface,
-                    endpoint,
-                    routers,
-                    routes,
-                    expires,
-                    0.0,
-                    position,
-                )
+                Lease(client, source, interface, endpoint, routers, routes, expires, 0.0, position)
             )
     return leases
 
@@ -397,10 +371,7 @@ def _route_text(entries: Iterable[str]) -> tuple[Route, ...]:
     for entry in entries:
         destination, _, gateway = entry.partition(",")
         routes.append(
-            Route(
-                ipaddress.IPv4Network(destination, strict=False),
-                ipaddress.IPv4Address(gateway),
-            )
+            Route(ipaddress.IPv4Network(destination, strict=False), ipaddress.IPv4Address(gateway))
         )
     return tuple(routes)
 
@@ -408,11 +379,7 @@ def _route_text(entries: Iterable[str]) -> tuple[Route, ...]:
 def _json_address(value: object) -> str:
     if isinstance(value, str):
         return str(ipaddress.IPv4Address(value))
-    if (
-        isinstance(value, list)
-        and len(value) == 4
-        and all(isinstance(b, int) for b in value)
-    ):
+    if isinstance(value, list) and len(value) == 4 and all(isinstance(b, int) for b in value):
         return str(ipaddress.IPv4Address(bytes(value)))
     raise ValueError("not an IPv4 address")
 
@@ -432,9 +399,7 @@ def _networkd_json(
     if document.get("Classless_Routes"):
         found = []
         for route in document["Classless_Routes"]:
-            destination = _json_address(
-                route.get("DestinationString", route.get("Destination"))
-            )
+            destination = _json_address(route.get("DestinationString", route.get("Destination")))
             gateway = _json_address(route.get("GatewayString", route.get("Gateway")))
             width = int(route["DestinationPrefixLength"])
             network = ipaddress.IPv4Network(f"{destination}/{width}", strict=False)
@@ -444,11 +409,7 @@ def _networkd_json(
 
 
 def parse_networkd_lease(
-    text: str,
-    *,
-    client: str = NETWORKD,
-    source: str = "",
-    interface: Optional[str] = None,
+    text: str, *, client: str = NETWORKD, source: str = "", interface: Optional[str] = None
 ) -> Optional[Lease]:
     """A systemd-networkd lease file (``KEY=VALUE`` lines, or JSON in newer systemd)."""
     try:
@@ -481,10 +442,7 @@ def parse_device_state(
     """
     for line in text.splitlines():
         key, sep, value = line.strip().partition("=")
-        if sep and key.strip() in (
-            f"unknown_{OPTION_WIRESERVER}",
-            f"private_{OPTION_WIRESERVER}",
-        ):
+        if sep and key.strip() in (f"unknown_{OPTION_WIRESERVER}", f"private_{OPTION_WIRESERVER}"):
             try:
                 endpoint = endpoint_from_option(_hex_bytes(value))
             except ValueError:
@@ -532,18 +490,10 @@ def leases(ctx: Context) -> list[Lease]:
         if read:
             source = ctx.display(path)
             add(
-                [
-                    parse_networkd_lease(
-                        read[0], source=source, interface=names.get(path.name)
-                    )
-                ],
+                [parse_networkd_lease(read[0], source=source, interface=names.get(path.name))],
                 read[1],
             )
-    for pattern in (
-        "/var/lib/dhcp/*.leases",
-        "/var/lib/dhcp/*.lease",
-        "/var/lib/dhclient/*",
-    ):
+    for pattern in ("/var/lib/dhcp/*.leases", "/var/lib/dhcp/*.lease", "/var/lib/dhclient/*"):
         for path in _files(ctx, pattern):
             read = _read(path)
             if read:
@@ -551,9 +501,7 @@ def leases(ctx: Context) -> list[Lease]:
     for path in _files(ctx, "/var/lib/NetworkManager/dhclient-*.lease"):
         read = _read(path)
         if read:
-            items = parse_dhclient_leases(
-                read[0], client=NETWORK_MANAGER, source=ctx.display(path)
-            )
+            items = parse_dhclient_leases(read[0], client=NETWORK_MANAGER, source=ctx.display(path))
             add(items, read[1])
     for path in _files(ctx, "/var/lib/NetworkManager/internal-*.lease"):
         read = _read(path)
@@ -570,11 +518,7 @@ def leases(ctx: Context) -> list[Lease]:
         if read:
             source = ctx.display(path)
             add(
-                [
-                    parse_device_state(
-                        read[0], source=source, interface=names.get(path.name)
-                    )
-                ],
+                [parse_device_state(read[0], source=source, interface=names.get(path.name))],
                 read[1],
             )
     return found
@@ -628,11 +572,7 @@ def processes(ctx: Context) -> list[Process]:
             status = (base / "status").read_text(encoding="utf-8", errors="replace")
         except OSError:
             continue  # exited meanwhile
-        argv = (
-            tuple(os.fsdecode(arg) for arg in raw.rstrip(b"\0").split(b"\0"))
-            if raw
-            else ()
-        )
+        argv = tuple(os.fsdecode(arg) for arg in raw.rstrip(b"\0").split(b"\0")) if raw else ()
         found.append(Process(pid, comm, argv, _real_uid(status)))
     return found
 

@@ -39,10 +39,7 @@ def _attribute(path: Path) -> str:
 def hyperv_scsi_disks(ctx: Context) -> list[ScsiDisk]:
     """The block devices that are Hyper-V virtual SCSI disks, sorted by name."""
     return udev.find(
-        ctx,
-        "Hyper-V SCSI disks",
-        _hyperv_scsi_disks_udev,
-        lambda: _hyperv_scsi_disks_sysfs(ctx),
+        ctx, "Hyper-V SCSI disks", _hyperv_scsi_disks_udev, lambda: _hyperv_scsi_disks_sysfs(ctx)
     )
 
 
@@ -57,9 +54,7 @@ def _hyperv_scsi_disks_udev(pyudev: Any, context: Any) -> list[ScsiDisk]:
         timeout = udev.attribute(scsi, "timeout")
         if timeout is None:
             continue
-        disks.append(
-            ScsiDisk(str(device.sys_name), Path(scsi.sys_path) / "timeout", timeout)
-        )
+        disks.append(ScsiDisk(str(device.sys_name), Path(scsi.sys_path) / "timeout", timeout))
     return sorted(disks, key=lambda disk: disk.name)
 
 
@@ -121,11 +116,7 @@ def _unescape_mountinfo(field: str) -> str:
     out = []
     i = 0
     while i < len(field):
-        if (
-            field[i] == "\\"
-            and len(field[i + 1 : i + 4]) == 3
-            and field[i + 1 : i + 4].isdigit()
-        ):
+        if field[i] == "\\" and len(field[i + 1 : i + 4]) == 3 and field[i + 1 : i + 4].isdigit():
             out.append(chr(int(field[i + 1 : i + 4], 8)))
             i += 4
         else:
@@ -187,9 +178,7 @@ def kernel_name(ctx: Context, devnum: tuple[int, int]) -> str | None:
 
     def live(pyudev: Any, context: Any) -> str | None:
         try:
-            device = pyudev.Devices.from_device_number(
-                context, "block", os.makedev(*devnum)
-            )
+            device = pyudev.Devices.from_device_number(context, "block", os.makedev(*devnum))
         except pyudev.DeviceNotFoundError:
             return None
         return str(device.sys_name)
@@ -273,14 +262,10 @@ def scsi_identity(ctx: Context, name: str) -> tuple[str, str]:
 
     def live(pyudev: Any, context: Any) -> tuple[str, str]:
         device = _udev_block(pyudev, context, name)
-        parent = (
-            device.parent if device is not None else None
-        )  # /sys/class/block/<name>/device
+        parent = device.parent if device is not None else None  # /sys/class/block/<name>/device
         if parent is None:
             return "", ""
-        return udev.attribute(parent, "vendor") or "", udev.attribute(
-            parent, "model"
-        ) or ""
+        return udev.attribute(parent, "vendor") or "", udev.attribute(parent, "model") or ""
 
     def tree() -> tuple[str, str]:
         device = block_sysfs(ctx, name) / "device"

@@ -16,9 +16,7 @@ from xml.sax.saxutils import escape, quoteattr
 @dataclass(frozen=True)
 class HandlerSettings:
     public_settings: dict[str, Any] = field(default_factory=dict)
-    protected_settings: Optional[str] = (
-        None  # base64 CMS, encrypted to a tenant certificate
-    )
+    protected_settings: Optional[str] = None  # base64 CMS, encrypted to a tenant certificate
     thumbprint: Optional[str] = None
 
 
@@ -70,9 +68,7 @@ class ExtensionsGoalState:
     required_features: tuple[str, ...] = ()  # e.g. MultipleExtensionsPerHandler
 
 
-def _depends_on_xml(
-    level: int, depends_on: tuple[Dependency, ...], name: str = ""
-) -> str:
+def _depends_on_xml(level: int, depends_on: tuple[Dependency, ...], name: str = "") -> str:
     named = f" name={quoteattr(name)}" if name else ""
     parts = [f'<DependsOn dependencyLevel="{level}"{named}>']
     for handler, extension in depends_on:
@@ -87,9 +83,7 @@ def _depends_on_json(
 ) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "dependsOnExtension": [
-            {"extension": extension, "handler": handler}
-            if extension
-            else {"handler": handler}
+            {"extension": extension, "handler": handler} if extension else {"handler": handler}
             for handler, extension in depends_on
         ],
         "dependencyLevel": level,
@@ -103,8 +97,7 @@ def _required_features_xml(features: tuple[str, ...]) -> str:
     if not features:
         return ""
     named = "".join(
-        f"<RequiredFeature><Name>{escape(feature)}</Name></RequiredFeature>"
-        for feature in features
+        f"<RequiredFeature><Name>{escape(feature)}</Name></RequiredFeature>" for feature in features
     )
     return f"<RequiredFeatures>{named}</RequiredFeatures>"
 
@@ -114,14 +107,10 @@ def _runtime_settings(settings: HandlerSettings) -> str:
     if settings.protected_settings is not None:
         handler["protectedSettingsCertThumbprint"] = settings.thumbprint
         handler["protectedSettings"] = settings.protected_settings
-    return json.dumps(
-        {"runtimeSettings": [{"handlerSettings": handler}]}, sort_keys=True
-    )
+    return json.dumps({"runtimeSettings": [{"handlerSettings": handler}]}, sort_keys=True)
 
 
-def extensions_config_xml(
-    goal: ExtensionsGoalState, *, location: str = "eastus"
-) -> bytes:
+def extensions_config_xml(goal: ExtensionsGoalState, *, location: str = "eastus") -> bytes:
     """ExtensionsConfig in the shape the platform sends today (see hibernate/ samples)."""
     uris = f"<Uri>{escape(goal.ga_manifest)}</Uri>" if goal.ga_manifest else ""
     parts = [
@@ -150,20 +139,12 @@ def extensions_config_xml(
         )
     parts.append("</Plugins><PluginSettings>")
     for plugin in goal.plugins:
-        if (
-            plugin.settings is None
-            and not plugin.extensions
-            and plugin.dependency_level is None
-        ):
+        if plugin.settings is None and not plugin.extensions and plugin.dependency_level is None:
             continue
-        parts.append(
-            f"<Plugin name={quoteattr(plugin.name)} version={quoteattr(plugin.version)}>"
-        )
+        parts.append(f"<Plugin name={quoteattr(plugin.name)} version={quoteattr(plugin.version)}>")
         if plugin.extensions:
             parts += [
-                _depends_on_xml(
-                    extension.dependency_level, extension.depends_on, extension.name
-                )
+                _depends_on_xml(extension.dependency_level, extension.depends_on, extension.name)
                 for extension in plugin.extensions
                 if extension.dependency_level is not None
             ]
@@ -175,9 +156,7 @@ def extensions_config_xml(
             ]
         else:
             if plugin.dependency_level is not None:
-                parts.append(
-                    _depends_on_xml(plugin.dependency_level, plugin.depends_on)
-                )
+                parts.append(_depends_on_xml(plugin.dependency_level, plugin.depends_on))
             if plugin.settings is not None:
                 parts.append(
                     f'<RuntimeSettings seqNo="{plugin.seq_no}">'
@@ -228,9 +207,7 @@ def vm_settings_json(
                 for extension in plugin.extensions
             ]
             depends_on = [
-                _depends_on_json(
-                    extension.dependency_level, extension.depends_on, extension.name
-                )
+                _depends_on_json(extension.dependency_level, extension.depends_on, extension.name)
                 for extension in plugin.extensions
                 if extension.dependency_level is not None
             ]
@@ -238,9 +215,7 @@ def vm_settings_json(
             if plugin.settings is not None:
                 entry["settings"] = [_settings_json(plugin.settings)]
             if plugin.dependency_level is not None:
-                depends_on = [
-                    _depends_on_json(plugin.dependency_level, plugin.depends_on)
-                ]
+                depends_on = [_depends_on_json(plugin.dependency_level, plugin.depends_on)]
         if depends_on:
             entry["dependsOn"] = depends_on
         extensions.append(entry)
@@ -267,9 +242,7 @@ def vm_settings_json(
             "osType": "Linux",
         },
         "requiredFeatures": [{"name": feature} for feature in goal.required_features],
-        "gaFamilies": [
-            {"name": "Prod", "uris": [goal.ga_manifest] if goal.ga_manifest else []}
-        ],
+        "gaFamilies": [{"name": "Prod", "uris": [goal.ga_manifest] if goal.ga_manifest else []}],
         "extensionGoalStates": extensions,
     }
     return (json.dumps(document, indent=2) + "\n").encode()

@@ -76,17 +76,7 @@ def iptables_rules(address: str) -> list[tuple[str, ...]]:
     return [
         ("-A", CHAIN, *destination, "-m", "tcp", "--dport", "53", "-j", "ACCEPT"),
         ("-A", CHAIN, *destination, "-m", "owner", "--uid-owner", "0", "-j", "ACCEPT"),
-        (
-            "-A",
-            CHAIN,
-            *destination,
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "INVALID,NEW",
-            "-j",
-            "DROP",
-        ),
+        ("-A", CHAIN, *destination, "-m", "conntrack", "--ctstate", "INVALID,NEW", "-j", "DROP"),
     ]
 
 
@@ -125,10 +115,7 @@ def install_commands(backend: str, address: str) -> list[Command]:
     if backend == NFT:
         return [Command(("nft", "-f", "-"), stdin=nft_ruleset(address))]
     return [
-        Command(
-            ("iptables-restore", "-w", "--noflush"),
-            stdin=iptables_restore_input(address),
-        ),
+        Command(("iptables-restore", "-w", "--noflush"), stdin=iptables_restore_input(address)),
         Command(
             (*_IPTABLES_BASE, "-A", "OUTPUT", "-j", CHAIN),
             unless=(*_IPTABLES_BASE, "-C", "OUTPUT", "-j", CHAIN),
@@ -170,9 +157,7 @@ def backend(ctx: Context) -> str:
         for name, kind in (("nft", NFT), ("iptables-restore", IPTABLES)):
             if any(ctx.path(f"{directory}/{name}").exists() for directory in _BIN_DIRS):
                 return kind
-    raise StageFailed(
-        "neither nft nor iptables is installed: cannot install firewall rules"
-    )
+    raise StageFailed("neither nft nor iptables is installed: cannot install firewall rules")
 
 
 def wireserver_address(ctx: Context) -> ipaddress.IPv4Address:

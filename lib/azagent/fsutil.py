@@ -50,9 +50,7 @@ def ensure_dir(path: Path, *, mode: int = 0o755, owner: Owner = None) -> bool:
     return True
 
 
-def atomic_write(
-    path: Path, data: bytes, *, mode: int = 0o644, owner: Owner = None
-) -> None:
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, owner: Owner = None) -> None:
     """Replace ``path`` with ``data`` atomically.
 
     The temporary file is created in the same directory with mode 0600, given
@@ -63,9 +61,7 @@ def atomic_write(
     directory = path.parent
     ensure_dir(directory)
     tmp = directory / f".{path.name}.azagent-{os.getpid()}.tmp"
-    fd = os.open(
-        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
-    )
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         try:
             if owner is not None:
@@ -169,9 +165,7 @@ def open_dir_at(dir_fd: int, name: str, shown: str) -> int:
     except OSError as e:
         raise UnsafePath(f"cannot open {shown}: {e.strerror}") from None
     if stat.S_ISLNK(st.st_mode):
-        raise UnsafePath(
-            f"{shown} is a symbolic link, which azagent does not follow here"
-        )
+        raise UnsafePath(f"{shown} is a symbolic link, which azagent does not follow here")
     raise UnsafePath(f"{shown} is not a directory")
 
 
@@ -184,9 +178,7 @@ def refuse_link_at(dir_fd: int, name: str, shown: str) -> None:
     except OSError as e:
         raise UnsafePath(f"cannot look at {shown}: {e.strerror}") from None
     if stat.S_ISLNK(st.st_mode):
-        raise UnsafePath(
-            f"{shown} is a symbolic link, which azagent does not follow here"
-        )
+        raise UnsafePath(f"{shown} is a symbolic link, which azagent does not follow here")
 
 
 def _only_root_writes(fd: int, shown: str, link: str) -> None:
@@ -197,9 +189,7 @@ def _only_root_writes(fd: int, shown: str, link: str) -> None:
         )
     if st.st_mode & 0o022:
         who = "others" if st.st_mode & 0o002 else "its group"
-        raise UnsafePath(
-            f"{shown} is writable by {who}: the symbolic link {link} is not followed"
-        )
+        raise UnsafePath(f"{shown} is writable by {who}: the symbolic link {link} is not followed")
 
 
 def open_directory(root: Path, path: str, *, follow_root_links: bool = False) -> int:

@@ -35,20 +35,9 @@ SERIAL_CONSOLE_ARGS = ("console=ttyS0", "earlyprintk=ttyS0")
 _MAX_GRUB_FILE = 1024 * 1024
 _REGENERATE_TIMEOUT = 300.0
 
-_ASSIGNMENT = re.compile(
-    r"^(?P<lead>\s*(?:export\s+)?GRUB_CMDLINE_LINUX=)(?P<rest>.*)$"
-)
+_ASSIGNMENT = re.compile(r"^(?P<lead>\s*(?:export\s+)?GRUB_CMDLINE_LINUX=)(?P<rest>.*)$")
 _SELF_REFERENCE = re.compile(r"\$\{?GRUB_CMDLINE_LINUX\}?(?![A-Za-z0-9_])")
-_RHEL_LIKE = {
-    "rhel",
-    "fedora",
-    "centos",
-    "almalinux",
-    "rocky",
-    "ol",
-    "azurelinux",
-    "mariner",
-}
+_RHEL_LIKE = {"rhel", "fedora", "centos", "almalinux", "rocky", "ol", "azurelinux", "mariner"}
 
 
 @dataclass(frozen=True)
@@ -237,11 +226,7 @@ def _kernel_lines(ctx: Context) -> list[str]:
                 inside = True
             elif stripped.startswith("### END /etc/grub.d/10_linux"):
                 inside = False
-            elif inside and stripped.split(" ", 1)[0] in (
-                "linux",
-                "linux16",
-                "linuxefi",
-            ):
+            elif inside and stripped.split(" ", 1)[0] in ("linux", "linux16", "linuxefi"):
                 found.append(stripped)
     entries = ctx.path("/boot/loader/entries")
     try:
@@ -255,9 +240,7 @@ def _kernel_lines(ctx: Context) -> list[str]:
             continue
         found += [line for line in text.splitlines() if line.startswith("options ")]
     try:
-        grubenv = ctx.path("/boot/grub2/grubenv").read_text(
-            encoding="utf-8", errors="replace"
-        )
+        grubenv = ctx.path("/boot/grub2/grubenv").read_text(encoding="utf-8", errors="replace")
     except OSError:
         grubenv = ""
     found += [line for line in grubenv.splitlines() if line.startswith("kernelopts=")]
@@ -267,15 +250,10 @@ def _kernel_lines(ctx: Context) -> list[str]:
 
 def generated_config_lacks(ctx: Context, args: Sequence[str]) -> bool:
     """Whether a kernel line GRUB boots is known to lack one of ``args``."""
-    return any(
-        not all(_has_arg(line.split(), arg) for arg in args)
-        for line in _kernel_lines(ctx)
-    )
+    return any(not all(_has_arg(line.split(), arg) for arg in args) for line in _kernel_lines(ctx))
 
 
-def _write_grub_default(
-    path: Path, text: str, mode: int, owner: tuple[int, int]
-) -> None:
+def _write_grub_default(path: Path, text: str, mode: int, owner: tuple[int, int]) -> None:
     try:
         atomic_write(path, text.encode("utf-8"), mode=mode, owner=owner)
     except OSError as e:
@@ -283,9 +261,7 @@ def _write_grub_default(
 
 
 def _regenerate(argv: list[str]) -> None:
-    system.run(
-        argv, timeout=_REGENERATE_TIMEOUT, what="regenerate GRUB's configuration"
-    )
+    system.run(argv, timeout=_REGENERATE_TIMEOUT, what="regenerate GRUB's configuration")
 
 
 def plan_kernel_args(ctx: Context, args: Sequence[str], plan: Plan) -> list[str]:
@@ -332,13 +308,10 @@ def plan_kernel_args(ctx: Context, args: Sequence[str], plan: Plan) -> list[str]
     shown = " ".join(f"'{a}'" if " " in a else a for a in command)
     if ctx.live and available:
         plan.add(
-            f"regenerate GRUB's configuration: {shown}",
-            functools.partial(_regenerate, command),
+            f"regenerate GRUB's configuration: {shown}", functools.partial(_regenerate, command)
         )
     elif ctx.live:
-        notes.append(
-            f"GRUB's configuration must be regenerated for this to take effect: {shown}"
-        )
+        notes.append(f"GRUB's configuration must be regenerated for this to take effect: {shown}")
     else:
         notes.append(
             f"GRUB's configuration in {ctx.root} must be regenerated inside that system for this"

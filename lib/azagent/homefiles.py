@@ -84,13 +84,9 @@ def open_home(root: Path, account: Account) -> int:
             f"the home directory of {account.name} ({account.home}) does not exist"
         ) from None
     except UnsafePath as e:
-        raise HomeFileError(
-            f"the home directory of {account.name}: {e.reason}"
-        ) from None
+        raise HomeFileError(f"the home directory of {account.name}: {e.reason}") from None
     except OSError as e:
-        raise HomeFileError(
-            f"cannot open the home {account.home}: {e.strerror}"
-        ) from None
+        raise HomeFileError(f"cannot open the home {account.home}: {e.strerror}") from None
     uid = os.fstat(fd).st_uid
     if uid not in (account.uid, 0):
         os.close(fd)
@@ -118,9 +114,7 @@ def _open_directory(
             except FileNotFoundError:
                 if not create:
                     return None
-                child = make_dir_at(
-                    fd, part, str(shown), mode=DIR_MODE, owner=owner(account)
-                )
+                child = make_dir_at(fd, part, str(shown), mode=DIR_MODE, owner=owner(account))
             os.close(fd)
             fd = child
         opened, fd = fd, -1
@@ -177,9 +171,7 @@ class HomeFile:
     summary: str
     # Whether the existing content already is what is wanted (a private key
     # re-serialized differs byte-wise but not in substance).
-    same: Callable[[bytes], bool] | None = field(
-        default=None, repr=False, compare=False
-    )
+    same: Callable[[bytes], bool] | None = field(default=None, repr=False, compare=False)
 
 
 def _read_at(
@@ -208,13 +200,9 @@ def _read_at(
         if not stat.S_ISREG(st.st_mode):
             raise HomeFileError(f"{path} exists and is not a regular file")
         if st.st_nlink != 1:
-            raise HomeFileError(
-                f"{path} has {st.st_nlink} hard links; refusing to rewrite it"
-            )
+            raise HomeFileError(f"{path} has {st.st_nlink} hard links; refusing to rewrite it")
         if st.st_uid not in (account.uid, 0):
-            raise HomeFileError(
-                f"{path} is owned by uid {st.st_uid}, not by {account.name}"
-            )
+            raise HomeFileError(f"{path} is owned by uid {st.st_uid}, not by {account.name}")
         data = f.read(MAX_EXISTING_BYTES + 1)
     if len(data) > MAX_EXISTING_BYTES:
         raise HomeFileError(f"{path} is larger than {MAX_EXISTING_BYTES} bytes")
@@ -239,9 +227,7 @@ def _install(ctx: Context, account: Account, wanted: HomeFile) -> None:
         assert fd is not None
         _refuse_link(fd, name, wanted.path)
         try:
-            atomic_write_at(
-                fd, name, wanted.data, mode=wanted.mode, owner=owner(account)
-            )
+            atomic_write_at(fd, name, wanted.data, mode=wanted.mode, owner=owner(account))
         except OSError as e:
             raise HomeFileError(f"cannot write {wanted.path}: {e.strerror}") from None
 
@@ -257,9 +243,7 @@ def _fix_directory(root: Path, account: Account, directory: str) -> None:
         os.close(fd)
 
 
-def plan_files(
-    ctx: Context, account: Account, files: Iterable[HomeFile]
-) -> list[Action]:
+def plan_files(ctx: Context, account: Account, files: Iterable[HomeFile]) -> list[Action]:
     """The actions that make each file as wanted, its directory the user's and 0700."""
     actions: list[Action] = []
     fixed: set[str] = set()
@@ -277,9 +261,7 @@ def plan_files(
                             Action(
                                 f"make {parent} owned by {account.name} with mode 0700 "
                                 f"(was uid {st.st_uid} mode {stat.S_IMODE(st.st_mode):04o})",
-                                functools.partial(
-                                    _fix_directory, ctx.root, account, parent
-                                ),
+                                functools.partial(_fix_directory, ctx.root, account, parent),
                             )
                         )
                 existing = _read_at(fd, name, wanted.path, account)
@@ -288,7 +270,5 @@ def plan_files(
             same = wanted.same(data) if wanted.same is not None else data == wanted.data
             if same and _is_right(st, wanted.mode, account):
                 continue
-        actions.append(
-            Action(wanted.summary, functools.partial(_install, ctx, account, wanted))
-        )
+        actions.append(Action(wanted.summary, functools.partial(_install, ctx, account, wanted)))
     return actions

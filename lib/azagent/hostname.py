@@ -93,22 +93,14 @@ def read_static(ctx: Context) -> Optional[str]:
 def read_running(ctx: Context) -> Optional[str]:
     """The kernel's hostname (None under a root without /proc)."""
     try:
-        return (
-            ctx.path(KERNEL_HOSTNAME)
-            .read_text(encoding="utf-8", errors="replace")
-            .strip()
-        )
+        return ctx.path(KERNEL_HOSTNAME).read_text(encoding="utf-8", errors="replace").strip()
     except OSError:
         return None
 
 
 def read_published(ctx: Context) -> Optional[str]:
     try:
-        return (
-            ctx.path(PUBLISHED_PATH)
-            .read_text(encoding="utf-8", errors="replace")
-            .strip()
-        )
+        return ctx.path(PUBLISHED_PATH).read_text(encoding="utf-8", errors="replace").strip()
     except OSError:
         return None
 
@@ -123,10 +115,7 @@ def _replace(path: Path, data: bytes) -> None:
     else:
         mode = st.st_mode & 0o7777
         if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
-            owner = (
-                st.st_uid,
-                st.st_gid,
-            )  # chown needs CAP_CHOWN: only when it differs
+            owner = (st.st_uid, st.st_gid)  # chown needs CAP_CHOWN: only when it differs
     atomic_write(path, data, mode=mode, owner=owner)
 
 
@@ -145,15 +134,11 @@ def set_running_hostname(ctx: Context, name: str) -> None:
     has no running system, and a chroot's /proc is the host's.
     """
     if not ctx.live:
-        raise StageFailed(
-            f"refusing to set the running hostname under --root {ctx.root}"
-        )
+        raise StageFailed(f"refusing to set the running hostname under --root {ctx.root}")
     try:
         socket.sethostname(name)
     except OSError as e:
-        raise StageFailed(
-            f"cannot set the running hostname to {name}: {e.strerror}"
-        ) from None
+        raise StageFailed(f"cannot set the running hostname to {name}: {e.strerror}") from None
 
 
 def read_hosts(ctx: Context) -> Optional[bytes]:
@@ -201,9 +186,7 @@ def write_hosts(ctx: Context, data: bytes) -> None:
 # -- asking the DHCP client to publish it --------------------------------------
 
 
-def publish_commands(
-    ctx: Context, client: dhcp.DhcpClient, name: str
-) -> list[tuple[str, ...]]:
+def publish_commands(ctx: Context, client: dhcp.DhcpClient, name: str) -> list[tuple[str, ...]]:
     """The commands that make ``client`` send a DHCP request carrying ``name``.
 
     - systemd-networkd: ``networkctl reconfigure``. ``networkctl renew``

@@ -98,9 +98,7 @@ class Instance:
         checked here, when it is about to become one.
         """
         if self.computer_name is not None:
-            return _name(
-                names.host_name, self.computer_name, "compute.osProfile.computerName"
-            )
+            return _name(names.host_name, self.computer_name, "compute.osProfile.computerName")
         return _name(names.host_name, self.name, "compute.name (computerName is empty)")
 
 
@@ -122,9 +120,7 @@ def _load(data: bytes) -> Any:
     if not isinstance(data, bytes):
         raise TypeError(f"{WHAT}: expected bytes, got {type(data).__name__}")
     if len(data) > MAX_BYTES:
-        raise ImdsError(
-            f"{WHAT}: {len(data)} bytes, over the limit of {MAX_BYTES} bytes"
-        )
+        raise ImdsError(f"{WHAT}: {len(data)} bytes, over the limit of {MAX_BYTES} bytes")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -240,9 +236,7 @@ def parse_instance(data: bytes) -> Instance:
     if "publicKeys" in compute:
         keys = compute["publicKeys"]
         if not isinstance(keys, list):
-            raise ImdsError(
-                f"{WHAT}: compute.publicKeys: expected an array, got {_kind(keys)}"
-            )
+            raise ImdsError(f"{WHAT}: compute.publicKeys: expected an array, got {_kind(keys)}")
         for i, entry in enumerate(keys):
             where = f"compute.publicKeys[{i}]"
             key = _object(entry, where)
@@ -327,9 +321,7 @@ def build_instance(
         "osProfile": {
             "adminUsername": admin_username or "",
             "computerName": computer_name or "",
-            "disablePasswordAuthentication": ""
-            if disable is None
-            else str(disable).lower(),
+            "disablePasswordAuthentication": "" if disable is None else str(disable).lower(),
         },
         "osType": "Linux",
         "placementGroupId": "",
@@ -354,10 +346,7 @@ def build_instance(
             {
                 "ipv4": {
                     "ipAddress": [
-                        {
-                            "privateIpAddress": private_address,
-                            "publicIpAddress": public_address,
-                        }
+                        {"privateIpAddress": private_address, "publicIpAddress": public_address}
                     ],
                     "subnet": [{"address": subnet, "prefix": str(prefix)}],
                 },

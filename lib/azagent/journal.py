@@ -29,9 +29,7 @@ MESSAGE_STAGE_DONE = "5890429048634a40804745269d9401e1"
 IDENTIFIER = "azagent"
 
 # The attributes every LogRecord has; anything else came in through extra=.
-_STANDARD_ATTRIBUTES = frozenset(
-    vars(logging.LogRecord("", 0, "", 0, "", None, None))
-) | {
+_STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "asctime",
 }
@@ -115,9 +113,7 @@ class StderrFormatter(RedactingFormatter):
         if self.verbose:
             fields = structured_fields(record)
             if fields:
-                text += (
-                    " (" + " ".join(f"{k}={v}" for k, v in sorted(fields.items())) + ")"
-                )
+                text += " (" + " ".join(f"{k}={v}" for k, v in sorted(fields.items())) + ")"
         return text
 
 

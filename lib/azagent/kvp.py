@@ -41,14 +41,7 @@ ERROR = "error"
 PIPE_REPLACEMENT = "/"
 _ELLIPSIS = "..."
 _FIELD_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
-_STANDARD_FIELDS = (
-    "result",
-    "reason",
-    "agent",
-    "timestamp",
-    "vm_id",
-    "documentation_url",
-)
+_STANDARD_FIELDS = ("result", "reason", "agent", "timestamp", "vm_id", "documentation_url")
 
 
 class KvpError(AzagentError, ValueError):
@@ -64,9 +57,7 @@ def encode_record(key: str, value: str) -> bytes:
     if "\x00" in key or "\x00" in value:
         raise KvpError("KVP key or value contains a NUL character")
     if len(key_bytes) > MAX_KEY_BYTES:
-        raise KvpError(
-            f"KVP key is {len(key_bytes)} bytes long, at most {MAX_KEY_BYTES} allowed"
-        )
+        raise KvpError(f"KVP key is {len(key_bytes)} bytes long, at most {MAX_KEY_BYTES} allowed")
     if len(value_bytes) > MAX_VALUE_BYTES:
         raise KvpError(
             f"KVP value is {len(value_bytes)} bytes long, at most {MAX_VALUE_BYTES} allowed"
@@ -140,14 +131,10 @@ def provisioning_report(
     ]
     for name, value in (extra or {}).items():
         if not _FIELD_NAME.fullmatch(name) or name in _STANDARD_FIELDS:
-            raise KvpError(
-                "report field names are letters, digits and '_', not a standard one"
-            )
+            raise KvpError("report field names are letters, digits and '_', not a standard one")
         tail.append(f"{name}={_field_value(name, value)}")
     if result == ERROR:
-        tail.append(
-            f"documentation_url={_field_value('documentation_url', documentation_url)}"
-        )
+        tail.append(f"documentation_url={_field_value('documentation_url', documentation_url)}")
 
     if reason is None:
         report = "|".join(head + tail)

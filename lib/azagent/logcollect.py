@@ -36,25 +36,13 @@ _FILE_CAP = 1024 * 1024
 _COMMAND_TIMEOUT = 60.0
 _STAGE_RESULT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.json")
 # Never collected even if one turned up among the stage results.
-_NEVER = (
-    "provisioning.json",
-    "customdata",
-    "ovf-env",
-    ".prv",
-    ".key",
-    ".pem",
-    ".crt",
-    ".p12",
-)
+_NEVER = ("provisioning.json", "customdata", "ovf-env", ".prv", ".key", ".pem", ".crt", ".p12")
 _USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)[^\s/@:]+:[^\s/@]+@", re.IGNORECASE)
 
 _SYSTEM_COMMANDS: tuple[tuple[str, list[str]], ...] = (
     ("system/uname.txt", ["uname", "-a"]),
     ("system/ip-addr.txt", ["ip", "addr", "show"]),
-    (
-        "system/lsblk.txt",
-        ["lsblk", "-o", "NAME,MAJ:MIN,SIZE,TYPE,FSTYPE,MOUNTPOINT,MODEL"],
-    ),
+    ("system/lsblk.txt", ["lsblk", "-o", "NAME,MAJ:MIN,SIZE,TYPE,FSTYPE,MOUNTPOINT,MODEL"]),
     (
         "system/systemctl-status.txt",
         ["systemctl", "status", "--all", "--full", "--no-pager", "azure-*"],
@@ -97,19 +85,9 @@ def _journal(ctx: Context, archive: Archive) -> Optional[str]:
     command = ["journalctl"]
     if not ctx.live:
         command.append(f"--root={ctx.root}")
-    command += [
-        "-u",
-        "azure-*",
-        "-o",
-        "short-precise",
-        "--no-pager",
-        "-n",
-        str(_JOURNAL_LINES),
-    ]
+    command += ["-u", "azure-*", "-o", "short-precise", "--no-pager", "-n", str(_JOURNAL_LINES)]
     try:
-        done = system.run(
-            command, check=False, timeout=_COMMAND_TIMEOUT, what="read the journal"
-        )
+        done = system.run(command, check=False, timeout=_COMMAND_TIMEOUT, what="read the journal")
     except StageFailed as e:
         archive.notes.append(f"journal not collected: {e.reason}")
         return None
@@ -130,9 +108,7 @@ def _journal(ctx: Context, archive: Archive) -> Optional[str]:
         tail = data[-JOURNAL_CAP:]
         tail = tail[tail.find(b"\n") + 1 :]
         dropped = len(data) - len(tail)
-        archive.notes.append(
-            f"journal truncated: the oldest {dropped} bytes were left out"
-        )
+        archive.notes.append(f"journal truncated: the oldest {dropped} bytes were left out")
         text = f"[the oldest {dropped} bytes were left out]\n" + tail.decode(
             "utf-8", errors="replace"
         )
@@ -150,18 +126,12 @@ def _stage_results(ctx: Context, archive: Archive) -> dict[str, str]:
     for name in names:
         lowered = name.lower()
         if not _STAGE_RESULT.fullmatch(name) or any(word in lowered for word in _NEVER):
-            archive.notes.append(
-                f"left out /run/azagent/stages/{name}: not a stage result"
-            )
+            archive.notes.append(f"left out /run/azagent/stages/{name}: not a stage result")
             continue
         try:
-            results[f"azagent/stages/{name}"] = _read_regular(
-                directory / name, _FILE_CAP
-            )
+            results[f"azagent/stages/{name}"] = _read_regular(directory / name, _FILE_CAP)
         except OSError as e:
-            why = (
-                "a symbolic link" if e.errno == errno.ELOOP else (e.strerror or str(e))
-            )
+            why = "a symbolic link" if e.errno == errno.ELOOP else (e.strerror or str(e))
             archive.notes.append(f"left out /run/azagent/stages/{name}: {why}")
     return results
 
@@ -186,17 +156,13 @@ def _system_facts(ctx: Context, archive: Archive) -> dict[str, str]:
     facts = {}
     for name, command in _SYSTEM_COMMANDS:
         try:
-            done = system.run(
-                command, check=False, timeout=_COMMAND_TIMEOUT, what=command[0]
-            )
+            done = system.run(command, check=False, timeout=_COMMAND_TIMEOUT, what=command[0])
         except StageFailed as e:
             archive.notes.append(f"{name} not collected: {e.reason}")
             continue
         text = done.stdout
         if done.returncode != 0 and done.stderr.strip():
-            text += (
-                f"\n[{command[0]} exited with status {done.returncode}]\n{done.stderr}"
-            )
+            text += f"\n[{command[0]} exited with status {done.returncode}]\n{done.stderr}"
         facts[name] = text
     return facts
 
@@ -218,17 +184,13 @@ def _readme(archive: Archive, root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def collect_logs(
-    ctx: Context, output: Optional[Path], extra: Mapping[str, str]
-) -> Archive:
+def collect_logs(ctx: Context, output: Optional[Path], extra: Mapping[str, str]) -> Archive:
     """Write the support archive (0600); ``extra`` adds named texts.
 
     ``output`` None means ``<Lib.Dir>/logcollector/logs.zip`` under the root.
     """
     if output is None:
-        ensure_dir(
-            ctx.lib_dir, mode=0o700
-        )  # as the stages create it, should it be missing
+        ensure_dir(ctx.lib_dir, mode=0o700)  # as the stages create it, should it be missing
         output = ctx.lib_dir / LOG_ARCHIVE
     archive = Archive(output)
     texts: dict[str, str] = {}

@@ -97,9 +97,7 @@ def read_from_device(ctx: Context, device: str) -> Optional[bytes]:
             path = mount_point / OVF_NAME
             return _read_limited(path) if path.is_file() else None
         finally:
-            system.run(
-                ["umount", str(mount_point)], check=False, timeout=30, what="unmount"
-            )
+            system.run(["umount", str(mount_point)], check=False, timeout=30, what="unmount")
     log.warning(
         "/dev/%s could not be mounted as %s (is the udf module blacklisted?)",
         device,
@@ -120,11 +118,7 @@ def read_ovf(ctx: Context) -> Optional[tuple[str, bytes]]:
         # Devices found at coldplug may still be in udev's queue: wait for it
         # to drain, briefly. A VM without a DVD pays at most this, never a
         # device timeout.
-        system.run(
-            ["udevadm", "settle", f"--timeout={SETTLE_SECONDS}"],
-            check=False,
-            timeout=30,
-        )
+        system.run(["udevadm", "settle", f"--timeout={SETTLE_SECONDS}"], check=False, timeout=30)
     for device in cdrom_devices(ctx):
         data = read_from_device(ctx, device)
         if data is not None:

@@ -46,9 +46,7 @@ from typing import Optional
 from azagent.errors import AzagentError
 
 USER_NAME_MAX = 32  # useradd's limit (the utmp user field)
-HOST_NAME_MAX = (
-    64  # the kernel's limit for the running name (sethostname(2)), without the NUL
-)
+HOST_NAME_MAX = 64  # the kernel's limit for the running name (sethostname(2)), without the NUL
 LABEL_MAX = 63  # RFC 1035
 DNS_NAME_MAX = 253  # RFC 1035, in its text form without a trailing dot
 SHOWN_MAX = 40  # characters of a refused value quoted in a reason
@@ -56,9 +54,7 @@ LISTED_MAX = 5  # distinct refused characters listed in a reason
 
 _USER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 _USER_FIRST = frozenset("abcdefghijklmnopqrstuvwxyz_")
-_HOST_CHARS = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-."
-)
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.")
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
 
 USER_CHARS_TEXT = "a-z, 0-9, '_' and '-'"
@@ -131,9 +127,7 @@ def host_name_problem(value: object) -> Optional[str]:
         if not label:
             return "it has an empty label (a leading dot or two dots in a row)"
         if len(label) > LABEL_MAX:
-            return (
-                f"a label is {len(label)} characters long, at most {LABEL_MAX} allowed"
-            )
+            return f"a label is {len(label)} characters long, at most {LABEL_MAX} allowed"
         if not _LABEL.fullmatch(label):
             return f"the label {label[:SHOWN_MAX]!a} starts or ends with '-'"
     if all(label.isdigit() for label in labels):
@@ -145,9 +139,7 @@ def user_name(value: object, field: str) -> str:
     """``value`` when it is a valid user name, else InvalidName naming ``field`` and why."""
     problem = user_name_problem(value)
     if problem is not None or not isinstance(value, str):
-        raise InvalidName(
-            f"{field}: {shown(value)} is not a valid user name: {problem}"
-        )
+        raise InvalidName(f"{field}: {shown(value)} is not a valid user name: {problem}")
     return value
 
 

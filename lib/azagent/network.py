@@ -53,12 +53,7 @@ class Endpoint:
 def address_of(url: str) -> Optional[str]:
     """A.B.C.D when ``url`` is exactly ``http://A.B.C.D`` (no port, no path), else None."""
     parts = urlsplit(url.rstrip("/"))
-    if (
-        parts.scheme != "http"
-        or parts.port is not None
-        or parts.path
-        or not parts.hostname
-    ):
+    if parts.scheme != "http" or parts.port is not None or parts.path or not parts.hostname:
         return None
     try:
         return str(ipaddress.IPv4Address(parts.hostname))
@@ -71,16 +66,11 @@ def discover(ctx: Context, now: Optional[float] = None) -> Endpoint:
     lease = dhcp.newest_lease(dhcp.leases(ctx), time.time() if now is None else now)
     if lease is not None and lease.endpoint is not None:
         return Endpoint(
-            f"http://{lease.endpoint}",
-            lease.endpoint,
-            f"DHCP option 245 in {lease.source}",
-            lease,
+            f"http://{lease.endpoint}", lease.endpoint, f"DHCP option 245 in {lease.source}", lease
         )
     configured = ctx.config.required_str("Endpoint.WireServer").rstrip("/")
     return Endpoint(
-        configured,
-        address_of(configured),
-        "Endpoint.WireServer (no DHCP lease names one)",
+        configured, address_of(configured), "Endpoint.WireServer (no DHCP lease names one)"
     )
 
 
@@ -144,9 +134,7 @@ def wireserver_route(ctx: Context, endpoint: Endpoint) -> Optional[HostRoute]:
     gateway = lease_gateway(lease, address)
     if gateway is None or str(gateway) == address:
         return None
-    return HostRoute(
-        address, None if gateway.is_unspecified else str(gateway), lease.interface
-    )
+    return HostRoute(address, None if gateway.is_unspecified else str(gateway), lease.interface)
 
 
 # -- stable interface names -----------------------------------------------------
@@ -163,9 +151,7 @@ _MAX_RULES = 1024 * 1024
 
 
 def has_rules(text: str) -> bool:
-    return any(
-        line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()
-    )
+    return any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines())
 
 
 def pins_names(text: str) -> bool:

@@ -121,9 +121,7 @@ def _runs(attribute: bytes) -> tuple[list[tuple[Optional[int], int]], int]:
             runs.append((None, length))
         else:
             start = pos + 1 + length_size
-            lcn += int.from_bytes(
-                attribute[start : start + offset_size], "little", signed=True
-            )
+            lcn += int.from_bytes(attribute[start : start + offset_size], "little", signed=True)
             runs.append((lcn, length))
         pos += 1 + length_size + offset_size
     return runs, initialized
@@ -145,33 +143,22 @@ def ntfs_foreign_files(f: BinaryIO, base: int, size: int) -> list[str]:
     per_cluster = boot[0x0D]
     if per_cluster > 0x80:
         per_cluster = 1 << (256 - per_cluster)
-    if (
-        sector not in (512, 1024, 2048, 4096)
-        or per_cluster == 0
-        or per_cluster & (per_cluster - 1)
-    ):
+    if sector not in (512, 1024, 2048, 4096) or per_cluster == 0 or per_cluster & (per_cluster - 1):
         raise NtfsError("a boot sector with an impossible geometry")
     cluster = sector * per_cluster
     mft_lcn = struct.unpack_from("<q", boot, 0x30)[0]
     clusters_per_record = struct.unpack_from("<b", boot, 0x40)[0]
     record_size = (
-        1 << -clusters_per_record
-        if clusters_per_record < 0
-        else clusters_per_record * cluster
+        1 << -clusters_per_record if clusters_per_record < 0 else clusters_per_record * cluster
     )
-    if (
-        record_size not in (1024, 2048, 4096)
-        or not 0 < mft_lcn * cluster < size - record_size
-    ):
+    if record_size not in (1024, 2048, 4096) or not 0 < mft_lcn * cluster < size - record_size:
         raise NtfsError("a boot sector with an impossible MFT location")
 
     def record_at(offset: int, number: int) -> Optional[bytes]:
         raw = _read_exact(f, base + offset, record_size)
         if raw[:4] == b"FILE":
             return _fixup(raw, number)
-        if raw[:4] == b"BAAD" or (
-            number < FIRST_USER_RECORD and raw[:4] != b"\0\0\0\0"
-        ):
+        if raw[:4] == b"BAAD" or (number < FIRST_USER_RECORD and raw[:4] != b"\0\0\0\0"):
             raise NtfsError(f"MFT record {number} is damaged")
         return None
 
@@ -181,9 +168,7 @@ def ntfs_foreign_files(f: BinaryIO, base: int, size: int) -> list[str]:
     data = None
     for kind, attribute in _attributes(mft, 0):
         if kind == ATTR_LIST:
-            raise NtfsError(
-                "the MFT is spread over several records, unlike a fresh disk's"
-            )
+            raise NtfsError("the MFT is spread over several records, unlike a fresh disk's")
         if kind == ATTR_DATA and attribute[9] == 0:
             data = attribute
     if data is None or data[8] == 0:
@@ -200,19 +185,10 @@ def ntfs_foreign_files(f: BinaryIO, base: int, size: int) -> list[str]:
         for index in range(clusters * cluster // record_size):
             if number >= total:
                 break
-            record = (
-                None
-                if lcn is None
-                else record_at(lcn * cluster + index * record_size, number)
-            )
-            if (
-                record is not None
-                and struct.unpack_from("<H", record, 0x16)[0] & RECORD_IN_USE
-            ):
+            record = None if lcn is None else record_at(lcn * cluster + index * record_size, number)
+            if record is not None and struct.unpack_from("<H", record, 0x16)[0] & RECORD_IN_USE:
                 flags = struct.unpack_from("<H", record, 0x16)[0]
-                owner = (
-                    struct.unpack_from("<Q", record, 0x20)[0] & REFERENCE_MASK or number
-                )
+                owner = struct.unpack_from("<Q", record, 0x20)[0] & REFERENCE_MASK or number
                 entries = names.setdefault(owner, [])
                 if flags & RECORD_DIRECTORY:
                     directories.add(owner)
@@ -221,15 +197,11 @@ def ntfs_foreign_files(f: BinaryIO, base: int, size: int) -> list[str]:
                         continue
                     value = _resident_value(attribute, number)
                     if len(value) < 0x42 or len(value) < 0x42 + 2 * value[0x40]:
-                        raise NtfsError(
-                            f"MFT record {number} has a malformed file name"
-                        )
+                        raise NtfsError(f"MFT record {number} has a malformed file name")
                     if value[0x41] == DOS_NAMESPACE:
                         continue
                     parent = struct.unpack_from("<Q", value, 0)[0] & REFERENCE_MASK
-                    name = value[0x42 : 0x42 + 2 * value[0x40]].decode(
-                        "utf-16-le", "replace"
-                    )
+                    name = value[0x42 : 0x42 + 2 * value[0x40]].decode("utf-16-le", "replace")
                     entries.append(_Name(parent, name))
             number += 1
     if number < total:
@@ -249,10 +221,7 @@ def _foreign(names: dict[int, list[_Name]], directories: set[int]) -> list[str]:
             if not entries:
                 return False
             first = entries[0]
-            if (
-                first.parent == ROOT_RECORD
-                and first.name.lower() in ALLOWED_ROOT_DIRECTORIES
-            ):
+            if first.parent == ROOT_RECORD and first.name.lower() in ALLOWED_ROOT_DIRECTORIES:
                 return True
             if first.parent == record:
                 return False
@@ -262,12 +231,7 @@ def _foreign(names: dict[int, list[_Name]], directories: set[int]) -> list[str]:
     def path(record: int, name: str) -> str:
         parts = [name]
         seen = set()
-        while (
-            record != ROOT_RECORD
-            and record in names
-            and names[record]
-            and record not in seen
-        ):
+        while record != ROOT_RECORD and record in names and names[record] and record not in seen:
             seen.add(record)
             parts.append(names[record][0].name)
             record = names[record][0].parent

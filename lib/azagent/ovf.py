@@ -282,9 +282,7 @@ def parse_ovf(data: bytes) -> Provisioning:
     ssh = config.child(WA_NS, "SSH")
     if ssh is not None:
         for keys in ssh.children(WA_NS, "PublicKeys"):
-            public_keys.extend(
-                _public_key(k) for k in keys.children(WA_NS, "PublicKey")
-            )
+            public_keys.extend(_public_key(k) for k in keys.children(WA_NS, "PublicKey"))
         for pairs in ssh.children(WA_NS, "KeyPairs"):
             key_pairs.extend(_key_pair(k) for k in pairs.children(WA_NS, "KeyPair"))
 
@@ -303,9 +301,7 @@ def parse_ovf(data: bytes) -> Provisioning:
         provision_guest_proxy_agent = _flag(
             settings.child(WA_NS, "ProvisionGuestProxyAgent"), when="true"
         )
-        preprovisioned_vm = _flag(
-            settings.child(WA_NS, "PreprovisionedVm"), when="true"
-        )
+        preprovisioned_vm = _flag(settings.child(WA_NS, "PreprovisionedVm"), when="true")
         # Two spellings exist in the wild: PROTOCOL.md's and cloud-init's
         # "VMType", azure-init's "VmType".
         type_element = settings.child(WA_NS, "PreprovisionedVMType") or settings.child(
@@ -342,9 +338,7 @@ def redacted_ovf(data: bytes) -> bytes:
 
     The result still parses: the password and customData then read as absent.
     """
-    return xmlsafe.clear_elements(
-        data, what=WHAT, local_names=SECRET_ELEMENTS, max_bytes=MAX_BYTES
-    )
+    return xmlsafe.clear_elements(data, what=WHAT, local_names=SECRET_ELEMENTS, max_bytes=MAX_BYTES)
 
 
 # -- building ------------------------------------------------------------------
@@ -354,47 +348,30 @@ def _validate(p: Provisioning) -> None:
     where = "Provisioning"
     _name(names.host_name, p.hostname, f"{where}.hostname")
     _name(names.user_name, p.username, f"{where}.username")
-    _check(
-        f"{where}.version",
-        None if _VERSION.fullmatch(p.version) else "is not a version number",
-    )
+    _check(f"{where}.version", None if _VERSION.fullmatch(p.version) else "is not a version number")
     if p.custom_data_base64 is not None and not p.custom_data_base64.strip():
-        raise OvfError(
-            f"{where}.custom_data_base64: is blank; use None for no customData"
-        )
+        raise OvfError(f"{where}.custom_data_base64: is blank; use None for no customData")
     for i, key in enumerate(p.public_keys):
         _check(f"{where}.public_keys[{i}].path", path_problem(key.path))
         if key.fingerprint is not None:
-            _check(
-                f"{where}.public_keys[{i}].fingerprint",
-                fingerprint_problem(key.fingerprint),
-            )
+            _check(f"{where}.public_keys[{i}].fingerprint", fingerprint_problem(key.fingerprint))
         if key.value is not None:
             _check(
                 f"{where}.public_keys[{i}].value",
-                key_value_problem(key.value)
-                or ("is empty; use None" if not key.value else None),
+                key_value_problem(key.value) or ("is empty; use None" if not key.value else None),
             )
         if key.fingerprint is None and key.value is None:
-            raise OvfError(
-                f"{where}.public_keys[{i}]: has neither a fingerprint nor a value"
-            )
+            raise OvfError(f"{where}.public_keys[{i}]: has neither a fingerprint nor a value")
     for i, pair in enumerate(p.key_pairs):
-        _check(
-            f"{where}.key_pairs[{i}].fingerprint", fingerprint_problem(pair.fingerprint)
-        )
+        _check(f"{where}.key_pairs[{i}].fingerprint", fingerprint_problem(pair.fingerprint))
         _check(f"{where}.key_pairs[{i}].path", path_problem(pair.path))
-    if p.preprovisioned_vm_type is not None and not _WORD.fullmatch(
-        p.preprovisioned_vm_type
-    ):
+    if p.preprovisioned_vm_type is not None and not _WORD.fullmatch(p.preprovisioned_vm_type):
         raise OvfError(f"{where}.preprovisioned_vm_type: is not a single word")
 
 
 def _xml_text(where: str, value: str) -> str:
     if _NOT_XML.search(value):
-        raise OvfError(
-            f"{where}: holds a character XML cannot carry (control character or CR)"
-        )
+        raise OvfError(f"{where}: holds a character XML cannot carry (control character or CR)")
     return value
 
 
@@ -426,9 +403,7 @@ def build_ovf(p: Provisioning, *, validate: bool = True) -> bytes:
     for i, key in enumerate(p.public_keys):
         entry: dict[str, str] = {}
         if key.fingerprint is not None:
-            entry["Fingerprint"] = text(
-                f"public_keys[{i}].fingerprint", key.fingerprint
-            )
+            entry["Fingerprint"] = text(f"public_keys[{i}].fingerprint", key.fingerprint)
         entry["Path"] = text(f"public_keys[{i}].path", key.path)
         if key.value is not None:
             entry["Value"] = text(f"public_keys[{i}].value", key.value)

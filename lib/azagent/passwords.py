@@ -104,9 +104,7 @@ def verify(password: str, hashed: str, crypt_id: str) -> bool:
             candidate = crypt_pure(password, hashed)
         except (PasswordHashError, ValueError):
             return False
-    return candidate is not None and hmac.compare_digest(
-        candidate.encode(), hashed.encode()
-    )
+    return candidate is not None and hmac.compare_digest(candidate.encode(), hashed.encode())
 
 
 def crypt_setting(crypt_id: str, salt_length: int) -> str:
@@ -156,12 +154,7 @@ def _libcrypt() -> Optional[Callable[..., Any]]:
         except (OSError, AttributeError):
             continue
         function.restype = ctypes.c_char_p
-        function.argtypes = [
-            ctypes.c_char_p,
-            ctypes.c_char_p,
-            ctypes.c_void_p,
-            ctypes.c_int,
-        ]
+        function.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int]
         _crypt_rn = function
         break
     return _crypt_rn
@@ -226,9 +219,7 @@ def _repeat(source: bytes, length: int) -> bytes:
     return (source * (length // len(source) + 1))[:length]
 
 
-def _sha_crypt(
-    method: str, key: bytes, salt: bytes, rounds: int, custom_rounds: bool
-) -> str:
+def _sha_crypt(method: str, key: bytes, salt: bytes, rounds: int, custom_rounds: bool) -> str:
     """Drepper's SHA-crypt, https://www.akkadia.org/drepper/SHA-crypt.txt."""
     name = "sha256" if method == "5" else "sha512"
 
@@ -298,9 +289,6 @@ def _md5_crypt(key: bytes, salt: bytes) -> str:
         c.update(current if i & 1 else key)
         current = c.digest()
     groups = ((0, 6, 12), (1, 7, 13), (2, 8, 14), (3, 9, 15), (4, 10, 5))
-    encoded = [
-        _encode64(current[a] << 16 | current[b] << 8 | current[c], 4)
-        for a, b, c in groups
-    ]
+    encoded = [_encode64(current[a] << 16 | current[b] << 8 | current[c], 4) for a, b, c in groups]
     encoded.append(_encode64(current[11], 2))
     return "$1$" + salt.decode("ascii") + "$" + "".join(encoded)

@@ -44,18 +44,13 @@ class Plan:
     def add(self, summary: str, apply: Callable[[], None]) -> None:
         self.actions.append(Action(summary, apply))
 
-    def add_running(
-        self, target: Target, summary: str, apply: Callable[[], None]
-    ) -> None:
+    def add_running(self, target: Target, summary: str, apply: Callable[[], None]) -> None:
         """A change to the running system (a command, a sysfs write): made when
         ``target`` (a stage's context) is live, only shown under another root."""
         if target.live:
             self.add(summary, apply)
         else:
-            self.add(
-                f"{summary} [not run: {target.root} is not the running system]",
-                _nothing,
-            )
+            self.add(f"{summary} [not run: {target.root} is not the running system]", _nothing)
 
     @classmethod
     def skipped(cls, reason: str) -> Plan:

@@ -52,14 +52,7 @@ MAX_ACCEPTED_BYTES = 4096
 
 # The stages that make up provisioning, in order; report-ready and the
 # failure report look at their results.
-PROVISIONING_STAGES = (
-    "mount-ovf",
-    "imds",
-    "hostname",
-    "create-user",
-    "ssh-keys",
-    "custom-data",
-)
+PROVISIONING_STAGES = ("mount-ovf", "imds", "hostname", "create-user", "ssh-keys", "custom-data")
 
 
 @dataclass(frozen=True)
@@ -107,18 +100,14 @@ class ProvisioningData:
         try:
             document: Any = json.loads(data)
             values = dict(document)
-            values["public_keys"] = tuple(
-                Key(**k) for k in values.get("public_keys", ())
-            )
+            values["public_keys"] = tuple(Key(**k) for k in values.get("public_keys", ()))
             values["key_pairs"] = tuple(Key(**k) for k in values.get("key_pairs", ()))
             values["notes"] = tuple(values.get("notes", ()))
             loaded = cls(**values)
         except names.InvalidName as e:
             raise names.InvalidName(f"{STATE_PATH}: {e.reason}") from None
         except (ValueError, TypeError, AttributeError) as e:
-            raise StageFailed(
-                f"{STATE_PATH} is unreadable: {type(e).__name__}"
-            ) from None
+            raise StageFailed(f"{STATE_PATH} is unreadable: {type(e).__name__}") from None
         for secret in (loaded.password_hash, loaded.custom_data):
             if secret:
                 register(secret)
@@ -185,10 +174,7 @@ def accepted_user(ctx: Context) -> Optional[AcceptedUser]:
         username, vm_id, uid = document["username"], document["vm_id"], document["uid"]
     except (ValueError, TypeError, KeyError, RecursionError):
         return None
-    if (
-        not (isinstance(username, str) and isinstance(vm_id, str))
-        or type(uid) is not int
-    ):
+    if not (isinstance(username, str) and isinstance(vm_id, str)) or type(uid) is not int:
         return None
     return AcceptedUser(username, vm_id, uid)
 
@@ -291,19 +277,13 @@ def swap_uuid_groups(vm_id: str) -> str:
     def swapped(group: str) -> str:
         return "".join(reversed([group[i : i + 2] for i in range(0, len(group), 2)]))
 
-    return "-".join(
-        [swapped(parts[0]), swapped(parts[1]), swapped(parts[2]), parts[3], parts[4]]
-    )
+    return "-".join([swapped(parts[0]), swapped(parts[1]), swapped(parts[2]), parts[3], parts[4]])
 
 
 def smbios_vm_id(ctx: Context) -> Optional[str]:
     """The VM id the firmware reports (/sys/class/dmi/id/product_uuid)."""
     try:
-        text = (
-            ctx.path("/sys/class/dmi/id/product_uuid")
-            .read_text(encoding="ascii")
-            .strip()
-        )
+        text = ctx.path("/sys/class/dmi/id/product_uuid").read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError):
         return None
     return normalize_vm_id(text) or None

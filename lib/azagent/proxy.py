@@ -41,9 +41,7 @@ def _proxy_url(value: str, where: str) -> str:
     return value
 
 
-def proxies(
-    ctx: Context, environ: Optional[Mapping[str, str]] = None
-) -> dict[str, str]:
+def proxies(ctx: Context, environ: Optional[Mapping[str, str]] = None) -> dict[str, str]:
     """The proxy for each scheme, as ``requests`` takes it: ``{"http": URL, "https": URL}``.
 
     HttpProxy.Host (and HttpProxy.Port; without it the proxy's port is 80)
@@ -63,9 +61,7 @@ def proxies(
     for scheme in ("http", "https"):
         for name in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY"):
             if env.get(name):
-                found[scheme] = _proxy_url(
-                    env[name], f"the {name} environment variable"
-                )
+                found[scheme] = _proxy_url(env[name], f"the {name} environment variable")
                 break
     return found
 
@@ -74,8 +70,8 @@ def _no_proxy(host: str, environ: Mapping[str, str]) -> bool:
     """Whether ``no_proxy`` (or NO_PROXY) exempts ``host``: ``*``, domain suffixes, IPs, CIDRs."""
     value = environ.get("no_proxy") or environ.get("NO_PROXY") or ""
     try:
-        address: Optional[ipaddress.IPv4Address | ipaddress.IPv6Address] = (
-            ipaddress.ip_address(host)
+        address: Optional[ipaddress.IPv4Address | ipaddress.IPv6Address] = ipaddress.ip_address(
+            host
         )
     except ValueError:
         address = None

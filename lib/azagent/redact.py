@@ -64,9 +64,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     # Credentials in a URL: scheme://user:password@host.
     (
-        re.compile(
-            r"\b([a-z][a-z0-9+.-]*://)[^\s/@:\"'<>]+:[^\s/@\"'<>]+@", re.IGNORECASE
-        ),
+        re.compile(r"\b([a-z][a-z0-9+.-]*://)[^\s/@:\"'<>]+:[^\s/@\"'<>]+@", re.IGNORECASE),
         r"\1" + PLACEHOLDER + "@",
     ),
     # A bare SAS signature or password assignment outside a URL.

@@ -56,11 +56,7 @@ def write_kvp(ctx: Context, value: str) -> None:
     ensure_dir(path.parent, mode=0o755)
     record = kvp.encode_record(kvp.PROVISIONING_REPORT_KEY, value)
     created = not path.exists()
-    fd = os.open(
-        path,
-        os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-        0o644,
-    )
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     try:
         if created:
             os.fchmod(fd, 0o644)  # whatever the umask: the host's KVP daemon reads it
@@ -94,8 +90,5 @@ def report_failure(ctx: Context, vm_id: str, failed: list[tuple[str, str]]) -> N
     log.error(
         "provisioning failed: %s",
         description,
-        extra={
-            "REASON": description,
-            "MESSAGE_ID": journal.MESSAGE_PROVISIONING_FAILED,
-        },
+        extra={"REASON": description, "MESSAGE_ID": journal.MESSAGE_PROVISIONING_FAILED},
     )

@@ -60,10 +60,7 @@ UNIT_DIR = "/run/systemd/system"
 MIB = 1024 * 1024
 GPT_ABOVE = 2 * 1024**4  # an MBR partition cannot go beyond 2 TiB
 LINUX_GPT_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
-NTFS_PARTITION_TYPES = (
-    "7",
-    "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7",
-)  # MBR, GPT basic data
+NTFS_PARTITION_TYPES = ("7", "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7")  # MBR, GPT basic data
 LINUX_PARTITION_TYPES = ("83", LINUX_GPT_TYPE)
 MSR_GPT_TYPE = "E3C9E316-0B5C-4DB8-817D-F92DF00215AE"  # Microsoft reserved
 FORCE_FLAGS = {
@@ -172,9 +169,7 @@ def find_disk(ctx: Context) -> Optional[Disk]:
         return Disk(node, display, name, True, size)
     if stat.S_ISREG(st.st_mode) and not ctx.live:
         return Disk(node, display, node.name, False, st.st_size)
-    raise StageFailed(
-        f"{RESOURCE_LINK} points at {display}, which is not a block device"
-    )
+    raise StageFailed(f"{RESOURCE_LINK} points at {display}, which is not a block device")
 
 
 def _partition_node(ctx: Context, disk: Disk, number: int, wait: float = 0.0) -> Path:
@@ -202,9 +197,7 @@ def _partition_node(ctx: Context, disk: Disk, number: int, wait: float = 0.0) ->
         time.sleep(0.1)
 
 
-def region_of(
-    ctx: Context, disk: Disk, partition: Partition, wait: float = 0.0
-) -> Region:
+def region_of(ctx: Context, disk: Disk, partition: Partition, wait: float = 0.0) -> Region:
     display = f"partition {partition.number} of {disk.display}"
     if disk.block:
         node = _partition_node(ctx, disk, partition.number, wait)
@@ -277,9 +270,7 @@ def partitions(disk: Disk) -> tuple[str, tuple[Partition, ...]]:
             )
         return str(table["label"]), tuple(result)
     except (ValueError, KeyError, TypeError) as e:
-        raise StageFailed(
-            f"cannot read the partition table of {disk.display}: {e}"
-        ) from None
+        raise StageFailed(f"cannot read the partition table of {disk.display}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -295,9 +286,7 @@ def assess(ctx: Context, disk: Disk, filesystem: str) -> Assessment:
     """Decide whether the disk may be formatted; raise StageFailed when it must not be."""
     disk_probe = probe(whole(disk))
     if not disk_probe:
-        return Assessment(
-            True, "nothing (no partition table, no filesystem)", PART1_LINK
-        )
+        return Assessment(True, "nothing (no partition table, no filesystem)", PART1_LINK)
     found = disk_probe.get("TYPE")
     if found is not None:
         if found == filesystem:
@@ -318,19 +307,13 @@ def assess(ctx: Context, disk: Disk, filesystem: str) -> Assessment:
                 with open(region.path, "rb") as f:
                     foreign = ntfs_foreign_files(f, region.offset, region.size)
             except NtfsError as e:
-                raise _refuse(
-                    disk, f"its NTFS cannot be shown to be fresh: {e}"
-                ) from None
+                raise _refuse(disk, f"its NTFS cannot be shown to be fresh: {e}") from None
             if foreign:
                 shown = ", ".join(foreign[:5]) + (
                     f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
                 )
-                raise _refuse(
-                    disk, f"its NTFS holds files besides {WARNING_NAME}: {shown}"
-                )
-            return Assessment(
-                True, f"a fresh NTFS holding only {WARNING_NAME}", PART1_LINK
-            )
+                raise _refuse(disk, f"its NTFS holds files besides {WARNING_NAME}: {shown}")
+            return Assessment(True, f"a fresh NTFS holding only {WARNING_NAME}", PART1_LINK)
     if (
         len(parts) == 1
         and first is not None
@@ -338,9 +321,7 @@ def assess(ctx: Context, disk: Disk, filesystem: str) -> Assessment:
         and not first_probe
     ):
         return Assessment(
-            True,
-            "one Linux partition without a filesystem (an unfinished format)",
-            PART1_LINK,
+            True, "one Linux partition without a filesystem (an unfinished format)", PART1_LINK
         )
 
     if not parts:
@@ -348,11 +329,7 @@ def assess(ctx: Context, disk: Disk, filesystem: str) -> Assessment:
     else:
         kinds = ", ".join(
             f"{p.number}: type {p.type}"
-            + (
-                f" {first_probe['TYPE']}"
-                if p is first and "TYPE" in first_probe
-                else ""
-            )
+            + (f" {first_probe['TYPE']}" if p is first and "TYPE" in first_probe else "")
             for p in parts
         )
         what = f"a {label} partition table ({kinds}) and no {filesystem} on partition 1"
@@ -377,9 +354,7 @@ def _refuse(disk: Disk, why: str) -> StageFailed:
     )
 
 
-def check_not_in_use(
-    ctx: Context, disk: Disk, mount_point: str, filesystem: str
-) -> None:
+def check_not_in_use(ctx: Context, disk: Disk, mount_point: str, filesystem: str) -> None:
     """Refuse a disk anything is mounted from or swaps on, above all the disk holding /.
 
     The one use allowed is the resource filesystem itself, mounted at the
@@ -390,11 +365,7 @@ def check_not_in_use(
         names = _disks_of(ctx, mount.devnum, mount.source)
         if disk.name not in names:
             continue
-        if (
-            mount.target == mount_point
-            and mount.fstype == filesystem
-            and mount.devnum in own
-        ):
+        if mount.target == mount_point and mount.fstype == filesystem and mount.devnum in own:
             continue
         if mount.target == "/":
             raise StageFailed(
@@ -407,9 +378,7 @@ def check_not_in_use(
         )
     for swap in disks.active_swaps(ctx):
         if swap.startswith("/dev/") and disk.name in _disks_of(ctx, (0, 0), swap):
-            raise StageFailed(
-                f"the resource disk {disk.display} is in use: swap on {swap}"
-            )
+            raise StageFailed(f"the resource disk {disk.display} is in use: swap on {swap}")
 
 
 def _own_devnums(ctx: Context, disk: Disk) -> set[tuple[int, int]]:
@@ -464,9 +433,7 @@ def _check_unclaimed(disk: Disk) -> None:
         fd = os.open(disk.node, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
     except OSError as e:
         if e.errno == errno.EBUSY:
-            raise StageFailed(
-                f"the resource disk {disk.display} is in use (busy)"
-            ) from None
+            raise StageFailed(f"the resource disk {disk.display} is in use (busy)") from None
         raise
     os.close(fd)
 
@@ -529,10 +496,7 @@ def _lock(fd: int, disk: Disk) -> None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except OSError as e:
-            if (
-                e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN)
-                or time.monotonic() > deadline
-            ):
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or time.monotonic() > deadline:
                 raise StageFailed(f"cannot lock {disk.display}: {e.strerror}") from None
             time.sleep(0.1)
 
@@ -571,9 +535,7 @@ def unit_name(path: str, suffix: str = "mount") -> str:
         c = chr(byte)
         if c == "/":
             out.append("-")
-        elif (c.isascii() and (c.isalnum() or c in ":_.")) and not (
-            i == 0 and c == "."
-        ):
+        elif (c.isascii() and (c.isalnum() or c in ":_.")) and not (i == 0 and c == "."):
             out.append(c)
         else:
             out.append(f"\\x{byte:02x}")
@@ -609,9 +571,7 @@ def check_mount_point(ctx: Context, mount_point: str) -> None:
     """Refuse a mount point something else already owns (fstab, an admin's unit)."""
     pure = PurePosixPath(mount_point)
     if str(pure) == "/" or len(pure.parts) < 2:
-        raise StageFailed(
-            f"ResourceDisk.MountPoint={mount_point} cannot be the root directory"
-        )
+        raise StageFailed(f"ResourceDisk.MountPoint={mount_point} cannot be the root directory")
     normal = str(pure)
     try:
         fstab = ctx.path("/etc/fstab").read_text(encoding="utf-8", errors="replace")
@@ -649,9 +609,7 @@ def own_mount(ctx: Context, disk: Disk, mount_point: str, filesystem: str) -> bo
         return False
     if mount.fstype == filesystem and mount.devnum in _own_devnums(ctx, disk):
         return True
-    raise StageFailed(
-        f"{mount_point} is already a mount point, of {mount.source} ({mount.fstype})"
-    )
+    raise StageFailed(f"{mount_point} is already a mount point, of {mount.source} ({mount.fstype})")
 
 
 def plan_mount(
@@ -684,17 +642,12 @@ def plan_mount(
                 )
             )
             if mounted:
-                log.info(
-                    "%s is mounted: changed options apply from the next mount",
-                    mount_point,
-                )
+                log.info("%s is mounted: changed options apply from the next mount", mount_point)
     if live and not mounted:
         actions.append(
             Action(
                 f"mount the resource disk on {mount_point} (start {name})",
-                functools.partial(
-                    _start_mount, ctx, disk, name, mount_point, filesystem
-                ),
+                functools.partial(_start_mount, ctx, disk, name, mount_point, filesystem),
             )
         )
     elif not live:
@@ -706,9 +659,7 @@ def _systemctl(*args: str) -> None:
     system.run(["systemctl", *args], timeout=180, what=f"systemctl {' '.join(args)}")
 
 
-def _start_mount(
-    ctx: Context, disk: Disk, name: str, mount_point: str, filesystem: str
-) -> None:
+def _start_mount(ctx: Context, disk: Disk, name: str, mount_point: str, filesystem: str) -> None:
     _systemctl("start", name)
     if not own_mount(ctx, disk, mount_point, filesystem):
         raise StageFailed(f"{name} started, but {mount_point} is not mounted")
@@ -719,21 +670,15 @@ def _start_mount(
 
 def plan_on_disk(ctx: Context, mount_point: str, filesystem: str) -> list[Action]:
     """The warning file and the swap file, decided from the mounted filesystem."""
-    return plan_warning(ctx, mount_point) + swapfile.plan_swap(
-        ctx, mount_point, filesystem
-    )
+    return plan_warning(ctx, mount_point) + swapfile.plan_swap(ctx, mount_point, filesystem)
 
 
-def deferred_on_disk(
-    ctx: Context, disk: Disk, mount_point: str, filesystem: str
-) -> Action:
+def deferred_on_disk(ctx: Context, disk: Disk, mount_point: str, filesystem: str) -> Action:
     """When the disk is mounted only by this run, decide what it needs once it is."""
 
     def apply() -> None:
         if not own_mount(ctx, disk, mount_point, filesystem):
-            raise StageFailed(
-                f"{mount_point} is not mounted: no warning file, no swap file"
-            )
+            raise StageFailed(f"{mount_point} is not mounted: no warning file, no swap file")
         for action in plan_on_disk(ctx, mount_point, filesystem):
             log.info("%s", action.summary)
             action.apply()

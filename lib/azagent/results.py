@@ -189,9 +189,7 @@ def read_result(root: Path, stage: str) -> Optional[Result]:
     FIFO would block the reader), is not this stage's result.
     """
     try:
-        fd = os.open(
-            result_path(root, stage), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
-        )
+        fd = os.open(result_path(root, stage), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except (OSError, ValueError):
         return None
     try:

@@ -107,18 +107,13 @@ def wanted_settings(
     disable_password_auth: bool, client_alive_interval: Optional[int]
 ) -> dict[str, str]:
     password = "no" if disable_password_auth else "yes"
-    settings = {
-        "PasswordAuthentication": password,
-        "KbdInteractiveAuthentication": password,
-    }
+    settings = {"PasswordAuthentication": password, "KbdInteractiveAuthentication": password}
     if client_alive_interval is not None:
         settings["ClientAliveInterval"] = str(client_alive_interval)
     return settings
 
 
-def set_directives(
-    text: str, settings: dict[str, str], *, limit: int, insert: bool
-) -> str:
+def set_directives(text: str, settings: dict[str, str], *, limit: int, insert: bool) -> str:
     """``text`` with the first occurrence (above line ``limit``) of each keyword set.
 
     Missing keywords are inserted before the first directive when ``insert``;
@@ -140,9 +135,7 @@ def set_directives(
         at = active[0] if active else min(limit, len(lines))
         if at == len(lines) and lines and not lines[-1].endswith("\n"):
             lines[-1] += "\n"
-        lines[at:at] = [
-            "# Set by azagent when this VM was provisioned (ssh-keys stage).\n"
-        ]
+        lines[at:at] = ["# Set by azagent when this VM was provisioned (ssh-keys stage).\n"]
         lines[at + 1 : at + 1] = missing
     return "".join(lines)
 
@@ -187,9 +180,7 @@ def check_config(sshd: str, config: Path) -> Optional[str]:
     directory before ssh.service created it, no host keys) are logged and
     count as accepted: ssh.service checks again when it starts.
     """
-    done = system.run(
-        [sshd, "-t", "-f", str(config)], check=False, timeout=30, what="sshd -t"
-    )
+    done = system.run([sshd, "-t", "-f", str(config)], check=False, timeout=30, what="sshd -t")
     if done.returncode == 0:
         return None
     lines = done.stderr.strip().splitlines()
@@ -213,9 +204,7 @@ def _validate(ctx: Context, config: Path) -> Optional[str]:
         return None
     sshd = _sshd_binary()
     if sshd is None:
-        log.info(
-            "sshd is not installed: %s not checked with sshd -t", ctx.display(config)
-        )
+        log.info("sshd is not installed: %s not checked with sshd -t", ctx.display(config))
         return None
     return check_config(sshd, config)
 
@@ -225,12 +214,7 @@ def running_unit() -> Optional[str]:
     if system.which("systemctl") is None:
         return None
     for unit in SERVICE_UNITS:
-        if (
-            system.run(
-                ["systemctl", "is-active", "--quiet", unit], check=False
-            ).returncode
-            == 0
-        ):
+        if system.run(["systemctl", "is-active", "--quiet", unit], check=False).returncode == 0:
             return unit
     return None
 
@@ -361,11 +345,7 @@ def plan_sshd_config(ctx: Context, *, disable_password_auth: bool) -> list[Actio
         dropin = ctx.path(dropin_name)
         content = dropin_text(settings)
         existing = _read(dropin)
-        if (
-            existing is None
-            or existing[0] != content
-            or not _right(existing[1], DROPIN_MODE)
-        ):
+        if existing is None or existing[0] != content or not _right(existing[1], DROPIN_MODE):
             writes.append(_Write(dropin, content.encode(), DROPIN_MODE, (0, 0)))
         # A keyword set above the Include line would still win over the drop-in.
         edited = set_directives(text, settings, limit=include, insert=False)
@@ -431,18 +411,7 @@ def _regenerate(
         for key_type in types:
             name = f"ssh_host_{key_type}_key"
             system.run(
-                [
-                    "ssh-keygen",
-                    "-q",
-                    "-t",
-                    key_type,
-                    "-N",
-                    "",
-                    "-C",
-                    "",
-                    "-f",
-                    str(scratch / name),
-                ],
+                ["ssh-keygen", "-q", "-t", key_type, "-N", "", "-C", "", "-f", str(scratch / name)],
                 what=f"generate the {key_type} SSH host key",
             )
             new[name] = ((scratch / name).read_bytes(), 0o600)
@@ -467,11 +436,7 @@ def plan_host_keys(ctx: Context, vm_id: str) -> list[Action]:
     ssh_dir_name = ctx.config.required_str("OS.SshDir")
     ssh_dir = ctx.path(ssh_dir_name)
     if not (ssh_dir / CONFIG_NAME).is_file():
-        log.info(
-            "no %s/%s: no SSH server whose host keys to replace",
-            ssh_dir_name,
-            CONFIG_NAME,
-        )
+        log.info("no %s/%s: no SSH server whose host keys to replace", ssh_dir_name, CONFIG_NAME)
         return []
     try:
         done_for = _marker(ctx).read_text(encoding="utf-8", errors="replace").strip()
@@ -480,16 +445,10 @@ def plan_host_keys(ctx: Context, vm_id: str) -> list[Action]:
     if done_for and same_vm(done_for, vm_id):
         log.debug("the SSH host keys were already made for this VM")
         return []
-    old = sorted(
-        p.name for p in ssh_dir.glob(HOST_KEY_GLOB) if p.is_file() or p.is_symlink()
-    )
+    old = sorted(p.name for p in ssh_dir.glob(HOST_KEY_GLOB) if p.is_file() or p.is_symlink())
     types = host_key_types(ctx.config.get_str("Provisioning.SshHostKeyPairType"))
     made = f"a new {'/'.join(types)} SSH host key in {ssh_dir_name}"
-    summary = (
-        f"replace the image's {len(old)} SSH host key file(s) with {made}"
-        if old
-        else made
-    )
+    summary = f"replace the image's {len(old)} SSH host key file(s) with {made}" if old else made
     return [
         Action(
             summary if old else f"generate {made}",

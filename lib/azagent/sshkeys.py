@@ -163,11 +163,7 @@ def _check_blob(declared: str, data: bytes) -> None:
     blob = _Blob(data)
     embedded = blob.string()
     if embedded != declared.encode():
-        shown = (
-            embedded.decode("ascii")
-            if embedded.decode("latin-1") in KEY_TYPES
-            else "another"
-        )
+        shown = embedded.decode("ascii") if embedded.decode("latin-1") in KEY_TYPES else "another"
         raise ValueError(f"declares {declared} but its key data is of {shown} type")
     plain = CERTIFICATE_TYPES.get(declared)
     if plain is None:
@@ -224,9 +220,7 @@ def validate_public_key(line: str) -> str:
     if "PRIVATE KEY" in text or "PuTTY-User-Key-File" in text:
         raise SshKeyError("is a private key, not a public key")
     if text.startswith("---- BEGIN SSH2 PUBLIC KEY"):
-        raise SshKeyError(
-            "is in SSH2 (RFC 4716) format; give the one-line OpenSSH form"
-        )
+        raise SshKeyError("is in SSH2 (RFC 4716) format; give the one-line OpenSSH form")
     if not text:
         raise SshKeyError("is empty")
     if len(text) > MAX_LINE_CHARS:
@@ -354,15 +348,11 @@ def public_key_from_certificate(cert: bytes) -> str:
             certificate = x509.load_der_x509_certificate(cert)
         line = (
             certificate.public_key()
-            .public_bytes(
-                serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-            )
+            .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
             .decode("ascii")
         )
     except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise SshKeyError(
-            "the certificate or its public key cannot be used for SSH"
-        ) from None
+        raise SshKeyError("the certificate or its public key cannot be used for SSH") from None
     return validate_public_key(line)
 
 
@@ -407,9 +397,7 @@ def public_key_from_private(key: bytes) -> str:
     try:
         line = (
             loaded.public_key()
-            .public_bytes(
-                serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-            )
+            .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
             .decode("ascii")
         )
     except (ValueError, TypeError):
@@ -437,9 +425,7 @@ def lookup_account(ctx: Context, username: str) -> Account:
         )
     home = PurePosixPath(account.home)
     if not home.is_absolute() or ".." in home.parts or home == PurePosixPath("/"):
-        raise SshKeyError(
-            f"user {username} has an unusable home directory in /etc/passwd"
-        )
+        raise SshKeyError(f"user {username} has an unusable home directory in /etc/passwd")
     return account
 
 
@@ -447,9 +433,7 @@ def _inside(path: PurePosixPath, directory: PurePosixPath) -> bool:
     return path != directory and directory in path.parents
 
 
-def resolve_key_path(
-    path_template: str, username: str, home_root: str, user_home: str
-) -> str:
+def resolve_key_path(path_template: str, username: str, home_root: str, user_home: str) -> str:
     """The absolute path a platform ``Path`` names, refused unless it is inside ``user_home``.
 
     ``$HOME`` stands for the home root (``OS.HomeDir``): ``$HOME/<username>/...``
@@ -473,9 +457,7 @@ def resolve_key_path(
     if ".." in path_template.split("/") or "$" in str(candidate):
         raise SshKeyError("contains '..' or an unknown variable")
     if not _inside(candidate, home):
-        raise SshKeyError(
-            f"is not inside the home directory of {username} ({user_home})"
-        )
+        raise SshKeyError(f"is not inside the home directory of {username} ({user_home})")
     return str(candidate)
 
 
@@ -550,9 +532,7 @@ def authorized_keys_files(
             summary = f"end {path} with a newline"
         else:
             summary = f"make {path} owned by {account.name} with mode 0600"
-        files.append(
-            HomeFile(path, merged.encode("utf-8", "surrogateescape"), 0o600, summary)
-        )
+        files.append(HomeFile(path, merged.encode("utf-8", "surrogateescape"), 0o600, summary))
     return files
 
 
@@ -574,9 +554,7 @@ def plan_inline_keys(ctx: Context, data: ProvisioningData) -> list[Action]:
     Every key and path is checked before anything is planned, so a bad one
     fails the stage with nothing written.
     """
-    inline = [
-        (i, k) for i, k in enumerate(data.public_keys, start=1) if k.value is not None
-    ]
+    inline = [(i, k) for i, k in enumerate(data.public_keys, start=1) if k.value is not None]
     deferred = len(data.public_keys) - len(inline) + len(data.key_pairs)
     if deferred:
         log.info(
@@ -618,16 +596,10 @@ def plan_certificate_keys(
     user's. A thumbprint that is malformed or not available is an error
     naming the key and thumbprint.
     """
-    by_print = (
-        {c.thumbprint.upper(): c for c in certificates}
-        if certificates is not None
-        else {}
-    )
+    by_print = {c.thumbprint.upper(): c for c in certificates} if certificates is not None else {}
     store = CertStore.of(ctx)
 
-    def material(
-        index: int, key: Key, kind: str, private: bool
-    ) -> tuple[str, Optional[bytes]]:
+    def material(index: int, key: Key, kind: str, private: bool) -> tuple[str, Optional[bytes]]:
         """The thumbprint the key names and its certificate (or private key) if available."""
         try:
             thumbprint = normalize_thumbprint(key.fingerprint or "")
@@ -660,9 +632,7 @@ def plan_certificate_keys(
         try:
             line = public_key_from_certificate(cert)
         except SshKeyError as e:
-            raise _key_problem(
-                index, key, "public key", f"certificate {thumbprint}: {e}"
-            ) from None
+            raise _key_problem(index, key, "public key", f"certificate {thumbprint}: {e}") from None
         path = _target(ctx, account, index, key, "public key")
         try:
             check_path(ctx.root, account, path)
@@ -675,10 +645,7 @@ def plan_certificate_keys(
         thumbprint, private = material(index, pair, "key pair", private=True)
         if private is None:
             raise _key_problem(
-                index,
-                pair,
-                "key pair",
-                f"the private key of {thumbprint} was not delivered",
+                index, pair, "key pair", f"the private key of {thumbprint} was not delivered"
             )
         try:
             openssh = private_key_openssh(private)

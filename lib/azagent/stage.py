@@ -91,9 +91,7 @@ def argument_parser(name: str, description: str) -> argparse.ArgumentParser:
         help="configuration file (default: /etc/waagent.conf under the root); "
         "drop-ins are read from PATH.d/*.conf",
     )
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help="log debug messages"
-    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return parser
 
 
@@ -136,9 +134,7 @@ def main(
     root = root.resolve()
     start = time.time()
 
-    def finish(
-        state: str, status: int, reason: str = "", changes: Sequence[str] = ()
-    ) -> int:
+    def finish(state: str, status: int, reason: str = "", changes: Sequence[str] = ()) -> int:
         if not args.dry_run:
             result = Result.of_run(
                 name,
@@ -177,9 +173,7 @@ def main(
         with exclusive_lock(lock_path(root, name), timeout=lock_timeout()):
             stage_plan = plan(ctx)
             if stage_plan.skip is not None:
-                log.info(
-                    "skipped: %s", stage_plan.skip, extra={"REASON": stage_plan.skip}
-                )
+                log.info("skipped: %s", stage_plan.skip, extra={"REASON": stage_plan.skip})
                 return finish(STATE_SKIPPED, EXIT_OK, stage_plan.skip)
             if not stage_plan.actions:
                 log.info("nothing to do: the system is already as configured")

@@ -73,14 +73,11 @@ def plan_swap(ctx: Context, mount_point: str, filesystem: str) -> list[Action]:
     wanted = enabled and size_mb > 0 and not encrypt
     if enabled and size_mb <= 0:
         log.warning(
-            "ResourceDisk.EnableSwap=y but ResourceDisk.SwapSizeMB=%s: no swap file",
-            size_mb,
+            "ResourceDisk.EnableSwap=y but ResourceDisk.SwapSizeMB=%s: no swap file", size_mb
         )
     if exists and not ours:
         if wanted:
-            actions.append(
-                _failure(f"{display} exists and azagent did not create it: left alone")
-            )
+            actions.append(_failure(f"{display} exists and azagent did not create it: left alone"))
         return actions
     if not wanted:
         if ours:
@@ -105,9 +102,7 @@ def plan_swap(ctx: Context, mount_point: str, filesystem: str) -> list[Action]:
         if current is None:
             summary = f"create the swap file {display} ({size_mb} MiB, mode 0600)"
         else:
-            summary = (
-                f"resize the swap file {display} from {current // MIB} to {size_mb} MiB"
-            )
+            summary = f"resize the swap file {display} from {current // MIB} to {size_mb} MiB"
         actions.append(
             Action(
                 summary,
@@ -156,13 +151,7 @@ def _remove_swap(path: Path, record: Path, deactivate: bool) -> None:
 
 
 def _make_swap(
-    path: Path,
-    record: Path,
-    size: int,
-    *,
-    filesystem: str,
-    deactivate: bool,
-    mount_point: str,
+    path: Path, record: Path, size: int, *, filesystem: str, deactivate: bool, mount_point: str
 ) -> None:
     """A new swap file: root-only from its first byte, every block allocated, mkswap-ed."""
     if deactivate:
@@ -174,9 +163,7 @@ def _make_swap(
         mode=0o600,
     )
     path.unlink(missing_ok=True)
-    fd = os.open(
-        path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         # Exactly 0600 whatever the umask (which can only have narrowed it).
         os.fchmod(fd, 0o600)

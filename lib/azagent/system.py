@@ -77,9 +77,7 @@ def run(
     except FileNotFoundError:
         raise StageFailed(f"{what or name}: {argv[0]} is not installed") from None
     except subprocess.TimeoutExpired:
-        raise StageFailed(
-            f"{what or name}: {name} did not finish within {timeout:g} s"
-        ) from None
+        raise StageFailed(f"{what or name}: {name} did not finish within {timeout:g} s") from None
     result = Completed(done.returncode, done.stdout or "", done.stderr or "")
     if check and done.returncode != 0:
         errors = result.stderr.strip()

@@ -94,12 +94,7 @@ class TransportError(AzagentError):
     """
 
     def __init__(
-        self,
-        request: str,
-        problem: str,
-        *,
-        transient: bool,
-        status: Optional[int] = None,
+        self, request: str, problem: str, *, transient: bool, status: Optional[int] = None
     ) -> None:
         super().__init__(f"{request}: {problem}")
         self.request = request
@@ -141,9 +136,7 @@ def endpoint_headers(endpoint: str, method: str = "GET") -> dict[str, str]:
             headers["x-ms-version"] = STORAGE_VERSION
             headers["x-ms-date"] = formatdate(usegmt=True)
     else:
-        raise ValueError(
-            f"unknown endpoint {endpoint!r}: one of {', '.join(ENDPOINTS)}"
-        )
+        raise ValueError(f"unknown endpoint {endpoint!r}: one of {', '.join(ENDPOINTS)}")
     return headers
 
 
@@ -267,16 +260,12 @@ def _causes(error: BaseException) -> list[BaseException]:
         if not isinstance(item, BaseException) or any(item is seen for seen in found):
             continue
         found.append(item)
-        pending.extend(
-            (item.__cause__, item.__context__, getattr(item, "reason", None))
-        )
+        pending.extend((item.__cause__, item.__context__, getattr(item, "reason", None)))
         pending.extend(item.args)
     return found
 
 
-def _has(
-    causes: list[BaseException], *kinds: type[BaseException]
-) -> Optional[BaseException]:
+def _has(causes: list[BaseException], *kinds: type[BaseException]) -> Optional[BaseException]:
     for cause in causes:
         if isinstance(cause, kinds):
             return cause
@@ -302,9 +291,7 @@ _BAD_URL: tuple[type[BaseException], ...] = (
 class _Progress:
     """Where an exchange got to, for the reason of its failure."""
 
-    phase: str = (
-        "request"  # request: connecting, sending, waiting for the headers; body
-    )
+    phase: str = "request"  # request: connecting, sending, waiting for the headers; body
     received: int = 0  # body bytes, decoded
     length: Optional[int] = None  # Content-Length
     encoding: str = ""  # Content-Encoding
@@ -325,11 +312,7 @@ def _strerror(error: Optional[BaseException]) -> Optional[str]:
 
 
 def _problem(
-    error: BaseException,
-    watch: _Watch,
-    progress: _Progress,
-    timeout: float,
-    budget: float,
+    error: BaseException, watch: _Watch, progress: _Progress, timeout: float, budget: float
 ) -> tuple[str, bool]:
     """A fixed phrase for ``error``, and whether trying again may help.
 
@@ -339,28 +322,18 @@ def _problem(
     # A socket timeout as long as the time left races the watchdog: the deadline it is.
     if watch.fired or (timeout >= budget and _has(causes, *_TIMEOUTS)):
         return _late(progress, budget), True
-    if _has(
-        causes, urllib3.exceptions.DecodeError, requests.exceptions.ContentDecodingError
-    ):
+    if _has(causes, urllib3.exceptions.DecodeError, requests.exceptions.ContentDecodingError):
         return f"the body is not valid {progress.encoding or 'compressed'} data", True
-    tls = _has(
-        causes, ssl.SSLError, urllib3.exceptions.SSLError, requests.exceptions.SSLError
-    )
+    tls = _has(causes, ssl.SSLError, urllib3.exceptions.SSLError, requests.exceptions.SSLError)
     if tls is not None:
         detail = getattr(tls, "reason", None)
-        detail = (
-            detail
-            if isinstance(detail, str) and detail.isidentifier()
-            else type(tls).__name__
-        )
+        detail = detail if isinstance(detail, str) and detail.isidentifier() else type(tls).__name__
         return f"TLS failed ({detail})", True
     if _has(causes, requests.exceptions.ProxyError, urllib3.exceptions.ProxyError):
         return "the proxy did not relay the request", True
     if _has(causes, *_BAD_URL):
         return "not a URL azagent can fetch", False
-    if _has(
-        causes, requests.exceptions.InvalidHeader, urllib3.exceptions.HeaderParsingError
-    ):
+    if _has(causes, requests.exceptions.InvalidHeader, urllib3.exceptions.HeaderParsingError):
         return "a malformed header", True
     innermost = type(causes[-1] if causes else error).__name__
     if progress.phase == "body":
@@ -530,18 +503,13 @@ class Transport:
         def sink_for(status: int) -> Callable[[bytes], object]:
             if status != 200:
                 raise TransportError(
-                    shown,
-                    f"HTTP {status}",
-                    transient=status in TRANSIENT_STATUS,
-                    status=status,
+                    shown, f"HTTP {status}", transient=status in TRANSIENT_STATUS, status=status
                 )
             return out.write
 
         temporary: Optional[Path] = None
         try:
-            fd, name = tempfile.mkstemp(
-                prefix=f".{path.name}.", suffix=".part", dir=path.parent
-            )
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
             temporary = Path(name)
             with os.fdopen(fd, "wb") as out:
                 self._exchange(
@@ -589,9 +557,7 @@ class Transport:
         proxies = self.proxies_for(endpoint, url)
         budget = deadline - time.monotonic()
         if budget <= 0:
-            raise TransportError(
-                shown, "the deadline passed before it was sent", transient=True
-            )
+            raise TransportError(shown, "the deadline passed before it was sent", transient=True)
         io_timeout = min(self.timeout, budget)
         progress = _Progress()
         watch = _Watch(deadline)
@@ -618,13 +584,8 @@ class Transport:
                 progress.phase = "body"
                 progress.encoding = answer.get("content-encoding", "")
                 progress.length = _length(answer)
-                progress.chunked = (
-                    "chunked" in answer.get("transfer-encoding", "").lower()
-                )
-                bodyless = method.upper() == "HEAD" or response.status_code in (
-                    204,
-                    304,
-                )
+                progress.chunked = "chunked" in answer.get("transfer-encoding", "").lower()
+                bodyless = method.upper() == "HEAD" or response.status_code in (204, 304)
                 if bodyless:
                     progress.length = None
                 elif progress.length is not None and progress.length > max_bytes:
@@ -654,19 +615,13 @@ class Transport:
                         sink(chunk)
                     except OSError as e:
                         raise _SinkError(e) from e
-                    if (
-                        time.monotonic() > deadline
-                    ):  # without the watchdog (a SOCKS proxy)
-                        raise TransportError(
-                            shown, _late(progress, budget), transient=True
-                        )
+                    if time.monotonic() > deadline:  # without the watchdog (a SOCKS proxy)
+                        raise TransportError(shown, _late(progress, budget), transient=True)
                 wire = response.raw.tell()
             finally:
                 response.close()
             watch.disarm()
-            if (
-                watch.fired
-            ):  # a cut socket may look like the end of a body without a length
+            if watch.fired:  # a cut socket may look like the end of a body without a length
                 raise TransportError(shown, _late(progress, budget), transient=True)
             if progress.length is not None and wire < progress.length:
                 raise TransportError(

@@ -33,20 +33,12 @@ def _load() -> Optional[tuple[Any, Any]]:
         import pyudev
 
         return pyudev, pyudev.Context()
-    except (
-        Exception
-    ) as e:  # whatever keeps a C library binding from loading: sysfs answers
-        log.debug(
-            "udev is not available (%s: %s): devices are found in /sys",
-            type(e).__name__,
-            e,
-        )
+    except Exception as e:  # whatever keeps a C library binding from loading: sysfs answers
+        log.debug("udev is not available (%s: %s): devices are found in /sys", type(e).__name__, e)
         return None
 
 
-def find(
-    ctx: Context, what: str, live: Callable[[Any, Any], T], tree: Callable[[], T]
-) -> T:
+def find(ctx: Context, what: str, live: Callable[[Any, Any], T], tree: Callable[[], T]) -> T:
     """``live(pyudev, context)`` on the running system, else ``tree()``.
 
     ``tree`` reads sysfs under ``ctx.root``: it answers under any other
@@ -61,9 +53,7 @@ def find(
                 return live(pyudev, context)
             # AttributeError: a pyudev older than the API used here.
             except (OSError, ValueError, AttributeError, pyudev.DeviceError) as e:
-                log.debug(
-                    "%s: udev failed (%s: %s): reading /sys", what, type(e).__name__, e
-                )
+                log.debug("%s: udev failed (%s: %s): reading /sys", what, type(e).__name__, e)
     return tree()
 
 

@@ -44,9 +44,7 @@ def unit_state(root: Path, unit: str) -> str:
         command.append(f"--root={root}")
     command += ["is-enabled", unit]
     try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=10, check=False
-        )
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     state = done.stdout.strip().splitlines()

@@ -111,9 +111,7 @@ def check_name(name: str) -> None:
     names.user_name(name, "the provisioned user")
     if name in RESERVED_NAMES:
         shown = names.shown(name)
-        raise InvalidUserName(
-            f"the provisioned user: {shown} is reserved for the system"
-        )
+        raise InvalidUserName(f"the provisioned user: {shown} is reserved for the system")
 
 
 def check_existing_account(ctx: Context, account: Account) -> None:
@@ -136,9 +134,7 @@ def check_existing_account(ctx: Context, account: Account) -> None:
                 f"user {name!r} has the home of {other.name} ({other.home}), which has uid 0"
             )
     minimum = uid_min(ctx)
-    if account.uid < minimum and not ctx.config.get_bool(
-        "Provisioning.AllowResetSysUser"
-    ):
+    if account.uid < minimum and not ctx.config.get_bool("Provisioning.AllowResetSysUser"):
         raise StageFailed(
             f"user {name!r} is an existing system account (uid {account.uid} < "
             f"UID_MIN {minimum}); set Provisioning.AllowResetSysUser=y to reuse it"
@@ -192,9 +188,7 @@ def check_new_home(ctx: Context, home: str) -> None:
     except OSError as e:
         raise StageFailed(f"cannot look at {parent}: {e.strerror}") from None
     if (seen.st_dev, seen.st_ino) != (walked.st_dev, walked.st_ino):
-        raise StageFailed(
-            f"{parent} leads out of {ctx.root} through an absolute symbolic link"
-        )
+        raise StageFailed(f"{parent} leads out of {ctx.root} through an absolute symbolic link")
 
 
 def _open_existing(root: Path, directory: PurePosixPath) -> Optional[int]:
@@ -237,9 +231,7 @@ def accounts(ctx: Context) -> dict[str, Account]:
             uid, gid = int(fields[2]), int(fields[3])
         except ValueError:
             continue
-        found.setdefault(
-            fields[0], Account(fields[0], fields[1], uid, gid, fields[5], fields[6])
-        )
+        found.setdefault(fields[0], Account(fields[0], fields[1], uid, gid, fields[5], fields[6]))
     return found
 
 
@@ -309,9 +301,7 @@ def home_directory(ctx: Context, name: str) -> str:
 def check_password_hash(hashed: str) -> None:
     """Refuse anything that is not a crypt(3) hash, without quoting it."""
     if not _HASH.fullmatch(hashed):
-        raise StageFailed(
-            "the password hash in the provisioning data is not a crypt(3) hash"
-        )
+        raise StageFailed("the password hash in the provisioning data is not a crypt(3) hash")
 
 
 def password_usable(field: str) -> bool:
@@ -336,9 +326,7 @@ def _prefix(ctx: Context) -> list[str]:
     return [] if ctx.live else ["--prefix", str(ctx.root)]
 
 
-def create_user(
-    ctx: Context, name: str, *, home: str, shell: str, group: Optional[str]
-) -> None:
+def create_user(ctx: Context, name: str, *, home: str, shell: str, group: Optional[str]) -> None:
     """useradd: a user private group, the home from the image's skeleton, the admin group."""
     argv = ["useradd", *_prefix(ctx), "--create-home", "--home-dir", home]
     argv += ["--skel", str(ctx.path(SKEL)), "--shell", shell, "--user-group"]
@@ -360,8 +348,7 @@ def add_to_group(ctx: Context, name: str, group: str) -> None:
 def lock_password(ctx: Context, name: str) -> None:
     """usermod -L: a '!' before the hash, so only keys can log in."""
     system.run(
-        ["usermod", *_prefix(ctx), "--lock", "--", name],
-        what=f"lock the password of {name}",
+        ["usermod", *_prefix(ctx), "--lock", "--", name], what=f"lock the password of {name}"
     )
 
 
@@ -370,9 +357,7 @@ def _chpasswd(ctx: Context, name: str, field: str, what: str) -> None:
     system.run(["chpasswd", *root, "--encrypted"], stdin=f"{name}:{field}\n", what=what)
 
 
-def check_hash_stays_secret(
-    ctx: Context, name: str, account: Optional[Account]
-) -> None:
+def check_hash_stays_secret(ctx: Context, name: str, account: Optional[Account]) -> None:
     """Refuse to set a hash chpasswd would put where others can read it.
 
     ``account`` None is a user useradd is about to create: with /etc/shadow
@@ -460,9 +445,7 @@ def install_sudoers(ctx: Context, path: Path, content: str) -> None:
     candidate = path.parent / f".{path.name}.azagent-check"
     visudo = system.which("visudo")
     if visudo is None:
-        log.warning(
-            "visudo is missing (no sudo installed): %s is installed unchecked", shown
-        )
+        log.warning("visudo is missing (no sudo installed): %s is installed unchecked", shown)
     else:
         atomic_write(candidate, data, mode=0o440, owner=(0, 0))
         try:

@@ -161,9 +161,7 @@ class WireClient:
                     raise WireServerError(f"{shown}: {problem}")
             remaining = self.deadline - time.monotonic()
             if remaining < MIN_ATTEMPT:
-                raise WireServerError(
-                    f"{shown}: {problem}; gave up after {attempt} attempt(s)"
-                )
+                raise WireServerError(f"{shown}: {problem}; gave up after {attempt} attempt(s)")
             pause = min(delay, remaining - MIN_ATTEMPT)
             log.info("%s: %s; retrying in %.1f s", shown, problem, pause)
             self._sleep(pause)
@@ -175,9 +173,7 @@ class WireClient:
         reply = self.request("GET", f"{self.base_url}/?comp=versions")
         versions = wireserver.parse_versions(reply.body)
         if wireserver.PROTOCOL_VERSION not in (versions.preferred, *versions.supported):
-            raise WireServerError(
-                f"the WireServer does not speak {wireserver.PROTOCOL_VERSION}"
-            )
+            raise WireServerError(f"the WireServer does not speak {wireserver.PROTOCOL_VERSION}")
         return versions
 
     def goal_state(self) -> wireserver.GoalState:
@@ -216,19 +212,12 @@ class WireClient:
                 )
                 return goal
             except GoneError:
-                log.info(
-                    "the goal state changed while reporting %s; fetching it again",
-                    state,
-                )
+                log.info("the goal state changed while reporting %s; fetching it again", state)
                 goal = None
         raise WireServerError("the goal state kept changing while reporting health")
 
-    def report_role_properties(
-        self, goal: wireserver.GoalState, thumbprint: str
-    ) -> None:
-        body = wireserver.role_properties_xml(
-            goal.container_id, goal.instance_id, thumbprint
-        )
+    def report_role_properties(self, goal: wireserver.GoalState, thumbprint: str) -> None:
+        body = wireserver.role_properties_xml(goal.container_id, goal.instance_id, thumbprint)
         self.request(
             "POST",
             f"{self.base_url}/machine?comp=roleProperties",

@@ -71,13 +71,10 @@ class Versions:
 
 
 def versions_xml(
-    preferred: str = PROTOCOL_VERSION,
-    supported: tuple[str, ...] = ("2010-12-15", "2010-28-10"),
+    preferred: str = PROTOCOL_VERSION, supported: tuple[str, ...] = ("2010-12-15", "2010-28-10")
 ) -> bytes:
     lines = [XML_DECLARATION, "<Versions>\n  <Preferred>\n"]
-    lines.append(
-        f"    <Version>{_text(preferred)}</Version>\n  </Preferred>\n  <Supported>\n"
-    )
+    lines.append(f"    <Version>{_text(preferred)}</Version>\n  </Preferred>\n  <Supported>\n")
     lines += [f"    <Version>{_text(version)}</Version>\n" for version in supported]
     lines.append("  </Supported>\n</Versions>\n")
     return "".join(lines).encode()
@@ -87,15 +84,12 @@ def goal_state_xml(goal: GoalState) -> bytes:
     uris = goal.uris
     optional = ""
     if uris.extensions_config is not None:
-        optional += (
-            f"<ExtensionsConfig>{_text(uris.extensions_config)}</ExtensionsConfig>"
-        )
+        optional += f"<ExtensionsConfig>{_text(uris.extensions_config)}</ExtensionsConfig>"
     certificates = ""
     if uris.certificates is not None:
         certificates = f"<Certificates>{_text(uris.certificates)}</Certificates>"
     return (
-        XML_DECLARATION
-        + '<GoalState xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+        XML_DECLARATION + '<GoalState xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
         'xsi:noNamespaceSchemaLocation="goalstate10.xsd">'
         "<Version>2012-11-30</Version>"
         f"<Incarnation>{goal.incarnation}</Incarnation>"
@@ -119,9 +113,7 @@ def goal_state_xml(goal: GoalState) -> bytes:
     ).encode()
 
 
-def hosting_environment_xml(
-    incarnation: int, instance: str, thumbprints: tuple[str, ...]
-) -> bytes:
+def hosting_environment_xml(incarnation: int, instance: str, thumbprints: tuple[str, ...]) -> bytes:
     """HostingEnvironmentConfig as the platform sends it today (one entry per certificate)."""
     stored = "".join(
         f"<StoredCertificate name={quoteattr(f'Cert{i}My')} "
@@ -141,8 +133,7 @@ def hosting_environment_xml(
 
 def shared_config_xml(incarnation: int, instance: str, address: str) -> bytes:
     return (
-        XML_DECLARATION
-        + f'<SharedConfig version="1.0.0.0" goalStateIncarnation="{incarnation}">'
+        XML_DECLARATION + f'<SharedConfig version="1.0.0.0" goalStateIncarnation="{incarnation}">'
         f"<Incarnation number={quoteattr(str(incarnation))} instance={quoteattr(instance)} "
         'guid="{00000000-0000-0000-0000-000000000000}" />'
         f"<Instances><Instance id={quoteattr(instance)} address={quoteattr(address)}>"
@@ -161,8 +152,7 @@ def health_xml(report: HealthReport) -> bytes:
             details += f"<Description>{_text(description)}</Description>"
         details += "</Details>"
     return (
-        XML_DECLARATION
-        + '<Health xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+        XML_DECLARATION + '<Health xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
         'xmlns:xsd="http://www.w3.org/2001/XMLSchema">'
         f"<GoalStateIncarnation>{report.incarnation}</GoalStateIncarnation>"
         f"<Container><ContainerId>{_text(report.container_id)}</ContainerId>"
@@ -191,9 +181,7 @@ def role_properties_xml(container_id: str, instance_id: str, thumbprint: str) ->
 def _root(data: bytes, what: str, local: str) -> Element:
     root = Element.root(xmlsafe.parse(data, what=what), what=what)
     if root.local != local:
-        raise xmlsafe.XmlStructureError(
-            f"{what}: root element is {root.local}, expected {local}"
-        )
+        raise xmlsafe.XmlStructureError(f"{what}: root element is {root.local}, expected {local}")
     return root
 
 
@@ -210,9 +198,7 @@ def parse_versions(data: bytes) -> Versions:
     supported_element = root.child("", "Supported")
     supported = tuple(
         v.text(strip=True)
-        for v in (
-            supported_element.children("", "Version") if supported_element else []
-        )
+        for v in (supported_element.children("", "Version") if supported_element else [])
     )
     return Versions(preferred, supported)
 
@@ -259,9 +245,7 @@ def parse_health(data: bytes) -> HealthReport:
         description = element.text() if element is not None else None
     state = health.require("", "State").text(strip=True)
     if state not in (READY, NOT_READY):
-        raise xmlsafe.XmlStructureError(
-            f"health report: State must be {READY} or {NOT_READY}"
-        )
+        raise xmlsafe.XmlStructureError(f"health report: State must be {READY} or {NOT_READY}")
     return HealthReport(
         incarnation=_int(root.require("", "GoalStateIncarnation")),
         container_id=container.require("", "ContainerId").text(strip=True),

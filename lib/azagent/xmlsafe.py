@@ -119,9 +119,7 @@ def check(data: bytes, *, what: str, max_bytes: int = MAX_BYTES) -> None:
     if not isinstance(data, bytes):
         raise TypeError(f"{what}: expected bytes, got {type(data).__name__}")
     if len(data) > max_bytes:
-        raise XmlTooLarge(
-            f"{what}: {len(data)} bytes, over the limit of {max_bytes} bytes"
-        )
+        raise XmlTooLarge(f"{what}: {len(data)} bytes, over the limit of {max_bytes} bytes")
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -133,9 +131,7 @@ def check(data: bytes, *, what: str, max_bytes: int = MAX_BYTES) -> None:
         if encoding and encoding.group(2).lower() not in (b"utf-8", b"utf8"):
             raise XmlEncodingError(f"{what}: declares an encoding other than UTF-8")
     if _DTD_MARKUP.search(data):
-        raise XmlRefused(
-            f"{what}: contains a DOCTYPE or entity declaration, which is refused"
-        )
+        raise XmlRefused(f"{what}: contains a DOCTYPE or entity declaration, which is refused")
 
 
 def _malformed(what: str, error: expat.ExpatError) -> XmlMalformed:
@@ -169,9 +165,7 @@ def parse(data: bytes, *, what: str, max_bytes: int = MAX_BYTES) -> dict[str, An
             strip_whitespace=False,
         )
     except _DtdFound:
-        raise XmlRefused(
-            f"{what}: contains a DTD or entity reference, which is refused"
-        ) from None
+        raise XmlRefused(f"{what}: contains a DTD or entity reference, which is refused") from None
     except expat.ExpatError as e:
         raise _malformed(what, e) from None
     except ValueError:
@@ -236,9 +230,7 @@ def clear_elements(
     try:
         parser.Parse(data, True)
     except _DtdFound:
-        raise XmlRefused(
-            f"{what}: contains a DTD or entity reference, which is refused"
-        ) from None
+        raise XmlRefused(f"{what}: contains a DTD or entity reference, which is refused") from None
     except expat.ExpatError as e:
         raise _malformed(what, e) from None
     pieces = []
@@ -300,9 +292,7 @@ class Element:
         """The child element with this name, None when absent; an error when repeated."""
         found = self.children(namespace, local)
         if len(found) > 1:
-            raise self._error(
-                f"appears {len(found)} times, expected once", found[0].path
-            )
+            raise self._error(f"appears {len(found)} times, expected once", found[0].path)
         return found[0] if found else None
 
     def require(self, namespace: str, local: str) -> Element:

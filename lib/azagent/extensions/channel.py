@@ -28,9 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("azagent")
 
-VM_SETTINGS_RETRY = (
-    6 * 3600.0
-)  # after a 404, ask the HostGAPlugin again this much later
+VM_SETTINGS_RETRY = 6 * 3600.0  # after a 404, ask the HostGAPlugin again this much later
 
 
 class Fabric:
@@ -105,9 +103,7 @@ class Fabric:
                 accept=(200, 304, 404),
             )
         except wireclient.GoneError:
-            log.info(
-                "vmSettings: the container changed; the goal state is fetched again"
-            )
+            log.info("vmSettings: the container changed; the goal state is fetched again")
             self.wire_goal = None
             return
         except AzagentError as e:
@@ -116,9 +112,7 @@ class Fabric:
         if reply.status == 304:
             return
         if reply.status == 404:
-            log.info(
-                "the HostGAPlugin serves no vmSettings: using the WireServer's goal state"
-            )
+            log.info("the HostGAPlugin serves no vmSettings: using the WireServer's goal state")
             self.vm_settings = None
             self.vm_settings_retry_at = time.monotonic() + VM_SETTINGS_RETRY
             return

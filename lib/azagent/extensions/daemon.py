@@ -22,9 +22,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("azagent")
 
-DISABLED_PERIOD = (
-    300  # GoalStatePeriod when Extensions.Enabled=n and the period is not set
-)
+DISABLED_PERIOD = 300  # GoalStatePeriod when Extensions.Enabled=n and the period is not set
 
 
 def notify(message: str) -> bool:

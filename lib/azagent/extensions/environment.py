@@ -80,9 +80,7 @@ def inside(handler_dir: str, relative: str) -> str:
     """``relative`` under ``handler_dir``, refused when it would land anywhere else."""
     base = _absolute(handler_dir, "handler directory")
     if relative.startswith("/") or "\0" in relative:
-        raise PathRefused(
-            f"{naming.quote(relative)} is not relative to the handler directory"
-        )
+        raise PathRefused(f"{naming.quote(relative)} is not relative to the handler directory")
     joined = posixpath.normpath(posixpath.join(base, relative))
     if joined == base or not joined.startswith(base.rstrip("/") + "/"):
         raise PathRefused(f"{naming.quote(relative)} leaves the handler directory")
@@ -91,9 +89,7 @@ def inside(handler_dir: str, relative: str) -> str:
 
 def log_dir(handler_name: str, log_root: str = DEFAULT_LOG_ROOT) -> str:
     """``/var/log/azure/<Name>``, where the handler's logs and events go."""
-    return posixpath.join(
-        _absolute(log_root, "log root"), naming.check_handler_name(handler_name)
-    )
+    return posixpath.join(_absolute(log_root, "log root"), naming.check_handler_name(handler_name))
 
 
 def handler_environment(
@@ -132,9 +128,7 @@ def _per_extension(
     return f"{directory}/{seq_no}{suffix}"
 
 
-def settings_file(
-    extension: Optional[Extension], *, multi_config: bool
-) -> tuple[str, bytes]:
+def settings_file(extension: Optional[Extension], *, multi_config: bool) -> tuple[str, bytes]:
     """The settings file (relative to the handler directory) and its content.
 
     Without settings (``extension`` None) it is an empty ``config/0.settings``.
@@ -149,9 +143,7 @@ def settings_file(
         "protectedSettings": extension.protected_settings,
         "protectedSettingsCertThumbprint": extension.thumbprint,
     }
-    return path, json.dumps(
-        {"runtimeSettings": [{"handlerSettings": settings}]}
-    ).encode()
+    return path, json.dumps({"runtimeSettings": [{"handlerSettings": settings}]}).encode()
 
 
 def status_file(extension: Optional[Extension], *, multi_config: bool) -> str:
@@ -162,9 +154,7 @@ def status_file(extension: Optional[Extension], *, multi_config: bool) -> str:
 def handler_state_file(extension: Optional[Extension], *, multi_config: bool) -> str:
     """The agent's record of the handler's (or a multi-config extension's) state."""
     if multi_config and extension is not None:
-        return (
-            f"{CONFIG_DIR}/{naming.check_extension_name(extension.name)}.HandlerState"
-        )
+        return f"{CONFIG_DIR}/{naming.check_extension_name(extension.name)}.HandlerState"
     return f"{CONFIG_DIR}/HandlerState"
 
 
@@ -194,9 +184,7 @@ def command_environment(
     """
     if operation not in handler_manifest.OPERATIONS:
         raise ValueError(f"unknown operation {operation!r}")
-    seq_no = (
-        DEFAULT_SEQ_NO if extension is None else naming.check_seq_no(extension.seq_no)
-    )
+    seq_no = DEFAULT_SEQ_NO if extension is None else naming.check_seq_no(extension.seq_no)
     environment = {
         ENV_EXTENSION_PATH: _absolute(handler_dir, "handler directory"),
         ENV_EXTENSION_VERSION: naming.check_version(version),
@@ -213,9 +201,7 @@ def command_environment(
     if operation == handler_manifest.UPDATE:
         environment[ENV_VERSION] = environment[ENV_EXTENSION_VERSION]
         if updating_from_version is not None:
-            environment[ENV_UPDATING_FROM_VERSION] = naming.check_version(
-                updating_from_version
-            )
+            environment[ENV_UPDATING_FROM_VERSION] = naming.check_version(updating_from_version)
         codes = disable_exit_codes or {}
         if multi_config:
             environment[ENV_DISABLE_EXIT_CODES] = json.dumps(
@@ -225,7 +211,5 @@ def command_environment(
                 ]
             )
         else:
-            environment[ENV_DISABLE_EXIT_CODE] = _exit_code(
-                next(iter(codes.values()), None)
-            )
+            environment[ENV_DISABLE_EXIT_CODE] = _exit_code(next(iter(codes.values()), None))
     return environment

@@ -40,9 +40,7 @@ class Operation:
     extension: Optional[str] = None  # the extension name of a multi-config handler
     sequence: int = 0
     cpu_quota_percent: Optional[int] = None  # resourceLimits.cpuQuotaPercentage
-    log_dir: Optional[str] = (
-        None  # /var/log/azure/<Name>: CommandExecution.log goes there
-    )
+    log_dir: Optional[str] = None  # /var/log/azure/<Name>: CommandExecution.log goes there
 
     @property
     def key(self) -> str:
@@ -61,9 +59,7 @@ class Outcome:
     exit_status: Optional[int]  # None when it was killed (timeout) or could not start
     timed_out: bool = False
     duration: float = 0.0
-    output: str = (
-        ""  # the first characters of stdout and stderr, for the status message
-    )
+    output: str = ""  # the first characters of stdout and stderr, for the status message
     unit: Optional[str] = None  # the transient unit's name (systemd executor)
     reason: str = ""  # why it failed to start or was killed, for people
 

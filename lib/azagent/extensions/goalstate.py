@@ -90,9 +90,7 @@ class Extension:
     seq_no: int
     state: str = ENABLED
     public_settings: Optional[dict[str, Any]] = None
-    protected_settings: Optional[str] = field(
-        default=None, repr=False
-    )  # base64 CMS, as sent
+    protected_settings: Optional[str] = field(default=None, repr=False)  # base64 CMS, as sent
     thumbprint: Optional[str] = None
     dependency_level: int = 0
 
@@ -157,8 +155,7 @@ def choose(
     candidates = [
         goal
         for goal in (extensions_config, vm_settings)
-        if goal is not None
-        and not (goal.channel == HOSTGAPLUGIN and goal.source == FABRIC)
+        if goal is not None and not (goal.channel == HOSTGAPLUGIN and goal.source == FABRIC)
     ]
     if not candidates:
         return current
@@ -178,9 +175,7 @@ def unsupported_features(
     return tuple(name for name in goal.required_features if name not in known)
 
 
-def processing_order(
-    goal: ExtensionsGoalState,
-) -> tuple[tuple[Handler, Optional[Extension]], ...]:
+def processing_order(goal: ExtensionsGoalState) -> tuple[tuple[Handler, Optional[Extension]], ...]:
     """Every handler's extensions (or the handler alone, without settings), in run order.
 
     Ascending dependencyLevel; what is disabled or uninstalled runs first, in
@@ -209,9 +204,7 @@ def processing_order(
 def hgap_supports_vm_settings(version: Optional[str]) -> bool:
     """Whether a HostGAPlugin of this version serves vmSettings worth acting on."""
     try:
-        return naming.version_key(version or "") >= naming.version_key(
-            MIN_VM_SETTINGS_HGAP_VERSION
-        )
+        return naming.version_key(version or "") >= naming.version_key(MIN_VM_SETTINGS_HGAP_VERSION)
     except naming.NameRefused:
         return False
 
@@ -227,9 +220,7 @@ def _raw(value: object) -> str:
 def _state(value: object, allowed: tuple[str, ...], role: str) -> str:
     if isinstance(value, str) and value.strip().lower() in allowed:
         return value.strip().lower()
-    raise HandlerConfigError(
-        f"{role} {quote(value)} is not one of {', '.join(allowed)}"
-    )
+    raise HandlerConfigError(f"{role} {quote(value)} is not one of {', '.join(allowed)}")
 
 
 def _uri(value: object, role: str) -> str:
@@ -293,9 +284,7 @@ def _settings(
                 f"publicSettings of {quote(name)} are not valid JSON ({_json_problem(e)})"
             ) from None
     if public is not None and not isinstance(public, dict):
-        raise HandlerConfigError(
-            f"publicSettings of {quote(name)} are not a JSON object"
-        )
+        raise HandlerConfigError(f"publicSettings of {quote(name)} are not a JSON object")
     protected = _ci(handler_settings, "protectedSettings")
     if protected is not None and not isinstance(protected, str):
         raise HandlerConfigError(f"protectedSettings of {quote(name)} are not a string")
@@ -362,17 +351,11 @@ def _mark_duplicates(handlers: list[Handler]) -> tuple[Handler, ...]:
 
 def _identities(extensions: Iterable[Extension]) -> tuple[Extension, ...]:
     """Only what names an extension in a status report: no settings."""
-    return tuple(
-        Extension(name=e.name, seq_no=e.seq_no, state=e.state) for e in extensions
-    )
+    return tuple(Extension(name=e.name, seq_no=e.seq_no, state=e.state) for e in extensions)
 
 
 def _error_handler(
-    name: object,
-    version: object,
-    state: object,
-    error: AzagentError,
-    seen: list[Extension],
+    name: object, version: object, state: object, error: AzagentError, seen: list[Extension]
 ) -> Handler:
     raw_state = state.strip().lower() if isinstance(state, str) else ""
     return Handler(
@@ -388,9 +371,7 @@ def _unique_extension_names(extensions: Iterable[Extension]) -> None:
     seen: set[str] = set()
     for extension in extensions:
         if extension.name.casefold() in seen:
-            raise HandlerConfigError(
-                f"extension {quote(extension.name)} appears more than once"
-            )
+            raise HandlerConfigError(f"extension {quote(extension.name)} appears more than once")
         seen.add(extension.name.casefold())
 
 
@@ -399,9 +380,7 @@ def _unique_extension_names(extensions: Iterable[Extension]) -> None:
 _WHAT_XML = "ExtensionsConfig"
 
 
-def parse_extensions_config(
-    data: bytes, incarnation: Optional[int] = None
-) -> ExtensionsGoalState:
+def parse_extensions_config(data: bytes, incarnation: Optional[int] = None) -> ExtensionsGoalState:
     """The WireServer's ExtensionsConfig; ``incarnation`` is the goal state's.
 
     Without ``incarnation`` the document's own goalStateIncarnation is used.
@@ -413,33 +392,23 @@ def parse_extensions_config(
     except xmlsafe.XmlError as e:
         raise GoalStateError(e.reason) from None
     if not root.is_("", "Extensions"):
-        raise GoalStateError(
-            f"{_WHAT_XML}: root element is {root.local}, expected Extensions"
-        )
+        raise GoalStateError(f"{_WHAT_XML}: root element is {root.local}, expected Extensions")
     try:
         return _extensions_config(root, incarnation)
     except (xmlsafe.XmlError, HandlerConfigError, naming.NameRefused) as e:
         raise GoalStateError(f"{_WHAT_XML}: {e.reason}") from None
 
 
-def _extensions_config(
-    root: Element, incarnation: Optional[int]
-) -> ExtensionsGoalState:
+def _extensions_config(root: Element, incarnation: Optional[int]) -> ExtensionsGoalState:
     if incarnation is None:
         attribute = root.attribute("", "goalStateIncarnation")
         if attribute is None:
-            raise GoalStateError(
-                f"{_WHAT_XML}: no incarnation (goalStateIncarnation is missing)"
-            )
+            raise GoalStateError(f"{_WHAT_XML}: no incarnation (goalStateIncarnation is missing)")
         incarnation = naming.check_seq_no(attribute, "goalStateIncarnation")
     settings: dict[str, list[Element]] = {}
     plugin_settings = root.child("", "PluginSettings")
-    for node in (
-        plugin_settings.children("", "Plugin") if plugin_settings is not None else []
-    ):
-        settings.setdefault((node.attribute("", "name") or "").casefold(), []).append(
-            node
-        )
+    for node in plugin_settings.children("", "Plugin") if plugin_settings is not None else []:
+        settings.setdefault((node.attribute("", "name") or "").casefold(), []).append(node)
     plugins = root.child("", "Plugins")
     handlers = [
         _xml_handler(plugin, settings)
@@ -456,9 +425,7 @@ def _extensions_config(
     required = root.child("", "RequiredFeatures")
     features = tuple(
         node.require("", "Name").text(strip=True)
-        for node in (
-            required.children("", "RequiredFeature") if required is not None else []
-        )
+        for node in (required.children("", "RequiredFeature") if required is not None else [])
     )
     return ExtensionsGoalState(
         id=f"incarnation_{incarnation}",
@@ -497,9 +464,7 @@ def _xml_handler(plugin: Element, settings: Mapping[str, list[Element]]) -> Hand
             + [
                 (node.text(strip=True), "additionalLocation")
                 for node in (
-                    additional.children("", "additionalLocation")
-                    if additional is not None
-                    else []
+                    additional.children("", "additionalLocation") if additional is not None else []
                 )
             ]
         )
@@ -522,17 +487,13 @@ def _xml_settings(
             f" the handler is version {version}"
         )
     if len(nodes) > 1:
-        raise HandlerConfigError(
-            f"{len(nodes)} PluginSettings name this handler, expected one"
-        )
+        raise HandlerConfigError(f"{len(nodes)} PluginSettings name this handler, expected one")
     node = nodes[0]
     single = node.children("", "RuntimeSettings")
     multi = node.children("", "ExtensionRuntimeSettings")
     depends_on = node.children("", "DependsOn")
     if single and multi:
-        raise HandlerConfigError(
-            "both RuntimeSettings and ExtensionRuntimeSettings are given"
-        )
+        raise HandlerConfigError("both RuntimeSettings and ExtensionRuntimeSettings are given")
     if single:
         if len(single) > 1:
             raise HandlerConfigError(f"{len(single)} RuntimeSettings, expected one")
@@ -542,33 +503,23 @@ def _xml_settings(
         seq_no = naming.check_seq_no(single[0].attribute("", "seqNo"), "seqNo")
         own_state = ENABLED if state == ENABLED else DISABLED
         seen.append(Extension(name, seq_no, own_state))
-        return False, (
-            _xml_runtime_settings(single[0], name, seq_no, own_state, level),
-        )
+        return False, (_xml_runtime_settings(single[0], name, seq_no, own_state, level),)
     levels: dict[str, int] = {}
     for dependency in depends_on:
         target = dependency.attribute("", "name")
         if not target:
-            raise HandlerConfigError(
-                "a DependsOn of a multi-config handler names no extension"
-            )
+            raise HandlerConfigError("a DependsOn of a multi-config handler names no extension")
         levels[target] = _xml_level(dependency)
     extensions = []
     for setting in multi:
         extension_name = naming.check_extension_name(setting.attribute("", "name"))
         seq_no = naming.check_seq_no(setting.attribute("", "seqNo"), "seqNo")
         raw = setting.attribute("", "state")
-        extension_state = (
-            _state(raw, EXTENSION_STATES, "extension state") if raw else ENABLED
-        )
+        extension_state = _state(raw, EXTENSION_STATES, "extension state") if raw else ENABLED
         seen.append(Extension(extension_name, seq_no, extension_state))
         extensions.append(
             _xml_runtime_settings(
-                setting,
-                extension_name,
-                seq_no,
-                extension_state,
-                levels.get(extension_name, 0),
+                setting, extension_name, seq_no, extension_state, levels.get(extension_name, 0)
             )
         )
     _unique_extension_names(extensions)
@@ -591,11 +542,7 @@ def _xml_runtime_settings(
             f"the runtime settings of {quote(name)} are not valid JSON ({_json_problem(e)})"
         ) from None
     entries = document.get("runtimeSettings") if isinstance(document, dict) else None
-    if (
-        not isinstance(entries, list)
-        or len(entries) != 1
-        or not isinstance(entries[0], dict)
-    ):
+    if not isinstance(entries, list) or len(entries) != 1 or not isinstance(entries[0], dict):
         raise HandlerConfigError(
             f"the runtime settings of {quote(name)} are not one runtimeSettings entry"
         )
@@ -619,21 +566,15 @@ def parse_vm_settings(data: bytes, etag: str) -> ExtensionsGoalState:
     if not isinstance(data, bytes):
         raise GoalStateError(f"{_WHAT_JSON}: expected bytes, got {type(data).__name__}")
     if len(data) > MAX_DOCUMENT:
-        raise GoalStateError(
-            f"{_WHAT_JSON}: {len(data)} bytes, over the limit of {MAX_DOCUMENT}"
-        )
+        raise GoalStateError(f"{_WHAT_JSON}: {len(data)} bytes, over the limit of {MAX_DOCUMENT}")
     if not etag or len(etag) > _MAX_RAW or not etag.isprintable():
         raise GoalStateError(f"{_WHAT_JSON}: the ETag {quote(etag)} is unusable")
     try:
         document = json.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as e:
-        raise GoalStateError(
-            f"{_WHAT_JSON}: not valid UTF-8 (at byte {e.start})"
-        ) from None
+        raise GoalStateError(f"{_WHAT_JSON}: not valid UTF-8 (at byte {e.start})") from None
     except (ValueError, RecursionError) as e:
-        raise GoalStateError(
-            f"{_WHAT_JSON}: not valid JSON ({_json_problem(e)})"
-        ) from None
+        raise GoalStateError(f"{_WHAT_JSON}: not valid JSON ({_json_problem(e)})") from None
     if not isinstance(document, dict):
         raise GoalStateError(f"{_WHAT_JSON}: not a JSON object")
     try:
@@ -653,17 +594,13 @@ def _vm_settings(document: Mapping[str, Any], etag: str) -> ExtensionsGoalState:
     if not isinstance(features, list) or not all(
         isinstance(f, dict) and isinstance(_ci(f, "name"), str) for f in features
     ):
-        raise GoalStateError(
-            f"{_WHAT_JSON}: requiredFeatures is not a list of named features"
-        )
+        raise GoalStateError(f"{_WHAT_JSON}: requiredFeatures is not a list of named features")
     entries = _absent_is_empty(_ci(document, "extensionGoalStates"))
     if not isinstance(entries, list):
         raise GoalStateError(f"{_WHAT_JSON}: extensionGoalStates is not a list")
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict):
-            raise GoalStateError(
-                f"{_WHAT_JSON}: extensionGoalStates[{index}] is not an object"
-            )
+            raise GoalStateError(f"{_WHAT_JSON}: extensionGoalStates[{index}] is not an object")
     hgap = _ci(document, "hostGAPluginVersion")
     source = _ci(document, "extensionGoalStatesSource")
     on_hold = _ci(document, "onHold")
@@ -671,9 +608,7 @@ def _vm_settings(document: Mapping[str, Any], etag: str) -> ExtensionsGoalState:
         id=f"etag_{etag}",
         channel=HOSTGAPLUGIN,
         source=source[:_MAX_RAW] if isinstance(source, str) and source else "Unknown",
-        created_ticks=_ticks(
-            _ci(document, "extensionsLastModifiedTickCount"), _WHAT_JSON
-        ),
+        created_ticks=_ticks(_ci(document, "extensionsLastModifiedTickCount"), _WHAT_JSON),
         svd_seq_no=_svd_seq_no(_ci(document, "inSvdSeqNo")),
         activity_id=_id_text(_ci(document, "activityId")),
         correlation_id=_id_text(_ci(document, "correlationId")),
@@ -697,9 +632,7 @@ def _svd_seq_no(value: object) -> int:
 
 
 def _json_handler(entry: Mapping[str, Any]) -> Handler:
-    raw_name, raw_version, raw_state = (
-        _ci(entry, k) for k in ("name", "version", "state")
-    )
+    raw_name, raw_version, raw_state = (_ci(entry, k) for k in ("name", "version", "state"))
     seen: list[Extension] = []
     try:
         name = naming.check_handler_name(raw_name)
@@ -707,9 +640,7 @@ def _json_handler(entry: Mapping[str, Any]) -> Handler:
         state = _state(raw_state, HANDLER_STATES, "state")
         multi = _ci(entry, "isMultiConfig")
         if multi is not None and not isinstance(multi, bool):
-            raise HandlerConfigError(
-                f"isMultiConfig is not true or false: {quote(multi)}"
-            )
+            raise HandlerConfigError(f"isMultiConfig is not true or false: {quote(multi)}")
         additional = _absent_is_empty(_ci(entry, "additionalLocations"))
         if not isinstance(additional, list):
             raise HandlerConfigError("additionalLocations is not a list")
@@ -733,19 +664,13 @@ def _json_settings(
     if not isinstance(settings, list) or not all(isinstance(s, dict) for s in settings):
         raise HandlerConfigError("settings is not a list of objects")
     depends_on = _absent_is_empty(_ci(entry, "dependsOn"))
-    if not isinstance(depends_on, list) or not all(
-        isinstance(d, dict) for d in depends_on
-    ):
+    if not isinstance(depends_on, list) or not all(isinstance(d, dict) for d in depends_on):
         raise HandlerConfigError("dependsOn is not a list of objects")
     if not multi:
         if len(settings) > 1:
-            raise HandlerConfigError(
-                f"a single-config handler with {len(settings)} settings"
-            )
+            raise HandlerConfigError(f"a single-config handler with {len(settings)} settings")
         if len(depends_on) > 1:
-            raise HandlerConfigError(
-                f"{len(depends_on)} dependsOn entries, expected one"
-            )
+            raise HandlerConfigError(f"{len(depends_on)} dependsOn entries, expected one")
         level = _json_level(depends_on[0]) if depends_on else 0
         if not settings:
             return ()
@@ -766,9 +691,7 @@ def _json_settings(
     for dependency in depends_on:
         target = _ci(dependency, "name")
         if not isinstance(target, str) or not target:
-            raise HandlerConfigError(
-                "a dependsOn entry of a multi-config handler has no name"
-            )
+            raise HandlerConfigError("a dependsOn entry of a multi-config handler has no name")
         levels[target] = _json_level(dependency)
     extensions = []
     for setting in settings:
@@ -776,9 +699,7 @@ def _json_settings(
         seq_no = naming.check_seq_no(_ci(setting, "seqNo"), "seqNo")
         raw = _ci(setting, "extensionState")
         extension_state = (
-            _state(raw, EXTENSION_STATES, "extensionState")
-            if raw is not None
-            else ENABLED
+            _state(raw, EXTENSION_STATES, "extensionState") if raw is not None else ENABLED
         )
         seen.append(Extension(extension_name, seq_no, extension_state))
         extensions.append(

@@ -113,9 +113,7 @@ def parse_command(value: object, field: str) -> Command:
         )
     parts = path.split("/")
     if ".." in parts:
-        raise HandlerManifestError(
-            f"{_WHAT}: {field} leaves the handler directory ('..')"
-        )
+        raise HandlerManifestError(f"{_WHAT}: {field} leaves the handler directory ('..')")
     if parts[-1] in ("", "."):
         raise HandlerManifestError(f"{_WHAT}: {field} names a directory, not a file")
     return Command(path=path, arguments=arguments.strip())
@@ -123,9 +121,7 @@ def parse_command(value: object, field: str) -> Command:
 
 def parse_handler_manifest(data: bytes) -> HandlerManifest:
     if not isinstance(data, bytes):
-        raise HandlerManifestError(
-            f"{_WHAT}: expected bytes, got {type(data).__name__}"
-        )
+        raise HandlerManifestError(f"{_WHAT}: expected bytes, got {type(data).__name__}")
     if len(data) > MAX_HANDLER_MANIFEST:
         raise HandlerManifestError(
             f"{_WHAT}: {len(data)} bytes, over the limit of {MAX_HANDLER_MANIFEST}"
@@ -133,27 +129,19 @@ def parse_handler_manifest(data: bytes) -> HandlerManifest:
     try:
         document = json.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as e:
-        raise HandlerManifestError(
-            f"{_WHAT}: not valid UTF-8 (at byte {e.start})"
-        ) from None
+        raise HandlerManifestError(f"{_WHAT}: not valid UTF-8 (at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise HandlerManifestError(
             f"{_WHAT}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
         ) from None
     except (ValueError, RecursionError):
         raise HandlerManifestError(f"{_WHAT}: not valid JSON") from None
-    if (
-        not isinstance(document, list)
-        or not document
-        or not isinstance(document[0], dict)
-    ):
+    if not isinstance(document, list) or not document or not isinstance(document[0], dict):
         raise HandlerManifestError(f"{_WHAT}: not a list starting with an object")
     top = document[0]
     body = top.get("handlerManifest")
     if not isinstance(body, dict):
-        raise HandlerManifestError(
-            f"{_WHAT}: handlerManifest is missing or not an object"
-        )
+        raise HandlerManifestError(f"{_WHAT}: handlerManifest is missing or not an object")
     commands = {
         operation: parse_command(body[f"{operation}Command"], f"{operation}Command")
         for operation in OPERATIONS
@@ -170,8 +158,7 @@ def parse_handler_manifest(data: bytes) -> HandlerManifest:
         report_heartbeat=_boolean(body.get("reportHeartbeat")),
         continue_on_update_failure=_boolean(body.get("continueOnUpdateFailure")),
         supports_multiple_extensions=_boolean(body.get("supportsMultipleExtensions")),
-        update_with_install=update_mode is None
-        or update_mode.lower() == "updatewithinstall",
+        update_with_install=update_mode is None or update_mode.lower() == "updatewithinstall",
         cpu_quota=cpu_quota,
         services=services,
     )
@@ -204,13 +191,9 @@ def _quota(value: object, field: str) -> Optional[int]:
     if isinstance(value, (str, float)) and _whole(value):
         number = int(value)
     if isinstance(number, bool) or not isinstance(number, int):
-        raise HandlerManifestError(
-            f"{_WHAT}: {field} is not a whole percentage: {quote(value)}"
-        )
+        raise HandlerManifestError(f"{_WHAT}: {field} is not a whole percentage: {quote(value)}")
     if not 1 <= number <= MAX_CPU_QUOTA:
-        raise HandlerManifestError(
-            f"{_WHAT}: {field} {number} is outside 1..{MAX_CPU_QUOTA}"
-        )
+        raise HandlerManifestError(f"{_WHAT}: {field} {number} is outside 1..{MAX_CPU_QUOTA}")
     return number
 
 
@@ -219,9 +202,7 @@ def _resource_limits(value: object) -> tuple[Optional[int], tuple[ServiceLimit, 
         return None, ()
     if not isinstance(value, dict):
         raise HandlerManifestError(f"{_WHAT}: resourceLimits is not an object")
-    cpu_quota = _quota(
-        value.get("cpuQuotaPercentage"), "resourceLimits.cpuQuotaPercentage"
-    )
+    cpu_quota = _quota(value.get("cpuQuotaPercentage"), "resourceLimits.cpuQuotaPercentage")
     services = value.get("services") or []
     if not isinstance(services, list):
         raise HandlerManifestError(f"{_WHAT}: resourceLimits.services is not a list")
@@ -237,15 +218,10 @@ def _resource_limits(value: object) -> tuple[Optional[int], tuple[ServiceLimit, 
             or not _UNIT.fullmatch(name)
             or name[0] in "-."
         ):
-            raise HandlerManifestError(
-                f"{_WHAT}: {field}.name {quote(name)} is not a unit name"
-            )
+            raise HandlerManifestError(f"{_WHAT}: {field}.name {quote(name)} is not a unit name")
         limits.append(
             ServiceLimit(
-                name,
-                _quota(
-                    service.get("cpuQuotaPercentage"), f"{field}.cpuQuotaPercentage"
-                ),
+                name, _quota(service.get("cpuQuotaPercentage"), f"{field}.cpuQuotaPercentage")
             )
         )
     return cpu_quota, tuple(limits)

@@ -54,9 +54,7 @@ class Manifest:
 
 def parse_manifest(data: bytes) -> Manifest:
     try:
-        root = Element.root(
-            xmlsafe.parse(data, what=_WHAT, max_bytes=MAX_MANIFEST), what=_WHAT
-        )
+        root = Element.root(xmlsafe.parse(data, what=_WHAT, max_bytes=MAX_MANIFEST), what=_WHAT)
         if root.local != "PluginVersionManifest":
             raise ManifestError(
                 f"{_WHAT}: root element is {root.local}, expected PluginVersionManifest"
@@ -64,9 +62,7 @@ def parse_manifest(data: bytes) -> Manifest:
         versions: list[PackageVersion] = []
         for section, internal in (("Plugins", False), ("InternalPlugins", True)):
             node = root.child(root.namespace, section)
-            for plugin in (
-                node.children(root.namespace, "Plugin") if node is not None else []
-            ):
+            for plugin in node.children(root.namespace, "Plugin") if node is not None else []:
                 versions.append(_package(plugin, internal, root.namespace))
     except xmlsafe.XmlError as e:
         raise ManifestError(e.reason) from None
@@ -76,9 +72,7 @@ def parse_manifest(data: bytes) -> Manifest:
 
 
 def _package(plugin: Element, internal: bool, namespace: str) -> PackageVersion:
-    version = naming.check_version(
-        plugin.require(namespace, "Version").text(strip=True)
-    )
+    version = naming.check_version(plugin.require(namespace, "Version").text(strip=True))
     uris_node = plugin.child(namespace, "Uris")
     uris: list[str] = []
     for node in uris_node.children(namespace, "Uri") if uris_node is not None else []:
@@ -90,8 +84,7 @@ def _package(plugin: Element, internal: bool, namespace: str) -> PackageVersion:
         version=version,
         uris=tuple(uris),
         internal=internal,
-        disallow_major_upgrade=disallow is not None
-        and disallow.text(strip=True).lower() == "true",
+        disallow_major_upgrade=disallow is not None and disallow.text(strip=True).lower() == "true",
     )
 
 

@@ -64,9 +64,7 @@ def _check_name(name: object, role: str) -> str:
     if not name:
         raise NameRefused(f"{role} is empty")
     if len(name) > MAX_NAME:
-        raise NameRefused(
-            f"{role} is {len(name)} characters, over the limit of {MAX_NAME}"
-        )
+        raise NameRefused(f"{role} is {len(name)} characters, over the limit of {MAX_NAME}")
     if not _NAME.fullmatch(name) or ".." in name:
         raise NameRefused(
             f"{role} {quote(name)} is refused: only letters, digits, '.', '_' and '-' are"
@@ -80,9 +78,7 @@ def check_version(version: object, role: str = "version") -> str:
     if not isinstance(version, str):
         raise NameRefused(f"{role} is not a string: {quote(version)}")
     if len(version) > MAX_VERSION or not _VERSION.fullmatch(version):
-        raise NameRefused(
-            f"{role} {quote(version)} is not a dotted number such as 1.3.0"
-        )
+        raise NameRefused(f"{role} {quote(version)} is not a dotted number such as 1.3.0")
     return version
 
 
@@ -105,11 +101,7 @@ def bounded_int(value: object, role: str, maximum: int) -> int:
         raise NameRefused(f"{role} is not a number: {quote(value)}")
     if isinstance(value, int):
         number = value
-    elif (
-        isinstance(value, str)
-        and value.strip().isdigit()
-        and len(value) <= len(str(maximum)) + 2
-    ):
+    elif isinstance(value, str) and value.strip().isdigit() and len(value) <= len(str(maximum)) + 2:
         number = int(value.strip())
     else:
         raise NameRefused(f"{role} is not a non-negative integer: {quote(value)}")
@@ -143,9 +135,7 @@ def check_url(value: object, role: str) -> str:
     if not isinstance(value, str):
         raise NameRefused(f"{role} is not a string")
     if len(value) > MAX_URL:
-        raise NameRefused(
-            f"{role} is {len(value)} characters, over the limit of {MAX_URL}"
-        )
+        raise NameRefused(f"{role} is {len(value)} characters, over the limit of {MAX_URL}")
     if not value.lower().startswith(("https://", "http://")):
         raise NameRefused(f"{role} is not an http(s) URL")
     if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):

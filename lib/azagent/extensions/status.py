@@ -111,9 +111,7 @@ class _Malformed(Exception):
     """The status file is JSON but not a status; turned into an error status."""
 
 
-def parse_status_file(
-    data: Optional[bytes], *, name: str, seq_no: int
-) -> ExtensionStatus:
+def parse_status_file(data: Optional[bytes], *, name: str, seq_no: int) -> ExtensionStatus:
     """The status an extension reported in its status file; None: there is no file yet.
 
     A reader need not take in more than ``MAX_STATUS_READ + 1`` bytes: a file
@@ -144,9 +142,7 @@ def parse_status_file(
     except UnicodeDecodeError as e:
         return failed(f"is not valid UTF-8 (at byte {e.start})")
     except json.JSONDecodeError as e:
-        return failed(
-            f"is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
-        )
+        return failed(f"is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})")
     except (ValueError, RecursionError):
         return failed("is not valid JSON")
     try:
@@ -216,11 +212,7 @@ def _code(value: Any, where: str) -> int:
         return value
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**31:
         return int(value)
-    if (
-        isinstance(value, str)
-        and value.strip().lstrip("-").isdigit()
-        and len(value) < 12
-    ):
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 12:
         return int(value)
     if value is None:
         return 0
@@ -281,9 +273,7 @@ class Heartbeat:
 def parse_heartbeat(data: Optional[bytes], age_seconds: float) -> Heartbeat:
     """heartbeat.log (``[{"heartbeat": {status, code, formattedMessage}}]``) and its age."""
     if data is None:
-        return Heartbeat(
-            NOT_READY, CODE_UNKNOWN, "the extension has written no heartbeat.log"
-        )
+        return Heartbeat(NOT_READY, CODE_UNKNOWN, "the extension has written no heartbeat.log")
     if age_seconds > HEARTBEAT_STALE_SECONDS:
         return Heartbeat(
             UNRESPONSIVE,
@@ -291,9 +281,7 @@ def parse_heartbeat(data: Optional[bytes], age_seconds: float) -> Heartbeat:
             f"the extension's heartbeat is {int(age_seconds)} s old (over"
             f" {HEARTBEAT_STALE_SECONDS} s)",
         )
-    malformed = Heartbeat(
-        NOT_READY, CODE_UNKNOWN, "the extension's heartbeat.log is malformed"
-    )
+    malformed = Heartbeat(NOT_READY, CODE_UNKNOWN, "the extension's heartbeat.log is malformed")
     if len(data) > MAX_HEARTBEAT:
         return malformed
     try:
@@ -485,26 +473,11 @@ class BlobRequest:
     @property
     def redacted_url(self) -> str:
         """The URL for a log line: without its query (the SAS token)."""
-        return redact.redact(
-            self.url.split("?", 1)[0] + ("?<redacted>" if "?" in self.url else "")
-        )
+        return redact.redact(self.url.split("?", 1)[0] + ("?<redacted>" if "?" in self.url else ""))
 
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = (
-    "Jan",
-    "Feb",
-    "Mar",
-    "Apr",
-    "May",
-    "Jun",
-    "Jul",
-    "Aug",
-    "Sep",
-    "Oct",
-    "Nov",
-    "Dec",
-)
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def http_date(moment: datetime) -> str:
@@ -578,10 +551,7 @@ def hostgaplugin_envelope(request: BlobRequest) -> bytes:
     """The body of ``PUT /status`` on the HostGAPlugin, which performs ``request`` for us."""
     document: dict[str, Any] = {
         "requestUri": request.url,
-        "headers": [
-            {"headerName": name, "headerValue": value}
-            for name, value in request.headers
-        ],
+        "headers": [{"headerName": name, "headerValue": value} for name, value in request.headers],
     }
     if request.body is not None:
         document["content"] = base64.b64encode(request.body).decode("ascii")
