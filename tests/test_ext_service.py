@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from azfabric.scenario import Extension, Fault, Scenario
+from azfabric.scenario import Extension, ExtensionConfig, Fault, Scenario
 from azfabric.server import Fabric
 from conftest import FIXTURES, REPO
 from provisioning_env import make_vm
@@ -407,3 +407,52 @@ def test_cli_shows_every_handler(
     assert row["last_operation"]["exit_status"] == 0
     assert row["last_operation"]["unit"] == "azure-ext-test-enable"
     assert row["message"] == "hello from the goal state"
+
+
+def test_status_goes_directly_to_a_page_blob_when_the_hostgaplugin_fails(root: Path) -> None:
+    scenario = Scenario(
+        extensions=[Extension(name=SAMPLE, version="1.3.0", public_settings={"message": "p"})],
+        status_blob_type="PageBlob",
+        faults=[Fault(endpoint="hostgaplugin", kind="status", path="PUT /status", count=99)],
+    )
+    with Fabric(scenario) as fabric:
+        ctx = vm_context(root, fabric)
+        service(ctx, RunningExecutor()).run_once()
+        upload = fabric.status_uploads[-1]
+        assert (upload.via, upload.blob_type) == ("direct", "PageBlob")
+        assert settings_status(handler_entries(last_upload(fabric))[SAMPLE])["status"] == "success"
+        assert saved.load(ctx.lib_dir).last_upload_via == "direct"
+
+
+def test_multi_config_extensions_each_get_settings_status_and_one_install(root: Path) -> None:
+    scenario = Scenario(
+        extensions=[
+            Extension(
+                name=SAMPLE,
+                version="1.3.0",
+                configs=[
+                    ExtensionConfig("first", public_settings={"message": "one"}),
+                    ExtensionConfig("second", seq_no=4, public_settings={"message": "two"}),
+                ],
+            )
+        ]
+    )
+    with Fabric(scenario) as fabric:
+        ctx = vm_context(root, fabric)
+        executor = RunningExecutor()
+        service(ctx, executor).run_once()
+        ops = [(o.operation, o.extension, o.sequence) for o in executor.ran]
+        assert [op for op, _, _ in ops].count("install") == 1
+        assert ("enable", "first", 0) in ops
+        assert ("enable", "second", 4) in ops
+        entries = fabric.status_uploads[-1].document["aggregateStatus"]["handlerAggregateStatus"]
+        messages = {
+            e["runtimeSettingsStatus"]["extensionName"]: settings_status(e)["formattedMessage"][
+                "message"
+            ]
+            for e in entries
+        }
+        assert messages == {"first": "one", "second": "two"}
+        handler_dir = ctx.lib_dir / f"{SAMPLE}-1.3.0"
+        assert (handler_dir / "config/second.4.settings").is_file()
+        assert (handler_dir / "config/second.HandlerState").read_text() == "Enabled"

@@ -132,6 +132,8 @@ class Fabric:
     def upload(self, requests: tuple[status.BlobRequest, ...]) -> str:
         """PUT the status blob; through the HostGAPlugin, else directly. How it went up."""
         try:
+            if self.wire_goal is None:
+                raise AzagentError("no goal state (container id) to address the HostGAPlugin")
             hgap = self.client("HostGAPlugin")
             headers = {**self.hgap_headers(), "Content-Type": "application/json"}
             for request in requests:
@@ -148,9 +150,10 @@ class Fabric:
                 "status upload through the HostGAPlugin failed (%s); uploading directly",
                 e,
             )
-        from azagent.transport import BLOB
+        from azagent.transport import BLOB, Transport
 
-        assert self._http is not None
+        if self._http is None:
+            self._http = Transport.from_context(self.ctx)
         for request in requests:
             reply = self._http.request(
                 "PUT",
