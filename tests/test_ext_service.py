@@ -456,3 +456,23 @@ def test_multi_config_extensions_each_get_settings_status_and_one_install(root: 
         handler_dir = ctx.lib_dir / f"{SAMPLE}-1.3.0"
         assert (handler_dir / "config/second.4.settings").is_file()
         assert (handler_dir / "config/second.HandlerState").read_text() == "Enabled"
+
+
+def test_a_stale_heartbeat_makes_the_handler_unresponsive(root: Path, fabric: Fabric) -> None:
+    ctx = vm_context(root, fabric)
+    svc = service(ctx, RunningExecutor())
+    svc.run_once()
+    handler_dir = ctx.lib_dir / f"{SAMPLE}-1.3.0"
+    manifest = json.loads((handler_dir / "HandlerManifest.json").read_text())
+    manifest[0]["handlerManifest"]["reportHeartbeat"] = True
+    (handler_dir / "HandlerManifest.json").write_text(json.dumps(manifest))
+    beat = handler_dir / "heartbeat.log"
+    beat.write_text(json.dumps([{"heartbeat": {"status": "Ready", "code": 0}}]))
+    svc.run_once()
+    assert handler_entries(last_upload(fabric))[SAMPLE]["status"] == "Ready"
+    old = time.time() - 3600
+    os.utime(beat, (old, old))
+    svc.run_once()
+    entry = handler_entries(last_upload(fabric))[SAMPLE]
+    assert entry["status"] == "Unresponsive"
+    assert "heartbeat" in entry["formattedMessage"]["message"]

@@ -624,17 +624,36 @@ class Service:
                 found.message,
             )
         ready = entry.state == saved.ENABLED and found.status != status.ERROR
+        state, code, message = status.READY if ready else status.NOT_READY, 0, None
+        if found.status == status.ERROR:
+            code, message = found.code, status.truncate(found.message, status.MAX_MESSAGE)
+        beat = self._heartbeat(handler, record) if ready else None
+        if beat is not None:
+            state, code, message = beat.status, beat.code, beat.message
         return status.HandlerStatus(
-            handler.name,
-            version,
-            status.READY if ready else status.NOT_READY,
-            found.code if found.status == status.ERROR else status.CODE_SUCCESS,
-            status.truncate(found.message, status.MAX_MESSAGE)
-            if found.status == status.ERROR
-            else None,
-            found,
-            handler.is_multi_config,
+            handler.name, version, state, code, message, found, handler.is_multi_config
         )
+
+    def _heartbeat(
+        self, handler: Handler, record: saved.HandlerRecord
+    ) -> Optional[status.Heartbeat]:
+        """heartbeat.log, when HandlerManifest.json asks for it (reportHeartbeat)."""
+        assert record.version is not None
+        directory = self._handler_dir(handler.name, record.version)
+        try:
+            if not self._manifest(directory).report_heartbeat:
+                return None
+        except _HandlerFailed:
+            return None
+        path = directory / environment.HEARTBEAT
+        try:
+            age = time.time() - path.stat().st_mtime
+            data: Optional[bytes] = read_bytes_limited(path, status.MAX_HEARTBEAT + 1)
+        except FileNotFoundError:
+            age, data = 0.0, None
+        except (OSError, ValueError):
+            age, data = 0.0, b""
+        return status.parse_heartbeat(data, age)
 
     def _read_status(
         self,
