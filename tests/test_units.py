@@ -35,9 +35,9 @@ def parse(unit: Path) -> configparser.RawConfigParser:
 
 def test_catalog_stages_units_and_executables_match() -> None:
     executables = sorted(p.name for p in STAGES.iterdir() if p.is_file())
-    assert executables == sorted(stage.name for stage in catalog.STAGES)
+    assert executables == sorted(stage.name for stage in catalog.STAGES + catalog.SERVICES)
     services = sorted(p.name for p in UNITS.glob("azure-*.service"))
-    for stage in catalog.STAGES:
+    for stage in catalog.STAGES + catalog.SERVICES:
         assert stage.unit in services
         assert (STAGES / stage.name).stat().st_mode & 0o111, f"{stage.name} is not executable"
 
@@ -49,7 +49,12 @@ def test_stage_units_follow_the_conventions(unit: Path) -> None:
     assert parsed.get("Unit", "Description")
     assert parsed.get("Unit", "Documentation")
     assert unit.read_text().startswith("#"), "a header comment says why it is ordered so"
-    if unit.suffix == ".service":
+    if unit.name in {service.unit for service in catalog.SERVICES}:
+        # A long-running service: systemd hears from it (READY, the watchdog).
+        assert parsed.get("Service", "Type") == "notify"
+        assert parsed.get("Service", "WatchdogSec")
+        assert parsed.get("Service", "ProtectSystem") == "strict"
+    elif unit.suffix == ".service":
         assert parsed.get("Service", "Type") == "oneshot"
         assert parsed.get("Service", "ExecStart").startswith("/usr/libexec/azagent/")
         # report-failure may be started again by a later failure, and so on;

@@ -33,3 +33,8 @@ STAGES: tuple[StageInfo, ...] = (
 )
 
 STAGES_BY_NAME = {stage.name: stage for stage in STAGES}
+
+# Long-running services (Type=notify), not boot stages: not run by `azagent run`.
+SERVICES: tuple[StageInfo, ...] = (
+    StageInfo("extensions", "(in progress) run the VM extensions the goal state names"),
+)

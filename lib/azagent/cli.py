@@ -224,6 +224,112 @@ def cmd_collect_logs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def extensions_report(ctx: Context) -> dict[str, object]:
+    """What the extension handler recorded (its state file under Lib.Dir): no network."""
+    from azagent.extensions import state as extension_state
+
+    found = extension_state.load(ctx.lib_dir)
+    handlers = []
+    for record in found.handlers.values():
+        for entry in record.extensions.values() or [None]:
+            last = entry.last if entry is not None else None
+            handlers.append(
+                {
+                    "handler": record.name,
+                    "extension": entry.name if entry is not None and record.multi_config else None,
+                    "version": record.version,
+                    "state": entry.state if entry is not None else record.state,
+                    "sequence_number": entry.seq_no if entry is not None else None,
+                    "status": entry.status if entry is not None else None,
+                    "message": record.error or (entry.message if entry is not None else None),
+                    "last_operation": None
+                    if last is None
+                    else {
+                        "operation": last.operation,
+                        "exit_status": last.exit_status,
+                        "timed_out": last.timed_out,
+                        "duration": last.duration,
+                        "unit": last.unit,
+                        "ended": last.ended,
+                    },
+                }
+            )
+    return {
+        "state_unreadable": found.unknown,
+        "goal_state": {
+            "id": found.goal_state_id,
+            "incarnation": found.incarnation,
+            "etag": found.etag,
+            "channel": found.channel,
+            "acted_on": found.acted,
+        },
+        "last_upload": found.last_upload,
+        "last_upload_via": found.last_upload_via,
+        "handlers": handlers,
+    }
+
+
+def _one_line(text: object, limit: int = 60) -> str:
+    shown = " ".join(str(text or "").split())
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def cmd_extensions(args: argparse.Namespace) -> int:
+    ctx = _context(args, "extensions")
+    if ctx is None:
+        return EXIT_FAILED
+    report = extensions_report(ctx)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    goal = report["goal_state"]
+    assert isinstance(goal, dict)
+    print(
+        f"goal state: {goal['id'] or 'none acted on yet'}"
+        f" (incarnation {goal['incarnation']}, etag {goal['etag']}) at {goal['acted_on']}"
+    )
+    print(f"last status upload: {report['last_upload'] or 'never'} ({report['last_upload_via']})")
+    rows = [
+        [
+            "HANDLER",
+            "VERSION",
+            "STATE",
+            "SEQ",
+            "LAST OPERATION",
+            "UNIT",
+            "STATUS",
+            "MESSAGE",
+        ]
+    ]
+    handlers = report["handlers"]
+    assert isinstance(handlers, list)
+    for row in handlers:
+        last = row["last_operation"]
+        operation = ""
+        if last is not None:
+            ended = "timeout" if last["timed_out"] else f"exit {last['exit_status']}"
+            operation = f"{last['operation']} ({ended}, {last['duration']:.1f}s)"
+        name = row["handler"] + (f"/{row['extension']}" if row["extension"] else "")
+        rows.append(
+            [
+                name,
+                str(row["version"] or "-"),
+                str(row["state"]),
+                "-" if row["sequence_number"] is None else str(row["sequence_number"]),
+                operation or "-",
+                str(last["unit"] if last is not None and last["unit"] else "-"),
+                str(row["status"] or "-"),
+                _one_line(row["message"]),
+            ]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(r, widths)).rstrip())
+    if report["state_unreadable"]:
+        print("azagent: the extension state file is unreadable", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     print(f"azagent {__version__}")
     print(f"Python {sys.version.split()[0]}")
@@ -321,6 +427,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     collect.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
     collect.set_defaults(func=cmd_collect_logs)
+
+    extensions = sub.add_parser(
+        "extensions",
+        help="(in progress) each VM extension's version, state and last operation",
+        description="Every extension handler the extension handler service knows: version, "
+        "state, sequence number, last operation (exit status, duration, unit), status "
+        "message; the goal state acted on and the last status upload. Reads the service's "
+        "state file under Lib.Dir; no network.",
+    )
+    _root_options(extensions)
+    extensions.add_argument("--json", action="store_true", help="machine-readable output")
+    extensions.set_defaults(func=cmd_extensions)
 
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
     sub.add_parser("help", help="print this help").set_defaults(func=None)

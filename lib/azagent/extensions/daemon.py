@@ -1,0 +1,79 @@
+"""The extension handler as a systemd service: the loop, sd_notify, the poll period.
+
+:func:`loop` runs :meth:`Service.run_once` every ``Extensions.GoalStatePeriod``
+seconds until its stop event is set (the stage sets it on SIGTERM), tells
+systemd READY=1 after the first pass, and STATUS= ("incarnation 7: 3 handlers
+enabled, 1 handler transitioning") with WATCHDOG=1 after each. :func:`notify`
+is sd_notify, a no-op outside systemd.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import TYPE_CHECKING, Callable
+
+from azagent.context import Context
+
+if TYPE_CHECKING:
+    from azagent.extensions.service import Service
+
+log = logging.getLogger("azagent")
+
+DISABLED_PERIOD = 300  # GoalStatePeriod when Extensions.Enabled=n and the period is not set
+
+
+def notify(message: str) -> bool:
+    """sd_notify: send ``message`` to systemd; False (nothing done) outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as e:
+        log.debug("sd_notify failed: %s", e)
+        return False
+    return True
+
+
+# -- the fabric side ---------------------------------------------------------------
+
+
+def period(ctx: Context) -> float:
+    """Extensions.GoalStatePeriod (300 s when Extensions.Enabled=n and it is not set)."""
+    configured = ctx.config.get_int("Extensions.GoalStatePeriod") or 6
+    if not ctx.config.get_bool("Extensions.Enabled") and (
+        ctx.config.origins.get("Extensions.GoalStatePeriod") == "default"
+    ):
+        return float(DISABLED_PERIOD)
+    return float(configured)
+
+
+def loop(
+    service: Service,
+    every: float,
+    stop: threading.Event,
+    *,
+    once: bool = False,
+    tell: Callable[[str], bool] = notify,
+) -> int:
+    """Passes every ``every`` seconds until ``stop`` is set (SIGTERM) or after one (``once``)."""
+    first = True
+    service.tick = lambda: tell("WATCHDOG=1")
+    while not stop.is_set():
+        summary = service.run_once()
+        if first:
+            tell("READY=1")
+            first = False
+        tell(f"STATUS={summary}\nWATCHDOG=1")
+        if once:
+            break
+        stop.wait(every)
+    tell("STOPPING=1")
+    return 0
