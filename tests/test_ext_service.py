@@ -374,13 +374,43 @@ def test_guest_agent_disabled_markers_stop_the_stage(root: Path, fabric: Fabric)
     assert fabric.status_uploads == []
 
 
-def test_once_through_the_stage_uploads_status(root: Path, fabric: Fabric) -> None:
-    """No real executor module yet: a handler that cannot run is an error, status still goes up."""
+def test_once_through_the_stage_runs_the_real_handler_end_to_end(
+    root: Path, fabric: Fabric
+) -> None:
+    """The stage as shipped: the package module downloads and unpacks the real zip the
+    emulator serves, the direct executor runs its install and enable, and the status the
+    handler wrote (echoing its public setting) reaches the platform."""
     ctx = vm_context(root, fabric)
     done = run_stage("--root", str(ctx.root), "--once")
     assert done.returncode == 0, done.stderr
-    assert fabric.status_uploads
-    assert SAMPLE in handler_entries(last_upload(fabric))
+    entry = handler_entries(last_upload(fabric))[SAMPLE]
+    assert entry["handlerVersion"] == "1.3.0"
+    assert entry["status"] == "Ready", entry
+    assert settings_status(entry)["status"] == "success", entry
+    assert "hello from the goal state" in json.dumps(settings_status(entry))
+    handler_dir = ctx.lib_dir / f"{SAMPLE}-1.3.0"
+    assert (handler_dir / "HandlerManifest.json").is_file()
+    assert not (ctx.lib_dir / f"{SAMPLE}__1.3.0.zip").exists()  # deleted once unpacked
+    assert (ctx.root / "var/log/azure" / SAMPLE / "CommandExecution.log").is_file()
+    # A second pass of a new process: the goal state did not change, so the handler is
+    # enabled again (a start), never installed twice.
+    again = run_stage("--root", str(ctx.root), "--once")
+    assert again.returncode == 0, again.stderr
+    shown = json.loads(run_stage_cli(ctx.root))
+    (row,) = shown["handlers"]
+    assert (row["state"], row["last_operation"]["operation"]) == ("Enabled", "enable")
+
+
+def run_stage_cli(root: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "azagent", "extensions", "--root", str(root), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def test_cli_shows_every_handler(
