@@ -20,7 +20,9 @@ UNITS = REPO / "units"
 
 
 def unit_files() -> list[Path]:
-    return sorted(p for p in UNITS.iterdir() if p.suffix in (".service", ".target", ".path"))
+    return sorted(
+        p for p in UNITS.iterdir() if p.suffix in (".service", ".target", ".path", ".slice")
+    )
 
 
 GATE = UNITS / "azure-.service.d/10-azure-only.conf"
