@@ -198,14 +198,7 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, owner: Owner = N
     tmp, fd = _create_temp(path)
     try:
         try:
-            if owner is not None:
-                os.fchown(fd, *owner)
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
+            _fill(fd, data, mode=mode, owner=owner)
             crash_point(f"{tmp} written, not yet renamed to {path.name}")
             os.rename(tmp, path)
         finally:
@@ -215,6 +208,18 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, owner: Owner = N
             os.unlink(tmp)
         raise
     _fsync_dir(directory)
+
+
+def _fill(fd: int, data: bytes, *, mode: int, owner: Owner) -> None:
+    """Give a new temporary file its final owner and mode, then ``data``, then fsync."""
+    if owner is not None:
+        os.fchown(fd, *owner)
+    os.fchmod(fd, mode)
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+    os.fsync(fd)
 
 
 def read_bytes_limited(path: Path, limit: int) -> bytes:
@@ -432,14 +437,7 @@ def atomic_write_at(
         try:
             with suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_EX)  # debris to the next writer only once we die
-            if owner is not None:
-                os.fchown(fd, *owner)
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
+            _fill(fd, data, mode=mode, owner=owner)
             crash_point(f"{tmp} written, not yet renamed to {name}")
             os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         finally:
