@@ -24,6 +24,10 @@ from azagent.errors import AzagentError
 MAX_SIZE = 4 * 1024 * 1024
 # Real envelopes and PFX files nest fewer than 10 levels deep.
 MAX_DEPTH = 32
+# A PFX holds some ten elements per certificate or key (their own DER is
+# opaque content here): hundreds of certificates stay far below this, and
+# walking a blob of millions of tiny elements would take seconds.
+MAX_ELEMENTS = 100_000
 
 # Tags (single byte: class, constructed bit, number).
 INTEGER = 0x02
@@ -202,12 +206,16 @@ def decode(data: bytes, what: str) -> Tlv:
     if end != len(data):
         raise DerError(f"{what} has trailing bytes")
     pending = [(content, end, 1)] if first_tag & CONSTRUCTED else []
+    count = 1
     while pending:
         pos, stop, depth = pending.pop()
         if depth > MAX_DEPTH:
             raise DerError(f"{what} is nested too deeply")
         while pos < stop:
             tag, start, pos = header(data, pos, stop)
+            count += 1
+            if count > MAX_ELEMENTS:
+                raise DerError(f"{what} has more than {MAX_ELEMENTS} elements")
             if tag & CONSTRUCTED:
                 pending.append((start, pos, depth + 1))
     return Tlv(first_tag, data, content)

@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from azagent import asn1, xmlsafe
-from azagent.errors import AzagentError
+from azagent.errors import AzagentError, refusing
 
 if TYPE_CHECKING:  # the alias is newer (40) than some distributions' cryptography
     from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
@@ -64,6 +64,10 @@ TRANSPORT_SUBJECT = "LinuxTransport"
 _MAX_XML = 8 * 1024 * 1024
 # The platform uses 2000; a hostile count must not stall the boot.
 _MAX_ITERATIONS = 1_000_000
+# And in all, over a PFX's MAC, its encrypted bags and its shrouded keys, all
+# counted before any is derived (OpenSSL derives the MAC's and the encrypted
+# bags' keys and cannot be interrupted): at most about a second of work.
+_MAX_PFX_ROUNDS = 1_000_000
 _TRANSPORT_VALIDITY = datetime.timedelta(days=3 * 365)
 # PKCS#12 passwords are BMPStrings with a terminating NUL, so the platform's
 # "no password" is two zero bytes (checked against the samples' MAC).
@@ -184,12 +188,45 @@ def _iterations(element: asn1.Tlv, what: str) -> int:
     return count
 
 
-def _pbe_decrypt(algorithm: asn1.Tlv, data: bytes, what: str) -> bytes:
+class _Rounds:
+    """The key derivation rounds a PFX may still ask for (see _MAX_PFX_ROUNDS)."""
+
+    def __init__(self) -> None:
+        self.left = _MAX_PFX_ROUNDS
+
+    def spend(self, algorithm: asn1.Tlv, what: str) -> None:
+        """Count the rounds a password-based encryption asks for, before any is derived."""
+        oid, parameters = asn1.read_algorithm(algorithm, what)
+        if parameters is None:
+            raise CertificateError(f"{what} is malformed")
+        parts = asn1.fields(parameters, what)
+        if oid == asn1.OID_PBES2:
+            if len(parts) != 2:
+                raise CertificateError(f"{what} is malformed")
+            kdf_oid, kdf_parameters = asn1.read_algorithm(parts[0], what)
+            if kdf_oid != asn1.OID_PBKDF2 or kdf_parameters is None:
+                raise CertificateError(f"{what} uses an unsupported encryption")
+            parts = asn1.fields(kdf_parameters, what)
+        # PKCS#12's own schemes and PBKDF2 alike: (salt, iteration count, ...)
+        if len(parts) < 2:
+            raise CertificateError(f"{what} is malformed")
+        self.take(_iterations(parts[1], what), what)
+
+    def take(self, rounds: int, what: str) -> None:
+        self.left -= rounds
+        if self.left < 0:
+            raise CertificateError(
+                f"{what}: the PFX asks for more than {_MAX_PFX_ROUNDS} key derivation rounds"
+            )
+
+
+def _pbe_decrypt(algorithm: asn1.Tlv, data: bytes, what: str, rounds: _Rounds) -> bytes:
     """Decrypt PFX content protected with the empty password.
 
     The platform uses PKCS#12's SHA-1/3DES scheme; PBES2 (PBKDF2 + AES or 3DES)
     is what newer Windows and OpenSSL write, so both are accepted.
     """
+    rounds.spend(algorithm, what)
     reason = f"{what} could not be decrypted"
     oid, parameters = asn1.read_algorithm(algorithm, what)
     if parameters is None:
@@ -443,7 +480,7 @@ def _mac_data(authenticated_safe: bytes) -> bytes:
     )
 
 
-def _bag_keys(safe_contents: asn1.Tlv) -> list[PrivateKeyTypes]:
+def _bag_keys(safe_contents: asn1.Tlv, rounds: _Rounds) -> list[PrivateKeyTypes]:
     """Every private key in a SafeContents (plain or shrouded key bags)."""
     keys: list[PrivateKeyTypes] = []
     for bag in asn1.fields(safe_contents, "PFX bag list"):
@@ -459,9 +496,9 @@ def _bag_keys(safe_contents: asn1.Tlv) -> list[PrivateKeyTypes]:
             if len(shrouded) != 2:
                 raise CertificateError("PFX key bag is malformed")
             data = asn1.expect(shrouded[1], asn1.OCTET_STRING, "PFX key bag")
-            keys.append(_load_private_key(_pbe_decrypt(shrouded[0], data, "PFX key bag")))
+            keys.append(_load_private_key(_pbe_decrypt(shrouded[0], data, "PFX key bag", rounds)))
         elif bag_id == asn1.OID_SAFE_CONTENTS_BAG:
-            keys.extend(_bag_keys(value))  # depth is bounded by asn1.decode
+            keys.extend(_bag_keys(value, rounds))  # depth is bounded by asn1.decode
     return keys
 
 
@@ -469,7 +506,8 @@ def _pfx_private_keys(pfx: bytes) -> list[PrivateKeyTypes]:
     """All private keys of the PFX, read with our own (strict) DER walker.
 
     Keys sit in the unencrypted part of the PFX (as in every platform sample);
-    certificates are left to cryptography's loader.
+    certificates are left to cryptography's loader. The rounds the MAC and the
+    encrypted bags ask of that loader are counted first, with the keys'.
     """
     parts = asn1.fields(asn1.decode(pfx, "PFX"), "PFX")
     if not 2 <= len(parts) <= 3 or asn1.small_int(parts[0], "PFX version") != 3:
@@ -477,16 +515,34 @@ def _pfx_private_keys(pfx: bytes) -> list[PrivateKeyTypes]:
     content_type, content = asn1.read_content_info(parts[1], "PFX")
     if content_type != asn1.OID_DATA:
         raise CertificateError("PFX integrity mode is not supported")
+    rounds = _Rounds()
+    if len(parts) == 3:  # MacData: mac, macSalt, iterations (DEFAULT 1)
+        mac = asn1.fields(parts[2], "PFX MAC")
+        if len(mac) == 3:
+            rounds.take(_iterations(mac[2], "PFX MAC"), "PFX MAC")
     authenticated_safe = asn1.expect(content, asn1.OCTET_STRING, "PFX")
+    infos = [
+        asn1.read_content_info(info, "PFX content")
+        for info in asn1.fields(asn1.decode(authenticated_safe, "PFX content"), "PFX content")
+    ]
+    for content_type, content in infos:
+        if content_type == asn1.OID_ENCRYPTED_DATA:  # version, EncryptedContentInfo
+            encrypted = asn1.fields(content, "PFX encrypted bag")
+            if len(encrypted) != 2:
+                raise CertificateError("PFX encrypted bag is malformed")
+            encrypted_info = asn1.fields(encrypted[1], "PFX encrypted bag")
+            if len(encrypted_info) < 2:
+                raise CertificateError("PFX encrypted bag is malformed")
+            rounds.spend(encrypted_info[1], "PFX encrypted bag")
     keys: list[PrivateKeyTypes] = []
-    for info in asn1.fields(asn1.decode(authenticated_safe, "PFX content"), "PFX content"):
-        content_type, content = asn1.read_content_info(info, "PFX content")
+    for content_type, content in infos:
         if content_type == asn1.OID_DATA:
             safe_contents = asn1.expect(content, asn1.OCTET_STRING, "PFX content")
-            keys.extend(_bag_keys(asn1.decode(safe_contents, "PFX bag list")))
+            keys.extend(_bag_keys(asn1.decode(safe_contents, "PFX bag list"), rounds))
     return keys
 
 
+@refusing(CertificateError, "PFX")
 @_der_errors()
 def parse_pfx(pfx: bytes) -> list[CertificateItem]:
     """The certificates of a password-less PFX, each with its private key if present.
@@ -686,6 +742,7 @@ def _load_transport_key(private_key_pem: bytes) -> rsa.RSAPrivateKey:
     return key
 
 
+@refusing(CertificateError, "CMS blob")
 @_der_errors()
 def decrypt_enveloped(der: bytes, private_key_pem: bytes) -> bytes:
     """The content (the PFX) of a CMS EnvelopedData encrypted to the transport key.
@@ -735,6 +792,7 @@ def decrypt_enveloped(der: bytes, private_key_pem: bytes) -> bytes:
 # --- The CertificateFile document -------------------------------------------------------
 
 
+@refusing(CertificateError, "certificates document")
 def parse_certificates_xml(xml: bytes) -> bytes:
     """The decoded ``Data`` of a WireServer ``CertificateFile`` document.
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from azagent.errors import ConfigError
+from azagent.errors import ConfigError, refusing
 
 Value = Union[bool, int, str, None]
 
@@ -715,8 +715,9 @@ def _parse_into(
     origins: dict[str, str],
     warnings: list[str],
 ) -> None:
-    for number, line in enumerate(_lines(data, source), start=1):
-        _parse_line(line, f"{source}:{number}", values, origins, warnings)
+    with refusing(ConfigError, source):
+        for number, line in enumerate(_lines(data, source), start=1):
+            _parse_line(line, f"{source}:{number}", values, origins, warnings)
 
 
 def loads(data: bytes, source: str = "<configuration>") -> Config:
