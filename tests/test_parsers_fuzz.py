@@ -17,7 +17,8 @@ Generated inputs mix raw bytes, the fixtures (tests/fixtures) with bytes
 replaced, cut, repeated or spliced with tokens that parsers trip on, and
 structured documents built by the project's own builders with generated field
 values. ``derandomize=True``: CI sees the same examples on every run;
-``AZAGENT_FUZZ_EXAMPLES=5000`` explores further on a developer's machine.
+``AZAGENT_FUZZ_EXAMPLES=5000`` explores further, with new random examples on
+every run (a failure prints the ``@reproduce_failure`` line that replays it).
 
 No parser exists yet for ExtensionsConfig, vmSettings, manifests,
 HandlerManifest.json or extension status files (the extension handler is a
@@ -68,9 +69,11 @@ except ImportError:
     from azagent import network as leases
 
 WALA = FIXTURES / "walinuxagent"
+EXPLORE = os.environ.get("AZAGENT_FUZZ_EXAMPLES")
 FUZZ = settings(
-    max_examples=int(os.environ.get("AZAGENT_FUZZ_EXAMPLES", "120")),
-    derandomize=True,
+    max_examples=int(EXPLORE or "120"),
+    derandomize=EXPLORE is None,  # exploring: new random examples on every run
+    print_blob=True,
     database=None,
     deadline=timedelta(seconds=2),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -717,8 +720,10 @@ def test_networkmanager_device_state(data: bytes) -> None:
         st.lists(
             st.builds(
                 kvp.encode_record,
-                st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=20),
-                st.text(st.characters(exclude_characters="\x00"), max_size=200),
+                st.text(
+                    st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=20
+                ),
+                st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=200),
             ),
             max_size=3,
         ).map(b"".join),
