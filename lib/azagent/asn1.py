@@ -272,3 +272,34 @@ def read_algorithm(element: Tlv, what: str) -> tuple[bytes, Tlv | None]:
     if len(parts) == 1 or parts[1].tag == NULL:
         return oid_octets, None
     return oid_octets, parts[1]
+
+
+class Rounds:
+    """The key derivation rounds a document may still ask for, counted before any is derived.
+
+    A password-based encryption's iteration count is the work its reader
+    must do: a hostile PFX asking for billions of rounds, in its MAC, its
+    encrypted bags or each of its keys, would hold a stage for minutes.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+
+    def take(self, count: Tlv, what: str) -> None:
+        """Take an INTEGER iteration count from what is left."""
+        self.left -= small_int(count, what)
+        if self.left < 0:
+            raise DerError(f"{what}: iteration counts over {self.limit} rounds in all")
+
+    def take_pbe(self, algorithm: Tlv, what: str) -> None:
+        """Take the iteration count of a PKCS#12 PBE or PBES2 (PBKDF2) AlgorithmIdentifier."""
+        oid, parameters = read_algorithm(algorithm, what)
+        parts = fields(parameters, what) if parameters is not None else []
+        if oid == OID_PBES2 and len(parts) == 2:
+            kdf, kdf_parameters = read_algorithm(parts[0], what)
+            ok = kdf == OID_PBKDF2 and kdf_parameters is not None
+            parts = fields(kdf_parameters, what) if kdf_parameters is not None and ok else []
+        if len(parts) < 2:  # (salt, iteration count, ...) in both
+            raise DerError(f"{what} is malformed")
+        self.take(parts[1], what)

@@ -64,9 +64,7 @@ TRANSPORT_SUBJECT = "LinuxTransport"
 _MAX_XML = 8 * 1024 * 1024
 # The platform uses 2000; a hostile count must not stall the boot.
 _MAX_ITERATIONS = 1_000_000
-# And in all, over a PFX's MAC, its encrypted bags and its shrouded keys, all
-# counted before any is derived (OpenSSL derives the MAC's and the encrypted
-# bags' keys and cannot be interrupted): at most about a second of work.
+# And summed over a PFX's MAC, encrypted bags and keys: about a second of work.
 _MAX_PFX_ROUNDS = 1_000_000
 _TRANSPORT_VALIDITY = datetime.timedelta(days=3 * 365)
 # PKCS#12 passwords are BMPStrings with a terminating NUL, so the platform's
@@ -188,45 +186,12 @@ def _iterations(element: asn1.Tlv, what: str) -> int:
     return count
 
 
-class _Rounds:
-    """The key derivation rounds a PFX may still ask for (see _MAX_PFX_ROUNDS)."""
-
-    def __init__(self) -> None:
-        self.left = _MAX_PFX_ROUNDS
-
-    def spend(self, algorithm: asn1.Tlv, what: str) -> None:
-        """Count the rounds a password-based encryption asks for, before any is derived."""
-        oid, parameters = asn1.read_algorithm(algorithm, what)
-        if parameters is None:
-            raise CertificateError(f"{what} is malformed")
-        parts = asn1.fields(parameters, what)
-        if oid == asn1.OID_PBES2:
-            if len(parts) != 2:
-                raise CertificateError(f"{what} is malformed")
-            kdf_oid, kdf_parameters = asn1.read_algorithm(parts[0], what)
-            if kdf_oid != asn1.OID_PBKDF2 or kdf_parameters is None:
-                raise CertificateError(f"{what} uses an unsupported encryption")
-            parts = asn1.fields(kdf_parameters, what)
-        # PKCS#12's own schemes and PBKDF2 alike: (salt, iteration count, ...)
-        if len(parts) < 2:
-            raise CertificateError(f"{what} is malformed")
-        self.take(_iterations(parts[1], what), what)
-
-    def take(self, rounds: int, what: str) -> None:
-        self.left -= rounds
-        if self.left < 0:
-            raise CertificateError(
-                f"{what}: the PFX asks for more than {_MAX_PFX_ROUNDS} key derivation rounds"
-            )
-
-
-def _pbe_decrypt(algorithm: asn1.Tlv, data: bytes, what: str, rounds: _Rounds) -> bytes:
+def _pbe_decrypt(algorithm: asn1.Tlv, data: bytes, what: str) -> bytes:
     """Decrypt PFX content protected with the empty password.
 
     The platform uses PKCS#12's SHA-1/3DES scheme; PBES2 (PBKDF2 + AES or 3DES)
     is what newer Windows and OpenSSL write, so both are accepted.
     """
-    rounds.spend(algorithm, what)
     reason = f"{what} could not be decrypted"
     oid, parameters = asn1.read_algorithm(algorithm, what)
     if parameters is None:
@@ -480,7 +445,7 @@ def _mac_data(authenticated_safe: bytes) -> bytes:
     )
 
 
-def _bag_keys(safe_contents: asn1.Tlv, rounds: _Rounds) -> list[PrivateKeyTypes]:
+def _bag_keys(safe_contents: asn1.Tlv, rounds: asn1.Rounds) -> list[PrivateKeyTypes]:
     """Every private key in a SafeContents (plain or shrouded key bags)."""
     keys: list[PrivateKeyTypes] = []
     for bag in asn1.fields(safe_contents, "PFX bag list"):
@@ -496,7 +461,8 @@ def _bag_keys(safe_contents: asn1.Tlv, rounds: _Rounds) -> list[PrivateKeyTypes]
             if len(shrouded) != 2:
                 raise CertificateError("PFX key bag is malformed")
             data = asn1.expect(shrouded[1], asn1.OCTET_STRING, "PFX key bag")
-            keys.append(_load_private_key(_pbe_decrypt(shrouded[0], data, "PFX key bag", rounds)))
+            rounds.take_pbe(shrouded[0], "PFX key bag")
+            keys.append(_load_private_key(_pbe_decrypt(shrouded[0], data, "PFX key bag")))
         elif bag_id == asn1.OID_SAFE_CONTENTS_BAG:
             keys.extend(_bag_keys(value, rounds))  # depth is bounded by asn1.decode
     return keys
@@ -506,8 +472,7 @@ def _pfx_private_keys(pfx: bytes) -> list[PrivateKeyTypes]:
     """All private keys of the PFX, read with our own (strict) DER walker.
 
     Keys sit in the unencrypted part of the PFX (as in every platform sample);
-    certificates are left to cryptography's loader. The rounds the MAC and the
-    encrypted bags ask of that loader are counted first, with the keys'.
+    certificates are left to cryptography's loader, whose rounds are counted first.
     """
     parts = asn1.fields(asn1.decode(pfx, "PFX"), "PFX")
     if not 2 <= len(parts) <= 3 or asn1.small_int(parts[0], "PFX version") != 3:
@@ -515,25 +480,17 @@ def _pfx_private_keys(pfx: bytes) -> list[PrivateKeyTypes]:
     content_type, content = asn1.read_content_info(parts[1], "PFX")
     if content_type != asn1.OID_DATA:
         raise CertificateError("PFX integrity mode is not supported")
-    rounds = _Rounds()
-    if len(parts) == 3:  # MacData: mac, macSalt, iterations (DEFAULT 1)
-        mac = asn1.fields(parts[2], "PFX MAC")
-        if len(mac) == 3:
-            rounds.take(_iterations(mac[2], "PFX MAC"), "PFX MAC")
+    rounds = asn1.Rounds(_MAX_PFX_ROUNDS)
+    mac = asn1.fields(parts[2], "PFX MAC") if len(parts) == 3 else []
+    if len(mac) == 3:  # mac, macSalt, iterations (DEFAULT 1)
+        rounds.take(mac[2], "PFX MAC")
     authenticated_safe = asn1.expect(content, asn1.OCTET_STRING, "PFX")
-    infos = [
-        asn1.read_content_info(info, "PFX content")
-        for info in asn1.fields(asn1.decode(authenticated_safe, "PFX content"), "PFX content")
-    ]
+    safe = asn1.fields(asn1.decode(authenticated_safe, "PFX content"), "PFX content")
+    infos = [asn1.read_content_info(info, "PFX content") for info in safe]
     for content_type, content in infos:
-        if content_type == asn1.OID_ENCRYPTED_DATA:  # version, EncryptedContentInfo
-            encrypted = asn1.fields(content, "PFX encrypted bag")
-            if len(encrypted) != 2:
-                raise CertificateError("PFX encrypted bag is malformed")
-            encrypted_info = asn1.fields(encrypted[1], "PFX encrypted bag")
-            if len(encrypted_info) < 2:
-                raise CertificateError("PFX encrypted bag is malformed")
-            rounds.spend(encrypted_info[1], "PFX encrypted bag")
+        if content_type == asn1.OID_ENCRYPTED_DATA:  # (version, (type, algorithm, data))
+            encrypted = asn1.fields(asn1.fields(content, "PFX bag")[-1], "PFX encrypted bag")
+            rounds.take_pbe(encrypted[1], "PFX encrypted bag")
     keys: list[PrivateKeyTypes] = []
     for content_type, content in infos:
         if content_type == asn1.OID_DATA:
