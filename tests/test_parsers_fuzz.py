@@ -1018,7 +1018,7 @@ def test_a_pfx_asking_for_too_many_rounds_is_refused_before_any() -> None:
     assert certs.parse_pfx(PFX_SEEDS[0])
 
 
-def test_dhclient_blocks_are_read_in_one_pass() -> None:
+def test_an_unclosed_dhclient_block_ends_the_file() -> None:
     text = 'lease {\n  interface "eth0";\n  expire never;\n}\nlease {\n  expire never;\n'
     found = leases.parse_dhclient_leases(text)
     assert [lease.interface for lease in found] == ["eth0"]  # the unclosed block ends the file
