@@ -18,6 +18,42 @@ if str(REPO / "tools") not in sys.path:
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
+# Variables a stage or the CLI started by a test must not inherit:
+# JOURNAL_STREAM would send its log to the journal instead of the captured stderr;
+# PYTEST_CURRENT_TEST holds the test's id, which a parametrized case can make
+# as long as its parameter, and one long variable makes exec fail (E2BIG).
+CHILD_ENVIRONMENT_DROPS = ("JOURNAL_STREAM", "PYTEST_CURRENT_TEST")
+# The longest parameter id (the part in brackets) collection accepts.
+MAX_TEST_ID = 200
+
+
+def child_environment() -> dict[str, str]:
+    """This process's environment without what a spawned stage must not inherit."""
+    return {k: v for k, v in os.environ.items() if k not in CHILD_ENVIRONMENT_DROPS}
+
+
+def _parameter_id(item: pytest.Item) -> str:
+    """The bracketed part of a parametrized test's id ("" for other tests)."""
+    callspec = getattr(item, "callspec", None)
+    return str(callspec.id) if callspec is not None else ""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Fail collection on a parameter id longer than MAX_TEST_ID characters.
+
+    pytest exports the id in PYTEST_CURRENT_TEST; a child spawned without
+    child_environment() inherits it, and a parameter of megabytes in the id
+    stops exec (E2BIG). Give such a case an explicit short id.
+    """
+    long = [item.nodeid for item in items if len(_parameter_id(item)) > MAX_TEST_ID]
+    if long:
+        shown = "; ".join(f"{nodeid[:120]}... ({len(nodeid)} characters)" for nodeid in long[:5])
+        raise pytest.UsageError(
+            f"{len(long)} test id(s) longer than {MAX_TEST_ID} characters: give them explicit"
+            f" short ids (pytest.param(..., id=...) or ids=...): {shown}"
+        )
+
+
 @dataclass
 class Run:
     returncode: int
@@ -27,7 +63,7 @@ class Run:
 
 def run_stage(name: str, *args: str, env: dict[str, str] | None = None) -> Run:
     """Run stages/<name> as boot would, with this interpreter, never under systemd."""
-    environment = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    environment = child_environment()
     environment.update(env or {})
     done = subprocess.run(
         [sys.executable, str(STAGES / name), *args],
@@ -41,7 +77,7 @@ def run_stage(name: str, *args: str, env: dict[str, str] | None = None) -> Run:
 
 
 def run_cli(*args: str) -> Run:
-    environment = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    environment = child_environment()
     done = subprocess.run(
         [sys.executable, "-m", "azagent", *args],
         capture_output=True,

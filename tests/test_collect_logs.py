@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import Run
+from conftest import Run, child_environment
 
 SAS = "https://acct.blob.core.windows.net/c/status.json?sv=2020-08-04&sr=b&sig=SASsecretSIG%3D"
 PEM = "-----BEGIN PRIVATE KEY-----\nPRIVATEKEYMATERIAL\n-----END PRIVATE KEY-----"
@@ -33,7 +33,7 @@ SECRETS = (
 
 
 def azagent(*args: str, env: dict[str, str] | None = None) -> Run:
-    environment = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    environment = child_environment()
     environment.update(env or {})
     done = subprocess.run(
         [sys.executable, "-m", "azagent", *args],

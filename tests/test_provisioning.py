@@ -91,6 +91,9 @@ def test_mount_ovf_second_run_and_dry_run_change_nothing(vm: Vm) -> None:
         (b"<Environment xmlns='urn:wrong'><ProvisioningSection/></Environment>", "ovf-env.xml"),
         (b"not xml at all", "not well-formed"),
     ],
+    # Explicit: an id made of the 2 MiB document would reach every child's
+    # environment (PYTEST_CURRENT_TEST) and stop exec with E2BIG.
+    ids=["internal-entity", "external-dtd", "2MiB", "wrong-namespace", "not-xml"],
 )
 def test_mount_ovf_rejects_hostile_documents(vm: Vm, document: bytes, reason: str) -> None:
     (vm.root / DVD / "ovf-env.xml").write_bytes(document)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, STAGES, run_stage, snapshot
+from conftest import REPO, STAGES, child_environment, run_stage, snapshot
 
 from azagent import resourcedisk, swapfile
 
@@ -575,7 +575,7 @@ def run_audited(
     tmp_path: Path, *args: str
 ) -> tuple[subprocess.CompletedProcess[str], list[list[object]]]:
     log = tmp_path / "audit.json"
-    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    env = child_environment()
     done = subprocess.run(
         [sys.executable, "-c", AUDITED, str(log), str(STAGES / "resource-disk"), *args],
         capture_output=True,

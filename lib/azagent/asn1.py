@@ -24,6 +24,10 @@ from azagent.errors import AzagentError
 MAX_SIZE = 4 * 1024 * 1024
 # Real envelopes and PFX files nest fewer than 10 levels deep.
 MAX_DEPTH = 32
+# A PFX holds some ten elements per certificate or key (their own DER is
+# opaque content here): hundreds of certificates stay far below this, and
+# walking a blob of millions of tiny elements would take seconds.
+MAX_ELEMENTS = 100_000
 
 # Tags (single byte: class, constructed bit, number).
 INTEGER = 0x02
@@ -202,12 +206,16 @@ def decode(data: bytes, what: str) -> Tlv:
     if end != len(data):
         raise DerError(f"{what} has trailing bytes")
     pending = [(content, end, 1)] if first_tag & CONSTRUCTED else []
+    count = 1
     while pending:
         pos, stop, depth = pending.pop()
         if depth > MAX_DEPTH:
             raise DerError(f"{what} is nested too deeply")
         while pos < stop:
             tag, start, pos = header(data, pos, stop)
+            count += 1
+            if count > MAX_ELEMENTS:
+                raise DerError(f"{what} has more than {MAX_ELEMENTS} elements")
             if tag & CONSTRUCTED:
                 pending.append((start, pos, depth + 1))
     return Tlv(first_tag, data, content)
@@ -264,3 +272,34 @@ def read_algorithm(element: Tlv, what: str) -> tuple[bytes, Tlv | None]:
     if len(parts) == 1 or parts[1].tag == NULL:
         return oid_octets, None
     return oid_octets, parts[1]
+
+
+class Rounds:
+    """The key derivation rounds a document may still ask for, counted before any is derived.
+
+    A password-based encryption's iteration count is the work its reader
+    must do: a hostile PFX asking for billions of rounds, in its MAC, its
+    encrypted bags or each of its keys, would hold a stage for minutes.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+
+    def take(self, count: Tlv, what: str) -> None:
+        """Take an INTEGER iteration count from what is left."""
+        self.left -= small_int(count, what)
+        if self.left < 0:
+            raise DerError(f"{what}: iteration counts over {self.limit} rounds in all")
+
+    def take_pbe(self, algorithm: Tlv, what: str) -> None:
+        """Take the iteration count of a PKCS#12 PBE or PBES2 (PBKDF2) AlgorithmIdentifier."""
+        oid, parameters = read_algorithm(algorithm, what)
+        parts = fields(parameters, what) if parameters is not None else []
+        if oid == OID_PBES2 and len(parts) == 2:
+            kdf, kdf_parameters = read_algorithm(parts[0], what)
+            ok = kdf == OID_PBKDF2 and kdf_parameters is not None
+            parts = fields(kdf_parameters, what) if kdf_parameters is not None and ok else []
+        if len(parts) < 2:  # (salt, iteration count, ...) in both
+            raise DerError(f"{what} is malformed")
+        self.take(parts[1], what)

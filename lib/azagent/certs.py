@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from azagent import asn1, xmlsafe
-from azagent.errors import AzagentError
+from azagent.errors import AzagentError, refusing
 
 if TYPE_CHECKING:  # the alias is newer (40) than some distributions' cryptography
     from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
@@ -64,6 +64,8 @@ TRANSPORT_SUBJECT = "LinuxTransport"
 _MAX_XML = 8 * 1024 * 1024
 # The platform uses 2000; a hostile count must not stall the boot.
 _MAX_ITERATIONS = 1_000_000
+# And summed over a PFX's MAC, encrypted bags and keys: about a second of work.
+_MAX_PFX_ROUNDS = 1_000_000
 _TRANSPORT_VALIDITY = datetime.timedelta(days=3 * 365)
 # PKCS#12 passwords are BMPStrings with a terminating NUL, so the platform's
 # "no password" is two zero bytes (checked against the samples' MAC).
@@ -443,7 +445,7 @@ def _mac_data(authenticated_safe: bytes) -> bytes:
     )
 
 
-def _bag_keys(safe_contents: asn1.Tlv) -> list[PrivateKeyTypes]:
+def _bag_keys(safe_contents: asn1.Tlv, rounds: asn1.Rounds) -> list[PrivateKeyTypes]:
     """Every private key in a SafeContents (plain or shrouded key bags)."""
     keys: list[PrivateKeyTypes] = []
     for bag in asn1.fields(safe_contents, "PFX bag list"):
@@ -459,9 +461,10 @@ def _bag_keys(safe_contents: asn1.Tlv) -> list[PrivateKeyTypes]:
             if len(shrouded) != 2:
                 raise CertificateError("PFX key bag is malformed")
             data = asn1.expect(shrouded[1], asn1.OCTET_STRING, "PFX key bag")
+            rounds.take_pbe(shrouded[0], "PFX key bag")
             keys.append(_load_private_key(_pbe_decrypt(shrouded[0], data, "PFX key bag")))
         elif bag_id == asn1.OID_SAFE_CONTENTS_BAG:
-            keys.extend(_bag_keys(value))  # depth is bounded by asn1.decode
+            keys.extend(_bag_keys(value, rounds))  # depth is bounded by asn1.decode
     return keys
 
 
@@ -469,7 +472,7 @@ def _pfx_private_keys(pfx: bytes) -> list[PrivateKeyTypes]:
     """All private keys of the PFX, read with our own (strict) DER walker.
 
     Keys sit in the unencrypted part of the PFX (as in every platform sample);
-    certificates are left to cryptography's loader.
+    certificates are left to cryptography's loader, whose rounds are counted first.
     """
     parts = asn1.fields(asn1.decode(pfx, "PFX"), "PFX")
     if not 2 <= len(parts) <= 3 or asn1.small_int(parts[0], "PFX version") != 3:
@@ -477,16 +480,26 @@ def _pfx_private_keys(pfx: bytes) -> list[PrivateKeyTypes]:
     content_type, content = asn1.read_content_info(parts[1], "PFX")
     if content_type != asn1.OID_DATA:
         raise CertificateError("PFX integrity mode is not supported")
+    rounds = asn1.Rounds(_MAX_PFX_ROUNDS)
+    mac = asn1.fields(parts[2], "PFX MAC") if len(parts) == 3 else []
+    if len(mac) == 3:  # mac, macSalt, iterations (DEFAULT 1)
+        rounds.take(mac[2], "PFX MAC")
     authenticated_safe = asn1.expect(content, asn1.OCTET_STRING, "PFX")
+    safe = asn1.fields(asn1.decode(authenticated_safe, "PFX content"), "PFX content")
+    infos = [asn1.read_content_info(info, "PFX content") for info in safe]
+    for content_type, content in infos:
+        if content_type == asn1.OID_ENCRYPTED_DATA:  # (version, (type, algorithm, data))
+            encrypted = asn1.fields(asn1.fields(content, "PFX bag")[-1], "PFX encrypted bag")
+            rounds.take_pbe(encrypted[1], "PFX encrypted bag")
     keys: list[PrivateKeyTypes] = []
-    for info in asn1.fields(asn1.decode(authenticated_safe, "PFX content"), "PFX content"):
-        content_type, content = asn1.read_content_info(info, "PFX content")
+    for content_type, content in infos:
         if content_type == asn1.OID_DATA:
             safe_contents = asn1.expect(content, asn1.OCTET_STRING, "PFX content")
-            keys.extend(_bag_keys(asn1.decode(safe_contents, "PFX bag list")))
+            keys.extend(_bag_keys(asn1.decode(safe_contents, "PFX bag list"), rounds))
     return keys
 
 
+@refusing(CertificateError, "PFX")
 @_der_errors()
 def parse_pfx(pfx: bytes) -> list[CertificateItem]:
     """The certificates of a password-less PFX, each with its private key if present.
@@ -686,6 +699,7 @@ def _load_transport_key(private_key_pem: bytes) -> rsa.RSAPrivateKey:
     return key
 
 
+@refusing(CertificateError, "CMS blob")
 @_der_errors()
 def decrypt_enveloped(der: bytes, private_key_pem: bytes) -> bytes:
     """The content (the PFX) of a CMS EnvelopedData encrypted to the transport key.
@@ -735,6 +749,7 @@ def decrypt_enveloped(der: bytes, private_key_pem: bytes) -> bytes:
 # --- The CertificateFile document -------------------------------------------------------
 
 
+@refusing(CertificateError, "certificates document")
 def parse_certificates_xml(xml: bytes) -> bytes:
     """The decoded ``Data`` of a WireServer ``CertificateFile`` document.
 

@@ -14,13 +14,15 @@ WALinuxAgent still works.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
-from azagent.errors import ConfigError
+from azagent.errors import ConfigError, refusing
 
 Value = Union[bool, int, str, None]
 
@@ -30,43 +32,184 @@ MAX_FILE_SIZE = 1024 * 1024
 MAX_DROPINS = 256
 
 
-def _absolute_path(value: str) -> str | None:
+# -- what each kind of string value accepts -----------------------------------------
+#
+# Every string key declares its Rule, matched to where its values are used, so
+# that nothing read from the file becomes more than the one name or address it
+# stands for:
+#
+# - paths are joined under --root, written into unit files (``Where=``, where
+#   '%' starts a specifier), expanded as glob patterns (deprovision's
+#   ``<OS.SshDir>/ssh_host_*key*``, ``<Lib.Dir>/...``) and passed in an
+#   installer's argv (``-p <DVD.MountPoint>``, which the installer may hand to
+#   a shell): letters, digits and ``. _ - +`` only;
+# - a filesystem type becomes ``mkfs.<type>`` and ``Type=`` of the mount unit;
+# - mount options become ``Options=`` of the mount unit;
+# - hosts and URLs are requests' targets, the firewall's address and the proxy
+#   URL: a host name or an IP literal, and nothing but scheme, host and port.
+
+_MAX_PATH = 4095  # PATH_MAX less its NUL
+_MAX_COMPONENT = 255  # NAME_MAX
+_PATH_CHARACTER = re.compile(r"[A-Za-z0-9._+/-]")
+_HOST_CHARACTER = re.compile(r"[A-Za-z0-9._:\[\]-]")
+_URL_CHARACTER = re.compile(r"[\x21-\x7e]")  # printable ASCII, no space
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+_FILESYSTEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+_MOUNT_OPTION = re.compile(r"[A-Za-z][A-Za-z0-9._-]*(?:=[A-Za-z0-9._:/+@-]*)?")
+_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+
+
+def _first_outside(value: str, allowed: re.Pattern[str]) -> str | None:
+    """The first character of ``value`` that ``allowed`` does not match, as repr shows it."""
+    for c in value:
+        if not allowed.fullmatch(c):
+            return repr(c)
+    return None
+
+
+def _path_problem(value: str) -> str | None:
+    bad = _first_outside(value, _PATH_CHARACTER)
+    if bad is not None:
+        return f"it contains {bad}"
     if not value.startswith("/"):
-        return "an absolute path"
-    if any(part == ".." for part in value.split("/")):
-        return "a path without '..'"
-    if any(c.isspace() or not c.isprintable() for c in value):
-        return "a path without spaces or control characters"
+        return "it does not start with '/'"
+    if len(value) > _MAX_PATH:
+        return f"it is longer than {_MAX_PATH} characters"
+    parts = value[1:].split("/")
+    if parts[-1] == "":  # one trailing '/' names the same directory
+        parts.pop()
+    if not parts:
+        return "it is the root directory itself"
+    for part in parts:
+        if not part:
+            return "it has an empty component ('//')"
+        if part in (".", ".."):
+            return f"it has a {part!r} component"
+        if len(part) > _MAX_COMPONENT:
+            return f"a component is longer than {_MAX_COMPONENT} characters"
     return None
 
 
-def _url(value: str) -> str | None:
-    if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?/?", value):
-        return "an http:// or https:// base URL such as http://127.0.0.1:8080"
+def _host_problem(value: str, *, brackets: bool) -> str | None:
+    """A DNS name or an IP literal; an IPv6 one in brackets when ``brackets`` says so."""
+    bad = _first_outside(value, _HOST_CHARACTER)  # '%' too: no IPv6 zone index
+    if bad is not None:
+        return f"it contains {bad}"
+    if value.startswith("[") or value.endswith("]"):
+        if not (value.startswith("[") and value.endswith("]")):
+            return "its brackets are unbalanced"
+        try:
+            ipaddress.IPv6Address(value[1:-1])
+        except ValueError:
+            return "its brackets do not hold an IPv6 address"
+        return None
+    if ":" in value:
+        if brackets:
+            return "an IPv6 address must be in brackets"
+        try:
+            ipaddress.IPv6Address(value)
+        except ValueError:
+            return "it is not an IPv6 address"
+        return None
+    if len(value) > 253:
+        return "it is longer than 253 characters"
+    labels = (value[:-1] if value.endswith(".") else value).split(".")
+    bad = next((label for label in labels if not _HOST_LABEL.fullmatch(label)), None)
+    if bad is not None:
+        return f"it has a label {bad[:64]!r}"
+    if all(label.isdigit() for label in labels):
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            return "it is not an IPv4 address"
     return None
 
 
-def _word(value: str) -> str | None:
-    if not re.fullmatch(r"[A-Za-z0-9_.+-]{1,64}", value):
-        return "a single word of letters, digits, '.', '_', '+' or '-'"
+def _url_problem(value: str) -> str | None:
+    bad = _first_outside(value, _URL_CHARACTER)
+    if bad is not None:
+        return f"it contains {bad}"
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        return "its scheme is not http or https"
+    if rest.endswith("/"):
+        rest = rest[:-1]
+    bad = next((c for c in "/?#@\\" if c in rest), None)
+    if bad is not None:
+        return f"it has {bad!r}: a path, query, fragment or user"
+    host, port = rest, None
+    if rest.startswith("[") and "]:" in rest:
+        host, _, port = rest.partition("]:")
+        host += "]"
+    elif not rest.startswith("[") and ":" in rest:
+        host, _, port = rest.partition(":")
+    if not host:
+        return "it has no host"
+    problem = _host_problem(host, brackets=True)
+    if problem is not None:
+        return f"its host: {problem}"
+    if port is not None and not (port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535):
+        return f"its port {port[:16]!r} is not from 1 to 65535"
     return None
 
 
-def _mount_options(value: str) -> str | None:
-    if not re.fullmatch(r"[A-Za-z0-9_.,=:/+-]{1,512}", value):
-        return "a comma-separated list of mount(8) options without spaces"
-    return None
-
-
-def _host(value: str) -> str | None:
-    if not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]{1,253}", value):
-        return "a host name or IP address"
+def _mount_options_problem(value: str) -> str | None:
+    if len(value) > 512:
+        return "it is longer than 512 characters"
+    bad = next((o for o in value.split(",") if not _MOUNT_OPTION.fullmatch(o)), None)
+    if bad is not None:
+        return f"it has the option {bad[:64]!r}" if bad else "it has an empty option"
     return None
 
 
 @dataclass(frozen=True)
+class Rule:
+    """A kind of string value: what it accepts, said once for every key of that kind."""
+
+    accepts: str  # "expected <accepts>" in error messages
+    problem: Callable[[str], Optional[str]]  # what is wrong with a value, or None
+    normal: Callable[[str], str] = str  # the form a valid value is kept in
+
+
+PATH = Rule(
+    "an absolute path: normalized, under '/', of letters, digits, '.', '_', '-' and '+'"
+    " (without '..', '.' or empty components, whitespace, shell or glob metacharacters)",
+    _path_problem,
+    lambda value: value.rstrip("/"),
+)
+FILESYSTEM = Rule(
+    "a single word naming a filesystem type, such as ext4 or xfs (a letter or digit, then"
+    " letters, digits, '.', '_' or '-', at most 32 characters)",
+    lambda value: None if _FILESYSTEM.fullmatch(value) else "",
+)
+MOUNT_OPTIONS = Rule(
+    "a comma-separated list of mount(8) options without spaces, such as noatime,nodev"
+    " (each a name of letters, digits, '.', '_' and '-', optionally with '=' and a value of"
+    " letters, digits, '.', '_', ':', '/', '+', '@' and '-')",
+    _mount_options_problem,
+)
+HOST = Rule(
+    "a host name or IP address, such as proxy.example.com, 10.0.0.1 or 2001:db8::1",
+    lambda value: _host_problem(value, brackets=False),
+)
+URL = Rule(
+    "an http:// or https:// base URL such as http://127.0.0.1:8080 (scheme, host and port only)",
+    _url_problem,
+)
+WORD = Rule(
+    "a single word of letters, digits, '.', '_', '+' or '-'",
+    lambda value: None if _WORD.fullmatch(value) else "",
+)
+
+
+@dataclass(frozen=True)
 class Key:
-    """One configuration key: its type, default and what it accepts."""
+    """One configuration key: its type, default and what it accepts.
+
+    A string key takes its values from ``choices`` or its ``rule``; declaring
+    one with neither is an error when this module is imported, so a new key
+    cannot skip validation.
+    """
 
     name: str
     kind: type  # bool, int or str
@@ -76,7 +219,11 @@ class Key:
     choices: tuple[str, ...] = ()
     minimum: int | None = None
     maximum: int | None = None
-    check: Callable[[str], str | None] | None = None
+    rule: Optional[Rule] = None
+
+    def __post_init__(self) -> None:
+        if self.kind is str and not self.choices and self.rule is None:
+            raise TypeError(f"{self.name}: a string key that declares no rule or choices")
 
     def accepted(self) -> str:
         """Describe the accepted values, for error messages."""
@@ -91,13 +238,18 @@ class Key:
         elif self.choices:
             text = "one of " + ", ".join(self.choices)
         else:
-            text = "a string"
+            assert self.rule is not None
+            text = self.rule.accepts
         if self.nullable:
             text += ", or None"
         return text
 
     def parse(self, raw: str) -> Value:
-        """Turn the text of a value into its typed form or raise ValueError."""
+        """Turn the text of a value into its typed form or raise ValueError.
+
+        The error's text is what follows "expected": what the key accepts,
+        and for a rule also what is wrong with this value.
+        """
         if self.nullable and raw == "None":
             return None
         if self.kind is bool:
@@ -113,13 +265,15 @@ class Key:
             ):
                 raise ValueError(self.accepted())
             return number
-        if self.choices and raw not in self.choices:
-            raise ValueError(self.accepted())
-        if self.check is not None:
-            problem = self.check(raw)
-            if problem is not None:
-                raise ValueError(problem + (", or None" if self.nullable else ""))
-        return raw
+        if self.choices:
+            if raw not in self.choices:
+                raise ValueError(self.accepted())
+            return raw
+        assert self.rule is not None
+        problem = self.rule.problem(raw)
+        if problem is not None:
+            raise ValueError(self.accepted() + (f"; but {problem}" if problem else ""))
+        return self.rule.normal(raw)
 
     def format(self, value: Value) -> str:
         """Render a typed value the way waagent.conf spells it."""
@@ -205,14 +359,14 @@ KEYS: tuple[Key, ...] = (
         str,
         "ext4",
         "Filesystem of the resource disk (mkfs.<value> must exist).",
-        check=_word,
+        rule=FILESYSTEM,
     ),
     Key(
         "ResourceDisk.MountPoint",
         str,
         "/mnt/resource",
         "Where the resource disk is mounted.",
-        check=_absolute_path,
+        rule=PATH,
     ),
     Key(
         "ResourceDisk.MountOptions",
@@ -220,7 +374,7 @@ KEYS: tuple[Key, ...] = (
         None,
         "Mount options of the resource disk, comma-separated.",
         nullable=True,
-        check=_mount_options,
+        rule=MOUNT_OPTIONS,
     ),
     _bool("ResourceDisk.EnableSwap", False, "Create a swap file on the resource disk."),
     _bool("ResourceDisk.EnableSwapEncryption", False, "Encrypt the swap file."),
@@ -264,9 +418,9 @@ KEYS: tuple[Key, ...] = (
         None,
         "Accepted for compatibility; azagent never runs openssl.",
         nullable=True,
-        check=_absolute_path,
+        rule=PATH,
     ),
-    Key("OS.SshDir", str, "/etc/ssh", "SSH configuration directory.", check=_absolute_path),
+    Key("OS.SshDir", str, "/etc/ssh", "SSH configuration directory.", rule=PATH),
     Key(
         "OS.SshClientAliveInterval",
         int,
@@ -275,8 +429,8 @@ KEYS: tuple[Key, ...] = (
         minimum=0,
         maximum=86400,
     ),
-    Key("OS.HomeDir", str, "/home", "Parent of the users' home directories.", check=_absolute_path),
-    Key("OS.SudoersDir", str, "/etc/sudoers.d", "sudoers drop-in directory.", check=_absolute_path),
+    Key("OS.HomeDir", str, "/home", "Parent of the users' home directories.", rule=PATH),
+    Key("OS.SudoersDir", str, "/etc/sudoers.d", "sudoers drop-in directory.", rule=PATH),
     # Proxy
     Key(
         "HttpProxy.Host",
@@ -284,7 +438,7 @@ KEYS: tuple[Key, ...] = (
         None,
         "HTTP proxy host for traffic other than the platform endpoints.",
         nullable=True,
-        check=_host,
+        rule=HOST,
     ),
     Key(
         "HttpProxy.Port",
@@ -296,27 +450,27 @@ KEYS: tuple[Key, ...] = (
         maximum=65535,
     ),
     # State and paths
-    Key("Lib.Dir", str, "/var/lib/waagent", "The agent's state directory.", check=_absolute_path),
+    Key("Lib.Dir", str, "/var/lib/waagent", "The agent's state directory.", rule=PATH),
     Key(
         "DVD.MountPoint",
         str,
         "/mnt/cdrom/secure",
         "Where the scvmm stage mounts the SCVMM DVD (the provisioning DVD is read under /run).",
-        check=_absolute_path,
+        rule=PATH,
     ),
     Key(
         "Pid.File",
         str,
         "/var/run/waagent.pid",
         "Accepted for compatibility; azagent has no daemon.",
-        check=_absolute_path,
+        rule=PATH,
     ),
     Key(
         "Extension.LogDir",
         str,
         "/var/log/azure",
         "Where extensions write their logs.",
-        check=_absolute_path,
+        rule=PATH,
     ),
     # Extensions
     _bool("Extensions.Enabled", True, "Process VM extensions."),
@@ -351,7 +505,7 @@ KEYS: tuple[Key, ...] = (
     ),
     _bool("AutoUpdate.Enabled", True, "Accepted for compatibility; azagent updates by package."),
     _bool("AutoUpdate.UpdateToLatestVersion", True, "Accepted for compatibility."),
-    Key("AutoUpdate.GAFamily", str, "Prod", "Accepted for compatibility.", check=_word),
+    Key("AutoUpdate.GAFamily", str, "Prod", "Accepted for compatibility.", rule=WORD),
     _bool(
         "EnableOverProvisioning",
         True,
@@ -365,16 +519,16 @@ KEYS: tuple[Key, ...] = (
         str,
         "http://168.63.129.16",
         "WireServer base URL when DHCP does not name one.",
-        check=_url,
+        rule=URL,
     ),
     Key(
         "Endpoint.HostGAPlugin",
         str,
         "http://168.63.129.16:32526",
         "HostGAPlugin base URL.",
-        check=_url,
+        rule=URL,
     ),
-    Key("Endpoint.IMDS", str, "http://169.254.169.254", "IMDS base URL.", check=_url),
+    Key("Endpoint.IMDS", str, "http://169.254.169.254", "IMDS base URL.", rule=URL),
     Key(
         "Endpoint.RequestTimeout",
         int,
@@ -449,79 +603,189 @@ def defaults() -> Config:
     )
 
 
-def _read_text(path: Path) -> list[str]:
-    """Read a configuration file as lines, refusing binary or oversized input."""
+_FILE_TYPES = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _file_type(mode: int) -> str:
+    return next((name for test, name in _FILE_TYPES if test(mode)), "not a file")
+
+
+def _problem(path: Path, e: OSError, doing: str = "read") -> ConfigError:
+    return ConfigError(f"{path}: cannot {doing}: {e.strerror or e}")
+
+
+def _present(path: Path, doing: str = "read") -> bool:
+    """Whether ``path`` names something to read; only its plain absence means no.
+
+    A link that loops, a link to a missing file or an unreadable directory on
+    the way is an error naming the path, never a silent "no file".
+    """
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_FILE_SIZE + 1)
+        os.stat(path)
+        return True
+    except FileNotFoundError:
+        pass
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
-    if len(data) > MAX_FILE_SIZE:
+        raise _problem(path, e, doing) from None
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise _problem(path, e, doing) from None
+    raise ConfigError(f"{path}: a symbolic link to a missing file")
+
+
+def _read_bytes(path: Path) -> bytes:
+    """A regular file's bytes (through links), refusing anything else before it can block.
+
+    A FIFO would block open() and read() until a writer came; a device may
+    never end. stat() says what the path is without opening it; the open is
+    non-blocking and fstat() checks again what was opened, in case the path
+    changed in between. Only MAX_FILE_SIZE + 1 bytes are ever read.
+    """
+    try:
+        before = os.stat(path)
+    except OSError as e:
+        raise _problem(path, e) from None
+    if not stat.S_ISREG(before.st_mode):
+        raise ConfigError(f"{path}: cannot read: not a regular file ({_file_type(before.st_mode)})")
+    if before.st_size > MAX_FILE_SIZE:
         raise ConfigError(f"{path}: larger than {MAX_FILE_SIZE} bytes, not a configuration file")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise _problem(path, e) from None
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            raise ConfigError(
+                f"{path}: cannot read: not a regular file ({_file_type(opened.st_mode)})"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_FILE_SIZE:
+            chunk = os.read(fd, MAX_FILE_SIZE + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise _problem(path, e) from None
+    finally:
+        os.close(fd)
+    if size > MAX_FILE_SIZE:
+        raise ConfigError(f"{path}: larger than {MAX_FILE_SIZE} bytes, not a configuration file")
+    return b"".join(chunks)
+
+
+def _lines(data: bytes, source: str) -> list[str]:
+    """A configuration document as lines, refusing binary or oversized input."""
+    if len(data) > MAX_FILE_SIZE:
+        raise ConfigError(f"{source}: larger than {MAX_FILE_SIZE} bytes, not a configuration file")
     lines = []
     for number, raw in enumerate(data.split(b"\n"), start=1):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise ConfigError(f"{path}:{number}: not valid UTF-8 text") from None
+            raise ConfigError(f"{source}:{number}: not valid UTF-8 text") from None
         if "\0" in line:
-            raise ConfigError(f"{path}:{number}: contains a NUL byte, not a text file")
+            raise ConfigError(f"{source}:{number}: contains a NUL byte, not a text file")
         lines.append(line)
     return lines
 
 
-def _parse_into(
-    path: Path, values: dict[str, Value], origins: dict[str, str], warnings: list[str]
+def _shown(raw: str) -> str:
+    """A value as an error message quotes it: escaped, and shortened when long."""
+    return repr(raw) if len(raw) <= 80 else f"{raw[:80]!r}... ({len(raw)} characters)"
+
+
+def _parse_line(
+    line: str, where: str, values: dict[str, Value], origins: dict[str, str], warnings: list[str]
 ) -> None:
-    for number, line in enumerate(_read_text(path), start=1):
-        # WALinuxAgent's own sample puts comments after values ("n#comment").
-        text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
-        where = f"{path}:{number}"
-        name, sep, raw = text.partition("=")
-        name, raw = name.strip(), raw.strip()
-        if not sep or not name:
-            warnings.append(f"{where}: ignoring a line that is not Key=Value")
-            continue
-        key = KEYS_BY_NAME.get(name)
-        if key is None:
-            warnings.append(f"{where}: ignoring unknown key {name!r}")
-            continue
-        try:
-            values[name] = key.parse(raw)
-        except ValueError as e:
-            raise ConfigError(f"{where}: {name}={raw!r} is not valid: expected {e}") from None
-        origins[name] = where
+    # WALinuxAgent's own sample puts comments after values ("n#comment").
+    text = line.split("#", 1)[0].strip()
+    if not text:
+        return
+    name, sep, raw = text.partition("=")
+    name, raw = name.strip(), raw.strip()
+    if not sep or not name:
+        warnings.append(f"{where}: ignoring a line that is not Key=Value")
+        return
+    key = KEYS_BY_NAME.get(name)
+    if key is None:
+        warnings.append(f"{where}: ignoring unknown key {name[:80]!r}")
+        return
+    try:
+        values[name] = key.parse(raw)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {name}={_shown(raw)} is not valid: expected {e}") from None
+    origins[name] = where
+
+
+def _parse_into(
+    data: bytes,
+    source: str,
+    values: dict[str, Value],
+    origins: dict[str, str],
+    warnings: list[str],
+) -> None:
+    with refusing(ConfigError, source):
+        for number, line in enumerate(_lines(data, source), start=1):
+            _parse_line(line, f"{source}:{number}", values, origins, warnings)
+
+
+def loads(data: bytes, source: str = "<configuration>") -> Config:
+    """One configuration document, given as bytes, over the defaults.
+
+    The same parser as :func:`load` without the files: what tests and tools
+    use to check a document. Raises ConfigError on any bad line or value.
+    """
+    base = defaults()
+    values, origins = dict(base.values), dict(base.origins)
+    warnings: list[str] = []
+    _parse_into(data, source, values, origins, warnings)
+    return Config(values=values, origins=origins, warnings=tuple(warnings), files=(source,))
 
 
 def load(path: Path, *, required: bool = False) -> Config:
     """Read ``path`` and its drop-ins ``<path>.d/*.conf`` over the defaults.
 
     A missing main file means defaults unless ``required`` (the user named
-    the file on the command line). Raises ConfigError on any bad value.
+    the file on the command line). Only regular files are read, through
+    links (image builders link waagent.conf to a file they ship); anything
+    else, a link that loops or leads nowhere, is an error naming the path.
+    Raises ConfigError on any bad file or value.
     """
     base = defaults()
     values, origins = dict(base.values), dict(base.origins)
     warnings: list[str] = []
     files: list[str] = []
 
-    if path.exists() or required:
-        _parse_into(path, values, origins, warnings)
+    if required or _present(path):
+        _parse_into(_read_bytes(path), str(path), values, origins, warnings)
         files.append(str(path))
 
     dropin_dir = Path(str(path) + ".d")
-    try:
-        names = sorted(os.listdir(dropin_dir))
-    except FileNotFoundError:
-        names = []
-    except OSError as e:
-        raise ConfigError(f"{dropin_dir}: cannot list: {e.strerror or e}") from None
+    names: list[str] = []
+    if _present(dropin_dir, "list"):
+        try:
+            names = sorted(os.listdir(dropin_dir))
+        except OSError as e:
+            raise _problem(dropin_dir, e, "list") from None
     dropins = [name for name in names if name.endswith(".conf") and not name.startswith(".")]
     if len(dropins) > MAX_DROPINS:
         raise ConfigError(f"{dropin_dir}: more than {MAX_DROPINS} drop-ins")
     for name in dropins:
-        _parse_into(dropin_dir / name, values, origins, warnings)
+        _parse_into(
+            _read_bytes(dropin_dir / name), str(dropin_dir / name), values, origins, warnings
+        )
         files.append(str(dropin_dir / name))
 
     return Config(values=values, origins=origins, warnings=tuple(warnings), files=tuple(files))

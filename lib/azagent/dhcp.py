@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Optional
 
 from azagent.context import Context
+from azagent.errors import INPUT_ERRORS
 from azagent.fsutil import read_bytes_limited
 
 OPTION_WIRESERVER = 245
@@ -50,6 +51,11 @@ _COMMS = frozenset({"systemd-network", "NetworkManager", "dhclient"})
 _IFNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,14}")
 _RTF_UP = 0x1
 _DHCLIENT_TIME = "%Y/%m/%d %H:%M:%S"
+_LEASE_START = re.compile(r"(?m)^\s*lease\s*\{")
+_OCTAL = re.compile(r"[0-7]{1,3}")
+# What a lease file written by someone else can make a reader raise; the
+# statement or the file is then skipped as unreadable.
+_UNREADABLE = INPUT_ERRORS
 # ISC dhclient options that take a value (upstream and Red Hat's patches).
 _DHCLIENT_VALUE_OPTIONS = frozenset(
     {
@@ -232,7 +238,7 @@ def _c_string(value: str) -> bytes:
     while index < len(inner):
         char = inner[index]
         if char == "\\" and index + 1 < len(inner):
-            octal = re.match(r"[0-7]{1,3}", inner[index + 1 :])
+            octal = _OCTAL.match(inner, index + 1)  # in place: no copy of the rest per escape
             if octal:
                 out.append(int(octal.group(0), 8) & 0xFF)
                 index += 1 + len(octal.group(0))
@@ -291,9 +297,18 @@ def _split_outside_quotes(text: str, separator: str) -> list[str]:
 
 
 def _lease_blocks(text: str) -> list[str]:
-    """The bodies of the ``lease { ... }`` blocks (``lease6`` blocks are not DHCPv4)."""
-    blocks = []
-    for match in re.finditer(r"(?m)^\s*lease\s*\{", text):
+    """The bodies of the ``lease { ... }`` blocks (``lease6`` blocks are not DHCPv4).
+
+    One pass, block after block as dhclient reads them: a block that is never
+    closed ends the file (rescanning from every later ``lease {`` would make a
+    file of unclosed blocks cost time quadratic in its size).
+    """
+    blocks: list[str] = []
+    position = 0
+    while True:
+        match = _LEASE_START.search(text, position)
+        if match is None:
+            return blocks
         start = match.end()
         quoted = False
         for index in range(start, len(text)):
@@ -302,8 +317,10 @@ def _lease_blocks(text: str) -> list[str]:
                 quoted = not quoted
             elif char == "}" and not quoted:
                 blocks.append(text[start:index])
+                position = index + 1
                 break
-    return blocks
+        else:
+            return blocks
 
 
 def _dhclient_expiry(value: str) -> Optional[float]:
@@ -353,7 +370,7 @@ def parse_dhclient_leases(text: str, *, client: str = DHCLIENT, source: str = ""
                         routers = _ipv4s(value.split(","))
                     elif name in ("rfc3442-classless-static-routes", "classless-static-routes"):
                         routes = classless_routes(bytes(int(b) for b in value.split(",")))
-            except ValueError:
+            except _UNREADABLE:
                 continue  # one unreadable statement does not spoil the lease
         if expiry_known:
             leases.append(
@@ -427,7 +444,7 @@ def parse_networkd_lease(
             # CLASSLESS_ROUTES since systemd 246; ROUTES before it.
             route_text = values.get("CLASSLESS_ROUTES", values.get("ROUTES"))
             routes = _route_text(route_text.split()) if route_text else None
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except _UNREADABLE:
         return None
     return Lease(client, source, interface, endpoint, routers, routes)
 
@@ -445,7 +462,7 @@ def parse_device_state(
         if sep and key.strip() in (f"unknown_{OPTION_WIRESERVER}", f"private_{OPTION_WIRESERVER}"):
             try:
                 endpoint = endpoint_from_option(_hex_bytes(value))
-            except ValueError:
+            except _UNREADABLE:
                 continue
             return Lease(NETWORK_MANAGER, source, interface, endpoint)
     return None

@@ -19,12 +19,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from azagent import names
-from azagent.errors import AzagentError
+from azagent.errors import AzagentError, refusing
 from azagent.ovf import key_value_problem, path_problem
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ WHAT = "IMDS instance metadata"
 # largest member.
 MAX_BYTES = 1024 * 1024
 MAX_VM_ID = 128
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ImdsError(AzagentError):
@@ -167,6 +169,9 @@ def _string(parent: dict[str, Any], key: str, where: str) -> str | None:
         raise ImdsError(f"{WHAT}: {where}.{key}: expected a string, got {_kind(value)}")
     if "\x00" in value:
         raise ImdsError(f"{WHAT}: {where}.{key}: contains a NUL character")
+    if _SURROGATE.search(value):
+        # JSON's "\ud800" escape: not a character, and no file or command could take it.
+        raise ImdsError(f"{WHAT}: {where}.{key}: contains a lone surrogate, not a character")
     return value or None
 
 
@@ -206,6 +211,7 @@ def _vm_id(value: str) -> str:
     return value
 
 
+@refusing(ImdsError, WHAT)
 def parse_instance(data: bytes) -> Instance:
     """The :class:`Instance` in an IMDS ``/metadata/instance`` response body."""
     document = _object(_load(data), "the document")

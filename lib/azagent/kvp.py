@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 
 from azagent import __version__
-from azagent.errors import AzagentError
+from azagent.errors import AzagentError, refusing
 from azagent.redact import redact
 
 KEY_SIZE = 512
@@ -72,6 +72,7 @@ def _c_string(field: bytes) -> str:
     return field.split(b"\x00", 1)[0].decode("utf-8", errors="replace")
 
 
+@refusing(KvpError, "KVP pool")
 def decode_pool(data: bytes) -> list[tuple[str, str]]:
     """The ``(key, value)`` records of a pool file, in file order."""
     if len(data) % RECORD_SIZE:
@@ -155,6 +156,7 @@ def provisioning_report(
     return report
 
 
+@refusing(KvpError, "provisioning report")
 def parse_provisioning_report(value: str) -> dict[str, str]:
     """The fields of a PROVISIONING_REPORT value, in their order."""
     fields: dict[str, str] = {}

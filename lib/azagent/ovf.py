@@ -28,7 +28,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 from azagent import names, xmlsafe
-from azagent.errors import AzagentError
+from azagent.errors import AzagentError, refusing
 from azagent.redact import PLACEHOLDER, Secret, register
 
 OVF_NS = "http://schemas.dmtf.org/ovf/environment/1"
@@ -238,6 +238,7 @@ def _key_pair(element: xmlsafe.Element) -> KeyPair:
     return KeyPair(fingerprint=fingerprint, path=path)
 
 
+@refusing(OvfError, WHAT)
 def parse_ovf(data: bytes) -> Provisioning:
     """The provisioning request in ovf-env.xml.
 
@@ -333,6 +334,7 @@ def parse_ovf(data: bytes) -> Provisioning:
     )
 
 
+@refusing(OvfError, WHAT)
 def redacted_ovf(data: bytes) -> bytes:
     """``data`` with the content of UserPassword and CustomData removed, all else kept.
 

@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional
 
 from azagent import names
 from azagent.context import Context
-from azagent.errors import AzagentError, StageFailed
+from azagent.errors import INPUT_ERRORS, AzagentError, StageFailed
 from azagent.fsutil import atomic_write
 from azagent.plan import Plan
 from azagent.redact import register
@@ -106,7 +106,7 @@ class ProvisioningData:
             loaded = cls(**values)
         except names.InvalidName as e:
             raise names.InvalidName(f"{STATE_PATH}: {e.reason}") from None
-        except (ValueError, TypeError, AttributeError) as e:
+        except INPUT_ERRORS as e:
             raise StageFailed(f"{STATE_PATH} is unreadable: {type(e).__name__}") from None
         for secret in (loaded.password_hash, loaded.custom_data):
             if secret:

@@ -8,11 +8,13 @@ which tests/fixtures/walinuxagent/wire holds samples.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 from xml.sax.saxutils import escape, quoteattr
 
 from azagent import xmlsafe
+from azagent.errors import refusing
 from azagent.xmlsafe import Element
 
 PROTOCOL_VERSION = "2012-11-30"
@@ -178,6 +180,9 @@ def role_properties_xml(container_id: str, instance_id: str, thumbprint: str) ->
 # -- parsers -------------------------------------------------------------------
 
 
+_NUMBER = re.compile(r"[0-9]{1,18}")
+
+
 def _root(data: bytes, what: str, local: str) -> Element:
     root = Element.root(xmlsafe.parse(data, what=what), what=what)
     if root.local != local:
@@ -187,11 +192,13 @@ def _root(data: bytes, what: str, local: str) -> Element:
 
 def _int(element: Element) -> int:
     text = element.text(strip=True)
-    if not text.isdigit() or len(text) > 18:
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if not _NUMBER.fullmatch(text):
         raise xmlsafe.XmlStructureError(f"{element.what}: {element.path}: not a number")
     return int(text)
 
 
+@refusing(xmlsafe.XmlStructureError, "versions")
 def parse_versions(data: bytes) -> Versions:
     root = _root(data, "versions", "Versions")
     preferred = root.require("", "Preferred").require("", "Version").text(strip=True)
@@ -203,6 +210,7 @@ def parse_versions(data: bytes) -> Versions:
     return Versions(preferred, supported)
 
 
+@refusing(xmlsafe.XmlStructureError, "goal state")
 def parse_goal_state(data: bytes) -> GoalState:
     root = _root(data, "goal state", "GoalState")
     container = root.require("", "Container")
@@ -231,6 +239,7 @@ def parse_goal_state(data: bytes) -> GoalState:
     )
 
 
+@refusing(xmlsafe.XmlStructureError, "health report")
 def parse_health(data: bytes) -> HealthReport:
     root = _root(data, "health report", "Health")
     container = root.require("", "Container")
