@@ -31,6 +31,41 @@ SAMPLE = "OSTCExtensions.ExampleHandlerLinux"
 SAMPLE_ZIP = (
     Path(__file__).resolve().parents[2] / "tests/fixtures/walinuxagent/ext/sample_ext-1.3.0.zip"
 )
+# A handler whose enable command line holds '$': sh, not systemd, must see it.
+DOLLAR = "Contoso.VmTest.Dollar"
+DOLLAR_ARGUMENT = "$HOME and $$"
+DOLLAR_FILES = {
+    "HandlerManifest.json": json.dumps(
+        [
+            {
+                "version": 1.0,
+                "handlerManifest": {
+                    **{
+                        f"{op}Command": f"handler.sh {op} x"
+                        for op in ("install", "uninstall", "update", "disable")
+                    },
+                    "enableCommand": f"handler.sh enable '{DOLLAR_ARGUMENT}'",
+                    "rebootAfterInstall": False,
+                    "reportHeartbeat": False,
+                },
+            }
+        ]
+    ),
+    "handler.sh": """#!/bin/sh
+set -eu
+cd "$(dirname "$0")"
+[ "$1" = enable ] || exit 0
+python3 - "$ConfigSequenceNumber" "$2" <<'PY'
+import json, sys, time
+env = json.load(open("HandlerEnvironment.json"))[0]["handlerEnvironment"]
+status = [{"version": "1.0", "timestampUTC": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "status": {"name": "vmtest", "operation": "Enable", "status": "success", "code": 0,
+                      "formattedMessage": {"lang": "en-US", "message": "argument " + sys.argv[2]}}}]
+with open(f"{env['statusFolder']}/{sys.argv[1]}.status", "w") as f:
+    json.dump(status, f)
+PY
+""",
+}
 PROVISIONING = ("mount-ovf", "hostname", "create-user", "ssh-keys", "certificates", "custom-data")
 
 
@@ -262,13 +297,13 @@ def scenario_resource_disk(ctx: Context) -> None:
     )
 
 
-def sample_entry(document: Optional[dict[str, Any]]) -> dict[str, Any]:
-    """The sample handler's entry of a status document ({} when it has none)."""
+def sample_entry(document: Optional[dict[str, Any]], name: str = SAMPLE) -> dict[str, Any]:
+    """The handler's entry of a status document ({} when it has none)."""
     if not isinstance(document, dict):
         return {}
     entries = document.get("aggregateStatus", {}).get("handlerAggregateStatus", [])
     for entry in entries if isinstance(entries, list) else []:
-        if isinstance(entry, dict) and entry.get("handlerName") == SAMPLE:
+        if isinstance(entry, dict) and entry.get("handlerName") == name:
             return entry
     return {}
 
@@ -308,7 +343,8 @@ def scenario_extensions(ctx: Context) -> None:
                 version="1.3.0",
                 package=str(SAMPLE_ZIP),
                 public_settings={"message": first},
-            )
+            ),
+            Extension(name=DOLLAR, version="1.0.0", files=DOLLAR_FILES),
         ],
     )
     seen: dict[str, Optional[float]] = {}
@@ -360,25 +396,37 @@ def scenario_extensions(ctx: Context) -> None:
     journal = result.text("journal-extensions.txt")
     slice_ = "azure-vmextensions-" + SAMPLE + ".slice"
     check(slice_ in journal, f"no {slice_} in the journal")
-    for operation in ("install-0", "enable-0", "enable-1", "uninstall-1"):
-        if operation.endswith("-1") and seen.get("new-settings") is None:
-            continue
-        unit = f"azure-ext-{SAMPLE}-{operation}-"
+    # Each operation a transient unit: install and enable (seq 0), enable again with the
+    # new settings (seq 1), then disable and uninstall.
+    operations = ["install-0", "enable-0"]
+    if seen.get("new-settings") is not None:
+        operations += ["enable-1", r"disable-\d+", r"uninstall-\d+"]
+    for operation in operations:
+        unit = re.escape(f"azure-ext-{SAMPLE}-") + operation + "-[0-9a-f]{8}[.]service"
         check(
-            re.search(rf"Started {re.escape(unit)}[0-9a-f]{{8}}\.service", journal) is not None,
-            f"no transient unit {unit}*.service started in the journal",
+            re.search(f"Started {unit}", journal) is not None,
+            f"no transient unit {unit} started in the journal",
         )
+    # The command line reached /bin/sh as written: systemd expanded no '$' of it.
+    messages = [
+        sample_settings(sample_entry(u.document, DOLLAR)).get("formattedMessage", {}).get("message")
+        for u in result.fabric.status_uploads
+    ]
+    check(
+        f"argument {DOLLAR_ARGUMENT}" in messages,
+        f"{DOLLAR}: enable's argument reached the handler as {set(messages)}",
+    )
     # What `azagent extensions --json` showed once the service was READY.
     try:
         shown = json.loads(result.text("extensions-up.json"))
     except ValueError:
         shown = {}
-    rows = [r for r in shown.get("handlers", []) if r.get("handler") == SAMPLE]
+    rows = [r for r in shown.get("handlers", []) if r.get("handler") in (SAMPLE, DOLLAR)]
     check(
-        len(rows) == 1 and rows[0].get("state") == "Enabled",
+        len(rows) == 2 and all(r.get("state") == "Enabled" for r in rows),
         f"azagent extensions --json at READY: {result.text('extensions-up.json')!r}",
     )
-    last = rows[0].get("last_operation") or {}
+    last = next(r for r in rows if r["handler"] == SAMPLE).get("last_operation") or {}
     check(
         last.get("operation") == "enable"
         and last.get("exit_status") == 0
