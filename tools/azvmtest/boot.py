@@ -19,7 +19,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from azfabric import media
 from azfabric.scenario import Scenario, materialize
@@ -54,6 +54,9 @@ class BootSpec:
     ssh: bool = False
     secrets: tuple[str, ...] = ()
     timeout: float = 300.0
+    # Called once the boot finished, before the guest collects its results: the
+    # host changes the fabric (a new goal state) and waits for the guest to act.
+    while_up: Optional[Callable[[BootResult], None]] = None
 
 
 @dataclass
@@ -322,6 +325,11 @@ def run_boot(image: Image, spec: BootSpec, workdir: Path) -> BootResult:
             result.ready_after = time.monotonic() - result.started
         if spec.ssh and qemu.poll() is None:
             ssh(result, ssh_port, min(deadline, time.monotonic() + 120))
+        if spec.while_up is not None and result.up_after is not None and qemu.poll() is None:
+            try:
+                spec.while_up(result)
+            except Exception as e:  # the guest must still collect and power off
+                result.notes.append(f"while up: {type(e).__name__}: {e}")
         (share / "go").write_text("go\n")
         try:
             result.exit_status = qemu.wait(timeout=max(30.0, deadline + 120 - time.monotonic()))

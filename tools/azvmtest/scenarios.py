@@ -9,21 +9,63 @@ log at hand in the scenario's work directory.
 from __future__ import annotations
 
 import base64
+import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Optional
 
-from azfabric.scenario import PublicKey, Scenario
+from azfabric.scenario import Extension, PublicKey, Scenario
 
 from azvmtest.boot import ROOT_NOT_FOUND, BootResult, BootSpec, run_boot
 from azvmtest.image import Image
 
 PASSWORD = "Vm-T3st-passw0rd!"  # noqa: S105 - the test VM's password, hunted for in the guest
 CUSTOM_DATA = "#!/bin/sh\necho vmtest-customdata-marker\n"
+# WALinuxAgent's sample handler (Apache-2.0), as the emulator serves it.
+SAMPLE = "OSTCExtensions.ExampleHandlerLinux"
+SAMPLE_ZIP = (
+    Path(__file__).resolve().parents[2] / "tests/fixtures/walinuxagent/ext/sample_ext-1.3.0.zip"
+)
+# A handler whose enable command line holds '$': sh, not systemd, must see it.
+DOLLAR = "Contoso.VmTest.Dollar"
+DOLLAR_ARGUMENT = "$HOME and $$"
+DOLLAR_FILES = {
+    "HandlerManifest.json": json.dumps(
+        [
+            {
+                "version": 1.0,
+                "handlerManifest": {
+                    **{
+                        f"{op}Command": f"handler.sh {op} x"
+                        for op in ("install", "uninstall", "update", "disable")
+                    },
+                    "enableCommand": f"handler.sh enable '{DOLLAR_ARGUMENT}'",
+                    "rebootAfterInstall": False,
+                    "reportHeartbeat": False,
+                },
+            }
+        ]
+    ),
+    "handler.sh": """#!/bin/sh
+set -eu
+cd "$(dirname "$0")"
+[ "$1" = enable ] || exit 0
+python3 - "$ConfigSequenceNumber" "$2" <<'PY'
+import json, sys, time
+env = json.load(open("HandlerEnvironment.json"))[0]["handlerEnvironment"]
+status = [{"version": "1.0", "timestampUTC": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "status": {"name": "vmtest", "operation": "Enable", "status": "success", "code": 0,
+                      "formattedMessage": {"lang": "en-US", "message": "argument " + sys.argv[2]}}}]
+with open(f"{env['statusFolder']}/{sys.argv[1]}.status", "w") as f:
+    json.dump(status, f)
+PY
+""",
+}
 PROVISIONING = ("mount-ovf", "hostname", "create-user", "ssh-keys", "certificates", "custom-data")
 
 
@@ -255,6 +297,156 @@ def scenario_resource_disk(ctx: Context) -> None:
     )
 
 
+def sample_entry(document: Optional[dict[str, Any]], name: str = SAMPLE) -> dict[str, Any]:
+    """The handler's entry of a status document ({} when it has none)."""
+    if not isinstance(document, dict):
+        return {}
+    entries = document.get("aggregateStatus", {}).get("handlerAggregateStatus", [])
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict) and entry.get("handlerName") == name:
+            return entry
+    return {}
+
+
+def sample_settings(entry: dict[str, Any]) -> dict[str, Any]:
+    try:
+        status = entry["runtimeSettingsStatus"]["settingsStatus"]["status"]
+    except (KeyError, TypeError):
+        return {}
+    return status if isinstance(status, dict) else {}
+
+
+def sample_enabled(result: BootResult, seq: int, message: str) -> bool:
+    """A status upload shows the sample handler Ready, enabled with ``seq``, echoing ``message``."""
+    for upload in list(result.fabric.status_uploads):
+        entry = sample_entry(upload.document)
+        settings = sample_settings(entry)
+        if (
+            entry.get("status") == "Ready"
+            and entry.get("runtimeSettingsStatus", {}).get("sequenceNumber") == seq
+            and settings.get("status") == "success"
+            and settings.get("formattedMessage", {}).get("message") == message
+        ):
+            return True
+    return False
+
+
+def scenario_extensions(ctx: Context) -> None:
+    """WALinuxAgent's sample extension as transient units: enable, new settings, uninstall."""
+    first, second = "vmtest extension hello", "vmtest extension settings 1"
+    scenario = default_scenario(
+        password=None,
+        custom_data=None,
+        extensions=[
+            Extension(
+                name=SAMPLE,
+                version="1.3.0",
+                package=str(SAMPLE_ZIP),
+                public_settings={"message": first},
+            ),
+            Extension(name=DOLLAR, version="1.0.0", files=DOLLAR_FILES),
+        ],
+    )
+    seen: dict[str, Optional[float]] = {}
+
+    def while_up(result: BootResult) -> None:
+        # READY (the boot finished) comes after the first pass: installed and enabled.
+        fabric = result.fabric
+        start = result.started
+        ok = fabric.wait_for(lambda: sample_enabled(result, 0, first), timeout=60)
+        seen["enabled"] = time.monotonic() - start if ok else None
+        if not ok:
+            return
+        fabric.new_settings(SAMPLE, public_settings={"message": second})
+        ok = fabric.wait_for(lambda: sample_enabled(result, 1, second), timeout=90)
+        seen["new-settings"] = time.monotonic() - start if ok else None
+        if not ok:
+            return
+        uploads = len(fabric.status_uploads)
+        fabric.set_extension_state(SAMPLE, "uninstall")
+
+        def gone() -> bool:
+            return any(not sample_entry(u.document) for u in list(fabric.status_uploads)[uploads:])
+
+        ok = fabric.wait_for(gone, timeout=90)
+        seen["uninstalled"] = time.monotonic() - start if ok else None
+
+    result = ctx.boot(
+        BootSpec(
+            "extensions",
+            scenario,
+            resource_disk=None,
+            kernel_args=("systemd.wants=azure-extensions.service",),
+            while_up=while_up,
+            timeout=600,
+        )
+    )
+    print(
+        "  extension: "
+        + ", ".join(f"{k} after {v:.1f}s" if v else f"{k} never" for k, v in seen.items()),
+        flush=True,
+    )
+    check(reports(result) == ["Ready"], f"reports: {reports(result)}")
+    check(not result.notes, f"the host's side: {result.notes}")
+    service = result.units().get("azure-extensions.service", {})
+    check(
+        (service.get("ActiveState"), service.get("SubState")) == ("active", "running"),
+        f"azure-extensions.service is not active/running: {service}",
+    )
+    journal = result.text("journal-extensions.txt")
+    slice_ = "azure-vmextensions-" + SAMPLE + ".slice"
+    check(slice_ in journal, f"no {slice_} in the journal")
+    # Each operation a transient unit: install and enable (seq 0), enable again with the
+    # new settings (seq 1), then disable and uninstall.
+    operations = ["install-0", "enable-0"]
+    if seen.get("new-settings") is not None:
+        operations += ["enable-1", r"disable-\d+", r"uninstall-\d+"]
+    for operation in operations:
+        unit = re.escape(f"azure-ext-{SAMPLE}-") + operation + "-[0-9a-f]{8}[.]service"
+        check(
+            re.search(f"Started {unit}", journal) is not None,
+            f"no transient unit {unit} started in the journal",
+        )
+    # The command line reached /bin/sh as written: systemd expanded no '$' of it.
+    messages = [
+        sample_settings(sample_entry(u.document, DOLLAR)).get("formattedMessage", {}).get("message")
+        for u in result.fabric.status_uploads
+    ]
+    check(
+        f"argument {DOLLAR_ARGUMENT}" in messages,
+        f"{DOLLAR}: enable's argument reached the handler as {set(messages)}",
+    )
+    # What `azagent extensions --json` showed once the service was READY.
+    try:
+        shown = json.loads(result.text("extensions-up.json"))
+    except ValueError:
+        shown = {}
+    rows = [r for r in shown.get("handlers", []) if r.get("handler") in (SAMPLE, DOLLAR)]
+    check(
+        len(rows) == 2 and all(r.get("state") == "Enabled" for r in rows),
+        f"azagent extensions --json at READY: {result.text('extensions-up.json')!r}",
+    )
+    last = next(r for r in rows if r["handler"] == SAMPLE).get("last_operation") or {}
+    check(
+        last.get("operation") == "enable"
+        and last.get("exit_status") == 0
+        and str(last.get("unit", "")).startswith(f"azure-ext-{SAMPLE}-enable-0-"),
+        f"last operation at READY: {last}",
+    )
+    check(
+        seen.get("enabled") is not None,
+        "no status upload with the sample enabled (seq 0)",
+    )
+    check(
+        seen.get("new-settings") is not None,
+        "new settings: no upload with seq 1 enabled",
+    )
+    check(
+        seen.get("uninstalled") is not None,
+        "uninstall: the handler stayed in the status",
+    )
+
+
 SCENARIOS: dict[str, Callable[[Context], None]] = {
     "default": scenario_default,
     "no-dvd": scenario_no_dvd,
@@ -262,6 +454,7 @@ SCENARIOS: dict[str, Callable[[Context], None]] = {
     "masking": scenario_masking,
     "reboot": scenario_reboot,
     "resource-disk": scenario_resource_disk,
+    "extensions": scenario_extensions,
 }
 
 
