@@ -250,7 +250,9 @@ def test_declared_sizes_that_lie_are_caught_while_writing(tmp_path: Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h__1.0.zip"]
 
 
-@pytest.mark.parametrize("data", [b"", b"PK\x03\x04 not really", b"\x00" * 100])
+@pytest.mark.parametrize(
+    "data", [b"", b"PK\x03\x04 not really", b"\x00" * 100], ids=["empty", "header-only", "zeros"]
+)
 def test_corrupt_zips_are_an_error_not_a_crash(tmp_path: Path, data: bytes) -> None:
     good = build([GOOD, ("a.sh", b"echo hi\n" * 100, None)])
     for broken in (data, good[: len(good) // 2], good[:30] + b"\xff" * 40 + good[70:]):

@@ -224,9 +224,12 @@ def test_uninstall_disables_uninstalls_and_deletes(root: Path, fabric: Fabric) -
     executor = RunningExecutor()
     svc = service(ctx, executor)
     svc.run_once()
+    fabric.new_settings(SAMPLE, public_settings={"message": "second"})
+    svc.run_once()
     fabric.set_extension_state(SAMPLE, "uninstall")
     svc.run_once()
-    assert [op for op, _, _ in executor.operations()[2:]] == ["disable", "uninstall"]
+    # The goal state's sequence number, for disable and uninstall alike.
+    assert executor.operations()[3:] == [("disable", "1.3.0", 1), ("uninstall", "1.3.0", 1)]
     assert not (ctx.lib_dir / f"{SAMPLE}-1.3.0").exists()
     assert SAMPLE not in saved.load(ctx.lib_dir).handlers
 

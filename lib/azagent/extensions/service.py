@@ -497,8 +497,11 @@ class Service:
                         handler.name, prepared, manifests.DISABLE, extension, multi
                     )
                     self._run(op, entry)
+            # A single-config handler's uninstall reads the settings of the goal
+            # state's sequence number, as its disable did; multi-config: once per handler.
+            current = handler.extensions[0] if handler.extensions and not multi else None
             self._run(
-                self._operation(handler.name, prepared, manifests.UNINSTALL, None, False),
+                self._operation(handler.name, prepared, manifests.UNINSTALL, current, False),
                 None,
             )
         except _HandlerFailed as e:

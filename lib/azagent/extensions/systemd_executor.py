@@ -35,8 +35,11 @@ of transient services, ``$$`` is a literal dollar). Its variables are the
 contract's (``--setenv``) plus ``PATH``. stdout and stderr go to files in
 the handler's log folder; when the command ends, their first 3200
 characters go to ``CommandExecution.log``, the Outcome, and the journal
-under the handler's name (``SyslogIdentifier=``, which also tags systemd's
-own messages about the unit).
+under the handler's name (``systemd-cat --identifier``; systemd's own
+messages about the unit carry the unit's name: ``journalctl -u 'azure-ext-*'``).
+Transient units that end well are unloaded at once: afterwards
+``systemctl list-units 'azure-ext-*'`` shows only what runs or failed, and the
+journal, ``CommandExecution.log`` and ``azagent extensions`` show the rest.
 
 Every value from the goal state reaches systemd as one element of an
 argument list (:func:`azagent.system.run`), never through a shell.
