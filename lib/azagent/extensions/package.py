@@ -10,7 +10,8 @@ EXTENSIONS.md section 2. For a handler of the goal state:
 3. the zip is streamed to ``<Lib.Dir>/<Name>__<Version>.zip`` by
    :meth:`azagent.transport.Transport.download` (atomic, size-capped), from
    each package URI directly, then each through the HostGAPlugin, all within
-   DOWNLOAD_TIMEOUT (5 minutes);
+   DOWNLOAD_TIMEOUT (5 minutes); a body that is not a zip file counts as a
+   failed route;
 4. it is unpacked into a temporary sibling of ``<Lib.Dir>/<Name>-<Version>/``
    and renamed into place only when complete: a later run never sees half a
    handler. Unpacking refuses (:class:`UnsafePackage`, naming the member) any
@@ -49,7 +50,13 @@ from azagent.errors import AzagentError
 from azagent.extensions import environment, manifest, naming
 from azagent.extensions.manifest import Manifest, PackageVersion
 from azagent.redact import redact
-from azagent.transport import BLOB, DOWNLOAD_TIMEOUT, HOSTGAPLUGIN, Transport, TransportError
+from azagent.transport import (
+    BLOB,
+    DOWNLOAD_TIMEOUT,
+    HOSTGAPLUGIN,
+    Transport,
+    TransportError,
+)
 
 log = logging.getLogger("azagent")
 
@@ -141,7 +148,9 @@ def fetch_manifest(
     manifest (bad XML) counts as a failed URI: the next one may be good.
     """
     if not uris:
-        raise PackageError("the goal state names no manifest for the handler", MANIFEST_DOWNLOAD)
+        raise PackageError(
+            "the goal state names no manifest for the handler", MANIFEST_DOWNLOAD
+        )
     end = time.monotonic() + DOWNLOAD_TIMEOUT if deadline is None else deadline
     problems: list[str] = []
     for uri, via in _routes(uris, plugin):
@@ -150,7 +159,9 @@ def fetch_manifest(
             break
         try:
             if via is None:
-                reply = http.request("GET", uri, endpoint=BLOB, max_bytes=manifest.MAX_MANIFEST)
+                reply = http.request(
+                    "GET", uri, endpoint=BLOB, max_bytes=manifest.MAX_MANIFEST
+                )
             else:
                 url, headers = via.artifact(uri, None)
                 reply = http.request(
@@ -186,7 +197,9 @@ def download(
 ) -> int:
     """Stream the package to ``target`` (atomically); its size. Nothing is left on failure."""
     if not package.uris:
-        raise PackageError(f"version {package.version} lists no package URI", PACKAGE_DOWNLOAD)
+        raise PackageError(
+            f"version {package.version} lists no package URI", PACKAGE_DOWNLOAD
+        )
     end = time.monotonic() + DOWNLOAD_TIMEOUT if deadline is None else deadline
     problems: list[str] = []
     for uri, via in _routes(package.uris, plugin):
@@ -195,18 +208,28 @@ def download(
             break
         try:
             if via is None:
-                return http.download(uri, target, max_bytes=limits.download_bytes, deadline=end)
-            url, headers = via.artifact(uri, manifest_location)
-            return http.download(
-                url,
-                target,
-                endpoint=HOSTGAPLUGIN,
-                headers=headers,
-                max_bytes=limits.download_bytes,
-                deadline=end,
-            )
+                size = http.download(
+                    uri, target, max_bytes=limits.download_bytes, deadline=end
+                )
+            else:
+                url, headers = via.artifact(uri, manifest_location)
+                size = http.download(
+                    url,
+                    target,
+                    endpoint=HOSTGAPLUGIN,
+                    headers=headers,
+                    max_bytes=limits.download_bytes,
+                    deadline=end,
+                )
         except TransportError as e:
             problems.append(f"{_route(uri, via)}: {e.problem}")
+            continue
+        # A body that is no zip at all (a garbled answer) is a failed route: the next may be good.
+        if zipfile.is_zipfile(target):
+            return size
+        with suppress(FileNotFoundError):
+            target.unlink()
+        problems.append(f"{_route(uri, via)}: the body is not a zip file")
     raise PackageError(
         f"the package of version {package.version} could not be downloaded: "
         + "; ".join(problems[-4:]),
@@ -254,7 +277,9 @@ def prepare(
     """
     naming.check_handler_name(name)
     deadline = time.monotonic() + DOWNLOAD_TIMEOUT
-    listed, location = fetch_manifest(http, manifest_uris, plugin=plugin, deadline=deadline)
+    listed, location = fetch_manifest(
+        http, manifest_uris, plugin=plugin, deadline=deadline
+    )
     try:
         package = manifest.pick(listed, requested_version)
     except manifest.ManifestError as e:
@@ -319,7 +344,9 @@ def unpack(
     """
     parent = directory.parent
     _remove_leftovers(parent, directory.name)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}{_UNPACKING}", dir=parent))
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{directory.name}{_UNPACKING}", dir=parent)
+    )
     try:
         # The handler directory is readable by all, as WALinuxAgent leaves it.
         os.chmod(staging, 0o755)  # noqa: S103
@@ -343,7 +370,9 @@ def unpack(
     if log_root is not None:
         logs = log_root / naming.check_handler_name(handler_name)
         with suppress(OSError):
-            (logs / environment.EVENTS_DIR).mkdir(mode=0o755, parents=True, exist_ok=True)
+            (logs / environment.EVENTS_DIR).mkdir(
+                mode=0o755, parents=True, exist_ok=True
+            )
 
 
 def _remove_leftovers(parent: Path, name: str) -> None:
@@ -374,7 +403,9 @@ def _extract(archive: Path, staging: Path, limits: Limits) -> None:
     except UnsafePackage:
         raise
     except FileExistsError as e:
-        raise UnsafePackage(f"the package has a member twice: {naming.quote(e.filename)}") from None
+        raise UnsafePackage(
+            f"the package has a member twice: {naming.quote(e.filename)}"
+        ) from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError) as e:
         raise UnsafePackage(f"the package is not a valid zip file: {e}") from None
     except (RuntimeError, NotImplementedError) as e:  # encrypted, unknown compression
@@ -400,7 +431,9 @@ def _members(infos: list[zipfile.ZipInfo], limits: Limits) -> list[_Member]:
         elif stat.S_IFMT(mode) == 0 or stat.S_ISREG(mode):  # no type: a file
             kind = "file"
         else:
-            raise UnsafePackage(f"member {shown} is not a regular file, directory or link")
+            raise UnsafePackage(
+                f"member {shown} is not a regular file, directory or link"
+            )
         if not parts:
             if kind == "dir":
                 continue
@@ -426,7 +459,9 @@ def _members(infos: list[zipfile.ZipInfo], limits: Limits) -> list[_Member]:
         members.append(_Member(info, parts, kind))
     # Many small members, each under the floor, make a bomb of their own.
     if declared > limits.ratio_floor and declared > limits.ratio * max(compressed, 1):
-        raise UnsafePackage(f"the package is compressed more than {limits.ratio}:1 (a zip bomb?)")
+        raise UnsafePackage(
+            f"the package is compressed more than {limits.ratio}:1 (a zip bomb?)"
+        )
     # A member below a file or a link would go through it.
     for member in members:
         for depth in range(1, len(member.parts)):
@@ -496,7 +531,9 @@ def _link_target(zipped: zipfile.ZipFile, member: _Member) -> str:
     return target
 
 
-def _finish(staging: Path, handler_name: str, target_dir: str, target_log_root: str) -> None:
+def _finish(
+    staging: Path, handler_name: str, target_dir: str, target_log_root: str
+) -> None:
     top = staging / HANDLER_MANIFEST
     if not top.is_file() and not top.is_symlink():
         # os.walk follows no link: a link to "." cannot make it loop.
@@ -504,7 +541,8 @@ def _finish(staging: Path, handler_name: str, target_dir: str, target_log_root: 
             (
                 Path(folder) / HANDLER_MANIFEST
                 for folder, _dirs, files in os.walk(staging)
-                if HANDLER_MANIFEST in files and not (Path(folder) / HANDLER_MANIFEST).is_symlink()
+                if HANDLER_MANIFEST in files
+                and not (Path(folder) / HANDLER_MANIFEST).is_symlink()
             ),
             key=lambda p: (len(p.parts), str(p)),
         )
