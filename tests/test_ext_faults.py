@@ -56,12 +56,8 @@ from azagent.extensions.direct_executor import DirectExecutor
 MESSAGE = "hello from the goal state"
 
 # The configuration of every case, and the bound of a pass it implies.
-REQUEST_TIMEOUT = (
-    1  # Endpoint.RequestTimeout: each exchange's I/O, a direct blob request
-)
-CHANNEL_DEADLINE = (
-    2.0  # Fabric(deadline=): each WireServer/HostGAPlugin client's retries
-)
+REQUEST_TIMEOUT = 1  # Endpoint.RequestTimeout: each exchange's I/O, a direct blob request
+CHANNEL_DEADLINE = 2.0  # Fabric(deadline=): each WireServer/HostGAPlugin client's retries
 DOWNLOAD = 4.0  # package.DOWNLOAD_TIMEOUT (300 s shipped): a package, all routes
 # A pass: the goal state and ExtensionsConfig (one client), vmSettings, the
 # manifest (each of its two routes one exchange), the package, the HostGAPlugin
@@ -103,11 +99,7 @@ CALLS = (
         "extension-artifact",
         "hostgaplugin",
         r"^GET /extensionArtifact.*\.zip",
-        given=(
-            Fault(
-                endpoint="blob", kind="status", path=ZIP_PATH, status=404, count=ALWAYS
-            ),
-        ),
+        given=(Fault(endpoint="blob", kind="status", path=ZIP_PATH, status=404, count=ALWAYS),),
         handler_error=True,
     ),
     Call("status-hostgaplugin", "hostgaplugin", r"^PUT /status", fallback=True),
@@ -151,12 +143,7 @@ class Case:
         return [*self.call.given, injected]
 
 
-CASES = [
-    Case(call, fault, once)
-    for call in CALLS
-    for fault in FAULTS
-    for once in (True, False)
-]
+CASES = [Case(call, fault, once) for call in CALLS for fault in FAULTS for once in (True, False)]
 
 
 @dataclass
@@ -271,9 +258,7 @@ def selected(request: pytest.FixtureRequest) -> list[Case]:
 
 
 @pytest.fixture(scope="module")
-def matrix(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Matrix:
+def matrix(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Matrix:
     start = time.monotonic()
     cases = selected(request)
     work = tmp_path_factory.mktemp("extfaults")
@@ -284,9 +269,7 @@ def matrix(
         def faulted(case: Case) -> Outcome:
             root = work / case.id.replace("/", "_")
             root.mkdir()
-            return run_case(
-                root, case.faults(), ONCE_PASSES if case.once else ALWAYS_PASSES
-            )
+            return run_case(root, case.faults(), ONCE_PASSES if case.once else ALWAYS_PASSES)
 
         (work / "baseline").mkdir()
         baseline = run_case(work / "baseline", [], 2)
@@ -305,7 +288,8 @@ def matrix(
         with capture.global_and_fixture_disabled():
             reporter.write_line(
                 f"extension fault matrix: {len(cases)} cases "
-                f"({len({c.call.name for c in cases})} calls x {len({c.fault for c in cases})} faults"
+                f"({len({c.call.name for c in cases})} calls x "
+                f"{len({c.fault for c in cases})} faults"
                 f" x once/always) ran in {result.seconds:.1f} s"
             )
     return result

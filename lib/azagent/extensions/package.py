@@ -148,9 +148,7 @@ def fetch_manifest(
     manifest (bad XML) counts as a failed URI: the next one may be good.
     """
     if not uris:
-        raise PackageError(
-            "the goal state names no manifest for the handler", MANIFEST_DOWNLOAD
-        )
+        raise PackageError("the goal state names no manifest for the handler", MANIFEST_DOWNLOAD)
     end = time.monotonic() + DOWNLOAD_TIMEOUT if deadline is None else deadline
     problems: list[str] = []
     for uri, via in _routes(uris, plugin):
@@ -159,9 +157,7 @@ def fetch_manifest(
             break
         try:
             if via is None:
-                reply = http.request(
-                    "GET", uri, endpoint=BLOB, max_bytes=manifest.MAX_MANIFEST
-                )
+                reply = http.request("GET", uri, endpoint=BLOB, max_bytes=manifest.MAX_MANIFEST)
             else:
                 url, headers = via.artifact(uri, None)
                 reply = http.request(
@@ -197,9 +193,7 @@ def download(
 ) -> int:
     """Stream the package to ``target`` (atomically); its size. Nothing is left on failure."""
     if not package.uris:
-        raise PackageError(
-            f"version {package.version} lists no package URI", PACKAGE_DOWNLOAD
-        )
+        raise PackageError(f"version {package.version} lists no package URI", PACKAGE_DOWNLOAD)
     end = time.monotonic() + DOWNLOAD_TIMEOUT if deadline is None else deadline
     problems: list[str] = []
     for uri, via in _routes(package.uris, plugin):
@@ -208,9 +202,7 @@ def download(
             break
         try:
             if via is None:
-                size = http.download(
-                    uri, target, max_bytes=limits.download_bytes, deadline=end
-                )
+                size = http.download(uri, target, max_bytes=limits.download_bytes, deadline=end)
             else:
                 url, headers = via.artifact(uri, manifest_location)
                 size = http.download(
@@ -277,9 +269,7 @@ def prepare(
     """
     naming.check_handler_name(name)
     deadline = time.monotonic() + DOWNLOAD_TIMEOUT
-    listed, location = fetch_manifest(
-        http, manifest_uris, plugin=plugin, deadline=deadline
-    )
+    listed, location = fetch_manifest(http, manifest_uris, plugin=plugin, deadline=deadline)
     try:
         package = manifest.pick(listed, requested_version)
     except manifest.ManifestError as e:
@@ -344,9 +334,7 @@ def unpack(
     """
     parent = directory.parent
     _remove_leftovers(parent, directory.name)
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{directory.name}{_UNPACKING}", dir=parent)
-    )
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}{_UNPACKING}", dir=parent))
     try:
         # The handler directory is readable by all, as WALinuxAgent leaves it.
         os.chmod(staging, 0o755)  # noqa: S103
@@ -370,9 +358,7 @@ def unpack(
     if log_root is not None:
         logs = log_root / naming.check_handler_name(handler_name)
         with suppress(OSError):
-            (logs / environment.EVENTS_DIR).mkdir(
-                mode=0o755, parents=True, exist_ok=True
-            )
+            (logs / environment.EVENTS_DIR).mkdir(mode=0o755, parents=True, exist_ok=True)
 
 
 def _remove_leftovers(parent: Path, name: str) -> None:
@@ -403,9 +389,7 @@ def _extract(archive: Path, staging: Path, limits: Limits) -> None:
     except UnsafePackage:
         raise
     except FileExistsError as e:
-        raise UnsafePackage(
-            f"the package has a member twice: {naming.quote(e.filename)}"
-        ) from None
+        raise UnsafePackage(f"the package has a member twice: {naming.quote(e.filename)}") from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError) as e:
         raise UnsafePackage(f"the package is not a valid zip file: {e}") from None
     except (RuntimeError, NotImplementedError) as e:  # encrypted, unknown compression
@@ -431,9 +415,7 @@ def _members(infos: list[zipfile.ZipInfo], limits: Limits) -> list[_Member]:
         elif stat.S_IFMT(mode) == 0 or stat.S_ISREG(mode):  # no type: a file
             kind = "file"
         else:
-            raise UnsafePackage(
-                f"member {shown} is not a regular file, directory or link"
-            )
+            raise UnsafePackage(f"member {shown} is not a regular file, directory or link")
         if not parts:
             if kind == "dir":
                 continue
@@ -459,9 +441,7 @@ def _members(infos: list[zipfile.ZipInfo], limits: Limits) -> list[_Member]:
         members.append(_Member(info, parts, kind))
     # Many small members, each under the floor, make a bomb of their own.
     if declared > limits.ratio_floor and declared > limits.ratio * max(compressed, 1):
-        raise UnsafePackage(
-            f"the package is compressed more than {limits.ratio}:1 (a zip bomb?)"
-        )
+        raise UnsafePackage(f"the package is compressed more than {limits.ratio}:1 (a zip bomb?)")
     # A member below a file or a link would go through it.
     for member in members:
         for depth in range(1, len(member.parts)):
@@ -531,9 +511,7 @@ def _link_target(zipped: zipfile.ZipFile, member: _Member) -> str:
     return target
 
 
-def _finish(
-    staging: Path, handler_name: str, target_dir: str, target_log_root: str
-) -> None:
+def _finish(staging: Path, handler_name: str, target_dir: str, target_log_root: str) -> None:
     top = staging / HANDLER_MANIFEST
     if not top.is_file() and not top.is_symlink():
         # os.walk follows no link: a link to "." cannot make it loop.
@@ -541,8 +519,7 @@ def _finish(
             (
                 Path(folder) / HANDLER_MANIFEST
                 for folder, _dirs, files in os.walk(staging)
-                if HANDLER_MANIFEST in files
-                and not (Path(folder) / HANDLER_MANIFEST).is_symlink()
+                if HANDLER_MANIFEST in files and not (Path(folder) / HANDLER_MANIFEST).is_symlink()
             ),
             key=lambda p: (len(p.parts), str(p)),
         )

@@ -50,16 +50,12 @@ from azagent.redact import redact
 log = logging.getLogger("azagent")
 
 UPLOAD_INTERVAL = 30.0  # status goes up at least this often
-VM_SETTINGS_RETRY = (
-    6 * 3600.0
-)  # after a 404, ask the HostGAPlugin again this much later
+VM_SETTINGS_RETRY = 6 * 3600.0  # after a 404, ask the HostGAPlugin again this much later
 MAX_CERTIFICATE_FETCHES = 3
 # A handler whose manifest or package could not be had is tried again on the
 # next pass, then after a back-off doubling up to this (same goal state).
 INSTALL_RETRY_MAX = 600.0
-_RETRIED_CODES = frozenset(
-    {status.CODE_MANIFEST_DOWNLOAD, status.CODE_PACKAGE_DOWNLOAD}
-)
+_RETRIED_CODES = frozenset({status.CODE_MANIFEST_DOWNLOAD, status.CODE_PACKAGE_DOWNLOAD})
 MAX_OUTPUT = 3200
 _EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 DISABLED_MESSAGE = (
@@ -107,11 +103,7 @@ class _Prepared:
 
 
 def _extension_key(handler: Handler, extension: Optional[Extension]) -> str:
-    return (
-        extension.name
-        if extension is not None and handler.is_multi_config
-        else handler.name
-    )
+    return extension.name if extension is not None and handler.is_multi_config else handler.name
 
 
 class Service:
@@ -146,13 +138,9 @@ class Service:
         self._retry_gap = 0.0
         host = urlsplit(ctx.endpoint("WireServer")).hostname
         self.wire_address = host or ""
-        self.log_root = ctx.path(
-            ctx.config.get_str("Extension.LogDir") or "/var/log/azure"
-        )
+        self.log_root = ctx.path(ctx.config.get_str("Extension.LogDir") or "/var/log/azure")
         self.summary = "starting"
-        self.tick: Callable[[], object] = lambda: (
-            None
-        )  # the watchdog, before each operation
+        self.tick: Callable[[], object] = lambda: None  # the watchdog, before each operation
 
     # -- one pass --------------------------------------------------------------
 
@@ -161,13 +149,9 @@ class Service:
         try:
             config, vm_settings = self.fabric.refresh()
         except AzagentError as e:
-            log.warning(
-                "the goal state could not be fetched (%s); retrying next pass", e
-            )
+            log.warning("the goal state could not be fetched (%s); retrying next pass", e)
         except Exception as e:
-            log.error(
-                "fetching the goal state failed: %s", redact(f"{type(e).__name__}: {e}")
-            )
+            log.error("fetching the goal state failed: %s", redact(f"{type(e).__name__}: {e}"))
         else:
             chosen = goalstate.choose(config, vm_settings, self.goal)
             if chosen is not None and (self.goal is None or chosen.id != self.goal.id):
@@ -218,11 +202,7 @@ class Service:
     def _retry_installs(self) -> None:
         """The handlers of this goal state whose package the fabric did not deliver, again."""
         goal = self.goal
-        if (
-            goal is None
-            or not self._install_failed
-            or self.monotonic() < self._retry_at
-        ):
+        if goal is None or not self._install_failed or self.monotonic() < self._retry_at:
             return
         names, self._install_failed = self._install_failed, set()
         for name in names:
@@ -269,9 +249,7 @@ class Service:
         names = {h.name for h in goal.handlers}
         for name in [n for n in self.state.handlers if n not in names]:
             record = self.state.handlers.pop(name)
-            log.info(
-                "%s left the goal state: deleting its directory without uninstall", name
-            )
+            log.info("%s left the goal state: deleting its directory without uninstall", name)
             self._delete(name, record.version)
 
     def _handler_dir(self, name: str, version: str) -> Path:
@@ -327,13 +305,9 @@ class Service:
             except _HandlerFailed as e:
                 self._fail(record, key, e.code, e.message)
                 if active and level > 0:
-                    failed_level = (
-                        level if failed_level is None else min(failed_level, level)
-                    )
+                    failed_level = level if failed_level is None else min(failed_level, level)
 
-    def _fail(
-        self, record: saved.HandlerRecord, key: str, code: int, message: str
-    ) -> None:
+    def _fail(self, record: saved.HandlerRecord, key: str, code: int, message: str) -> None:
         entry = record.extension(key)
         entry.status, entry.code, entry.message = status.ERROR, code, message
         log.warning("%s: %s", key, redact(message))
@@ -343,9 +317,7 @@ class Service:
         if handler.name in self._prepared:
             found = self._prepared[handler.name]
             if found is None:
-                raise _HandlerFailed(
-                    status.CODE_PROCESSING_ERROR, record.error or "not prepared"
-                )
+                raise _HandlerFailed(status.CODE_PROCESSING_ERROR, record.error or "not prepared")
             return found
         self._prepared[handler.name] = None
         try:
@@ -359,9 +331,7 @@ class Service:
             record.error = e.reason
             self._install_failed.add(handler.name)
             raise _HandlerFailed(status.CODE_PACKAGE_DOWNLOAD, e.reason) from None
-        prepared = _Prepared(
-            package.version, package.directory, self._manifest(package.directory)
-        )
+        prepared = _Prepared(package.version, package.directory, self._manifest(package.directory))
         record.error = None
         if record.version is not None and record.version != package.version:
             if record.state != saved.NOT_INSTALLED:
@@ -383,9 +353,7 @@ class Service:
                 status.CODE_HANDLER_MANIFEST_MISSING, f"HandlerManifest.json: {e}"
             ) from None
         except manifests.HandlerManifestError as e:
-            raise _HandlerFailed(
-                status.CODE_HANDLER_MANIFEST_INVALID, e.reason
-            ) from None
+            raise _HandlerFailed(status.CODE_HANDLER_MANIFEST_INVALID, e.reason) from None
 
     def _operation(
         self,
@@ -400,9 +368,7 @@ class Service:
         try:
             command = prepared.manifest.command(operation)
         except manifests.HandlerManifestError as e:
-            raise _HandlerFailed(
-                status.CODE_HANDLER_MANIFEST_INVALID, e.reason
-            ) from None
+            raise _HandlerFailed(status.CODE_HANDLER_MANIFEST_INVALID, e.reason) from None
         variables = environment.command_environment(
             operation=operation,
             handler_dir=directory,
@@ -426,9 +392,7 @@ class Service:
             log_dir=str(self.log_root / name),
         )
 
-    def _run(
-        self, operation: Operation, entry: Optional[saved.ExtensionRecord]
-    ) -> Outcome:
+    def _run(self, operation: Operation, entry: Optional[saved.ExtensionRecord]) -> Outcome:
         if self._in_flight is None:
             try:
                 self._in_flight = set(self.executor.running())
@@ -477,14 +441,10 @@ class Service:
             )
         else:
             why = f"{op} failed with exit status {outcome.exit_status}"
-        details = " ".join(
-            part for part in (outcome.reason, outcome.output[:MAX_OUTPUT]) if part
-        )
+        details = " ".join(part for part in (outcome.reason, outcome.output[:MAX_OUTPUT]) if part)
         raise _HandlerFailed(code, redact(f"{why}: {details}" if details else why))
 
-    def _settings(
-        self, prepared: _Prepared, extension: Optional[Extension], multi: bool
-    ) -> None:
+    def _settings(self, prepared: _Prepared, extension: Optional[Extension], multi: bool) -> None:
         relative, content = environment.settings_file(extension, multi_config=multi)
         path = Path(environment.inside(str(prepared.directory), relative))
         ensure_dir(path.parent, mode=0o700)
@@ -517,9 +477,7 @@ class Service:
     ) -> None:
         multi = handler.is_multi_config
         entry = record.extension(_extension_key(handler, extension))
-        seq_no = (
-            extension.seq_no if extension is not None else environment.DEFAULT_SEQ_NO
-        )
+        seq_no = extension.seq_no if extension is not None else environment.DEFAULT_SEQ_NO
         if not restart and entry.state == saved.ENABLED and entry.seq_no == seq_no:
             return  # nothing new for this extension
         try:
@@ -529,15 +487,11 @@ class Service:
                 status.CODE_PROCESSING_ERROR, f"cannot write the settings: {e}"
             ) from None
         if record.state == saved.NOT_INSTALLED:
-            install = self._operation(
-                handler.name, prepared, manifests.INSTALL, extension, multi
-            )
+            install = self._operation(handler.name, prepared, manifests.INSTALL, extension, multi)
             self._check(self._run(install, entry), status.CODE_INSTALL)
             record.state = saved.INSTALLED
             self._set_state(prepared, None, False, saved.INSTALLED)
-        enable = self._operation(
-            handler.name, prepared, manifests.ENABLE, extension, multi
-        )
+        enable = self._operation(handler.name, prepared, manifests.ENABLE, extension, multi)
         entry.seq_no = seq_no
         entry.status, entry.code, entry.message = None, 0, None
         self._check(self._run(enable, entry), status.CODE_ENABLE)
@@ -555,9 +509,7 @@ class Service:
         entry = record.extension(_extension_key(handler, extension))
         if entry.state != saved.ENABLED:
             return
-        operation = self._operation(
-            handler.name, prepared, manifests.DISABLE, extension, multi
-        )
+        operation = self._operation(handler.name, prepared, manifests.DISABLE, extension, multi)
         self._check(self._run(operation, entry), status.CODE_DISABLE)
         entry.state = saved.DISABLED
         if not any(e.state == saved.ENABLED for e in record.extensions.values()):
@@ -582,13 +534,9 @@ class Service:
                     self._run(op, entry)
             # A single-config handler's uninstall reads the settings of the goal
             # state's sequence number, as its disable did; multi-config: once per handler.
-            current = (
-                handler.extensions[0] if handler.extensions and not multi else None
-            )
+            current = handler.extensions[0] if handler.extensions and not multi else None
             self._run(
-                self._operation(
-                    handler.name, prepared, manifests.UNINSTALL, current, False
-                ),
+                self._operation(handler.name, prepared, manifests.UNINSTALL, current, False),
                 None,
             )
         except _HandlerFailed as e:
@@ -596,9 +544,7 @@ class Service:
         self._delete(handler.name, record.version)
         self.state.handlers.pop(handler.name, None)
 
-    def _update(
-        self, handler: Handler, record: saved.HandlerRecord, new: _Prepared
-    ) -> None:
+    def _update(self, handler: Handler, record: saved.HandlerRecord, new: _Prepared) -> None:
         """Old disable, copy mrseq and status/, new update, old uninstall, delete, new install."""
         assert record.version is not None
         old_dir = self._handler_dir(handler.name, record.version)
@@ -693,9 +639,7 @@ class Service:
                 )
                 continue
             for extension in handler.extensions or (None,):
-                result.append(
-                    self._extension_status(handler, extension, record, version)
-                )
+                result.append(self._extension_status(handler, extension, record, version))
         return result
 
     def _extension_status(
@@ -707,13 +651,9 @@ class Service:
     ) -> status.HandlerStatus:
         key = _extension_key(handler, extension)
         entry = record.extension(key)
-        seq_no = (
-            extension.seq_no if extension is not None else environment.DEFAULT_SEQ_NO
-        )
+        seq_no = extension.seq_no if extension is not None else environment.DEFAULT_SEQ_NO
         if entry.status == status.ERROR and entry.code >= status.CODE_PROCESSING_ERROR:
-            found = status.ExtensionStatus(
-                key, seq_no, status.ERROR, entry.code, entry.message
-            )
+            found = status.ExtensionStatus(key, seq_no, status.ERROR, entry.code, entry.message)
         else:
             found = self._read_status(handler, extension, record, key, seq_no)
             entry.status, entry.code, entry.message = (
@@ -766,9 +706,7 @@ class Service:
     ) -> status.ExtensionStatus:
         assert record.version is not None
         directory = self._handler_dir(handler.name, record.version)
-        relative = environment.status_file(
-            extension, multi_config=handler.is_multi_config
-        )
+        relative = environment.status_file(extension, multi_config=handler.is_multi_config)
         try:
             path = Path(environment.inside(str(directory), relative))
             with open(path, "rb") as f:
@@ -812,10 +750,7 @@ class Service:
             )
 
         fingerprint = hashlib.sha256(blob(_EPOCH)).digest()
-        if (
-            fingerprint == self.uploaded
-            and self.monotonic() - self.uploaded_at < UPLOAD_INTERVAL
-        ):
+        if fingerprint == self.uploaded and self.monotonic() - self.uploaded_at < UPLOAD_INTERVAL:
             return
         now = datetime.now(timezone.utc)
         requests = status.blob_requests(
@@ -838,23 +773,16 @@ def handler_extension(handler: Handler, key: str) -> Optional[Extension]:
     return None
 
 
-def _summary(
-    goal: Optional[ExtensionsGoalState], handlers: list[status.HandlerStatus]
-) -> str:
+def _summary(goal: Optional[ExtensionsGoalState], handlers: list[status.HandlerStatus]) -> str:
     if goal is None:
         return "no extensions goal state yet"
     name = (
-        f"incarnation {goal.incarnation}"
-        if goal.incarnation is not None
-        else f"etag {goal.etag}"
+        f"incarnation {goal.incarnation}" if goal.incarnation is not None else f"etag {goal.etag}"
     )
     counts: dict[str, int] = {}
     for entry in handlers:
         value = entry.extension.status if entry.extension is not None else status.ERROR
         word = "enabled" if value in (status.SUCCESS, status.WARNING) else value
         counts[word] = counts.get(word, 0) + 1
-    parts = [
-        f"{n} {'handler' if n == 1 else 'handlers'} {w}"
-        for w, n in sorted(counts.items())
-    ]
+    parts = [f"{n} {'handler' if n == 1 else 'handlers'} {w}" for w, n in sorted(counts.items())]
     return f"{name}: {', '.join(parts) or 'no handlers'}"
