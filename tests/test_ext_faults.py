@@ -157,6 +157,7 @@ class Outcome:
     state_valid: bool = False
     handler_dir_whole: Optional[bool] = None
     vias: list[str] = field(default_factory=list)
+    package_requests: int = 0
 
 
 def stage_installer() -> Any:
@@ -173,7 +174,7 @@ def stage_installer() -> Any:
 INSTALLER = stage_installer()
 
 
-def run_case(root: Path, faults: list[Fault], passes: int) -> Outcome:
+def run_case(root: Path, faults: list[Fault], passes: int, advance: float = PERIOD) -> Outcome:
     scenario = Scenario(
         extensions=[
             Extension(
@@ -204,7 +205,7 @@ def run_case(root: Path, faults: list[Fault], passes: int) -> Outcome:
         for number in range(passes):
             if number:
                 time.sleep(PAUSE)
-                later[0] += PERIOD
+                later[0] += advance
             start = time.monotonic()
             try:
                 svc.run_once()
@@ -216,6 +217,9 @@ def run_case(root: Path, faults: list[Fault], passes: int) -> Outcome:
         outcome.hit = any(r.fault for r in fabric.requests)
         outcome.uploads = [u.document for u in fabric.status_uploads]
         outcome.vias = [u.via for u in fabric.status_uploads]
+        outcome.package_requests = sum(
+            1 for r in fabric.requests if r.method == "GET" and r.path.endswith(".zip")
+        ) + sum(1 for r in fabric.requests if r.path.startswith("/extensionArtifact"))
         lib = ctx.lib_dir
         outcome.lib_entries = sorted(p.name for p in lib.iterdir())
         handler_dir = lib / f"{SAMPLE}-1.3.0"
@@ -328,9 +332,57 @@ def test_fault(matrix: Matrix, case: Case) -> None:
     spent = case.fault == "trickle" and case.call.name == "package"
     if case.once or (case.call.fallback and not spent):
         enabled_end_state(outcome)
+        if case.call.name == "status-hostgaplugin" and not case.once:
+            # A garbled 200 to a PUT whose answer is not read is a success.
+            assert outcome.vias[-1] == ("hostgaplugin" if case.fault == "garbage" else "direct")
         return
-    if case.call.handler_error:
+    if case.call.name in ("goal-state", "extensions-config"):
+        # No goal state: nothing to run, and no status blob to say it in.
+        assert outcome.handler_dir_whole is None
+        assert outcome.uploads == []
+    elif case.call.name == "status-blob":
+        # The handler runs; the platform hears it by neither route, unless the PUT
+        # took effect and only its answer was lost (then whole, as in tests/test_faults.py).
+        assert outcome.handler_state == "Enabled"
+        if case.fault in ("reset-before-body", "reset-mid-body", "truncated", "garbage", "trickle"):
+            enabled_end_state(outcome)
+        else:
+            assert outcome.uploads == []
+    else:
+        assert case.call.handler_error
+        assert outcome.handler_dir_whole is None
         assert outcome.uploads, "the handler's error never reached the platform"
         entry = handler_entries(outcome.uploads[-1])[SAMPLE]
         assert entry["status"] == "NotReady", entry
         assert "could not be downloaded" in entry["formattedMessage"]["message"], entry
+
+
+MISSING = [
+    Fault(endpoint="blob", kind="status", path=ZIP_PATH, status=404, count=ALWAYS),
+    Fault(
+        endpoint="hostgaplugin",
+        kind="status",
+        path=r"^GET /extensionArtifact.*\.zip",
+        status=404,
+        count=ALWAYS,
+    ),
+]
+
+
+@pytest.mark.parametrize(("advance", "tries"), [(0.0, 2), (PERIOD, 4)])
+def test_a_missing_package_is_tried_again_with_a_back_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, advance: float, tries: int
+) -> None:
+    """Within one goal state: again on the next pass, then only after a back-off.
+
+    Four passes a second apart: with the clock as it is, the retry on the
+    second pass fails and the back-off (5 s) keeps the next two from trying;
+    with the clock moved on by a loop period before each pass, every pass tries.
+    """
+    monkeypatch.setattr(package, "DOWNLOAD_TIMEOUT", DOWNLOAD)
+    outcome = run_case(tmp_path, MISSING, 4, advance=advance)
+    assert outcome.raised is None
+    nothing_half_written(outcome)
+    assert outcome.package_requests == 2 * tries  # each try: direct, then the HostGAPlugin
+    entry = handler_entries(outcome.uploads[-1])[SAMPLE]
+    assert "HTTP 404" in entry["formattedMessage"]["message"]
