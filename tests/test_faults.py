@@ -1,13 +1,15 @@
-"""The fault matrix: every fabric call a stage makes today, against every way a network breaks.
+"""The stages' fault matrix: every fabric call a stage makes, against every way a network breaks.
 
 Calls (each made by a stage, run as a real process under ``--root`` against
 the emulator): report-ready's goal state, role properties and Ready health
 report; report-failure's goal state and NotReady health report; the
 certificates stage's goal state and Certificates document; the imds stage's
-``/metadata/instance``. No stage fetches the WireServer versions, the
-hosting environment or the shared config today, none talks to the
-HostGAPlugin (the extension handler does not exist yet), and none reads or
-writes a blob: when one does, its call joins CALLS.
+``/metadata/instance``: 8 calls, 192 cases. No stage fetches the WireServer
+versions, the hosting environment or the shared config: when one does, its
+call joins CALLS. The extension handler's calls (HostGAPlugin vmSettings,
+status and extensionArtifact, blob downloads and status uploads) have their
+matrix in tests/test_ext_faults.py, with the same FAULTS: 8 calls, 192 cases,
+all holding like these.
 
 Faults (the emulator's fault kinds, tools/azfabric): HTTP 500, 503, 429 with
 Retry-After, 410; a connect timeout (the endpoint stops accepting
