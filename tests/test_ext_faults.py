@@ -294,7 +294,9 @@ def matrix(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
                 f"extension fault matrix: {len(cases)} cases "
                 f"({len({c.call.name for c in cases})} calls x "
                 f"{len({c.fault for c in cases})} faults"
-                f" x once/always) ran in {result.seconds:.1f} s"
+                f" x once/always) ran in {result.seconds:.1f} s; the slowest pass took "
+                f"{max((t for o in outcomes.values() for t in o.passes), default=0):.1f} s "
+                f"(bound {BOUND:g} s + the handler's commands)"
             )
     return result
 
