@@ -1,7 +1,7 @@
-"""The extension handler: runs the VM extensions the platform asks for (issue 11).
+"""The extension handler: runs the VM extensions the platform asks for (issue 11, in progress).
 
-In progress. What exists is the document layer, pure functions on bytes and
-frozen dataclasses that neither touch the network nor run a process:
+The document layer, pure functions on bytes and frozen dataclasses (protocol
+floor):
 
 * ``naming``: the goal-state values that become file, directory and unit
   names (handler and extension names, versions, sequence numbers,
@@ -13,10 +13,14 @@ frozen dataclasses that neither touch the network nor run a process:
 * ``status``: extension status and heartbeat files read, the aggregate status
   blob built, with the direct and HostGAPlugin upload requests;
 * ``environment``: HandlerEnvironment.json, settings files, the file names
-  under a handler directory and the environment of each command.
+  under a handler directory and the environment of each command;
+* ``executor``: the contract between the loop and what runs a command.
 
-Planned on top of them: the package download and safe unpacking, the
-executor that runs each command as a transient systemd unit in
-``azure-vmextensions.slice``, the state kept across restarts, and the service
-loop behind ``stages/extensions`` (goal-state polling, status upload).
+On top of it (system floor): ``package`` (manifest and package download,
+safe all-or-nothing unpacking), ``direct_executor`` and ``systemd_executor``
+(each command a child process, or a transient unit in
+``azure-vmextensions.slice``), ``state`` (what is remembered across
+restarts), ``channel`` (goal state, vmSettings, certificates, status upload),
+``service`` (one pass) and ``daemon`` (the loop behind ``stages/extensions``,
+with sd_notify).
 """
