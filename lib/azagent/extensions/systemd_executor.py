@@ -302,15 +302,7 @@ class SystemdExecutor:
             )
         except StageFailed as e:
             # systemd-run --wait did not return: the unit is still there.
-            self._kill(unit)
-            outcome = self._outcome(
-                operation,
-                unit=unit,
-                exit_status=None,
-                timed_out=True,
-                duration=time.monotonic() - start,
-                reason=f"{e.reason}; killed",
-            )
+            outcome = self._killed(operation, unit, start, f"{e.reason}; killed")
         else:
             result, code, status = _ending(done.stderr)
             if result is None and done.returncode != 0 and "Running as unit" not in done.stderr:
@@ -392,6 +384,18 @@ class SystemdExecutor:
             duration=duration,
             output=summary(head(stdout), head(stderr)),
             unit=unit,
+            reason=reason,
+        )
+
+    def _killed(self, operation: Operation, unit: str, start: float, reason: str) -> Outcome:
+        """Kill the unit's whole cgroup; the Outcome of an operation that ran out of time."""
+        self._kill(unit)
+        return self._outcome(
+            operation,
+            unit=unit,
+            exit_status=None,
+            timed_out=True,
+            duration=time.monotonic() - start,
             reason=reason,
         )
 
@@ -499,14 +503,11 @@ class SystemdExecutor:
             if properties.get("ActiveState") not in _ACTIVE:
                 break
             if time.monotonic() >= deadline:
-                self._kill(unit)
-                outcome = self._outcome(
+                outcome = self._killed(
                     operation,
-                    unit=unit,
-                    exit_status=None,
-                    timed_out=True,
-                    duration=time.monotonic() - start,
-                    reason=f"still running after {timeout:g} s more: its cgroup was killed",
+                    unit,
+                    start,
+                    f"still running after {timeout:g} s more: its cgroup was killed",
                 )
                 append_command_log(self.log_dir(operation), operation, outcome)
                 return outcome
