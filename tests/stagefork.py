@@ -39,7 +39,11 @@ _context: Optional[multiprocessing.context.ForkServerContext] = None
 
 
 def _main(path: str, args: list[str], env: dict[str, str], out: str, err: str) -> None:
-    """In the forked child: become ``python <path> <args>`` with this environment and output."""
+    """In the forked child: become ``python <path> <args>`` with this environment and output.
+
+    The stage's exit status is also written next to its output: under load the
+    forkserver can lose a child's status (multiprocessing then reports 255).
+    """
     for fd, name in ((1, out), (2, err)):
         target = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         os.dup2(target, fd)
@@ -47,7 +51,14 @@ def _main(path: str, args: list[str], env: dict[str, str], out: str, err: str) -
     os.environ.clear()
     os.environ.update(env)
     sys.argv = [path, *args]
-    runpy.run_path(path, run_name="__main__")
+    status = Path(out).with_name("status")
+    try:
+        runpy.run_path(path, run_name="__main__")
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        status.write_text(str(code))
+        raise
+    status.write_text("0")
 
 
 def context() -> multiprocessing.context.ForkServerContext:
@@ -73,8 +84,10 @@ def run_stage(name: str, *args: str, env: Optional[dict[str, str]] = None) -> Ru
             process.kill()
             process.join()
             raise TimeoutError(f"{name} did not end within {TIMEOUT:g} s")
+        status = Path(work, "status")
+        recorded = status.read_text().strip() if status.exists() else ""
         return Run(
-            process.exitcode,
+            int(recorded) if recorded.lstrip("-").isdigit() else process.exitcode,
             out.read_text(errors="replace") if out.exists() else "",
             err.read_text(errors="replace") if err.exists() else "",
         )
