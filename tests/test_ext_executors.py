@@ -9,6 +9,7 @@ output, exit status and timeouts are real. The real path runs in the VM tier.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -236,11 +237,12 @@ while args[i] != "--":
         cwd = a.split("=", 1)[1]
     if a.startswith("--unit="):
         unit = a.split("=", 1)[1]
+    if a.startswith("--description="):
+        description = a.split("=", 1)[1]
     i += 1
 refuse = json.load(open(FAKE_STATE)).get("refuse")
 if refuse:
     print(refuse, file=sys.stderr); sys.exit(1)
-print("Running as unit: " + unit, file=sys.stderr)
 command = [c.replace("$$", "$") for c in command]
 out = open(props["StandardOutput"].removeprefix("file:"), "w")
 err = open(props["StandardError"].removeprefix("file:"), "w")
@@ -248,16 +250,29 @@ child = subprocess.Popen(
     command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
     start_new_session=True,
 )
+# A oneshot's start job ends when the main process exits (or at TimeoutStartSec=);
+# with RemainAfterExit=yes the unit stays: active (exited), or failed.
 try:
-    code = child.wait(timeout=float(props["RuntimeMaxSec"]))
+    code = child.wait(timeout=float(props["TimeoutStartSec"]))
 except subprocess.TimeoutExpired:
-    os.killpg(child.pid, 15); child.wait()
-    print("Finished with result: timeout", file=sys.stderr)
-    print("Main processes terminated with: code=killed/status=TERM", file=sys.stderr)
+    os.kill(child.pid, 15); child.wait()
+    shown = {"Result": "timeout", "ExecMainCode": "2", "ExecMainStatus": "15"}
+else:
+    shown = {"Result": "success" if code == 0 else "exit-code", "ExecMainCode": "1",
+             "ExecMainStatus": str(code)}
+ok = shown["Result"] == "success"
+active, sub = ("active", "exited") if ok else ("failed", "failed")
+shown.update(LoadState="loaded", ActiveState=active, SubState=sub)
+state = json.load(open(FAKE_STATE))
+state["units"].append(
+    {"name": unit, "active": active, "sub": sub, "description": description, "show": shown}
+)
+json.dump(state, open(FAKE_STATE, "w"))
+if not ok:
+    print(f"Job for {unit} failed because the control process exited with error code.",
+          file=sys.stderr)
     sys.exit(1)
-print("Finished with result: " + ("success" if code == 0 else "exit-code"), file=sys.stderr)
-print("Main processes terminated with: code=exited/status=%d" % code, file=sys.stderr)
-sys.exit(code)
+print("Running as unit: " + unit, file=sys.stderr)
 """
 
 FAKE_CTL = r"""
@@ -265,16 +280,28 @@ import json, os, sys
 with open(FAKE_RECORD, "a") as f:
     f.write(json.dumps(sys.argv) + "\n")
 state = json.load(open(FAKE_STATE))
-if sys.argv[1] == "list-units":
+verb, names = sys.argv[1], sys.argv[2:]
+if verb == "list-units":
     wanted = [a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--state=")]
     for u in state["units"]:
         if "--all" in sys.argv or u["active"] in wanted[0]:
             print(u["name"], "loaded", u["active"], u.get("sub", "running"), u["description"])
-elif sys.argv[1] == "show":
-    props = state["show"].pop(0) if len(state["show"]) > 1 else state["show"][0]
-    json.dump(state, open(FAKE_STATE, "w"))
+elif verb == "show":
+    mine = [u["show"] for u in state["units"] if u["name"] == names[-1] and "show" in u]
+    if mine:
+        props = mine[0]
+    else:
+        props = state["show"].pop(0) if len(state["show"]) > 1 else state["show"][0]
+        json.dump(state, open(FAKE_STATE, "w"))
     for k, v in props.items():
         print(f"{k}={v}")
+elif verb in ("stop", "reset-failed"):
+    # Stopping an exited oneshot or resetting a failed one unloads it (nothing left in it).
+    gone = "active" if verb == "stop" else "failed"
+    state["units"] = [
+        u for u in state["units"] if not (u["name"] in names and u["active"] == gone)
+    ]
+    json.dump(state, open(FAKE_STATE, "w"))
 """
 
 FAKE_CAT = r"""
@@ -307,6 +334,11 @@ class Fakes:
     def set_state(self, **state: Any) -> None:
         self.state.write_text(json.dumps(state))
 
+    def units(self) -> list[dict[str, Any]]:
+        """What the fake systemd has loaded now (systemd-run adds, stop/reset-failed unload)."""
+        units: list[dict[str, Any]] = json.loads(self.state.read_text())["units"]
+        return units
+
     def calls(self, name: Optional[str] = None) -> list[list[str]]:
         if not self.record.exists():
             return []
@@ -330,11 +362,11 @@ def test_systemd_run_argv_is_exact(tmp_path: Path, fakes: Fakes) -> None:
         f"--unit={unit}",
         f"--slice=azure-vmextensions-{HANDLER}.slice",
         f"--description={systemd_executor.description(op)}",
-        "--wait",
-        "--service-type=simple",
+        "--service-type=oneshot",
         f"--working-directory={tmp_path / 'handler'}",
+        "-p", "RemainAfterExit=yes",
         "-p", "KillMode=process",
-        "-p", "RuntimeMaxSec=20",
+        "-p", "TimeoutStartSec=20",
         "-p", f"TimeoutStopSec={systemd_executor.STOP_GRACE}",
         "-p", f"SyslogIdentifier={HANDLER}",
         "-p", "StandardInput=null",
@@ -354,6 +386,11 @@ def test_systemd_run_argv_is_exact(tmp_path: Path, fakes: Fakes) -> None:
     assert journal[1] == f"--identifier={HANDLER}"
     assert "exit status 3" in journal[-1]
     assert "-4" in journal[-1]
+    # The exit status came from systemd's record of the unit, which stays listed (failed).
+    assert ["show", f"--property={systemd_executor._PROPERTIES}", unit] in [
+        c[1:] for c in fakes.calls("systemctl")
+    ]
+    assert [(u["name"], u["active"]) for u in fakes.units()] == [(unit, "failed")]
 
 
 def test_systemd_hostile_names_stay_single_arguments(tmp_path: Path, fakes: Fakes) -> None:
@@ -397,10 +434,13 @@ def test_systemd_unavailable_or_refusing(tmp_path: Path, fakes: Fakes, monkeypat
         SystemdExecutor().run(operation(tmp_path, "true"))
 
 
-def unit_entry(op: Operation, active: str, short: str = "0123abcd") -> dict[str, str]:
+def unit_entry(
+    op: Operation, active: str, short: str = "0123abcd", sub: str = "running"
+) -> dict[str, str]:
     return {
         "name": unit_name(op, short),
         "active": active,
+        "sub": sub,
         "description": systemd_executor.description(op),
     }
 
@@ -475,3 +515,126 @@ def test_systemd_wait_kills_what_outlives_its_bound(tmp_path: Path, fakes: Fakes
     assert late is not None
     assert late.timed_out
     assert len([c for c in fakes.calls("systemctl") if c[1] == "kill"]) == 2
+
+
+def names(units: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(u["name"], u["active"]) for u in units]
+
+
+def test_systemd_finished_units_stay_listed_and_earlier_runs_are_let_go(
+    tmp_path: Path, fakes: Fakes
+) -> None:
+    executor = SystemdExecutor()
+    other_handler = operation(tmp_path, "x", handler="Other.Handler")
+    install = operation(tmp_path, "x", operation="install")
+    in_flight = operation(tmp_path, "x")
+    fakes.set_state(
+        units=[
+            unit_entry(other_handler, "active", "00000001", sub="exited"),
+            unit_entry(install, "failed", "00000002", sub="failed"),
+            # An enable still running (a twin from before a restart): never let go of.
+            unit_entry(in_flight, "activating", "00000003", sub="start"),
+        ],
+        show=[{"LoadState": "not-found"}],
+    )
+    kept = names(fakes.units())
+    first = executor.run(operation(tmp_path, "exit 0"))
+    assert first.succeeded
+    assert names(fakes.units()) == [*kept, (first.unit, "active")]
+    # The same operation and sequence number again: a unit of its own, the last one let go.
+    failed = executor.run(operation(tmp_path, "exit 4"))
+    assert failed.unit != first.unit
+    assert failed.exit_status == 4
+    assert ["stop", first.unit] in [c[1:] for c in fakes.calls("systemctl")]
+    assert names(fakes.units()) == [*kept, (failed.unit, "failed")]
+    again = executor.run(operation(tmp_path, "exit 0"))
+    assert ["reset-failed", failed.unit] in [c[1:] for c in fakes.calls("systemctl")]
+    assert names(fakes.units()) == [*kept, (again.unit, "active")]
+    # Each multi-config extension keeps its own latest unit.
+    ext = executor.run(operation(tmp_path, "exit 0", extension="first"))
+    assert names(fakes.units()) == [*kept, (again.unit, "active"), (ext.unit, "active")]
+
+
+def test_systemd_running_tells_a_finished_oneshot_from_one_in_flight(
+    tmp_path: Path, fakes: Fakes
+) -> None:
+    exited = operation(tmp_path, "x", sequence=1)
+    failed = operation(tmp_path, "x", sequence=2)
+    starting = operation(tmp_path, "x", sequence=3)
+    stopping = operation(tmp_path, "x", sequence=5)
+    fakes.set_state(
+        units=[
+            unit_entry(exited, "active", "00000001", sub="exited"),
+            unit_entry(failed, "failed", "00000002", sub="failed"),
+            unit_entry(starting, "activating", "00000003", sub="start"),
+            unit_entry(stopping, "deactivating", "00000005", sub="stop-sigterm"),
+        ],
+        show=[{"LoadState": "not-found"}],
+    )
+    executor = SystemdExecutor()
+    # A restart waits for what still runs, and does not run it twice; what ended is done.
+    assert list(executor.running()) == [starting.key, stopping.key]
+    fakes.set_state(
+        units=[
+            unit_entry(starting, "failed", "00000004", sub="failed"),
+            unit_entry(starting, "activating", "00000003", sub="start"),
+        ],
+        show=[
+            {"LoadState": "loaded", "ActiveState": "activating", "SubState": "start"},
+            {
+                "LoadState": "loaded",
+                "ActiveState": "active",
+                "SubState": "exited",
+                "Result": "success",
+                "ExecMainCode": "1",
+                "ExecMainStatus": "0",
+            },
+        ],
+    )
+    outcome = executor.wait(starting.key, 10)
+    assert outcome is not None
+    assert outcome.succeeded
+    # The unit in flight was the one waited for; the failed twin of an earlier run is let go.
+    assert outcome.unit == unit_name(starting, "00000003")
+    assert ["reset-failed", unit_name(starting, "00000004")] in [
+        c[1:] for c in fakes.calls("systemctl")
+    ]
+
+
+def test_systemd_discard_lets_go_of_a_handlers_finished_units_only(
+    tmp_path: Path, fakes: Fakes
+) -> None:
+    mine = [
+        unit_entry(operation(tmp_path, "x"), "active", "00000001", sub="exited"),
+        unit_entry(operation(tmp_path, "x", operation="install"), "failed", "00000002", "failed"),
+        unit_entry(
+            operation(tmp_path, "x", operation="disable"), "activating", "00000003", "start"
+        ),
+    ]
+    others = [unit_entry(operation(tmp_path, "x", handler="Other.H"), "active", "0004", "exited")]
+    fakes.set_state(units=[*mine, *others], show=[{"LoadState": "not-found"}])
+    SystemdExecutor().discard(HANDLER)
+    assert names(fakes.units()) == names([mine[2], *others])
+    verbs = [c[1:] for c in fakes.calls("systemctl") if c[1] in ("stop", "reset-failed")]
+    assert verbs == [["stop", mine[0]["name"]], ["reset-failed", mine[1]["name"]]]
+
+
+def test_systemd_a_daemonizing_enable_returns_and_its_child_keeps_running(
+    tmp_path: Path, fakes: Fakes
+) -> None:
+    pid_file = tmp_path / "daemon.pid"
+    line = f"setsid sleep 30 >/dev/null 2>&1 </dev/null & echo $! > {pid_file}; echo forked"
+    start = time.monotonic()
+    done = SystemdExecutor().run(operation(tmp_path, line))
+    try:
+        assert time.monotonic() - start < 15
+        assert done.succeeded, done
+        assert "forked" in done.output
+        pid = int(pid_file.read_text())
+        assert not gone(pid)
+        # Nothing killed the unit's cgroup: the daemon belongs to the finished enable.
+        assert not [c for c in fakes.calls("systemctl") if c[1] in ("kill", "stop")]
+        assert names(fakes.units()) == [(done.unit, "active")]
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)

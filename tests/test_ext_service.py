@@ -47,6 +47,7 @@ class RunningExecutor:
     def __init__(self, fail: Sequence[str] = ()) -> None:
         self.ran: list[Operation] = []
         self.fail = set(fail)  # handler names whose commands exit 3
+        self.discarded: list[str] = []  # handlers whose units were let go of
 
     def run(self, operation: Operation) -> Outcome:
         self.ran.append(operation)
@@ -74,6 +75,9 @@ class RunningExecutor:
 
     def wait(self, key: str, timeout: float) -> Optional[Outcome]:
         return None
+
+    def discard(self, handler: str) -> None:
+        self.discarded.append(handler)
 
     def operations(self, handler: str = SAMPLE) -> list[tuple[str, str, int]]:
         return [(o.operation, o.version, o.sequence) for o in self.ran if o.handler == handler]
@@ -231,6 +235,7 @@ def test_uninstall_disables_uninstalls_and_deletes(root: Path, fabric: Fabric) -
     # The goal state's sequence number, for disable and uninstall alike.
     assert executor.operations()[3:] == [("disable", "1.3.0", 1), ("uninstall", "1.3.0", 1)]
     assert not (ctx.lib_dir / f"{SAMPLE}-1.3.0").exists()
+    assert executor.discarded == [SAMPLE]  # its finished units are let go of
     assert SAMPLE not in saved.load(ctx.lib_dir).handlers
 
 
@@ -243,6 +248,7 @@ def test_a_vanished_handler_is_deleted_without_uninstall(root: Path, fabric: Fab
     svc.run_once()
     assert len(executor.ran) == 2
     assert not (ctx.lib_dir / f"{SAMPLE}-1.3.0").exists()
+    assert executor.discarded == [SAMPLE]
 
 
 def test_extensions_disabled_reports_terminal_errors_and_runs_nothing(

@@ -164,6 +164,9 @@ class DirectExecutor:
     def wait(self, key: str, timeout: float) -> Optional[Outcome]:
         return None
 
+    def discard(self, handler: str) -> None:
+        return None
+
 
 class _truncated:
     """A file opened for writing from empty, 0600, never through a link."""

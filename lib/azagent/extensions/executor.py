@@ -7,7 +7,8 @@ line, directory, environment and timeout. An :class:`Executor` decides *how*:
 * ``systemd`` (``azagent.extensions.systemd_executor``): each operation is a
   transient unit in ``azure-vmextensions.slice`` (a sub-slice per handler,
   its CPU quota from HandlerManifest.json), named ``azure-ext-...`` so that
-  ``systemctl list-units 'azure-ext-*'`` shows it; the timeout stops the
+  ``systemctl list-units 'azure-ext-*'`` shows it, running or finished (the
+  latest run of each operation of an extension); the timeout stops the
   whole cgroup; the unit survives a restart of the service, which finds it
   with :meth:`Executor.running` instead of starting it twice;
 * ``direct`` (``azagent.extensions.direct_executor``): a child process in a
@@ -85,4 +86,12 @@ class Executor(Protocol):
 
     def wait(self, key: str, timeout: float) -> Optional[Outcome]:
         """Wait for an in-flight operation found by :meth:`running`; None if it is unknown."""
+        ...
+
+    def discard(self, handler: str) -> None:
+        """Let go of what is kept of ``handler``'s finished operations (its units).
+
+        For a handler uninstalled or gone from the goal state; never stops a
+        command still running, never raises.
+        """
         ...

@@ -251,6 +251,7 @@ class Service:
             record = self.state.handlers.pop(name)
             log.info("%s left the goal state: deleting its directory without uninstall", name)
             self._delete(name, record.version)
+            self.executor.discard(name)
 
     def _handler_dir(self, name: str, version: str) -> Path:
         return self.ctx.lib_dir / naming.handler_dir_name(name, version)
@@ -542,6 +543,7 @@ class Service:
         except _HandlerFailed as e:
             log.warning("uninstalling %s: %s", handler.name, redact(e.message))
         self._delete(handler.name, record.version)
+        self.executor.discard(handler.name)
         self.state.handlers.pop(handler.name, None)
 
     def _update(self, handler: Handler, record: saved.HandlerRecord, new: _Prepared) -> None:

@@ -2,32 +2,53 @@
 
 An :class:`~azagent.extensions.executor.Operation` runs as
 ``azure-ext-<handler>-<operation>-<seq>-<id>.service`` (names escaped as
-``systemd-escape`` does) in ``azure-vmextensions-<handler>.slice``, a
-sub-slice of ``azure-vmextensions.slice`` (a ``-`` in a slice name nests it,
-so the handler's own dashes are escaped as ``\\x2d``). ``systemctl
-list-units 'azure-ext-*'`` lists the operations in flight and ``systemctl
-status <unit>`` shows one, its exit status and its log.
+``systemd-escape`` does; ``<id>`` is random per run) in
+``azure-vmextensions-<handler>.slice``, a sub-slice of
+``azure-vmextensions.slice`` (a ``-`` in a slice name nests it, so the
+handler's own dashes are escaped as ``\\x2d``). ``systemctl list-units
+'azure-ext-*'`` lists each extension's operations, running or finished, and
+``systemctl status <unit>`` shows one, its exit status and its log.
 
-Why a transient *service* with ``KillMode=process`` (not a scope, not
-``KillMode=control-group``):
+The unit: ``Type=oneshot`` with ``RemainAfterExit=yes`` and
+``KillMode=process`` (not a scope, not ``KillMode=control-group``):
 
+* It stays listed after the command ends: ``active (exited)`` when it exited
+  0, ``failed`` otherwise (exit status, signal or timeout), so ``systemctl
+  status`` shows how it ended and ``systemctl show`` gives the executor the
+  exit status (``ExecMainStatus=``).
 * A daemonizing extension (CustomScript forks a child that must outlive
-  ``enable``) keeps its child, as under WALinuxAgent: with
-  ``KillMode=control-group`` systemd would kill the child as soon as the
-  command exits; ``KillMode=process`` leaves it in the unit's cgroup.
-* A scope would keep the operation "running" as long as the daemon lives
-  (a restarted service would wait for it), its ``RuntimeMaxSec=`` would then
-  kill the daemon, it records no exit status, and its process is a child of
-  ``systemd-run`` in our own cgroup. A service is started by PID 1: it
-  survives a restart of the extension handler and records ``Result=`` and
-  the exit status.
-* The timeout: ``RuntimeMaxSec=`` (it applies to ``Type=simple``; it would
-  do nothing for ``Type=oneshot``) stops the command with ``Result=timeout``,
-  and the executor then sends SIGKILL to the whole cgroup (``systemctl kill``
+  ``enable``) keeps its child, as under WALinuxAgent: ``KillMode=process``
+  leaves it in the unit's cgroup, where ``systemctl status`` shows it, and
+  ``RemainAfterExit=yes`` means the unit is never stopped when the command
+  exits (a stop would be the moment a control-group kill mode strikes).
+* ``systemd-run`` (without ``--no-block``) waits for the start job, which
+  for a oneshot ends when the command exits or times out; ``--wait`` is not
+  used: it waits for the unit to become inactive, which a
+  ``RemainAfterExit=yes`` unit never does by itself.
+* A scope would keep the operation "running" as long as the daemon lives (a
+  restarted service would wait for it), records no exit status, and its
+  process is a child of ``systemd-run`` in our own cgroup. A service is
+  started by PID 1: it survives a restart of the extension handler.
+* The timeout: ``TimeoutStartSec=`` (what bounds a oneshot; ``RuntimeMaxSec=``
+  does nothing for it) stops the command with ``Result=timeout``, and the
+  executor then sends SIGKILL to the whole cgroup (``systemctl kill``
   reaches every process of the unit whatever its KillMode), so a child that
   called ``setsid`` dies too, which WALinuxAgent's process-group kill misses.
   When the service is down at that moment, the leftovers die when
   :meth:`SystemdExecutor.wait` finds the unit after the restart.
+
+Finished units do not pile up: each run has a unit name of its own (a re-run
+of the same operation and sequence number never collides with the unit of
+the last run, whose daemon may still hold it), and when it ends the units
+of earlier runs of the same handler, extension and operation are let go
+(``systemctl stop`` for an exited one, which with ``KillMode=process``
+signals no daemon it left; ``systemctl reset-failed`` for a failed one), so
+at most one unit per operation (install, enable, update, disable,
+uninstall) and extension stays listed. :meth:`SystemdExecutor.discard` lets
+go of all of a handler's finished units once it is uninstalled or removed.
+A unit whose command still runs is never let go. After a restart of the
+service, :meth:`SystemdExecutor.running` tells a command in flight
+(``activating``) from a finished one (``active (exited)``, ``failed``).
 
 The command is ``/bin/sh -c <shell_line>``, the handler's own command line
 as one argument (``$`` doubled: systemd expands ``$VAR`` in ``ExecStart=``
@@ -37,9 +58,6 @@ the handler's log folder; when the command ends, their first 3200
 characters go to ``CommandExecution.log``, the Outcome, and the journal
 under the handler's name (``systemd-cat --identifier``; systemd's own
 messages about the unit carry the unit's name: ``journalctl -u 'azure-ext-*'``).
-Transient units that end well are unloaded at once: afterwards
-``systemctl list-units 'azure-ext-*'`` shows only what runs or failed, and the
-journal, ``CommandExecution.log`` and ``azagent extensions`` show the rest.
 
 Every value from the goal state reaches systemd as one element of an
 argument list (:func:`azagent.system.run`), never through a shell.
@@ -53,13 +71,12 @@ import json
 import logging
 import math
 import os
-import re
 import secrets
 import time
 from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from azagent import system
 from azagent.errors import AzagentError, StageFailed
@@ -79,8 +96,8 @@ SLICE = "azure-vmextensions.slice"
 SLICE_PREFIX = "azure-vmextensions-"
 # Between systemd's stop of a timed-out command and SIGKILL to its main process.
 STOP_GRACE = 5
-# How long past the operation's timeout systemd-run --wait may take before
-# the executor gives up on it and kills the unit itself.
+# How long past the operation's timeout systemd-run may take before the
+# executor gives up on it and kills the unit itself.
 MARGIN = 30.0
 # Polling an in-flight unit found after a restart.
 POLL_FIRST = 0.2
@@ -89,9 +106,9 @@ POLL_MAX = 2.0
 MAX_ESCAPED = 150
 _TAG = " #azagent:"
 _VALID = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.")
-_RESULT = re.compile(r"Finished with result: (\S+)")
-_MAIN = re.compile(r"Main processes terminated with: code=(\w+)/status=(\S+)")
-_ACTIVE = ("active", "activating", "deactivating", "reloading")
+# ExecMainCode= of systemctl show: how the command ended (CLD_* of waitid).
+_CODES = {"1": "exited", "2": "killed", "3": "dumped"}
+_PROPERTIES = "LoadState,ActiveState,SubState,Result,ExecMainStatus,ExecMainCode"
 
 
 class SystemdUnavailable(AzagentError):
@@ -234,14 +251,15 @@ class SystemdExecutor:
             f"--unit={unit}",
             f"--slice={slice_name(operation.handler)}",
             f"--description={description(operation)}",
-            "--wait",
-            # simple, not exec (systemd 240): RHEL 8 has 239; /bin/sh is always there.
-            "--service-type=simple",
+            # The start job of a oneshot ends with its command: systemd-run waits for it.
+            "--service-type=oneshot",
             f"--working-directory={operation.cwd}",
+            "-p",
+            "RemainAfterExit=yes",
             "-p",
             "KillMode=process",
             "-p",
-            f"RuntimeMaxSec={_seconds(operation.timeout)}",
+            f"TimeoutStartSec={_seconds(operation.timeout)}",
             "-p",
             f"TimeoutStopSec={STOP_GRACE}",
             "-p",
@@ -293,20 +311,21 @@ class SystemdExecutor:
             operation.handler,
             unit,
         )
+        bound = operation.timeout + STOP_GRACE + MARGIN
         try:
             done = system.run(
                 self.argv(operation, unit),
-                timeout=operation.timeout + STOP_GRACE + MARGIN,
+                timeout=bound,
                 check=False,
                 what=f"{operation.operation} of {operation.handler}",
             )
         except StageFailed as e:
-            # systemd-run --wait did not return: the unit is still there.
+            # systemd-run did not return: the unit is still there.
             outcome = self._killed(operation, unit, start, f"{e.reason}; killed")
         else:
-            result, code, status = _ending(done.stderr)
-            if result is None and done.returncode != 0 and "Running as unit" not in done.stderr:
-                line = (done.stderr.strip().splitlines() or [""])[-1][:300]
+            properties = self.show(unit)
+            line = (done.stderr.strip().splitlines() or [""])[-1][:300]
+            if _unloaded(properties) and done.returncode != 0 and "Job for" not in done.stderr:
                 if "bus" in line.lower():
                     raise SystemdUnavailable(f"systemd-run cannot reach systemd: {line}")
                 outcome = Outcome(
@@ -317,18 +336,64 @@ class SystemdExecutor:
                     reason=f"systemd-run refused {unit}: {line}",
                 )
             else:
-                outcome = self._finished(
+                outcome = self._watch(
                     operation,
-                    unit=unit,
-                    result=result,
-                    code=code,
-                    status=status,
+                    unit,
+                    start,
+                    bound - (time.monotonic() - start),
                     returncode=done.returncode,
-                    duration=time.monotonic() - start,
+                    late=f"timed out after {operation.timeout:g} s: its cgroup was killed",
+                    first=properties,
                 )
         append_command_log(log_dir, operation, outcome)
         self._journal(operation, outcome)
+        self._let_go(operation, keep=unit)
         return outcome
+
+    def _watch(
+        self,
+        operation: Operation,
+        unit: str,
+        start: float,
+        bound: float,
+        *,
+        returncode: Optional[int],
+        late: str,
+        first: Optional[dict[str, str]] = None,
+    ) -> Outcome:
+        """Wait up to ``bound`` s for ``unit``'s command to end; kill its cgroup after that."""
+        deadline = time.monotonic() + max(bound, 0.0)
+        delay = POLL_FIRST
+        properties = first if first is not None else self.show(unit)
+        while _in_flight(properties.get("ActiveState"), properties.get("SubState")):
+            if time.monotonic() >= deadline:
+                return self._killed(operation, unit, start, late)
+            time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
+            delay = min(delay * 2, POLL_MAX)
+            properties = self.show(unit)
+        duration = time.monotonic() - start
+        if _unloaded(properties):
+            # Let go of by someone else (systemctl reset-failed, stop): systemd-run's
+            # own exit status still says whether the start job succeeded.
+            return self._outcome(
+                operation,
+                unit=unit,
+                exit_status=0 if returncode == 0 else None,
+                timed_out=False,
+                duration=duration,
+                reason=""
+                if returncode == 0
+                else f"it ended unobserved; journalctl -u {unit} shows how",
+            )
+        code = properties.get("ExecMainCode", "")
+        return self._finished(
+            operation,
+            unit=unit,
+            result=properties.get("Result"),
+            code=_CODES.get(code, code or None),
+            status=properties.get("ExecMainStatus"),
+            duration=duration,
+        )
 
     def _finished(
         self,
@@ -338,7 +403,6 @@ class SystemdExecutor:
         result: Optional[str],
         code: Optional[str],
         status: Optional[str],
-        returncode: int,
         duration: float,
     ) -> Outcome:
         timed_out = result == "timeout"
@@ -350,13 +414,13 @@ class SystemdExecutor:
             exit_status = int(status)
         elif code in ("killed", "dumped"):
             reason = f"killed by signal {status}"
-        elif code is None and result is None:
-            exit_status = returncode
         if timed_out:
             exit_status = None
             reason = f"timed out after {operation.timeout:g} s: its cgroup was killed"
         elif result not in (None, "success", "exit-code", "signal", "core-dump") and not reason:
             reason = f"the unit ended with result {result}"
+        elif exit_status is None and not reason:
+            reason = f"systemd reported no exit status; journalctl -u {unit} shows how it ended"
         return self._outcome(
             operation,
             unit=unit,
@@ -430,10 +494,10 @@ class SystemdExecutor:
                 what="journal",
             )
 
-    # -- after a restart ---------------------------------------------------------
+    # -- after a restart, and letting go ------------------------------------------
 
-    def _units(self, states: Optional[str]) -> list[tuple[str, str, dict[str, Any]]]:
-        """(unit, active state, record) of azure-ext-* services in ``states`` (None: all)."""
+    def _units(self, states: Optional[str]) -> list[tuple[str, str, str, dict[str, Any]]]:
+        """(unit, active state, sub state, record) of azure-ext-* services in ``states``."""
         try:
             done = system.run(
                 [
@@ -459,29 +523,29 @@ class SystemdExecutor:
                 continue
             record = _record(fields[4])
             if record is not None:
-                found.append((fields[0], fields[2], record))
+                found.append((fields[0], fields[2], fields[3], record))
         return found
 
     def running(self) -> Sequence[str]:
         """Keys of operations whose command is still running (daemons left behind are not)."""
         keys: list[str] = []
-        for _unit, _state, record in self._units("activating,active,deactivating,reloading"):
-            if record["key"] not in keys:
+        for _unit, active, sub, record in self._units("activating,active,deactivating,reloading"):
+            if _in_flight(active, sub) and record["key"] not in keys:
                 keys.append(record["key"])
         return keys
 
     def show(self, unit: str) -> dict[str, str]:
-        done = system.run(
-            [
-                "systemctl",
-                "show",
-                "--property=LoadState,ActiveState,SubState,Result,ExecMainStatus,ExecMainCode",
-                unit,
-            ],
-            check=False,
-            timeout=30,
-            what=f"show {unit}",
-        )
+        """The unit's state and how its command ended; {} when systemctl cannot tell."""
+        try:
+            done = system.run(
+                ["systemctl", "show", f"--property={_PROPERTIES}", unit],
+                check=False,
+                timeout=30,
+                what=f"show {unit}",
+            )
+        except StageFailed as e:
+            log.warning("cannot ask systemd about %s: %s", unit, e.reason)
+            return {}
         properties: dict[str, str] = {}
         for line in done.stdout.splitlines():
             name, _, value = line.partition("=")
@@ -490,65 +554,76 @@ class SystemdExecutor:
 
     def wait(self, key: str, timeout: float) -> Optional[Outcome]:
         """Wait up to ``timeout`` for a unit found by :meth:`running`; kill it after that."""
-        matches = [(u, r) for u, _s, r in self._units(None) if r["key"] == key]
+        matches = [(u, a, s, r) for u, a, s, r in self._units(None) if r["key"] == key]
         if not matches:
             return None
-        unit, record = matches[-1]
+        live = [m for m in matches if _in_flight(m[1], m[2])]
+        unit, _active, _sub, record = (live or matches)[-1]
         operation = _operation(record)
-        start = time.monotonic()
-        deadline = start + max(timeout, 0.0)
-        delay = POLL_FIRST
-        while True:
-            properties = self.show(unit)
-            if properties.get("ActiveState") not in _ACTIVE:
-                break
-            if time.monotonic() >= deadline:
-                outcome = self._killed(
-                    operation,
-                    unit,
-                    start,
-                    f"still running after {timeout:g} s more: its cgroup was killed",
-                )
-                append_command_log(self.log_dir(operation), operation, outcome)
-                return outcome
-            time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
-            delay = min(delay * 2, POLL_MAX)
-        duration = time.monotonic() - start
-        if properties.get("LoadState") in (None, "", "not-found"):
-            outcome = self._outcome(
-                operation,
-                unit=unit,
-                exit_status=None,
-                timed_out=False,
-                duration=duration,
-                reason=f"it ended unobserved; journalctl -u {unit} shows how",
-            )
-        else:
-            code = {"1": "exited", "2": "killed", "3": "dumped"}.get(
-                properties.get("ExecMainCode", ""), properties.get("ExecMainCode")
-            )
-            outcome = self._finished(
-                operation,
-                unit=unit,
-                result=properties.get("Result"),
-                code=code,
-                status=properties.get("ExecMainStatus"),
-                returncode=1,
-                duration=duration,
-            )
+        outcome = self._watch(
+            operation,
+            unit,
+            time.monotonic(),
+            timeout,
+            returncode=None,
+            late=f"still running after {timeout:g} s more: its cgroup was killed",
+        )
         append_command_log(self.log_dir(operation), operation, outcome)
+        self._let_go(operation, keep=unit)
         return outcome
 
+    def _let_go(self, operation: Operation, *, keep: str) -> None:
+        """Let go of the finished units of earlier runs of ``operation`` (see the docstring)."""
+        self._dispose(
+            lambda record: (
+                record.get("handler") == operation.handler
+                and record.get("extension") == operation.extension
+                and record.get("operation") == operation.operation
+            ),
+            keep=keep,
+        )
 
-def _ending(stderr: str) -> tuple[Optional[str], Optional[str], Optional[str]]:
-    """systemd-run --wait's result, and how the main process ended (code, status)."""
-    result = _RESULT.search(stderr)
-    main = _MAIN.search(stderr)
-    return (
-        result.group(1) if result else None,
-        main.group(1) if main else None,
-        main.group(2) if main else None,
-    )
+    def discard(self, handler: str) -> None:
+        """Let go of every finished unit of ``handler`` (uninstalled, or gone from the goal)."""
+        self._dispose(lambda record: record.get("handler") == handler)
+
+    def _dispose(self, chosen: Callable[[dict[str, Any]], bool], *, keep: str = "") -> None:
+        try:
+            units = self._units(None)
+        except SystemdUnavailable as e:
+            log.warning("cannot list extension units to let go of old ones: %s", e)
+            return
+        exited: list[str] = []
+        failed: list[str] = []
+        for unit, active, sub, record in units:
+            if unit == keep or _in_flight(active, sub) or not chosen(record):
+                continue
+            if active == "active":
+                exited.append(unit)
+            elif active == "failed":
+                failed.append(unit)
+        for verb, names in (("stop", exited), ("reset-failed", failed)):
+            if not names:
+                continue
+            log.debug("%s %s", verb, " ".join(names))
+            with suppress(StageFailed):
+                system.run(
+                    ["systemctl", verb, *names],
+                    check=False,
+                    timeout=60,
+                    what=f"{verb} finished extension units",
+                )
+
+
+def _in_flight(active: Optional[str], sub: Optional[str]) -> bool:
+    """Whether a unit's command still runs: ``active (exited)`` is a finished oneshot."""
+    if active in ("activating", "deactivating", "reloading"):
+        return True
+    return active == "active" and sub != "exited"
+
+
+def _unloaded(properties: dict[str, str]) -> bool:
+    return properties.get("LoadState") in (None, "", "not-found")
 
 
 def _refusal(operation: Operation) -> str:
