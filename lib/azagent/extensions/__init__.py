@@ -14,13 +14,16 @@ floor):
   blob built, with the direct and HostGAPlugin upload requests;
 * ``environment``: HandlerEnvironment.json, settings files, the file names
   under a handler directory and the environment of each command;
-* ``executor``: the contract between the loop and what runs a command.
+* ``executor``: the contract between the loop and what runs a command;
+* ``ordering``: when a higher dependencyLevel may run (the lower levels'
+  terminal status, a 90-minute bound, what waits meanwhile).
 
 On top of it (system floor): ``package`` (manifest and package download,
 safe all-or-nothing unpacking), ``direct_executor`` and ``systemd_executor``
 (each command a child process, or a transient unit in
 ``azure-vmextensions.slice``), ``state`` (what is remembered across
 restarts), ``channel`` (goal state, vmSettings, certificates, status upload),
+``reporting`` (each handler's status from its status file and heartbeat),
 ``service`` (one pass) and ``daemon`` (the loop behind ``stages/extensions``,
 with sd_notify).
 """

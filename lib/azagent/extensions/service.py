@@ -6,9 +6,11 @@ state (the WireServer's, and the HostGAPlugin's vmSettings with
 goal state's certificates when protected settings name one not stored, and
 only on a new extensions goal state (or the first pass after a start: enable
 again) run the handler operations of EXTENSIONS.md section 5 through an
-:class:`~azagent.extensions.executor.Executor`. Every pass reads each
-extension's status file and uploads the aggregate status when it changed and
-at least every 30 s: through the HostGAPlugin's ``/status``, else directly to
+:class:`~azagent.extensions.executor.Executor`. A higher dependencyLevel
+waits for the lower ones to reach a terminal status (``ordering``) across
+passes, never inside one. Every pass reads each extension's status file
+(``reporting``) and uploads the aggregate status when it changed and at
+least every 30 s: through the HostGAPlugin's ``/status``, else directly to
 the SAS URL (``channel`` talks to the fabric; ``daemon`` runs the passes
 under systemd).
 
@@ -29,6 +31,7 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,12 +41,13 @@ from urllib.parse import urlsplit
 from azagent import __version__
 from azagent.context import Context
 from azagent.errors import AzagentError
-from azagent.extensions import environment, goalstate, naming, status
+from azagent.extensions import environment, goalstate, naming, ordering, reporting, status
 from azagent.extensions import handler as manifests
 from azagent.extensions import state as saved
 from azagent.extensions.channel import Fabric
 from azagent.extensions.executor import Executor, Operation, Outcome
 from azagent.extensions.goalstate import Extension, ExtensionsGoalState, Handler
+from azagent.extensions.reporting import DISABLED_MESSAGE
 from azagent.fsutil import atomic_write, ensure_dir, read_bytes_limited
 from azagent.redact import redact
 
@@ -58,10 +62,6 @@ INSTALL_RETRY_MAX = 600.0
 _RETRIED_CODES = frozenset({status.CODE_MANIFEST_DOWNLOAD, status.CODE_PACKAGE_DOWNLOAD})
 MAX_OUTPUT = 3200
 _EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
-DISABLED_MESSAGE = (
-    "Extensions.Enabled=n in waagent.conf: this VM does not run extensions"
-    " (set Extensions.Enabled=y to run them)"
-)
 
 
 @dataclass(frozen=True)
@@ -102,8 +102,7 @@ class _Prepared:
     manifest: manifests.HandlerManifest
 
 
-def _extension_key(handler: Handler, extension: Optional[Extension]) -> str:
-    return extension.name if extension is not None and handler.is_multi_config else handler.name
+_extension_key = reporting.extension_key
 
 
 class Service:
@@ -134,6 +133,8 @@ class Service:
         self._prepared: dict[str, Optional[_Prepared]] = {}
         # Handlers whose package the fabric did not deliver, tried again at _retry_at.
         self._install_failed: set[str] = set()
+        # Extensions of higher dependency levels waiting for the lower ones to finish.
+        self.waiting: Optional[ordering.Waiting] = None
         self._retry_at = 0.0
         self._retry_gap = 0.0
         host = urlsplit(ctx.endpoint("WireServer")).hostname
@@ -158,6 +159,7 @@ class Service:
                 self._act(chosen)
             else:
                 self._retry_installs()
+                self._resume()
         try:
             self._report()
         except AzagentError as e:
@@ -269,15 +271,34 @@ class Service:
     def _run_handlers(
         self, goal: ExtensionsGoalState, restart: bool, only: Optional[set[str]] = None
     ) -> None:
-        failed_level: Optional[int] = None
+        deadline = self.monotonic() + ordering.DEPENDENCY_TIMEOUT
+        self._walk(goal, goalstate.processing_order(goal), restart, deadline, only=only)
+
+    def _walk(
+        self,
+        goal: ExtensionsGoalState,
+        items: Sequence[ordering.Item],
+        restart: bool,
+        deadline: float,
+        *,
+        only: Optional[set[str]] = None,
+        lower: Sequence[ordering.Item] = (),
+    ) -> None:
+        """Run ``items`` in order; a higher level waits for ``lower`` (see ``ordering``)."""
+        before = self.waiting
+        if only is None:
+            self.waiting = None
+        top = ordering.top_level(items)
+        blocked: Optional[tuple[int, str]] = None  # from this level up: an error instead
+        awaited = list(lower)
         uninstalled: set[str] = set()
-        for handler, extension in goalstate.processing_order(goal):
+        for index, (handler, extension) in enumerate(items):
             if only is not None and handler.name not in only:
                 continue
             record = self.state.handler(handler.name)
             record.multi_config = handler.is_multi_config
             key = _extension_key(handler, extension)
-            level = extension.dependency_level if extension is not None else 0
+            level = ordering.level_of((handler, extension))
             if handler.error is not None:
                 record.error = handler.error
                 continue
@@ -286,16 +307,24 @@ class Service:
                     uninstalled.add(handler.name)
                     self._uninstall(handler, record)
                 continue
-            active = handler.state == goalstate.ENABLED and (
-                extension is None or extension.state == goalstate.ENABLED
-            )
-            if active and failed_level is not None and level > failed_level:
-                self._fail(
-                    record,
-                    key,
-                    status.CODE_PROCESSING_ERROR,
-                    "an extension it depends on failed",
+            active = ordering.is_active((handler, extension))
+            if active and awaited and not blocked and level > ordering.level_of(awaited[-1]):
+                verdict = ordering.judge(
+                    awaited, self._terminal, now=self.monotonic(), deadline=deadline
                 )
+                if not verdict.run and verdict.blocked is None:
+                    rest = tuple(items[index:])
+                    self.waiting = ordering.Waiting(
+                        goal.id, rest, tuple(awaited), deadline, restart
+                    )
+                    if before is None or before.message() != self.waiting.message():
+                        log.info("dependencyLevel %d and up: %s", level, self.waiting.message())
+                    return
+                if verdict.blocked is not None and blocked is None:
+                    blocked = (level, verdict.blocked)
+                awaited = []
+            if active and blocked is not None and level >= blocked[0]:
+                self._fail(record, key, status.CODE_PROCESSING_ERROR, blocked[1])
                 continue
             try:
                 prepared = self._prepare(handler, record)
@@ -305,8 +334,32 @@ class Service:
                     self._disable(handler, extension, record, prepared)
             except _HandlerFailed as e:
                 self._fail(record, key, e.code, e.message)
-                if active and level > 0:
-                    failed_level = level if failed_level is None else min(failed_level, level)
+                if active and level < top and blocked is None:
+                    why = f"the extension it depends on, {ordering.name_of((handler, extension))}"
+                    blocked = (level + 1, f"{why} (dependencyLevel {level}), failed")
+                continue
+            if only is None and ordering.awaited((handler, extension), top):
+                awaited.append((handler, extension))
+
+    def _resume(self) -> None:
+        """The rest of the goal state, once the lower levels it waits for have finished."""
+        waiting, goal = self.waiting, self.goal
+        if waiting is None or goal is None or goal.id != waiting.goal_id:
+            return
+        self._walk(goal, waiting.items, waiting.restart, waiting.deadline, lower=waiting.lower)
+        self._save()
+
+    def _terminal(self, item: ordering.Item) -> str:
+        """The status a dependency wait sees: the handler's own error, else its status file."""
+        handler, extension = item
+        record = self.state.handlers.get(handler.name)
+        if record is None or record.version is None:
+            return status.ERROR
+        entry = record.extension(_extension_key(handler, extension))
+        if entry.status == status.ERROR and entry.code >= status.CODE_PROCESSING_ERROR:
+            return status.ERROR
+        seq_no = extension.seq_no if extension is not None else environment.DEFAULT_SEQ_NO
+        return reporting.read_status(self.ctx.lib_dir, handler, extension, record, seq_no).status
 
     def _fail(self, record: saved.HandlerRecord, key: str, code: int, message: str) -> None:
         entry = record.extension(key)
@@ -394,6 +447,7 @@ class Service:
         )
 
     def _run(self, operation: Operation, entry: Optional[saved.ExtensionRecord]) -> Outcome:
+        self.tick()  # the watchdog: an operation may take up to 15 minutes
         if self._in_flight is None:
             try:
                 self._in_flight = set(self.executor.running())
@@ -610,121 +664,14 @@ class Service:
     # -- status ----------------------------------------------------------------
 
     def handler_statuses(self) -> list[status.HandlerStatus]:
-        goal = self.goal
-        if goal is None:
-            return []
-        result: list[status.HandlerStatus] = []
-        for handler in goal.handlers:
-            if handler.state == goalstate.UNINSTALL:
-                continue
-            record = self.state.handlers.get(handler.name)
-            version = (record.version if record else None) or handler.version
-            if not self.enabled:
-                result.extend(
-                    status.error_report(
-                        handler,
-                        version=version,
-                        code=status.CODE_PROCESSING_ERROR,
-                        message=DISABLED_MESSAGE,
-                    )
-                )
-                continue
-            error = handler.error or (record.error if record else None)
-            if error is not None or record is None:
-                result.extend(
-                    status.error_report(
-                        handler,
-                        version=version,
-                        code=status.CODE_PROCESSING_ERROR,
-                        message=error or "not processed yet",
-                    )
-                )
-                continue
-            for extension in handler.extensions or (None,):
-                result.append(self._extension_status(handler, extension, record, version))
-        return result
-
-    def _extension_status(
-        self,
-        handler: Handler,
-        extension: Optional[Extension],
-        record: saved.HandlerRecord,
-        version: str,
-    ) -> status.HandlerStatus:
-        key = _extension_key(handler, extension)
-        entry = record.extension(key)
-        seq_no = extension.seq_no if extension is not None else environment.DEFAULT_SEQ_NO
-        if entry.status == status.ERROR and entry.code >= status.CODE_PROCESSING_ERROR:
-            found = status.ExtensionStatus(key, seq_no, status.ERROR, entry.code, entry.message)
-        else:
-            found = self._read_status(handler, extension, record, key, seq_no)
-            entry.status, entry.code, entry.message = (
-                found.status,
-                found.code,
-                found.message,
-            )
-        ready = entry.state == saved.ENABLED and found.status != status.ERROR
-        state, code, message = status.READY if ready else status.NOT_READY, 0, None
-        if found.status == status.ERROR:
-            code, message = (
-                found.code,
-                status.truncate(found.message, status.MAX_MESSAGE),
-            )
-        beat = self._heartbeat(handler, record) if ready else None
-        if beat is not None:
-            state, code, message = beat.status, beat.code, beat.message
-        return status.HandlerStatus(
-            handler.name, version, state, code, message, found, handler.is_multi_config
+        return reporting.handler_statuses(
+            self.goal, self.state, self.ctx.lib_dir, enabled=self.enabled, waiting=self.waiting
         )
-
-    def _heartbeat(
-        self, handler: Handler, record: saved.HandlerRecord
-    ) -> Optional[status.Heartbeat]:
-        """heartbeat.log, when HandlerManifest.json asks for it (reportHeartbeat)."""
-        assert record.version is not None
-        directory = self._handler_dir(handler.name, record.version)
-        try:
-            if not self._manifest(directory).report_heartbeat:
-                return None
-        except _HandlerFailed:
-            return None
-        path = directory / environment.HEARTBEAT
-        try:
-            age = time.time() - path.stat().st_mtime
-            data: Optional[bytes] = read_bytes_limited(path, status.MAX_HEARTBEAT + 1)
-        except FileNotFoundError:
-            age, data = 0.0, None
-        except (OSError, ValueError):
-            age, data = 0.0, b""
-        return status.parse_heartbeat(data, age)
-
-    def _read_status(
-        self,
-        handler: Handler,
-        extension: Optional[Extension],
-        record: saved.HandlerRecord,
-        key: str,
-        seq_no: int,
-    ) -> status.ExtensionStatus:
-        assert record.version is not None
-        directory = self._handler_dir(handler.name, record.version)
-        relative = environment.status_file(extension, multi_config=handler.is_multi_config)
-        try:
-            path = Path(environment.inside(str(directory), relative))
-            with open(path, "rb") as f:
-                data: Optional[bytes] = f.read(status.MAX_STATUS_READ + 1)
-        except FileNotFoundError:
-            data = None
-        except (OSError, AzagentError) as e:
-            return status.ExtensionStatus(
-                key, seq_no, status.ERROR, status.CODE_STATUS_INVALID, str(e)
-            )
-        return status.parse_status_file(data, name=key, seq_no=seq_no)
 
     def _report(self) -> None:
         goal = self.goal
         handlers = self.handler_statuses()
-        self.summary = _summary(goal, handlers)
+        self.summary = reporting.summary(goal, handlers)
         self._save()
         if goal is None or not goal.status_upload_blob:
             return
@@ -773,18 +720,3 @@ def handler_extension(handler: Handler, key: str) -> Optional[Extension]:
         if _extension_key(handler, extension) == key:
             return extension
     return None
-
-
-def _summary(goal: Optional[ExtensionsGoalState], handlers: list[status.HandlerStatus]) -> str:
-    if goal is None:
-        return "no extensions goal state yet"
-    name = (
-        f"incarnation {goal.incarnation}" if goal.incarnation is not None else f"etag {goal.etag}"
-    )
-    counts: dict[str, int] = {}
-    for entry in handlers:
-        value = entry.extension.status if entry.extension is not None else status.ERROR
-        word = "enabled" if value in (status.SUCCESS, status.WARNING) else value
-        counts[word] = counts.get(word, 0) + 1
-    parts = [f"{n} {'handler' if n == 1 else 'handlers'} {w}" for w, n in sorted(counts.items())]
-    return f"{name}: {', '.join(parts) or 'no handlers'}"
