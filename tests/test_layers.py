@@ -77,6 +77,7 @@ FLOORS: dict[str, tuple[str, ...]] = {
         "extensions.channel",
         "extensions.daemon",
         "extensions.direct_executor",
+        "extensions.events",
         "extensions.package",
         "extensions.reporting",
         "extensions.service",

@@ -24,6 +24,7 @@ safe all-or-nothing unpacking), ``direct_executor`` and ``systemd_executor``
 ``azure-vmextensions.slice``), ``state`` (what is remembered across
 restarts), ``channel`` (goal state, vmSettings, certificates, status upload),
 ``reporting`` (each handler's status from its status file and heartbeat),
+``events`` (the extensions' telemetry event folders kept bounded),
 ``service`` (one pass) and ``daemon`` (the loop behind ``stages/extensions``,
 with sd_notify).
 """

@@ -41,7 +41,15 @@ from urllib.parse import urlsplit
 from azagent import __version__
 from azagent.context import Context
 from azagent.errors import AzagentError
-from azagent.extensions import environment, goalstate, naming, ordering, reporting, status
+from azagent.extensions import (
+    environment,
+    events,
+    goalstate,
+    naming,
+    ordering,
+    reporting,
+    status,
+)
 from azagent.extensions import handler as manifests
 from azagent.extensions import state as saved
 from azagent.extensions.channel import Fabric
@@ -166,6 +174,9 @@ class Service:
             log.warning("status upload failed (%s); retrying next pass", e)
         except Exception as e:
             log.error("status upload failed: %s", redact(f"{type(e).__name__}: {e}"))
+        now = time.time()
+        for name in self.state.handlers:  # telemetry nobody collects: kept bounded
+            events.prune(self.log_root, name, now=now)
         return self.summary
 
     def _act(self, goal: ExtensionsGoalState) -> None:
