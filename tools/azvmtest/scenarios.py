@@ -403,9 +403,24 @@ def scenario_extensions(ctx: Context) -> None:
         operations += ["enable-1", r"disable-\d+", r"uninstall-\d+"]
     for operation in operations:
         unit = re.escape(f"azure-ext-{SAMPLE}-") + operation + "-[0-9a-f]{8}[.]service"
+        # A oneshot's start job ends "Finished" (systemd >= 246), "Started" before.
         check(
-            re.search(f"Started {unit}", journal) is not None,
+            re.search(f"(?:Started|Finished) {unit}", journal) is not None,
             f"no transient unit {unit} started in the journal",
+        )
+    # Finished operations stay listed (RemainAfterExit=yes) until the handler goes.
+    listed = result.text("ext-units-up.txt")
+    for operation in ("install-0", "enable-0"):
+        unit = re.escape(f"azure-ext-{SAMPLE}-") + operation + "-[0-9a-f]{8}[.]service"
+        check(
+            re.search(unit + r"\s+loaded\s+active\s+exited", listed) is not None,
+            f"{unit} is not listed active (exited) once it ended: {listed!r}",
+        )
+    if seen.get("uninstalled") is not None:
+        left = result.text("ext-units.txt")
+        check(
+            f"azure-ext-{SAMPLE}-" not in left,
+            f"the uninstalled handler's units are still listed: {left!r}",
         )
     # The command line reached /bin/sh as written: systemd expanded no '$' of it.
     messages = [
