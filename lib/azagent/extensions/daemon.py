@@ -4,14 +4,13 @@
 seconds until its stop event is set (the stage sets it on SIGTERM), tells
 systemd READY=1 after the first pass, and STATUS= ("incarnation 7: 3 handlers
 enabled, 1 handler transitioning") with WATCHDOG=1 after each. :func:`notify`
-is sd_notify, a no-op outside systemd.
+is systemd-python's sd_notify, a no-op outside systemd.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 from typing import TYPE_CHECKING, Callable
 
@@ -26,20 +25,16 @@ DISABLED_PERIOD = 300  # GoalStatePeriod when Extensions.Enabled=n and the perio
 
 
 def notify(message: str) -> bool:
-    """sd_notify: send ``message`` to systemd; False (nothing done) outside systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
+    """sd_notify (systemd-python's): send ``message`` to systemd; False outside systemd."""
+    if not os.environ.get("NOTIFY_SOCKET"):
         return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
+    from systemd import daemon
+
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(address)
-            sock.sendall(message.encode())
-    except OSError as e:
+        return bool(daemon.notify(message))
+    except (OSError, ValueError) as e:
         log.debug("sd_notify failed: %s", e)
         return False
-    return True
 
 
 # -- the fabric side ---------------------------------------------------------------

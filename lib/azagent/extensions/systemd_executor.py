@@ -57,9 +57,9 @@ contract's (``--setenv``) plus ``PATH``. stdout and stderr go to files in
 the handler's log folder; when the command ends, their first 3200
 characters go to ``CommandExecution.log``, the Outcome, and the journal
 under the handler's name (``SYSLOG_IDENTIFIER``) and the unit's
-(``OBJECT_SYSTEMD_UNIT``, sent by root through journald's native socket), so
+(``OBJECT_SYSTEMD_UNIT``, sent by root with systemd-python's journal.send), so
 ``systemctl status <unit>`` and ``journalctl -u 'azure-ext-*'`` show them
-beside systemd's own messages about the unit (without the native socket:
+beside systemd's own messages about the unit (without systemd-python:
 ``systemd-cat --identifier``, under the handler's name only).
 
 Every value from the goal state reaches systemd as one element of an
@@ -75,8 +75,6 @@ import logging
 import math
 import os
 import secrets
-import socket
-import struct
 import time
 from collections.abc import Sequence
 from contextlib import suppress
@@ -107,8 +105,8 @@ MARGIN = 30.0
 # Polling an in-flight unit found after a restart.
 POLL_FIRST = 0.2
 POLL_MAX = 2.0
-# journald's native socket: fields of our choosing (OBJECT_SYSTEMD_UNIT), any bytes.
-JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
+# systemd.journal.send's signature: the message, then FIELD=value keywords.
+JournalSend = Callable[..., Any]
 # The escaped handler name in a unit name (unit names end at 255 characters).
 MAX_ESCAPED = 150
 _TAG = " #azagent:"
@@ -236,10 +234,10 @@ class SystemdExecutor:
     """Runs each operation as a transient service (see the module docstring).
 
     ``log_root`` is the handler log folders' parent when an operation names
-    no ``log_dir``; ``path`` the PATH commands get; ``journal_socket``
-    journald's native socket (:data:`JOURNAL_SOCKET`), where the head of each
-    operation's output goes with the unit's name (None: through systemd-cat,
-    under the handler's name only).
+    no ``log_dir``; ``path`` the PATH commands get; ``journal_send``
+    systemd-python's ``systemd.journal.send`` (tests pass a recorder), which
+    puts the head of each operation's output in the journal with the unit's
+    name (None: through systemd-cat, under the handler's name only).
     """
 
     def __init__(
@@ -247,11 +245,11 @@ class SystemdExecutor:
         *,
         log_root: Path = Path("/var/log/azure"),
         path: str = system.PATH,
-        journal_socket: Optional[Path] = None,
+        journal_send: Optional[JournalSend] = None,
     ) -> None:
         self.log_root = log_root
         self.path = path
-        self.journal_socket = journal_socket
+        self.journal_send = journal_send
 
     # -- the argv ---------------------------------------------------------------
 
@@ -501,17 +499,16 @@ class SystemdExecutor:
         )
         text = f"{operation.operation} ({outcome.unit}): {ending}\n{outcome.output}"
         text = text[: 2 * OUTPUT_LIMIT + 200]
-        if self.journal_socket is not None:
-            fields = {"MESSAGE": text, "PRIORITY": "6", "SYSLOG_IDENTIFIER": operation.handler}
+        if self.journal_send is not None:
+            fields = {"PRIORITY": "6", "SYSLOG_IDENTIFIER": operation.handler}
             if outcome.unit:
                 # A root sender naming the unit: systemctl status and journalctl -u show it.
                 fields["OBJECT_SYSTEMD_UNIT"] = outcome.unit
             try:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-                    sock.sendto(journal_entry(fields), str(self.journal_socket))
+                self.journal_send(text, **fields)
                 return
-            except OSError as e:
-                log.debug("cannot write to the journal natively: %s", e)
+            except (OSError, ValueError) as e:
+                log.debug("cannot write to the journal: %s", e)
         if system.which("systemd-cat") is None:
             return
         with suppress(StageFailed):
@@ -642,15 +639,6 @@ class SystemdExecutor:
                     timeout=60,
                     what=f"{verb} finished extension units",
                 )
-
-
-def journal_entry(fields: dict[str, str]) -> bytes:
-    """One entry in journald's native protocol: name, newline, 64-bit LE length, value, newline."""
-    out = bytearray()
-    for name, value in fields.items():
-        data = value.encode("utf-8", "replace")
-        out += name.encode("ascii") + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
-    return bytes(out)
 
 
 def _in_flight(active: Optional[str], sub: Optional[str]) -> bool:
