@@ -98,6 +98,8 @@ def recorded(
         (out / "share/collected").write_text("done\n")
     for disk in userboot.DISKS:
         (out / disk).write_bytes(b"disk")
+    (out / userboot.MEDIA / "ovf").mkdir(parents=True)
+    (out / userboot.MEDIA / "ovf/ovf-env.xml").write_text("<UserPassword>x</UserPassword>")
     reports = [SimpleNamespace(incarnation=1, state=s, substatus=None) for s in states]
     requests = [SimpleNamespace(status_upload=u) for u in uploads]
     requests.append(SimpleNamespace(status_upload=None))
@@ -158,6 +160,8 @@ def test_the_evidence(tmp_path: Path) -> None:
     decoded = json.loads((out / "status-uploads.json").read_text())
     assert decoded["handlers"]["Contoso.Ext"]["status"] == "Ready"
     assert not any((out / disk).exists() for disk in userboot.DISKS)  # no evidence, gigabytes
+    assert not (out / userboot.MEDIA).exists()  # the scenario's secrets
+    assert (out / "share/collected").is_file()
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ one line: the boot finished and Ready was reported, or why not.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,8 +25,10 @@ from azfabric import status
 from azvmtest.boot import ROOT_NOT_FOUND, BootResult, BootSpec, run_boot
 from azvmtest.image import Image
 
-# Left behind by a boot but no evidence: the OS disk overlay and the resource disk.
+# Left behind by a boot but no evidence: the OS disk overlay and the resource disk,
+# and the provisioning media (made from the scenario; it holds its password and customData).
 DISKS = ("os.qcow2", "resource.raw")
+MEDIA = "media"
 
 
 class BootError(Exception):
@@ -131,6 +134,7 @@ def write_evidence(result: BootResult, judged: Verdict) -> None:
     (out / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
     for name in DISKS:
         (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / MEDIA, ignore_errors=True)
 
 
 def hold(seconds: float) -> Any:
