@@ -125,6 +125,7 @@ def test_archive_of_a_root(root: Path, tmp_path: Path) -> None:
         "azagent/stages/kernel-tune.json",
         "azagent/status.txt",
         "journal/azure-units.txt",
+        "journal/extensions.txt",
         "system/os-release",
     ]
     journal = files["journal/azure-units.txt"]
@@ -176,7 +177,9 @@ def test_no_journal_is_a_note(root: Path, tmp_path: Path) -> None:
     assert "note: journal not collected: journalctl found no journal" in run.stdout
     files = contents(output)
     assert "journal/azure-units.txt" not in files
+    assert "journal/extensions.txt" not in files
     assert "journalctl found no journal" in files["README.txt"]
+    assert "extension handler journal not collected: journalctl found no journal" in run.stdout
     assert "no stage results in /run/azagent/stages" in files["README.txt"]
 
 
@@ -224,3 +227,179 @@ def test_a_missing_lib_dir_is_created_root_only(root: Path, tmp_path: Path) -> N
     assert run.returncode == 0, run.stderr
     assert oct((root / "var/lib/waagent").stat().st_mode & 0o777) == "0o700"
     assert (root / "var/lib/waagent/logcollector/logs.zip").is_file()
+
+
+# -- the extension handler's part ------------------------------------------------
+
+EXT_JOURNAL = (
+    'echo "ARGS: $*"\n'
+    'case "$*" in *azure-extensions.service*)\n'
+    "  echo 'Nov 22 10:01:00.000001 vm extensions[9]: incarnation 2: 1 handler enabled'\n"
+    "  echo 'Nov 22 10:01:01.000002 vm systemd[1]: azure-ext-Contoso.Ext-enable-0-ab.service:"
+    " Deactivated successfully.'\n"
+    "  echo 'Nov 22 10:01:02.000003 vm extensions[9]: PUT https://b.blob.core.windows.net/s"
+    "?sv=1&sig=EXTjournalSIG'\n"
+    ";; esac"
+)
+HANDLER = "Contoso.Test.Handler"
+EXT_SECRETS = ("EXTjournalSIG", "EXTlogSIG", "EXTpass1", "EXTprotected", "SHADOWSECRET")
+
+
+def planted_extension_logs(root: Path) -> Path:
+    """/var/log/azure as extensions leave it, with secrets, links and hostile names."""
+    logs = root / "var/log/azure"
+    handler = logs / HANDLER
+    handler.mkdir(parents=True)
+    (handler / "CommandExecution.log").write_text(
+        f"2026-11-22T10:01:00Z {HANDLER}/enable: bin/enable.sh\nexit status 0, 0.2 s\n"
+        "[stdout]\nGET https://c.blob.core.windows.net/p/a.zip?sv=1&sig=EXTlogSIG\n"
+        '[stderr]\n{"protectedSettings": "EXTprotected", "commandToExecute": "date"}\n'
+    )
+    (handler / "CommandExecution_20261121.log").write_text("an older rotation\n")
+    (handler / "extension.log").write_text("handler: useradd bob password=EXTpass1\n")
+    (handler / "extension.log.1").write_text("handler: yesterday\n")
+    (handler / "enable.0.stdout").write_text("enabled the test handler\n")
+    (handler / "old.log.gz").write_bytes(b"\x1f\x8b not text")
+    (handler / "events").mkdir()
+    (handler / "events" / "1.json").write_text('{"event": 1}\n')
+    secret = root / "etc/shadow-copy"
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.write_text("SHADOWSECRET\n")
+    (handler / "leak.log").symlink_to(secret)
+    os.mkfifo(handler / "pipe.log")  # opened, it would block the collection
+    # A handler folder that is a link: not followed.
+    (root / "elsewhere").mkdir()
+    (root / "elsewhere/secret.log").write_text("SHADOWSECRET\n")
+    (logs / "Linked.Handler").symlink_to(root / "elsewhere")
+    # Names an extension chose: a newline, a terminal escape, non-UTF-8 bytes, '..'.
+    hostile = logs / "..Evil\nHandler"
+    hostile.mkdir()
+    (hostile / "..\x1b[31mred\n.log").write_text("hostile content\n")
+    os.mkdir(os.fsencode(logs) + b"/Bad\xffBytes")
+    (Path(os.fsdecode(os.fsencode(logs) + b"/Bad\xffBytes")) / "x.log").write_text("bytes\n")
+    return logs
+
+
+def test_the_extension_handler_part(root: Path, tmp_path: Path) -> None:
+    planted_extension_logs(root)
+    env = fake_tools(tmp_path / "bin", EXT_JOURNAL)
+    output = tmp_path / "logs.zip"
+    run = azagent("collect-logs", "--root", str(root), "--output", str(output), env=env)
+    assert run.returncode == 0, run.stderr
+    files = contents(output)
+
+    journal = files["journal/extensions.txt"]
+    assert (
+        f"ARGS: --root={root} -u azure-extensions.service -u azure-ext-* "
+        "-u azure-vmextensions*.slice -o short-precise --no-pager"
+    ) in journal
+    assert "incarnation 2: 1 handler enabled" in journal
+    assert "azure-ext-Contoso.Ext-enable-0-ab.service" in journal
+    assert "journal/azure-units.txt" in files  # the stages' journal is still there
+
+    folder = f"extensions/{HANDLER}"
+    collected = sorted(name for name in files if name.startswith(folder + "/"))
+    assert collected == [
+        f"{folder}/CommandExecution.log",
+        f"{folder}/CommandExecution_20261121.log",
+        f"{folder}/enable.0.stdout",
+        f"{folder}/extension.log",
+        f"{folder}/extension.log.1",
+    ]
+    command_log = files[f"{folder}/CommandExecution.log"]
+    assert "exit status 0" in command_log
+    assert '"protectedSettings": "<redacted>"' in command_log
+    assert "handler: useradd bob password=<redacted>" in files[f"{folder}/extension.log"]
+
+    # Hostile names arrive escaped, never as paths, control characters or '..'.
+    assert files["extensions/%2E.Evil%0AHandler/%2E.%1B%5B31mred%0A.log"] == "hostile content\n"
+    assert files["extensions/Bad%FFBytes/x.log"] == "bytes\n"
+    for name in files:
+        assert all(part not in ("", ".", "..") for part in name.split("/")), name
+        assert name.isprintable(), name
+        assert "\\" not in name, name
+
+    readme = files["README.txt"]
+    assert f"left out {folder}/leak.log: a symbolic link" in readme
+    assert f"left out {folder}/pipe.log: not a regular file" in readme
+    assert f"left out 2 other entries of /var/log/azure/{HANDLER} (not a log file)" in readme
+    assert "left out /var/log/azure/Linked.Handler: a symbolic link" in readme
+    assert not any(name.startswith("extensions/Linked.Handler") for name in files)
+    assert "\x1b" not in readme
+    assert "\x1b" not in run.stdout
+
+    everything = "\n".join(files.values())
+    for secret in (*SECRETS, *EXT_SECRETS):
+        assert secret not in everything, secret
+
+
+def test_extension_logs_keep_the_newest_of_each_file(root: Path, tmp_path: Path) -> None:
+    handler = root / "var/log/azure" / HANDLER
+    handler.mkdir(parents=True)
+    line = "x" * 99 + "\n"
+    with open(handler / "extension.log", "w") as f:
+        f.write("the oldest line\n")
+        f.write(line * 15_000)  # 1.5 MB
+        f.write("the newest line\n")
+    env = fake_tools(tmp_path / "bin", "exit 0")
+    output = tmp_path / "logs.zip"
+    run = azagent("collect-logs", "--root", str(root), "--output", str(output), env=env)
+    assert run.returncode == 0, run.stderr
+    text = contents(output)[f"extensions/{HANDLER}/extension.log"]
+    assert text.startswith("[the oldest ")
+    assert "the newest line" in text
+    assert "the oldest line" not in text
+    assert len(text.encode()) <= 1024 * 1024 + 100
+    assert f"extensions/{HANDLER}/extension.log truncated" in run.stdout
+
+
+def test_extension_logs_are_bounded_together(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CommandExecution logs come first; once the bound is reached the rest is a note."""
+    from azagent import logcollect
+    from azagent.config import defaults
+    from azagent.context import Context
+
+    monkeypatch.setattr(logcollect, "EXTENSION_LOG_CAP", 1000)
+    monkeypatch.setattr(logcollect, "EXTENSION_LOGS_CAP", 2500)
+    monkeypatch.setenv("PATH", fake_tools(tmp_path / "bin", "exit 0")["PATH"])
+    for age, name in enumerate(("A.First", "B.Second", "C.Third")):
+        folder = root / "var/log/azure" / name
+        folder.mkdir(parents=True)
+        (folder / "handler.log").write_text(f"{name} handler log\n" + "h" * 2000 + "\nnewest\n")
+        os.utime(folder / "handler.log", (1e9 - age, 1e9 - age))  # A's is the newest
+        (folder / "CommandExecution.log").write_text(f"{name} commands\n" + "c" * 700 + "\n")
+    ctx = Context(stage="collect-logs", root=root, config=defaults())
+    archive = logcollect.collect_logs(ctx, tmp_path / "logs.zip", {})
+    files = contents(archive.path)
+    logs = {name: text for name, text in files.items() if name.startswith("extensions/")}
+    assert sorted(logs) == [
+        "extensions/A.First/CommandExecution.log",
+        "extensions/A.First/handler.log",
+        "extensions/B.Second/CommandExecution.log",
+        "extensions/C.Third/CommandExecution.log",
+    ]
+    # Three CommandExecution logs whole (2,160 bytes), the rest of the bound
+    # for the newest part of the newest other log.
+    handler_log = logs["extensions/A.First/handler.log"]
+    assert handler_log.startswith("[the oldest ")
+    assert handler_log.endswith("\nnewest\n")
+    assert len(handler_log.encode()) <= 2500 - 3 * 720 + 50
+    assert any("reached 2500 bytes" in note for note in archive.notes)
+    assert "left out extensions/B.Second/handler.log" in files["README.txt"]
+    assert "left out extensions/C.Third/handler.log" in files["README.txt"]
+
+
+def test_a_log_dir_inside_lib_dir_is_not_read(root: Path, tmp_path: Path) -> None:
+    (root / "etc").mkdir()
+    (root / "etc/waagent.conf").write_text("Extension.LogDir=/var/lib/waagent/logs\n")
+    folder = root / "var/lib/waagent/logs" / HANDLER
+    folder.mkdir(parents=True)
+    (folder / "CommandExecution.log").write_text("x\n")
+    env = fake_tools(tmp_path / "bin", "exit 0")
+    output = tmp_path / "logs.zip"
+    run = azagent("collect-logs", "--root", str(root), "--output", str(output), env=env)
+    assert run.returncode == 0, run.stderr
+    assert "Extension.LogDir /var/lib/waagent/logs overlaps Lib.Dir" in run.stdout
+    assert not any(name.startswith("extensions/") for name in contents(output))

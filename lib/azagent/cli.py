@@ -411,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
         "collect-logs",
         help="zip azagent's journal, state and system facts for support (waagent -collect-logs)",
         description="Write a zip, readable by root only, of the journal of the azure-* units, "
+        "the extension handler's journal and the extensions' logs (/var/log/azure/<Name>/), "
         "the stage results, status, configuration and system facts, every text redacted. "
         "Nothing from Lib.Dir (keys, certificates, customData) is collected.",
     )

@@ -15,7 +15,24 @@ from azvmtest import image, scenarios
 
 
 def _deb(args: argparse.Namespace) -> Optional[Path]:
-    return Path(args.deb).resolve() if getattr(args, "deb", None) else None
+    if not getattr(args, "deb", None):
+        return None
+    deb = Path(args.deb).resolve()
+    if not deb.is_file():
+        print(f"vmtest: --deb {args.deb}: no such file", file=sys.stderr)
+        raise SystemExit(2)
+    return deb
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < 86400:
+        raise argparse.ArgumentTypeError(f"out of range (0 to 86400 seconds): {text!r}")
+    return value
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -94,6 +111,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_boot(args: argparse.Namespace) -> int:
+    """Boot once with the user's scenario; exit 0 when the boot finished and Ready was reported."""
+    from azvmtest import userboot
+
+    try:
+        scenario = userboot.load_scenario(Path(args.scenario))
+        out = Path(args.out).absolute()
+        userboot.prepare_out(out)
+        deb = _deb(args)
+        built = image.build(deb=deb)
+        judged = userboot.boot(
+            built,
+            scenario,
+            out,
+            timeout=args.timeout,
+            up_for=args.up_for,
+            kernel_args=tuple(args.kernel_arg or ()),
+        )
+    except userboot.BootError as e:
+        print(f"vmtest: {e}", file=sys.stderr)
+        return 2
+    if judged.ok:
+        print(f"vmtest: PASS: {judged.line}")
+        return 0
+    print(f"vmtest: FAIL: {judged.line}", file=sys.stderr)
+    return 1
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="vmtest", description="Boot azagent in a Debian guest under qemu."
@@ -110,7 +155,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run.add_argument("--workdir", help="keep every boot's evidence here")
     run.add_argument("--keep", action="store_true", help="keep the evidence even when all pass")
     run.set_defaults(func=cmd_run)
-    for command in (build, run, demo):
+    boot = sub.add_parser(
+        "boot",
+        help="boot once with a scenario file of your own; exit 0 when Ready was reported",
+        description="Boot the guest once against the emulator with SCENARIO (the file "
+        "`tools/fabric serve --scenario` reads) and leave in DIR what the guest collected "
+        "(share/), its console, the emulator's request log and the decoded status uploads. "
+        "Exit 0 when the boot finished and Ready was reported, 1 with one line saying why "
+        "not, 2 when the boot could not start.",
+    )
+    boot.add_argument("--scenario", required=True, metavar="FILE", help="scenario file (JSON)")
+    boot.add_argument("--out", required=True, metavar="DIR", help="an empty or new directory")
+    boot.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long the boot may take to finish (default 300)",
+    )
+    boot.add_argument(
+        "--up-for",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep the guest running this long after the boot finished, before it collects "
+        "(extensions, timeline events)",
+    )
+    boot.add_argument(
+        "--kernel-arg",
+        action="append",
+        metavar="ARG",
+        help="add to the guest's kernel command line (repeatable), e.g. "
+        "systemd.wants=azure-extensions.service",
+    )
+    boot.set_defaults(func=cmd_boot)
+    for command in (build, run, demo, boot):
         command.add_argument(
             "--deb", metavar="FILE", help="install this azagent package instead of building one"
         )
