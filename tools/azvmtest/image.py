@@ -105,8 +105,14 @@ def cache_key(deb: Optional[Path] = None) -> str:
     digest.update(" ".join(PACKAGES + INITRAMFS_MODULES + MASKED).encode())
     if deb is not None:
         digest.update(deb.read_bytes())
-    sources = [REPO / "setup.cfg", REPO / "README.md", TOOLS / "install", TOOLS / "package-deb"]
-    for directory in ("lib/azagent", "stages", "units") if deb is None else ():
+    sources = [
+        REPO / "setup.cfg",
+        REPO / "pyproject.toml",
+        REPO / "README.md",
+        TOOLS / "install",
+        TOOLS / "package-deb",
+    ]
+    for directory in ("lib/azagent", "stages", "units", "debian") if deb is None else ():
         sources += sorted(
             p for p in (REPO / directory).rglob("*") if p.is_file() and "__pycache__" not in p.parts
         )
@@ -124,6 +130,11 @@ def customize(rootfs: Path, deb: Path) -> None:
     # A path inside the image's chroot, not this machine's /tmp.
     run(["chroot", str(rootfs), "dpkg", "-i", "/tmp/azagent.deb"], stdout=subprocess.DEVNULL)  # noqa: S108
     (rootfs / "tmp/azagent.deb").unlink()
+    # The package's postinst byte-compiles azagent (py3compile): the units'
+    # sandbox keeps Python from writing bytecode at boot.
+    site = rootfs / "usr/lib/python3/dist-packages/azagent"
+    if not any(site.glob("__pycache__/*.pyc")):
+        raise SystemExit(f"vmtest: installing the package left no bytecode in {site}")
     conf = rootfs / "etc/waagent.conf.d"
     conf.mkdir(parents=True, exist_ok=True)
     shutil.copy(GUEST / "90-vmtest.conf", conf / "90-vmtest.conf")
