@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 from conftest import REPO
@@ -27,6 +28,8 @@ DEPENDS = (
     "sudo",
     "openssh-client",
     "iproute2",
+    "fdisk",
+    "mount",
 )
 
 
@@ -129,7 +132,9 @@ def test_the_package_depends_on_what_the_stages_need(deb: Path) -> None:
     assert set(DEPENDS) <= listed, depends
 
 
-def run_maintainer_script(deb: Path, tmp_path: Path, script: str, *args: str) -> list[str]:
+def run_maintainer_script(
+    deb: Path, tmp_path: Path, script: str, *args: str, env: Optional[dict[str, str]] = None
+) -> list[str]:
     """Run one of the package's maintainer scripts with systemctl and the Python
     byte-compilers replaced by recorders (nothing on this machine changes);
     returns the commands they were called with."""
@@ -142,14 +147,51 @@ def run_maintainer_script(deb: Path, tmp_path: Path, script: str, *args: str) ->
         recorder = fake / name
         recorder.write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\n')
         recorder.chmod(0o755)
-    env = dict(os.environ, PATH=f"{fake}:/usr/bin:/bin")
-    subprocess.run(["sh", str(control / script), *args], env=env, check=True, timeout=60)
+    # DPKG_ROOT (dpkg's own variable for a foreign root): the scripts' files
+    # land in a temporary tree, never in this machine's /var or /etc.
+    environment = dict(os.environ, PATH=f"{fake}:/usr/bin:/bin", DPKG_ROOT=str(tmp_path / "root"))
+    environment.update(env or {})
+    subprocess.run(["sh", str(control / script), *args], env=environment, check=True, timeout=60)
     return log.read_text().splitlines() if log.exists() else []
 
 
 def test_postinst_byte_compiles_azagent(deb: Path, tmp_path: Path) -> None:
     calls = run_maintainer_script(deb, tmp_path, "postinst", "configure")
     assert "py3compile -p azagent" in [c.strip() for c in calls]
+
+
+def test_postinst_presets_each_unit_once(deb: Path, tmp_path: Path) -> None:
+    """A unit is preset when first installed, never again: an administrator's
+    `systemctl disable` survives upgrades, and a unit new in an upgrade is preset."""
+    root = tmp_path / "root"
+    units = root / "usr/lib/systemd/system"
+    units.mkdir(parents=True)
+    (units / "azure-a.service").write_text("")
+    (units / "azure-b.target").write_text("")
+    environment = {"DPKG_ROOT": str(root)}
+
+    def presets(work: str, *args: str) -> list[str]:
+        (tmp_path / work).mkdir()
+        calls = run_maintainer_script(deb, tmp_path / work, "postinst", *args, env=environment)
+        return sorted(c.split()[-1] for c in calls if " preset " in c)
+
+    assert presets("install", "configure") == ["azure-a.service", "azure-b.target"]
+    assert presets("again", "configure", "0.1.0") == []
+    (units / "azure-c.service").write_text("")
+    assert presets("upgrade", "configure", "0.1.0") == ["azure-c.service"]
+    assert (root / "var/lib/azagent/preset-units").read_text().split() == [
+        "azure-a.service",
+        "azure-b.target",
+        "azure-c.service",
+    ]
+    # Purge forgets them, and drops enable links left dangling.
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True)
+    (wants / "azure-gone.service").symlink_to("/nonexistent/azure-gone.service")
+    (tmp_path / "purge").mkdir()
+    run_maintainer_script(deb, tmp_path / "purge", "postrm", "purge", env=environment)
+    assert not (root / "var/lib/azagent").exists()
+    assert not (wants / "azure-gone.service").is_symlink()
 
 
 def test_prerm_removes_the_bytecode(deb: Path, tmp_path: Path) -> None:
