@@ -94,6 +94,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from azvmtest import bench
+
+    agents = [a.strip() for a in args.agents.split(",") if a.strip()]
+    json_path = Path(args.json) if args.json else None
+    return bench.main(agents, args.boots, json_path, _deb(args))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="vmtest", description="Boot azagent in a Debian guest under qemu."
@@ -110,7 +118,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run.add_argument("--workdir", help="keep every boot's evidence here")
     run.add_argument("--keep", action="store_true", help="keep the evidence even when all pass")
     run.set_defaults(func=cmd_run)
-    for command in (build, run, demo):
+    bench = sub.add_parser(
+        "bench", help="boot azagent, cloud-init, waagent and no agent side by side; time them"
+    )
+    bench.add_argument("--boots", type=int, default=3, help="rounds of interleaved boots")
+    bench.add_argument(
+        "--agents", default="azagent,cloud-init,waagent,none", help="comma-separated, in order"
+    )
+    bench.add_argument("--json", metavar="FILE", help="write the medians per agent here")
+    bench.set_defaults(func=cmd_bench)
+    for command in (build, run, demo, bench):
         command.add_argument(
             "--deb", metavar="FILE", help="install this azagent package instead of building one"
         )
