@@ -12,6 +12,7 @@ Nothing in a bench guest is configured with a real platform address.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import shutil
 import subprocess
 import sys
@@ -167,13 +168,17 @@ class Variant:
 
 
 def cache_key(name: str, public_key: str) -> str:
+    """What goes into the variant: the base recipe, the peer's packages, patches, files and
+    the code that applies them (not this whole file: an edit elsewhere keeps the images)."""
     digest = hashlib.sha256()
     digest.update(" ".join(image.PACKAGES + image.INITRAMFS_MODULES + image.MASKED).encode())
-    digest.update(name.encode() + b"\0" + " ".join(PACKAGES[name]).encode())
+    recipe = (name, PACKAGES[name], PATCHES.get(name), FILES.get(name), UNITS[name], USER)
+    digest.update(repr(recipe).encode())
     if name == "none":
         digest.update(public_key.encode())
-    for path in (Path(__file__), Path(image.__file__), image.GUEST / "80-dhcp.network"):
-        digest.update(path.read_bytes())
+    for function in (customize, patch_tree, replace_exactly, image.bootstrap, image.make_disk):
+        digest.update(inspect.getsource(function).encode())
+    digest.update((image.GUEST / "80-dhcp.network").read_bytes())
     return digest.hexdigest()[:16]
 
 
