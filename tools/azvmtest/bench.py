@@ -441,8 +441,14 @@ def _measure(run: Run, fabric: Fabric, qemu: subprocess.Popen[bytes], port: int)
         _measure_extra(run, fabric, port)
         return
     if boot.ready is not None and boot.ssh is not None and boot.ready > boot.ssh:
-        # Usable only now: read the accounting at this moment.
-        _, output = run.ssh(port, _remote_cpu_command(boot.agent))
+        # Usable only now: read the accounting at this moment. An agent may restart
+        # sshd (new host keys) around its report: a refused login is tried again.
+        for _ in range(60):
+            at, output = run.ssh(port, _remote_cpu_command(boot.agent))
+            if at is not None:
+                (run.workdir / "cpu-read-at.txt").write_text(f"{at}\n")
+                break
+            time.sleep(0.5)
     (run.workdir / "cpu.txt").write_text(output)
     cpu, units, missing = cpu_seconds(output.partition("\n")[2])
     boot.cpu, boot.units = round(cpu, 2), units
