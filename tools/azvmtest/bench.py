@@ -30,6 +30,7 @@ import statistics
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -54,6 +55,9 @@ UNIT_GLOBS = {
 }
 FORBIDDEN = {peers.REAL_WIRESERVER, peers.REAL_IMDS}
 LOGIN_MARK = "bench-login-ok"
+# The MAC of the one interface in the emulated IMDS's network metadata: cloud-init
+# configures the network from it and waits for a NIC with that address.
+NIC_MAC = "00:0d:3a:00:00:00"
 
 
 # -- the guest's packets (pure) --------------------------------------------------------
@@ -316,6 +320,18 @@ class Run:
         if any(is_dhcp_ack(frame) for _, frame in packets):
             self.boot.lease = self.now()
 
+    def watch(self, stop: threading.Event) -> threading.Thread:
+        """Poll the packet dump every POLL seconds in a thread of its own, so that
+        nothing the host waits for (an SSH attempt) delays seeing the lease."""
+
+        def loop() -> None:
+            while self.boot.lease is None and not stop.wait(POLL):
+                self.watch_lease()
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        return thread
+
     def ssh(self, port: int, command: str, stdin: str = "") -> tuple[Optional[float], str]:
         """(seconds from qemu start when the first line came, output) of one login."""
         with subprocess.Popen(
@@ -368,6 +384,8 @@ def run_boot(
     run = Run(boot, workdir, key)
     holder = BootResult(spec, workdir, fabric, started=0.0)
     command = qemu_command(variant.image, holder, fabric.listening, ssh_port)
+    nic = "virtio-net-pci,netdev=n0,romfile="
+    command[command.index(nic)] = f"{nic},mac={NIC_MAC}"
     command += ["-object", f"filter-dump,id=dump0,netdev=n0,file={run.pcap}"]
     with open(workdir / "qemu.log", "w") as log:
         run.wall_started = time.time()
@@ -407,23 +425,33 @@ def _ready_time(run: Run, fabric: Fabric) -> Optional[float]:
     return None
 
 
+def _login(run: Run, qemu: subprocess.Popen[bytes], port: int, deadline: float) -> None:
+    """SSH attempts from the lease on, until one logs in (its output kept in login.txt)."""
+    while time.monotonic() < deadline and qemu.poll() is None:
+        if run.boot.lease is None:
+            time.sleep(POLL)
+            continue
+        at, output = run.ssh(port, _remote_cpu_command(run.boot.agent))
+        (run.workdir / "login.txt").write_text(output)
+        if at is not None:
+            run.boot.ssh = at
+            return
+        time.sleep(0.5)
+
+
 def _measure(run: Run, fabric: Fabric, qemu: subprocess.Popen[bytes], port: int) -> None:
     boot = run.boot
     deadline = run.started + BOUND
     wants_ready = boot.agent != "none"
-    output = ""
-    while time.monotonic() < deadline and qemu.poll() is None:
-        run.watch_lease()
-        if wants_ready and boot.ready is None:
-            boot.ready = _ready_time(run, fabric)
-        if boot.lease is None and run.now() < 60:
-            time.sleep(POLL)
-            continue
-        at, output = run.ssh(port, _remote_cpu_command(boot.agent))
-        if at is not None:
-            boot.ssh = at
-            break
-        time.sleep(0.5)
+    stop = threading.Event()
+    watcher = run.watch(stop)
+    try:
+        _login(run, qemu, port, deadline)
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+    login = run.workdir / "login.txt"
+    output = login.read_text() if login.exists() else ""
     if boot.ssh is None:
         boot.failures.append(f"no SSH login within {BOUND:.0f} s: {output.strip()[-300:]}")
     while wants_ready and boot.ready is None and time.monotonic() < deadline:
@@ -502,7 +530,8 @@ def conditions(variants: dict[str, peers.Variant]) -> list[str]:
     load = os.getloadavg()
     lines = [
         f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"qemu: {qemu[0] if qemu else 'unknown'}; -accel tcg -cpu qemu64 -smp 2 -m 1024 -M pc",
+        f"qemu: {qemu[0] if qemu else 'unknown'}; -accel tcg -cpu qemu64 -smp 2 -m 1024 -M pc,"
+        f" virtio-net mac {NIC_MAC}, no resource disk, the OVF DVD",
         f"host: {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
     ]
     for name, variant in variants.items():
