@@ -23,6 +23,7 @@ goal-state request and one health report, made from inside that guest.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -55,6 +56,7 @@ UNIT_GLOBS = {
 }
 FORBIDDEN = {peers.REAL_WIRESERVER, peers.REAL_IMDS}
 LOGIN_MARK = "bench-login-ok"
+READ_END = "bench-read-end"
 # The MAC of the one interface in the emulated IMDS's network metadata: cloud-init
 # configures the network from it and waits for a NIC with that address.
 NIC_MAC = "00:0d:3a:00:00:00"
@@ -239,17 +241,30 @@ def cpu_seconds(show: str) -> tuple[float, int, list[str]]:
 # -- one boot -------------------------------------------------------------------------
 
 
-def _remote_cpu_command(agent: str) -> str:
+def _accounting(agent: str) -> str:
+    """The shell that prints `systemctl show` of the agent's units, run or not."""
     globs = " ".join(f"'{g}'" for g in UNIT_GLOBS[agent])
-    if not globs:
-        return f"echo {LOGIN_MARK}"
     # By name, loaded or not: list-units knows the loaded ones, list-unit-files the rest.
     return (
-        f"echo {LOGIN_MARK}; u=$( (systemctl list-units --all --plain --no-legend {globs};"
+        f"u=$( (systemctl list-units --all --plain --no-legend {globs};"
         f" systemctl list-unit-files --no-legend {globs}) | cut -d' ' -f1 | sort -u);"
         " systemctl show -p Id,ActiveState,CPUUsageNSec,CPUAccounting"
         ",InactiveExitTimestampMonotonic $u"
     )
+
+
+def _session_command(agent: str) -> str:
+    """Log in and say so; then print the accounting each time the host sends a line.
+
+    The session stays open, so that the host reads the accounting the moment the VM
+    becomes usable instead of one more login later."""
+    if not UNIT_GLOBS[agent]:
+        return f"echo {LOGIN_MARK}"
+    return f"echo {LOGIN_MARK}; while read -r _; do {_accounting(agent)}; echo {READ_END}; done"
+
+
+def _remote_cpu_command(agent: str) -> str:
+    return f"echo {LOGIN_MARK}; {_accounting(agent)}"
 
 
 def _limit_command() -> str:
@@ -306,6 +321,7 @@ class Run:
         self.pcap = workdir / "net.pcap"
         self.started = 0.0
         self.wall_started = 0.0
+        self.session: Optional[subprocess.Popen[str]] = None
 
     def now(self) -> float:
         return round(time.monotonic() - self.started, 2)
@@ -331,6 +347,56 @@ class Run:
         thread = threading.Thread(target=loop, daemon=True)
         thread.start()
         return thread
+
+    def login(self, port: int) -> Optional[float]:
+        """One login attempt with the session command; keeps the session when it works."""
+        process = subprocess.Popen(
+            _ssh_argv(self.key, port, _session_command(self.boot.agent)),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        if first.strip() == LOGIN_MARK:
+            self.session = process
+            return self.now()
+        self.close(process)
+        (self.workdir / "login.txt").write_text(first)
+        return None
+
+    def read_accounting(self) -> Optional[str]:
+        """The agent's `systemctl show` through the open session (None: it is gone)."""
+        process = self.session
+        if process is None or process.stdin is None or process.stdout is None:
+            return None
+        try:
+            process.stdin.write("\n")
+            process.stdin.flush()
+        except OSError:
+            return None
+        lines: list[str] = []
+        for line in process.stdout:
+            if line.strip() == READ_END:
+                return "".join(lines)
+            lines.append(line)
+        return None
+
+    def close(self, process: Optional[subprocess.Popen[str]] = None) -> None:
+        process = process or self.session
+        if process is None:
+            return
+        with contextlib.suppress(OSError):
+            if process.stdin is not None:
+                process.stdin.close()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
 
     def ssh(self, port: int, command: str, stdin: str = "") -> tuple[Optional[float], str]:
         """(seconds from qemu start when the first line came, output) of one login."""
@@ -396,6 +462,9 @@ def run_boot(
     try:
         _measure(run, fabric, qemu, ssh_port)
     finally:
+        if run.session is not None:
+            run.session.kill()
+            run.close()
         if qemu.poll() is None:
             os.killpg(qemu.pid, signal.SIGKILL)
             qemu.wait(timeout=30)
@@ -431,8 +500,7 @@ def _login(run: Run, qemu: subprocess.Popen[bytes], port: int, deadline: float) 
         if run.boot.lease is None:
             time.sleep(POLL)
             continue
-        at, output = run.ssh(port, _remote_cpu_command(run.boot.agent))
-        (run.workdir / "login.txt").write_text(output)
+        at = run.login(port)
         if at is not None:
             run.boot.ssh = at
             return
@@ -468,17 +536,19 @@ def _measure(run: Run, fabric: Fabric, qemu: subprocess.Popen[bytes], port: int)
     if boot.agent == "none":
         _measure_extra(run, fabric, port)
         return
-    if boot.ready is not None and boot.ssh is not None and boot.ready > boot.ssh:
-        # Usable only now: read the accounting at this moment. An agent may restart
-        # sshd (new host keys) around its report: a refused login is tried again.
+    # Usable now (the loop above waited for Ready): read the accounting at this moment.
+    read = run.read_accounting()
+    how = f"read at {run.now()} s through the first session"
+    if read is None:
+        # The session is gone (an agent restarted sshd with new host keys): log in again.
         for _ in range(60):
             at, output = run.ssh(port, _remote_cpu_command(boot.agent))
             if at is not None:
-                (run.workdir / "cpu-read-at.txt").write_text(f"{at}\n")
+                read, how = output.partition("\n")[2], f"read at {at} s by a new login"
                 break
             time.sleep(0.5)
-    (run.workdir / "cpu.txt").write_text(output)
-    cpu, units, missing = cpu_seconds(output.partition("\n")[2])
+    (run.workdir / "cpu.txt").write_text(f"# {how}\n{read}")
+    cpu, units, missing = cpu_seconds(read or "")
     boot.cpu, boot.units = round(cpu, 2), units
     if missing or units == 0:
         boot.failures.append(f"no CPU figure from systemd for {missing or 'any unit'}")
