@@ -241,30 +241,33 @@ def cpu_seconds(show: str) -> tuple[float, int, list[str]]:
 # -- one boot -------------------------------------------------------------------------
 
 
-def _accounting(agent: str) -> str:
-    """The shell that prints `systemctl show` of the agent's units, run or not."""
+def _units(agent: str) -> str:
+    """Shell that sets $u to the agent's units by name, loaded or not (list-units knows
+    the loaded ones, list-unit-files the rest)."""
     globs = " ".join(f"'{g}'" for g in UNIT_GLOBS[agent])
-    # By name, loaded or not: list-units knows the loaded ones, list-unit-files the rest.
     return (
         f"u=$( (systemctl list-units --all --plain --no-legend {globs};"
-        f" systemctl list-unit-files --no-legend {globs}) | cut -d' ' -f1 | sort -u);"
-        " systemctl show -p Id,ActiveState,CPUUsageNSec,CPUAccounting"
-        ",InactiveExitTimestampMonotonic $u"
+        f" systemctl list-unit-files --no-legend {globs}) | cut -d' ' -f1 | sort -u)"
     )
+
+
+SHOW = (
+    "systemctl show -p Id,ActiveState,CPUUsageNSec,CPUAccounting,InactiveExitTimestampMonotonic $u"
+)
 
 
 def _session_command(agent: str) -> str:
     """Log in and say so; then print the accounting each time the host sends a line.
 
-    The session stays open, so that the host reads the accounting the moment the VM
-    becomes usable instead of one more login later."""
+    The session stays open and knows the units already, so that the host reads the
+    accounting the moment the VM becomes usable: one `systemctl show`, no new login."""
     if not UNIT_GLOBS[agent]:
         return f"echo {LOGIN_MARK}"
-    return f"echo {LOGIN_MARK}; while read -r _; do {_accounting(agent)}; echo {READ_END}; done"
+    return f"echo {LOGIN_MARK}; {_units(agent)}; while read -r _; do {SHOW}; echo {READ_END}; done"
 
 
 def _remote_cpu_command(agent: str) -> str:
-    return f"echo {LOGIN_MARK}; {_accounting(agent)}"
+    return f"echo {LOGIN_MARK}; {_units(agent)}; {SHOW}"
 
 
 def _limit_command() -> str:
@@ -537,8 +540,9 @@ def _measure(run: Run, fabric: Fabric, qemu: subprocess.Popen[bytes], port: int)
         _measure_extra(run, fabric, port)
         return
     # Usable now (the loop above waited for Ready): read the accounting at this moment.
+    asked = run.now()
     read = run.read_accounting()
-    how = f"read at {run.now()} s through the first session"
+    how = f"asked at {asked} s, answered at {run.now()} s through the first session"
     if read is None:
         # The session is gone (an agent restarted sshd with new host keys): log in again.
         for _ in range(60):
