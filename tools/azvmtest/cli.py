@@ -139,6 +139,14 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from azvmtest import bench
+
+    agents = [a.strip() for a in args.agents.split(",") if a.strip()]
+    json_path = Path(args.json) if args.json else None
+    return bench.main(agents, args.boots, json_path, _deb(args))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="vmtest", description="Boot azagent in a Debian guest under qemu."
@@ -189,7 +197,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "systemd.wants=azure-extensions.service",
     )
     boot.set_defaults(func=cmd_boot)
-    for command in (build, run, demo, boot):
+    bench = sub.add_parser(
+        "bench", help="boot azagent, cloud-init, waagent and no agent side by side; time them"
+    )
+    bench.add_argument("--boots", type=int, default=3, help="rounds of interleaved boots")
+    bench.add_argument(
+        "--agents", default="azagent,cloud-init,waagent,none", help="comma-separated, in order"
+    )
+    bench.add_argument("--json", metavar="FILE", help="write the medians per agent here")
+    bench.set_defaults(func=cmd_bench)
+    for command in (build, run, demo, boot, bench):
         command.add_argument(
             "--deb", metavar="FILE", help="install this azagent package instead of building one"
         )

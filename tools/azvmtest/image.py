@@ -161,6 +161,50 @@ def customize(rootfs: Path, deb: Path) -> None:
     (rootfs / "etc/machine-id").write_text("")  # a generalized image: a new id every VM
 
 
+def bootstrap(rootfs: Path, packages: tuple[str, ...]) -> None:
+    """The base recipe: a minbase bookworm tree with ``packages`` and a small initramfs."""
+    modules = rootfs.parent / "modules"
+    modules.write_text("\n".join(INITRAMFS_MODULES) + "\n")
+    run(
+        [
+            "mmdebstrap",
+            "--variant=minbase",
+            "--quiet",
+            f"--include={','.join(packages)}",
+            "--dpkgopt=path-exclude=/usr/share/doc/*",
+            "--dpkgopt=path-exclude=/usr/share/man/*",
+            "--dpkgopt=path-exclude=/usr/share/locale/*",
+            '--essential-hook=mkdir -p "$1/etc/initramfs-tools/conf.d" && '
+            'echo MODULES=list > "$1/etc/initramfs-tools/conf.d/vmtest.conf" && '
+            f'cp {modules} "$1/etc/initramfs-tools/modules"',
+            "bookworm",
+            str(rootfs),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def make_disk(rootfs: Path, staging: Path) -> None:
+    """The kernel, initrd and the tree as an ext4 disk image in ``staging``."""
+    staging.mkdir()
+    boot = rootfs / "boot"
+    shutil.copy(next(boot.glob("vmlinuz-*")), staging / "vmlinuz")
+    shutil.copy(next(boot.glob("initrd.img-*")), staging / "initrd.img")
+    run(
+        [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-L",
+            "azagent-os",
+            "-d",
+            str(rootfs),
+            str(staging / "base.raw"),
+            "3G",
+        ]
+    )
+
+
 def build(*, force: bool = False, deb: Optional[Path] = None) -> Image:
     """The guest image with azagent from this checkout, or from the package ``deb``."""
     ensure_host_packages()
@@ -174,44 +218,10 @@ def build(*, force: bool = False, deb: Optional[Path] = None) -> Image:
         deb = deb or build_deb(Path(tmp))
         print(f"vmtest: building the guest image {key} (about a minute)", file=sys.stderr)
         rootfs = Path(tmp) / "rootfs"
-        modules = Path(tmp) / "modules"
-        modules.write_text("\n".join(INITRAMFS_MODULES) + "\n")
-        run(
-            [
-                "mmdebstrap",
-                "--variant=minbase",
-                "--quiet",
-                f"--include={','.join(PACKAGES)}",
-                "--dpkgopt=path-exclude=/usr/share/doc/*",
-                "--dpkgopt=path-exclude=/usr/share/man/*",
-                "--dpkgopt=path-exclude=/usr/share/locale/*",
-                '--essential-hook=mkdir -p "$1/etc/initramfs-tools/conf.d" && '
-                'echo MODULES=list > "$1/etc/initramfs-tools/conf.d/vmtest.conf" && '
-                f'cp {modules} "$1/etc/initramfs-tools/modules"',
-                "bookworm",
-                str(rootfs),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
+        bootstrap(rootfs, PACKAGES)
         customize(rootfs, deb)
         staging = Path(tmp) / key
-        staging.mkdir()
-        boot = rootfs / "boot"
-        shutil.copy(next(boot.glob("vmlinuz-*")), staging / "vmlinuz")
-        shutil.copy(next(boot.glob("initrd.img-*")), staging / "initrd.img")
-        run(
-            [
-                "mkfs.ext4",
-                "-q",
-                "-F",
-                "-L",
-                "azagent-os",
-                "-d",
-                str(rootfs),
-                str(staging / "base.raw"),
-                "3G",
-            ]
-        )
+        make_disk(rootfs, staging)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
