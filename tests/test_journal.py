@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -31,6 +31,15 @@ def parse_native(payload: bytes) -> dict[str, str]:
     return fields
 
 
+def sender(path: str) -> Callable[..., None]:
+    """journal.native_send, to the socket at ``path``."""
+
+    def send(message: str, **fields: object) -> None:
+        journal.send_to(path, message, fields)
+
+    return send
+
+
 @pytest.fixture
 def journald(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
     path = str(tmp_path / "socket")
@@ -45,13 +54,10 @@ def journald(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
 
 def test_native_send_delivers_every_field_intact(journald: tuple[str, socket.socket]) -> None:
     path, server = journald
-    journal.native_send(
+    journal.send_to(
+        path,
         "first line\nsecond line = with an equals sign",
-        socket_path=path,
-        PRIORITY="3",
-        STAGE="create-user",
-        CODE_LINE=42,
-        REASON="why: a=b",
+        {"PRIORITY": "3", "STAGE": "create-user", "CODE_LINE": 42, "REASON": "why: a=b"},
     )
     fields = parse_native(server.recv(65536))
     assert fields == {
@@ -70,9 +76,7 @@ def test_the_handler_sends_redacted_structured_entries(
     logger = logging.getLogger("azagent.test-native")
     logger.propagate = False
     logger.setLevel(logging.INFO)
-    handler = journal.JournalHandler(
-        "ssh-keys", send=functools.partial(journal.native_send, socket_path=path)
-    )
+    handler = journal.JournalHandler("ssh-keys", send=sender(path))
     handler.handleError = lambda record: pytest.fail("the journal handler failed")  # type: ignore[method-assign]
     logger.addHandler(handler)
     try:
@@ -98,10 +102,7 @@ def test_without_journald_the_line_goes_to_stderr_with_its_priority(
 ) -> None:
     logger = logging.getLogger("azagent.test-native-missing")
     logger.propagate = False
-    handler = journal.JournalHandler(
-        "kernel-tune",
-        send=functools.partial(journal.native_send, socket_path=str(tmp_path / "absent")),
-    )
+    handler = journal.JournalHandler("kernel-tune", send=sender(str(tmp_path / "absent")))
     handler.handleError = lambda record: pytest.fail("the journal handler failed")  # type: ignore[method-assign]
     logger.addHandler(handler)
     try:

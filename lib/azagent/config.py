@@ -14,7 +14,6 @@ WALinuxAgent still works.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import stat
@@ -50,16 +49,36 @@ MAX_DROPINS = 256
 
 _MAX_PATH = 4095  # PATH_MAX less its NUL
 _MAX_COMPONENT = 255  # NAME_MAX
-_PATH_CHARACTER = re.compile(r"[A-Za-z0-9._+/-]")
-_HOST_CHARACTER = re.compile(r"[A-Za-z0-9._:\[\]-]")
-_URL_CHARACTER = re.compile(r"[\x21-\x7e]")  # printable ASCII, no space
-_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
-_FILESYSTEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
-_MOUNT_OPTION = re.compile(r"[A-Za-z][A-Za-z0-9._-]*(?:=[A-Za-z0-9._:/+@-]*)?")
-_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 
 
-def _first_outside(value: str, allowed: re.Pattern[str]) -> str | None:
+class _Pattern:
+    """A regular expression compiled when first used.
+
+    Compiling runs in Python (re's parser and compiler) and each stage is a
+    fresh process at boot; most configurations set none of the keys these
+    check, so most runs never need them.
+    """
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self._compiled: re.Pattern[str] | None = None
+
+    def fullmatch(self, value: str) -> re.Match[str] | None:
+        if self._compiled is None:
+            self._compiled = re.compile(self.pattern)
+        return self._compiled.fullmatch(value)
+
+
+_PATH_CHARACTER = _Pattern(r"[A-Za-z0-9._+/-]")
+_HOST_CHARACTER = _Pattern(r"[A-Za-z0-9._:\[\]-]")
+_URL_CHARACTER = _Pattern(r"[\x21-\x7e]")  # printable ASCII, no space
+_HOST_LABEL = _Pattern(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+_FILESYSTEM = _Pattern(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+_MOUNT_OPTION = _Pattern(r"[A-Za-z][A-Za-z0-9._-]*(?:=[A-Za-z0-9._:/+@-]*)?")
+_WORD = _Pattern(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+
+
+def _first_outside(value: str, allowed: _Pattern) -> str | None:
     """The first character of ``value`` that ``allowed`` does not match, as repr shows it."""
     for c in value:
         if not allowed.fullmatch(c):
@@ -92,6 +111,8 @@ def _path_problem(value: str) -> str | None:
 
 def _host_problem(value: str, *, brackets: bool) -> str | None:
     """A DNS name or an IP literal; an IPv6 one in brackets when ``brackets`` says so."""
+    import ipaddress  # here: most configurations name no host
+
     bad = _first_outside(value, _HOST_CHARACTER)  # '%' too: no IPv6 zone index
     if bad is not None:
         return f"it contains {bad}"

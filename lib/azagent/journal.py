@@ -80,8 +80,13 @@ def _field(name: str, value: object) -> bytes:
     return key + b"=" + data + b"\n"
 
 
-def native_send(message: str, *, socket_path: str = JOURNAL_SOCKET, **fields: object) -> None:
-    """Send one entry to journald, as systemd.journal.send does, without systemd-python.
+def native_send(message: str, **fields: object) -> None:
+    """Send one entry to journald, as systemd.journal.send does, without systemd-python."""
+    send_to(JOURNAL_SOCKET, message, fields)
+
+
+def send_to(socket_path: str, message: str, fields: dict[str, object]) -> None:
+    """Send one entry to the journald socket at ``socket_path`` (see :func:`native_send`).
 
     Loading systemd-python (libsystemd and what it links) costs a stage more
     than the rest of its start-up under emulation; the protocol is one
