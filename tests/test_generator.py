@@ -25,7 +25,7 @@ STAGE_OF = {
     "azure-resource-disk.service": ("resource-disk", {}),
     "azure-mount-ovf.service": ("mount-ovf", {}),
     "azure-report-ready.service": ("report-ready", {}),
-    "azure-hostname-monitor.service": ("hostname", {"AZAGENT_HOSTNAME_MONITOR": "1"}),
+    "azure-hostname-monitor.path": ("hostname", {"AZAGENT_HOSTNAME_MONITOR": "1"}),
 }
 
 
@@ -89,7 +89,7 @@ CASES = [
             "azure-scvmm.service",
             "azure-mount-ovf.service",
             "azure-resource-disk.service",
-            "azure-hostname-monitor.service",
+            "azure-hostname-monitor.path",
         },
         id="provisioning-and-disk-off",
     ),
