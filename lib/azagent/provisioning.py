@@ -26,6 +26,7 @@ import functools
 import json
 import os
 import stat
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -137,10 +138,8 @@ def save(ctx: Context, data: ProvisioningData) -> None:
         if needed:
             atomic_write(ctx.path(flag), b"", mode=0o644)
         else:
-            try:
+            with suppress(FileNotFoundError):
                 os.unlink(ctx.path(flag))
-            except FileNotFoundError:
-                pass
     atomic_write(ctx.path(STATE_PATH), data.to_json(), mode=0o600)
 
 
