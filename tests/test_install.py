@@ -41,6 +41,9 @@ def test_install_into_an_image_tree(tmp_path: Path) -> None:
     unit = image / "usr/lib/systemd/system/azure-kernel-tune.service"
     assert unit.stat().st_mode & 0o777 == 0o644
     assert (image / "usr/share/doc/azagent/README.md").is_file()
+    generator = image / "usr/lib/systemd/system-generators/azagent-generator"
+    assert generator.stat().st_mode & 0o777 == 0o755
+    assert generator.read_bytes().startswith(b"#!/bin/sh\n")
     assert os.readlink(
         image / "etc/systemd/system/sysinit.target.wants/azure-kernel-tune.service"
     ) == ("/usr/lib/systemd/system/azure-kernel-tune.service")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from azfabric.scenario import Fault
+from azfabric.scenario import Fault, KeyPair, PublicKey
 from azfabric.server import Fabric
 from conftest import snapshot
 from provisioning_env import DVD, Scenario, Vm, make_vm
@@ -51,6 +51,45 @@ def test_mount_ovf_saves_the_data_root_only(vm: Vm) -> None:
     assert b"CustomData" in copy.read_bytes()
     assert b"IyEvYmlu" not in copy.read_bytes()  # customData's base64 is gone from the copy
     assert "IyEvYmlu" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("scenario", "flagged"),
+    [
+        pytest.param(Scenario(username="alice"), set(), id="inline-key-only"),
+        pytest.param(
+            Scenario(
+                username="alice",
+                custom_data=CUSTOM,
+                public_keys=[
+                    PublicKey(path="/home/alice/.ssh/authorized_keys", fingerprint="generate")
+                ],
+            ),
+            {"certificates", "custom-data"},
+            id="thumbprint-key-and-custom-data",
+        ),
+        pytest.param(
+            Scenario(username="alice", key_pairs=[KeyPair(path="/home/alice/.ssh/id_rsa")]),
+            {"certificates"},
+            id="key-pair",
+        ),
+    ],
+)
+def test_mount_ovf_flags_the_stages_that_have_work(
+    root: Path, scenario: Scenario, flagged: set[str]
+) -> None:
+    """The units start certificates and custom-data only on these flags
+    (ConditionPathExists=): without one the stage would only skip."""
+    with Fabric(scenario) as fabric:
+        vm = make_vm(root, scenario, fabric)
+        assert vm.run("mount-ovf").returncode == 0
+        for stage in ("certificates", "custom-data"):
+            flag = root / f"run/azagent/{stage}-needed"
+            assert flag.exists() == (stage in flagged), stage
+            if stage not in flagged:
+                dry = vm.run(stage, "--dry-run")
+                assert dry.returncode == 0, dry.stderr
+                assert "would skip" in dry.stdout, dry.stdout
 
 
 def test_mount_ovf_second_run_and_dry_run_change_nothing(vm: Vm) -> None:

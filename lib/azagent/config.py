@@ -14,7 +14,6 @@ WALinuxAgent still works.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import stat
@@ -50,19 +49,24 @@ MAX_DROPINS = 256
 
 _MAX_PATH = 4095  # PATH_MAX less its NUL
 _MAX_COMPONENT = 255  # NAME_MAX
-_PATH_CHARACTER = re.compile(r"[A-Za-z0-9._+/-]")
-_HOST_CHARACTER = re.compile(r"[A-Za-z0-9._:\[\]-]")
-_URL_CHARACTER = re.compile(r"[\x21-\x7e]")  # printable ASCII, no space
-_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
-_FILESYSTEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
-_MOUNT_OPTION = re.compile(r"[A-Za-z][A-Za-z0-9._-]*(?:=[A-Za-z0-9._:/+@-]*)?")
-_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 
 
-def _first_outside(value: str, allowed: re.Pattern[str]) -> str | None:
+# Patterns, compiled by re (and cached) when first used: compiling runs in
+# Python and each stage is a fresh process at boot, while most
+# configurations set none of the keys these check.
+_PATH_CHARACTER = r"[A-Za-z0-9._+/-]"
+_HOST_CHARACTER = r"[A-Za-z0-9._:\[\]-]"
+_URL_CHARACTER = r"[\x21-\x7e]"  # printable ASCII, no space
+_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_FILESYSTEM = r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}"
+_MOUNT_OPTION = r"[A-Za-z][A-Za-z0-9._-]*(?:=[A-Za-z0-9._:/+@-]*)?"
+_WORD = r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}"
+
+
+def _first_outside(value: str, allowed: str) -> str | None:
     """The first character of ``value`` that ``allowed`` does not match, as repr shows it."""
     for c in value:
-        if not allowed.fullmatch(c):
+        if not re.fullmatch(allowed, c):
             return repr(c)
     return None
 
@@ -92,6 +96,8 @@ def _path_problem(value: str) -> str | None:
 
 def _host_problem(value: str, *, brackets: bool) -> str | None:
     """A DNS name or an IP literal; an IPv6 one in brackets when ``brackets`` says so."""
+    import ipaddress  # here: most configurations name no host
+
     bad = _first_outside(value, _HOST_CHARACTER)  # '%' too: no IPv6 zone index
     if bad is not None:
         return f"it contains {bad}"
@@ -114,7 +120,7 @@ def _host_problem(value: str, *, brackets: bool) -> str | None:
     if len(value) > 253:
         return "it is longer than 253 characters"
     labels = (value[:-1] if value.endswith(".") else value).split(".")
-    bad = next((label for label in labels if not _HOST_LABEL.fullmatch(label)), None)
+    bad = next((label for label in labels if not re.fullmatch(_HOST_LABEL, label)), None)
     if bad is not None:
         return f"it has a label {bad[:64]!r}"
     if all(label.isdigit() for label in labels):
@@ -156,7 +162,7 @@ def _url_problem(value: str) -> str | None:
 def _mount_options_problem(value: str) -> str | None:
     if len(value) > 512:
         return "it is longer than 512 characters"
-    bad = next((o for o in value.split(",") if not _MOUNT_OPTION.fullmatch(o)), None)
+    bad = next((o for o in value.split(",") if not re.fullmatch(_MOUNT_OPTION, o)), None)
     if bad is not None:
         return f"it has the option {bad[:64]!r}" if bad else "it has an empty option"
     return None
@@ -180,7 +186,7 @@ PATH = Rule(
 FILESYSTEM = Rule(
     "a single word naming a filesystem type, such as ext4 or xfs (a letter or digit, then"
     " letters, digits, '.', '_' or '-', at most 32 characters)",
-    lambda value: None if _FILESYSTEM.fullmatch(value) else "",
+    lambda value: None if re.fullmatch(_FILESYSTEM, value) else "",
 )
 MOUNT_OPTIONS = Rule(
     "a comma-separated list of mount(8) options without spaces, such as noatime,nodev"
@@ -198,7 +204,7 @@ URL = Rule(
 )
 WORD = Rule(
     "a single word of letters, digits, '.', '_', '+' or '-'",
-    lambda value: None if _WORD.fullmatch(value) else "",
+    lambda value: None if re.fullmatch(_WORD, value) else "",
 )
 
 

@@ -14,7 +14,7 @@ RUN_DIR = "/run/azagent"
 WIRESERVER_PATH = "/run/azagent/wireserver"
 HOSTGAPLUGIN_PORT = 32526
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_SAVED_WIRESERVER = re.compile(rf"http://({_OCTET}(?:\.{_OCTET}){{3}})")
+_SAVED_WIRESERVER = rf"http://({_OCTET}(?:\.{_OCTET}){{3}})"  # compiled when used
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class Context:
             saved = self.path(WIRESERVER_PATH).read_text(encoding="ascii").strip()
         except (OSError, UnicodeDecodeError):
             return configured
-        found = _SAVED_WIRESERVER.fullmatch(saved)
+        found = re.fullmatch(_SAVED_WIRESERVER, saved)
         if found is None:
             return configured
         if name == "WireServer":

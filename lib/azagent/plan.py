@@ -7,19 +7,23 @@ without depending on it (imports only point down).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable
 
+if TYPE_CHECKING:
+    # For the type checker only: creating a Protocol class costs every stage's
+    # start-up, and nothing checks it at run time.
+    from pathlib import Path
+    from typing import Protocol
 
-class Target(Protocol):
-    """Where a plan acts (a :class:`~azagent.context.Context`): its root, and
-    whether that root is the running system."""
+    class Target(Protocol):
+        """Where a plan acts (a :class:`~azagent.context.Context`): its root, and
+        whether that root is the running system."""
 
-    @property
-    def root(self) -> Path: ...
+        @property
+        def root(self) -> Path: ...
 
-    @property
-    def live(self) -> bool: ...
+        @property
+        def live(self) -> bool: ...
 
 
 def _nothing() -> None:

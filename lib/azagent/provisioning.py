@@ -26,6 +26,7 @@ import functools
 import json
 import os
 import stat
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -41,6 +42,12 @@ from azagent.results import read_result
 STATE_PATH = "/run/azagent/provisioning.json"
 # Left by mount-ovf when there is no provisioning media: the imds stage's cue.
 IMDS_NEEDED = "/run/azagent/imds-needed"
+# Left beside the data for the units' ConditionPathExists=, so that systemd
+# starts a stage only when the data gives it something to do: certificates
+# when a key or key pair is given by thumbprint, custom-data when there is
+# customData. Without the flag the stage would only record "skipped".
+CERTIFICATES_NEEDED = "/run/azagent/certificates-needed"
+CUSTOM_DATA_NEEDED = "/run/azagent/custom-data-needed"
 MARKER_NAME = "provisioned"
 # In Lib.Dir when the platform said ProvisionGuestAgent=false: the extension
 # handler's unit does not start (ConditionPathExists=!...).
@@ -114,7 +121,25 @@ class ProvisioningData:
         return loaded
 
 
+def needs_certificates(data: ProvisioningData) -> bool:
+    """Whether a key or key pair comes by thumbprint (the certificates stage's work)."""
+    return any(k.value is None and k.fingerprint for k in data.public_keys) or any(
+        k.fingerprint for k in data.key_pairs
+    )
+
+
 def save(ctx: Context, data: ProvisioningData) -> None:
+    """Save this boot's data, and the flags saying which later stages have work."""
+    flags = {
+        CERTIFICATES_NEEDED: needs_certificates(data),
+        CUSTOM_DATA_NEEDED: data.custom_data is not None,
+    }
+    for flag, needed in flags.items():
+        if needed:
+            atomic_write(ctx.path(flag), b"", mode=0o644)
+        else:
+            with suppress(FileNotFoundError):
+                os.unlink(ctx.path(flag))
     atomic_write(ctx.path(STATE_PATH), data.to_json(), mode=0o600)
 
 

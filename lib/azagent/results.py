@@ -15,15 +15,18 @@ wrong type, too large, not a regular file) reads as no result at all.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from azagent.redact import redact
+
+# json and datetime are imported where they are used: a stage's dry run
+# neither writes nor reads a result, and every stage is a fresh process.
+if TYPE_CHECKING:
+    from datetime import datetime
 
 # Exit statuses of a stage (and of the azagent command).
 EXIT_OK = 0  # done, nothing to do, or skipped (the stage does not apply)
@@ -68,6 +71,8 @@ class Result:
         exit_status: int = EXIT_OK,
     ) -> Result:
         """The result of a run between ``start`` and ``end`` (seconds since the epoch)."""
+        from datetime import datetime, timezone
+
         return cls(
             stage=stage,
             state=state,
@@ -90,6 +95,8 @@ class Result:
 
     def to_json(self) -> bytes:
         """The recorded document; reason and changes redacted."""
+        import json
+
         document = {
             "stage": self.stage,
             "state": self.state,
@@ -105,6 +112,8 @@ class Result:
     @classmethod
     def from_json(cls, data: bytes) -> Optional[Result]:
         """The result ``data`` records, or None when it is not a result document."""
+        import json
+
         try:
             document = json.loads(data)
         except (ValueError, RecursionError):
@@ -166,6 +175,8 @@ def _integer(document: dict[str, object], key: str) -> Optional[int]:
 
 def _time(document: dict[str, object], key: str) -> Optional[datetime]:
     """An ISO 8601 time (UTC when it names no offset); absent or "" is None."""
+    from datetime import datetime, timezone
+
     value = document.get(key)
     if value is None or value == "":
         return None

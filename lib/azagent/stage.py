@@ -22,13 +22,15 @@ system is already as it should be, so a second run changes nothing.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import argparse
 
 from azagent import config as configuration
 from azagent import journal
@@ -100,6 +102,8 @@ def _arm_test_crash(root: Path) -> None:
 
 
 def argument_parser(name: str, description: str) -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(prog=name, description=description)
     parser.add_argument(
         "--root",
@@ -120,6 +124,64 @@ def argument_parser(name: str, description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return parser
+
+
+class Options:
+    """The parsed common options (what argparse's Namespace holds for them)."""
+
+    def __init__(self, **values: object) -> None:
+        self.__dict__.update(values)
+
+
+_VALUED = {"--root": "root", "--config": "config"}
+_FLAGS = {"--dry-run": "dry_run", "-v": "verbose", "--verbose": "verbose"}
+
+
+def _parse_plain(argv: Sequence[str], flags: dict[str, str]) -> Options | None:
+    """The common options when ``argv`` holds only their plain spellings, else None.
+
+    Importing argparse costs a stage a good part of its start-up under
+    emulation; the command lines systemd and people use are these few
+    spellings. Anything else (--help, an abbreviation, an unknown option, a
+    value that looks like an option) goes to argparse, which answers as before.
+    """
+    values: dict[str, object] = {"root": "/", "config": None}
+    values.update(dict.fromkeys(flags.values(), False))
+    words = iter(argv)
+    for word in words:
+        name, equals, value = word.partition("=")
+        if name in _VALUED:
+            if not equals:
+                value = next(words, "-")
+            if value.startswith("-"):
+                return None
+            values[_VALUED[name]] = value
+        elif word in flags:
+            values[flags[word]] = True
+        else:
+            return None
+    return Options(**values)
+
+
+def parse_options(
+    name: str,
+    description: str,
+    argv: Sequence[str] | None = None,
+    extra_flags: dict[str, str] | None = None,
+) -> Any:
+    """Parse a stage's command line: the common options plus ``extra_flags``
+    (``{"--once": "its help"}``, each stored as a boolean)."""
+    extra_flags = extra_flags or {}
+    words = sys.argv[1:] if argv is None else list(argv)
+    flags = dict(_FLAGS)
+    flags.update({flag: flag.lstrip("-").replace("-", "_") for flag in extra_flags})
+    plain = _parse_plain(words, flags)
+    if plain is not None:
+        return plain
+    parser = argument_parser(name, description)
+    for flag, text in extra_flags.items():
+        parser.add_argument(flag, action="store_true", help=text)
+    return parser.parse_args(words)
 
 
 def load_config(root: Path, explicit: str | None) -> configuration.Config:
@@ -151,7 +213,7 @@ def main(
     argv: Sequence[str] | None = None,
 ) -> int:
     """Run one stage from the command line; returns the exit status."""
-    args = argument_parser(name, description).parse_args(argv)
+    args = parse_options(name, description, argv)
     journal.setup(name, verbose=args.verbose)
 
     root = Path(args.root)

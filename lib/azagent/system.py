@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
@@ -34,7 +32,14 @@ class Completed:
     stderr: str
 
 
+# subprocess and shutil are imported where they are used: most stages that
+# import this module decide without running anything, and every stage is a
+# fresh process at boot.
+
+
 def which(name: str) -> Optional[str]:
+    import shutil
+
     return shutil.which(name, path=os.environ.get("PATH", PATH))
 
 
@@ -57,6 +62,8 @@ def run(
     command's stdout and stderr through (to the journal, under systemd)
     instead of capturing them.
     """
+    import subprocess
+
     if not argv:
         raise ValueError("empty command")
     environment = {"PATH": os.environ.get("PATH", PATH), "LC_ALL": "C"}
