@@ -12,7 +12,6 @@ Operators search the journal by these fields::
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import sys
@@ -63,61 +62,12 @@ def structured_fields(record: logging.LogRecord) -> dict[str, str]:
     return fields
 
 
-JOURNAL_SOCKET = "/run/systemd/journal/socket"
-
-
-def _field(name: str, value: object) -> bytes:
-    """One field of journald's native protocol (systemd's JOURNAL_NATIVE_PROTOCOL).
-
-    ``NAME=value`` on a line of its own; a value holding a newline is sent
-    as ``NAME``, a newline, its length (64-bit little endian), the bytes and
-    a newline, so that any text arrives intact.
-    """
-    data = str(value).encode("utf-8", "replace")
-    key = name.encode("ascii")
-    if b"\n" in data:
-        return key + b"\n" + len(data).to_bytes(8, "little") + data + b"\n"
-    return key + b"=" + data + b"\n"
-
-
-def native_send(message: str, **fields: object) -> None:
-    """Send one entry to journald, as systemd.journal.send does, without systemd-python."""
-    send_to(JOURNAL_SOCKET, message, fields)
-
-
-def send_to(socket_path: str, message: str, fields: dict[str, object]) -> None:
-    """Send one entry to the journald socket at ``socket_path`` (see :func:`native_send`).
-
-    Loading systemd-python (libsystemd and what it links) costs a stage more
-    than the rest of its start-up under emulation; the protocol is one
-    datagram on a Unix socket. ``_socket`` is the C module under ``socket``:
-    the wrapper module builds its enums at import, which a stage that sends
-    one datagram does not need. An entry too large for one datagram goes
-    through systemd-python, which hands it over in a memfd.
-    """
-    import _socket
-
-    payload = _field("MESSAGE", message) + b"".join(
-        _field(name, value) for name, value in fields.items()
-    )
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
-    try:
-        sock.sendto(payload, socket_path)
-    except OSError as e:
-        if e.errno not in (errno.EMSGSIZE, errno.ENOBUFS):  # too large for a datagram
-            raise
-        from systemd import journal
-
-        journal.send(message, **fields)
-    finally:
-        sock.close()
-
-
 class JournalHandler(logging.Handler):
-    """Send records to journald natively, with structured fields.
+    """Send records to the journal with structured fields (systemd-python).
 
-    ``send`` defaults to :func:`native_send`; tests pass systemd.journal.send
-    (the same signature) or a recorder.
+    ``send`` defaults to systemd.journal.send, imported at the first record
+    so that a stage that logs nothing, or a run in a terminal, never loads
+    systemd-python; tests pass a recorder with the same signature.
     """
 
     def __init__(self, stage: str, send: Callable[..., Any] | None = None) -> None:
@@ -129,7 +79,9 @@ class JournalHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             if self._send is None:
-                self._send = native_send
+                from systemd import journal
+
+                self._send = journal.send
             message = self.format(record)
             # systemd.journal.send formats CODE_LINE with {:d}: an int.
             fields: dict[str, object] = {
@@ -144,7 +96,7 @@ class JournalHandler(logging.Handler):
             try:
                 self._send(message, **fields)
             except OSError:
-                # No journald socket (or it refused): stderr is the journal's
+                # journald is gone or refused the entry: stderr is the journal's
                 # stream, which reads a <priority> prefix; the fields are lost,
                 # the line is not.
                 for line in message.splitlines() or [""]:
