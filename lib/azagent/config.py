@@ -483,6 +483,17 @@ KEYS: tuple[Key, ...] = (
         maximum=3600,
     ),
     Key(
+        "Extensions.OperationTimeout",
+        int,
+        None,
+        "Seconds any one extension command may run before its whole cgroup is killed, when"
+        " lower than the contract's (enable and uninstall 300, install, update and disable"
+        " 900); None: the contract's.",
+        nullable=True,
+        minimum=1,
+        maximum=900,
+    ),
+    Key(
         "Extensions.InitialGoalStatePeriod",
         int,
         6,

@@ -124,6 +124,7 @@ class Service:
         self.fabric = fabric or Fabric(ctx)
         self.monotonic = monotonic
         self.enabled = ctx.config.get_bool("Extensions.Enabled")
+        self.timeout_limit = ctx.config.get_int("Extensions.OperationTimeout")
         self.state = saved.load(ctx.lib_dir)
         self.goal: Optional[ExtensionsGoalState] = None
         self.goal_status: Optional[status.GoalStateStatus] = None
@@ -385,7 +386,7 @@ class Service:
             shell_line=command.shell_line(directory),
             cwd=directory,
             environment=variables,
-            timeout=float(environment.TIMEOUTS[operation]),
+            timeout=environment.operation_timeout(operation, self.timeout_limit),
             extension=extension.name if multi and extension is not None else None,
             sequence=extension.seq_no if extension is not None else 0,
             cpu_quota_percent=prepared.manifest.cpu_quota,
@@ -400,6 +401,7 @@ class Service:
                 log.warning("cannot list operations in flight: %s", e)
                 self._in_flight = set()
         outcome: Optional[Outcome] = None
+        self.tick()  # the watchdog: an operation may take up to its timeout
         if operation.key in self._in_flight:
             self._in_flight.discard(operation.key)
             log.info(
