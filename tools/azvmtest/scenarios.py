@@ -276,6 +276,20 @@ def scenario_default(ctx: Context) -> None:
     )
     failed = result.text("failed.txt")
     check("azure-" not in failed, f"failed azure units: {failed}")
+    # The extension handler, enabled by the preset, keeps running (the goal state names
+    # no extension here) and started only after Ready was reported: it cannot delay it.
+    extensions = result.units().get("azure-extensions.service", {})
+    check(
+        (extensions.get("UnitFileState"), extensions.get("ActiveState"), extensions.get("SubState"))
+        == ("enabled", "active", "running"),
+        f"azure-extensions.service: {extensions}",
+    )
+    ready = monotonic(result, "azure-report-ready.service", "ExecMainExitTimestampMonotonic")
+    handler = monotonic(result, "azure-extensions.service", "ExecMainStartTimestampMonotonic")
+    check(
+        0 < ready <= handler,
+        f"Ready reported at {ready}, the extension handler started at {handler}",
+    )
     # The resource disk came as NTFS holding only the warning file: formatted,
     # mounted, the warning written, and a 0600 swap file active on it.
     check(
