@@ -486,9 +486,7 @@ KEYS: tuple[Key, ...] = (
         "Extensions.OperationTimeout",
         int,
         None,
-        "Seconds any one extension command may run before its whole cgroup is killed, when"
-        " lower than the contract's (enable and uninstall 300, install, update and disable"
-        " 900); None: the contract's.",
+        "Lowers every extension command's timeout (the contract's 300 s or 900 s) to this.",
         nullable=True,
         minimum=1,
         maximum=900,
