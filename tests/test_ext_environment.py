@@ -202,6 +202,12 @@ def test_timeouts_per_operation() -> None:
     }
 
 
+def test_operation_timeout_only_lowers_the_contracts() -> None:
+    assert environment.operation_timeout("install") == 900.0
+    assert environment.operation_timeout("install", 20) == 20.0
+    assert environment.operation_timeout("enable", 600) == 300.0
+
+
 # --- naming ---------------------------------------------------------------------
 
 

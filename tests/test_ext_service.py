@@ -174,6 +174,35 @@ def test_new_handler_installed_enabled_and_its_status_uploaded(root: Path, fabri
     assert oct(saved.state_path(ctx.lib_dir).stat().st_mode & 0o777) == "0o600"
 
 
+def test_operation_timeout_lowers_every_operations_limit(root: Path, fabric: Fabric) -> None:
+    """Extensions.OperationTimeout caps the contract's timeouts; unset, they apply."""
+    ctx = vm_context(root, fabric)
+    executor = RunningExecutor()
+    service(ctx, executor).run_once()
+    ran = [(o.operation, o.timeout) for o in executor.ran]
+    assert ran == [("install", 900.0), ("enable", 300.0)]
+    with open(ctx.path("/etc/waagent.conf"), "a") as conf:
+        conf.write("Extensions.OperationTimeout=20\n")
+    limited = RunningExecutor()
+    service(fabric_context(ctx.root), limited).run_once()  # a restart: enable again
+    assert [(o.operation, o.timeout) for o in limited.ran] == [("enable", 20.0)]
+
+
+def test_the_watchdog_is_fed_before_every_operation(root: Path, fabric: Fabric) -> None:
+    """An operation may take its whole timeout: the watchdog hears from the loop before it."""
+    events: list[str] = []
+
+    class Recording(RunningExecutor):
+        def run(self, operation: Operation) -> Outcome:
+            events.append(operation.operation)
+            return super().run(operation)
+
+    svc = service(vm_context(root, fabric), Recording())
+    svc.tick = lambda: events.append("tick")
+    svc.run_once()
+    assert events == ["tick", "install", "tick", "enable"]
+
+
 def test_a_pass_without_change_runs_nothing_and_asks_conditionally(
     root: Path, fabric: Fabric
 ) -> None:
@@ -355,13 +384,34 @@ def test_loop_notifies_and_stops(root: Path, fabric: Fabric) -> None:
         return True
 
     assert daemon.loop(svc, 0.01, stop, tell=tell) == 0
-    # The watchdog is fed before each operation of the first pass (install, enable).
-    assert told[:3] == ["WATCHDOG=1", "WATCHDOG=1", "READY=1"]
-    told = [m for m in told if m != "WATCHDOG=1"]
-    assert told[0] == "READY=1"
-    assert told[1].startswith("STATUS=incarnation ")
-    assert "WATCHDOG=1" in told[1]
+    assert told[0].startswith("READY=1\n")
+    # The watchdog before each operation, STATUS with it after the pass.
+    assert told[1:3] == ["WATCHDOG=1", "WATCHDOG=1"]
+    assert told[3].startswith("STATUS=incarnation ")
+    assert "WATCHDOG=1" in told[3]
     assert told[-1] == "STOPPING=1"
+
+
+def test_ready_comes_before_the_first_pass(
+    root: Path, fabric: Fabric, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first pass may run extensions for many minutes (install 900 s, enable 300 s):
+    neither systemd's start timeout nor the boot may wait for it."""
+    svc = service(vm_context(root, fabric), RunningExecutor())
+    told: list[str] = []
+    stop = threading.Event()
+    seen_at_pass: list[list[str]] = []
+    first_pass = svc.run_once
+
+    def run_once() -> str:
+        seen_at_pass.append(list(told))
+        stop.set()
+        return first_pass()
+
+    monkeypatch.setattr(svc, "run_once", run_once)
+    daemon.loop(svc, 0.01, stop, tell=lambda message: told.append(message) is None)
+    assert seen_at_pass == [[told[0]]]
+    assert told[0].startswith("READY=1")
 
 
 def run_stage(*args: str, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess[str]:

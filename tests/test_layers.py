@@ -44,6 +44,7 @@ FLOORS: dict[str, tuple[str, ...]] = {
         "redact",
         "results",
         "system",
+        "valuerules",
     ),
     "protocol": (
         "asn1",

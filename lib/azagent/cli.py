@@ -431,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     extensions = sub.add_parser(
         "extensions",
-        help="(in progress) each VM extension's version, state and last operation",
+        help="each VM extension's version, state and last operation",
         description="Every extension handler the extension handler service knows: version, "
         "state, sequence number, last operation (exit status, duration, unit), status "
         "message; the goal state acted on and the last status upload. Reads the service's "

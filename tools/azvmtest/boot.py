@@ -54,6 +54,9 @@ class BootSpec:
     ssh: bool = False
     secrets: tuple[str, ...] = ()
     timeout: float = 300.0
+    # waagent.conf lines for this boot only ("Extensions.Enabled=n"): the guest's
+    # vmtest-config writes them to a drop-in from `vmtest.waagent=` kernel arguments.
+    config: tuple[str, ...] = ()
     # Called once the boot finished, before the guest collects its results: the
     # host changes the fabric (a new goal state) and waits for the guest to act.
     while_up: Optional[Callable[[BootResult], None]] = None
@@ -192,7 +195,9 @@ def qemu_command(
         "-initrd",
         str(image.initrd),
         "-append",
-        " ".join([KERNEL_ARGS, *spec.kernel_args]),
+        " ".join(
+            [KERNEL_ARGS, *spec.kernel_args, *(f"vmtest.waagent={line}" for line in spec.config)]
+        ),
         "-uuid",
         vm_id,
         "-smbios",

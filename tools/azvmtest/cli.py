@@ -194,7 +194,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         action="append",
         metavar="ARG",
         help="add to the guest's kernel command line (repeatable), e.g. "
-        "systemd.wants=azure-extensions.service",
+        "systemd.mask=azure-extensions.service",
     )
     boot.set_defaults(func=cmd_boot)
     bench = sub.add_parser(

@@ -139,12 +139,11 @@ def customize(rootfs: Path, deb: Path) -> None:
     conf.mkdir(parents=True, exist_ok=True)
     shutil.copy(GUEST / "90-vmtest.conf", conf / "90-vmtest.conf")
     shutil.copy(GUEST / "80-dhcp.network", rootfs / "etc/systemd/network/80-dhcp.network")
-    collector = rootfs / "usr/local/sbin/vmtest-collect"
-    shutil.copy(GUEST / "vmtest-collect", collector)
-    collector.chmod(0o755)
-    shutil.copy(
-        GUEST / "vmtest-collect.service", rootfs / "etc/systemd/system/vmtest-collect.service"
-    )
+    for unit in ("vmtest-collect", "vmtest-config"):
+        script = rootfs / "usr/local/sbin" / unit
+        shutil.copy(GUEST / unit, script)
+        script.chmod(0o755)
+        shutil.copy(GUEST / f"{unit}.service", rootfs / f"etc/systemd/system/{unit}.service")
     run(
         [
             "chroot",
@@ -153,6 +152,7 @@ def customize(rootfs: Path, deb: Path) -> None:
             "enable",
             "-q",
             "vmtest-collect.service",
+            "vmtest-config.service",
             "systemd-networkd.service",
         ]
     )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from azfabric.scenario import Extension, PublicKey, Scenario
+from azfabric.scenario import Extension, ExtensionVersion, PublicKey, Scenario
 
 from azvmtest.boot import ROOT_NOT_FOUND, BootResult, BootSpec, run_boot
 from azvmtest.image import Image
@@ -64,6 +64,81 @@ status = [{"version": "1.0", "timestampUTC": time.strftime("%Y-%m-%dT%H:%M:%SZ",
 with open(f"{env['statusFolder']}/{sys.argv[1]}.status", "w") as f:
     json.dump(status, f)
 PY
+""",
+}
+
+
+def handler_files(script: str, *, enable: str = "handler.sh enable") -> dict[str, str]:
+    """A handler package: HandlerManifest.json whose commands run handler.sh <operation>."""
+    commands = {f"{op}Command": f"handler.sh {op}" for op in OPERATIONS}
+    manifest = {**commands, "enableCommand": enable, "reportHeartbeat": False}
+    return {
+        "HandlerManifest.json": json.dumps([{"version": 1.0, "handlerManifest": manifest}]),
+        "handler.sh": script,
+    }
+
+
+OPERATIONS = ("install", "enable", "update", "disable", "uninstall")
+# Writes status/<seq>.status (success) with the message in $2 (python3 is in the guest).
+WRITE_STATUS = """python3 - "$ConfigSequenceNumber" "$2" <<'PY'
+import json, sys, time
+env = json.load(open("HandlerEnvironment.json"))[0]["handlerEnvironment"]
+status = [{"version": "1.0", "timestampUTC": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "status": {"name": "vmtest", "operation": "Enable", "status": "success", "code": 0,
+                      "formattedMessage": {"lang": "en-US", "message": sys.argv[2]}}}]
+with open(f"{env['statusFolder']}/{sys.argv[1]}.status", "w") as f:
+    json.dump(status, f)
+PY
+"""
+# A handler that records every operation it runs (boot, version, operation, sequence
+# number, the version it updates from) in a log outside its handler directory, which an
+# update deletes; enable reports the log's last lines as its status message.
+OPS = "Contoso.VmTest.Ops"
+OPS_LOG = f"/var/log/azure/{OPS}/operations.log"
+
+
+def ops_files(version: str) -> dict[str, str]:
+    return handler_files(
+        f"""#!/bin/sh
+set -eu
+cd "$(dirname "$0")"
+mkdir -p "$(dirname {OPS_LOG})"
+boot="$(cut -c1-8 /proc/sys/kernel/random/boot_id)"
+echo "$boot {version} $1 from=${{AZURE_GUEST_AGENT_UPDATING_FROM_VERSION:-}}" >> {OPS_LOG}
+[ "$1" = enable ] || exit 0
+set -- "$1" "$(tail -n 20 {OPS_LOG} | paste -s -d ';' -)"
+"""
+        + WRITE_STATUS
+    )
+
+
+# Enable fails (exit 7) after writing to stdout and stderr.
+FAIL = "Contoso.VmTest.Fail"
+FAIL_OUT, FAIL_ERR = "vmtest-fail stdout marker", "vmtest-fail stderr marker"
+FAIL_FILES = handler_files(
+    f"""#!/bin/sh
+[ "$1" = enable ] || exit 0
+echo "{FAIL_OUT}"
+echo "{FAIL_ERR}" >&2
+exit 7
+"""
+)
+# Enable hangs: a child that left the session (setsid) sleeps, and so does enable.
+HANG = "Contoso.VmTest.Hang"
+HANG_CHILD_SLEEP, HANG_SLEEP = "4321", "1234"
+HANG_FILES = {
+    **handler_files(
+        f"""#!/bin/sh
+cd "$(dirname "$0")"
+[ "$1" = enable ] || exit 0
+setsid ./child.sh &
+echo "vmtest-hang enable $$"
+sleep {HANG_SLEEP}
+"""
+    ),
+    "child.sh": f"""#!/bin/sh
+echo "vmtest-hang child $$ session $(cut -d' ' -f6 /proc/$$/stat)"
+sleep {HANG_CHILD_SLEEP}
 """,
 }
 PROVISIONING = ("mount-ovf", "hostname", "create-user", "ssh-keys", "certificates", "custom-data")
@@ -201,6 +276,20 @@ def scenario_default(ctx: Context) -> None:
     )
     failed = result.text("failed.txt")
     check("azure-" not in failed, f"failed azure units: {failed}")
+    # The extension handler, enabled by the preset, keeps running (the goal state names
+    # no extension here) and started only after Ready was reported: it cannot delay it.
+    extensions = result.units().get("azure-extensions.service", {})
+    check(
+        (extensions.get("UnitFileState"), extensions.get("ActiveState"), extensions.get("SubState"))
+        == ("enabled", "active", "running"),
+        f"azure-extensions.service: {extensions}",
+    )
+    ready = monotonic(result, "azure-report-ready.service", "ExecMainExitTimestampMonotonic")
+    handler = monotonic(result, "azure-extensions.service", "ExecMainStartTimestampMonotonic")
+    check(
+        0 < ready <= handler,
+        f"Ready reported at {ready}, the extension handler started at {handler}",
+    )
     # The resource disk came as NTFS holding only the warning file: formatted,
     # mounted, the warning written, and a 0600 swap file active on it.
     check(
@@ -331,8 +420,63 @@ def sample_enabled(result: BootResult, seq: int, message: str) -> bool:
     return False
 
 
+def entries(result: BootResult, name: str) -> list[dict[str, Any]]:
+    """The handler's entry of every status upload of the boot that has one, in order."""
+    found = [sample_entry(u.document, name) for u in list(result.fabric.status_uploads)]
+    return [entry for entry in found if entry]
+
+
+def message(entry: dict[str, Any]) -> str:
+    """The extension's status message, else the handler's."""
+    text = sample_settings(entry).get("formattedMessage", {}).get("message")
+    return str(text or entry.get("formattedMessage", {}).get("message") or "")
+
+
+def operations(entry: dict[str, Any]) -> list[tuple[str, str]]:
+    """(boot, "<version> <operation>[ from <version>]") of the Ops handler's log, in order."""
+    found = []
+    for line in message(entry).split(";"):
+        fields = line.split()
+        if len(fields) == 4 and fields[3].startswith("from="):
+            boot, version, operation, source = fields
+            source = source.removeprefix("from=")
+            found.append((boot, f"{version} {operation}" + (f" from {source}" if source else "")))
+    return found
+
+
+def waited(seen: dict[str, Optional[float]], name: str, start: float, ok: bool) -> bool:
+    seen[name] = time.monotonic() - start if ok else None
+    return ok
+
+
+def show(seen: dict[str, Optional[float]], what: str = "extension") -> None:
+    print(
+        f"  {what}: "
+        + ", ".join(f"{k} after {v:.1f}s" if v else f"{k} never" for k, v in seen.items()),
+        flush=True,
+    )
+
+
+def started_units(journal: str, handler: str, operation: str) -> list[str]:
+    """The transient units of ``handler``'s ``operation`` the journal saw started."""
+    unit = re.escape(f"azure-ext-{handler}-{operation}-") + r"\d+-[0-9a-f]{8}[.]service"
+    # A oneshot's start job ends "Finished" (systemd >= 246), "Started" before;
+    # a failed one "Failed to start".
+    return sorted(set(re.findall(f"(?:Started|Finished|Failed to start) ({unit})", journal)))
+
+
+def ops_entry(result: BootResult, version: str) -> dict[str, Any]:
+    """The Ops handler's last status entry at ``version``, Ready ({} when none)."""
+    found = [
+        e
+        for e in entries(result, OPS)
+        if e.get("handlerVersion") == version and e.get("status") == "Ready"
+    ]
+    return found[-1] if found else {}
+
+
 def scenario_extensions(ctx: Context) -> None:
-    """WALinuxAgent's sample extension as transient units: enable, new settings, uninstall."""
+    """Extensions as transient units: enable, new settings, update, uninstall; a reboot."""
     first, second = "vmtest extension hello", "vmtest extension settings 1"
     scenario = default_scenario(
         password=None,
@@ -345,22 +489,40 @@ def scenario_extensions(ctx: Context) -> None:
                 public_settings={"message": first},
             ),
             Extension(name=DOLLAR, version="1.0.0", files=DOLLAR_FILES),
+            Extension(
+                name=OPS,
+                version="1.0",
+                versions=[
+                    ExtensionVersion("1.0.0", files=ops_files("1.0.0")),
+                    ExtensionVersion("2.0.0", files=ops_files("2.0.0")),
+                ],
+            ),
         ],
     )
     seen: dict[str, Optional[float]] = {}
 
     def while_up(result: BootResult) -> None:
-        # READY (the boot finished) comes after the first pass: installed and enabled.
-        fabric = result.fabric
-        start = result.started
-        ok = fabric.wait_for(lambda: sample_enabled(result, 0, first), timeout=60)
-        seen["enabled"] = time.monotonic() - start if ok else None
-        if not ok:
+        fabric, start = result.fabric, result.started
+        if not waited(
+            seen, "enabled", start, fabric.wait_for(lambda: sample_enabled(result, 0, first), 120)
+        ):
             return
         fabric.new_settings(SAMPLE, public_settings={"message": second})
-        ok = fabric.wait_for(lambda: sample_enabled(result, 1, second), timeout=90)
-        seen["new-settings"] = time.monotonic() - start if ok else None
-        if not ok:
+        if not waited(
+            seen,
+            "new-settings",
+            start,
+            fabric.wait_for(lambda: sample_enabled(result, 1, second), 90),
+        ):
+            return
+        # The version update: 1.0 -> 2.0 (the manifest lists 1.0.0 and 2.0.0).
+        fabric.update_version(OPS, "2.0")
+        if not waited(
+            seen,
+            "updated",
+            start,
+            fabric.wait_for(lambda: "2.0.0 enable" in message(ops_entry(result, "2.0.0")), 120),
+        ):
             return
         uploads = len(fabric.status_uploads)
         fabric.set_extension_state(SAMPLE, "uninstall")
@@ -368,24 +530,12 @@ def scenario_extensions(ctx: Context) -> None:
         def gone() -> bool:
             return any(not sample_entry(u.document) for u in list(fabric.status_uploads)[uploads:])
 
-        ok = fabric.wait_for(gone, timeout=90)
-        seen["uninstalled"] = time.monotonic() - start if ok else None
+        waited(seen, "uninstalled", start, fabric.wait_for(gone, 90))
 
     result = ctx.boot(
-        BootSpec(
-            "extensions",
-            scenario,
-            resource_disk=None,
-            kernel_args=("systemd.wants=azure-extensions.service",),
-            while_up=while_up,
-            timeout=600,
-        )
+        BootSpec("extensions", scenario, resource_disk=None, while_up=while_up, timeout=600)
     )
-    print(
-        "  extension: "
-        + ", ".join(f"{k} after {v:.1f}s" if v else f"{k} never" for k, v in seen.items()),
-        flush=True,
-    )
+    show(seen)
     check(reports(result) == ["Ready"], f"reports: {reports(result)}")
     check(not result.notes, f"the host's side: {result.notes}")
     service = result.units().get("azure-extensions.service", {})
@@ -393,25 +543,27 @@ def scenario_extensions(ctx: Context) -> None:
         (service.get("ActiveState"), service.get("SubState")) == ("active", "running"),
         f"azure-extensions.service is not active/running: {service}",
     )
+    check(service.get("UnitFileState") == "enabled", f"not enabled by the preset: {service}")
     journal = result.text("journal-extensions.txt")
     slice_ = "azure-vmextensions-" + SAMPLE + ".slice"
     check(slice_ in journal, f"no {slice_} in the journal")
+    check(seen.get("enabled") is not None, "no status upload with the sample enabled (seq 0)")
+    check(seen.get("new-settings") is not None, "new settings: no upload with seq 1 enabled")
+    check(seen.get("updated") is not None, f"update: {OPS} 2.0.0 never reported enabled")
+    check(seen.get("uninstalled") is not None, "uninstall: the handler stayed in the status")
     # Each operation a transient unit: install and enable (seq 0), enable again with the
     # new settings (seq 1), then disable and uninstall.
-    operations = ["install-0", "enable-0"]
-    if seen.get("new-settings") is not None:
-        operations += ["enable-1", r"disable-\d+", r"uninstall-\d+"]
-    for operation in operations:
-        unit = re.escape(f"azure-ext-{SAMPLE}-") + operation + "-[0-9a-f]{8}[.]service"
-        # A oneshot's start job ends "Finished" (systemd >= 246), "Started" before.
-        check(
-            re.search(f"(?:Started|Finished) {unit}", journal) is not None,
-            f"no transient unit {unit} started in the journal",
-        )
+    for operation in ("install", "enable", "enable", "disable", "uninstall"):
+        units = started_units(journal, SAMPLE, operation)
+        check(bool(units), f"no transient unit for the sample's {operation} in the journal")
+    check(
+        any("-enable-1-" in u for u in started_units(journal, SAMPLE, "enable")),
+        "no enable with sequence number 1 in the journal",
+    )
     # Finished operations stay listed (RemainAfterExit=yes) until the handler goes.
     listed = result.text("ext-units-up.txt")
     for operation in ("install-0", "enable-0"):
-        unit = re.escape(f"azure-ext-{SAMPLE}-") + operation + "-[0-9a-f]{8}[.]service"
+        unit = re.escape(f"azure-ext-{SAMPLE}-{operation}-") + "[0-9a-f]{8}[.]service"
         check(
             re.search(unit + r"\s+loaded\s+active\s+exited", listed) is not None,
             f"{unit} is not listed active (exited) once it ended: {listed!r}",
@@ -423,42 +575,223 @@ def scenario_extensions(ctx: Context) -> None:
             f"the uninstalled handler's units are still listed: {left!r}",
         )
     # The command line reached /bin/sh as written: systemd expanded no '$' of it.
-    messages = [
-        sample_settings(sample_entry(u.document, DOLLAR)).get("formattedMessage", {}).get("message")
-        for u in result.fabric.status_uploads
-    ]
+    messages = {message(e) for e in entries(result, DOLLAR)}
     check(
         f"argument {DOLLAR_ARGUMENT}" in messages,
-        f"{DOLLAR}: enable's argument reached the handler as {set(messages)}",
+        f"{DOLLAR}: enable's argument reached the handler as {messages}",
     )
-    # What `azagent extensions --json` showed once the service was READY.
+    # The update's full sequence, as the handler itself logged it: old disable, new
+    # update (told the old version), old uninstall, new install (no updateMode:
+    # UpdateWithInstall), new enable.
+    done = [op for _boot, op in operations(ops_entry(result, "2.0.0"))]
+    expected = [
+        "1.0.0 install",
+        "1.0.0 enable",
+        "1.0.0 disable",
+        "2.0.0 update from 1.0.0",
+        "1.0.0 uninstall",
+        "2.0.0 install",
+        "2.0.0 enable",
+    ]
+    check(done == expected, f"{OPS}'s operations: {done}, expected {expected}")
+    for operation in ("disable", "update", "uninstall"):
+        check(
+            bool(started_units(journal, OPS, operation)),
+            f"no transient unit for {OPS}'s {operation} in the journal",
+        )
+    # What `azagent extensions --json` shows at the end: the uninstalled sample gone.
     try:
-        shown = json.loads(result.text("extensions-up.json"))
+        shown = json.loads(result.text("extensions.json"))
     except ValueError:
         shown = {}
-    rows = [r for r in shown.get("handlers", []) if r.get("handler") in (SAMPLE, DOLLAR)]
+    rows = {r.get("handler"): r for r in shown.get("handlers", [])}
     check(
-        len(rows) == 2 and all(r.get("state") == "Enabled" for r in rows),
-        f"azagent extensions --json at READY: {result.text('extensions-up.json')!r}",
+        SAMPLE not in rows
+        and rows.get(OPS, {}).get("state") == "Enabled"
+        and rows.get(OPS, {}).get("version") == "2.0.0"
+        and rows.get(DOLLAR, {}).get("state") == "Enabled",
+        f"azagent extensions --json: {result.text('extensions.json')!r}",
     )
-    last = next(r for r in rows if r["handler"] == SAMPLE).get("last_operation") or {}
+    last = rows[OPS].get("last_operation") or {}
     check(
         last.get("operation") == "enable"
         and last.get("exit_status") == 0
-        and str(last.get("unit", "")).startswith(f"azure-ext-{SAMPLE}-enable-0-"),
-        f"last operation at READY: {last}",
+        and str(last.get("unit", "")).startswith(f"azure-ext-{OPS}-enable-0-"),
+        f"{OPS}'s last operation: {last}",
+    )
+
+    # A reboot of the same disk: the service starts again and enables again, installing
+    # nothing (the goal state is the one the first boot ended with).
+    again: dict[str, Optional[float]] = {}
+
+    def rebooted(result: BootResult) -> None:
+        def enabled_again() -> bool:
+            return len({boot for boot, _ in operations(ops_entry(result, "2.0.0"))}) == 2
+
+        waited(again, "enabled again", result.started, result.fabric.wait_for(enabled_again, 120))
+
+    second_boot = ctx.boot(
+        BootSpec(
+            "extensions-reboot",
+            scenario,
+            disk=result.os_disk,
+            resource_disk=None,
+            while_up=rebooted,
+        )
+    )
+    show(again)
+    check(reports(second_boot) == [], f"the reboot reported {reports(second_boot)}")
+    check(not second_boot.notes, f"the host's side: {second_boot.notes}")
+    logged = operations(ops_entry(second_boot, "2.0.0"))
+    boots = list(dict.fromkeys(boot for boot, _ in logged))
+    check(len(boots) == 2, f"{OPS}'s operations after the reboot: {logged}")
+    after = [op for boot, op in logged if boot == boots[1]]
+    check(after == ["2.0.0 enable"], f"{OPS} after the reboot: {after}, expected an enable only")
+    journal = second_boot.text("journal-extensions.txt")
+    for handler in (OPS, DOLLAR):
+        check(
+            bool(started_units(journal, handler, "enable"))
+            and not started_units(journal, handler, "install"),
+            f"{handler} after the reboot: enable "
+            f"{started_units(journal, handler, 'enable')}, "
+            f"install {started_units(journal, handler, 'install')}",
+        )
+
+
+def scenario_extensions_faults(ctx: Context) -> None:
+    """A failing and a hanging extension (its cgroup killed); Extensions.Enabled=n."""
+    scenario = default_scenario(
+        password=None,
+        custom_data=None,
+        extensions=[
+            Extension(name=DOLLAR, version="1.0.0", files=DOLLAR_FILES),
+            Extension(name=FAIL, version="1.0.0", files=FAIL_FILES),
+            Extension(name=HANG, version="1.0.0", files=HANG_FILES),
+        ],
+    )
+    seen: dict[str, Optional[float]] = {}
+
+    def ended(up: BootResult, name: str, code: int) -> Callable[[], bool]:
+        return lambda: any(
+            e.get("status") == "NotReady" and e.get("code") == code for e in entries(up, name)
+        )
+
+    def while_up(up: BootResult) -> None:
+        fabric, start = up.fabric, up.started
+        waited(seen, "failed", start, fabric.wait_for(ended(up, FAIL, 1009), 120))
+        waited(seen, "timed out", start, fabric.wait_for(ended(up, HANG, 1011), 120))
+
+    timeout = 15
+    result = ctx.boot(
+        BootSpec(
+            "extensions-faults",
+            scenario,
+            resource_disk=None,
+            config=(f"Extensions.OperationTimeout={timeout}",),
+            while_up=while_up,
+            timeout=420,
+        )
+    )
+    show(seen)
+    check(reports(result) == ["Ready"], f"reports: {reports(result)}")
+    check(not result.notes, f"the host's side: {result.notes}")
+    service = result.units().get("azure-extensions.service", {})
+    check(
+        (service.get("ActiveState"), service.get("SubState")) == ("active", "running"),
+        f"azure-extensions.service is not active/running: {service}",
+    )
+    # The failure: error status (code 1009, enable) with its exit status and output.
+    failed = [e for e in entries(result, FAIL) if e.get("code") == 1009]
+    check(bool(failed), f"{FAIL}: no error status: {entries(result, FAIL)[-1:]}")
+    text = message(failed[-1])
+    check(
+        "exit status 7" in text and FAIL_OUT in text and FAIL_ERR in text,
+        f"{FAIL}'s status message: {text!r}",
     )
     check(
-        seen.get("enabled") is not None,
-        "no status upload with the sample enabled (seq 0)",
+        sample_settings(failed[-1]).get("status") == "error",
+        f"{FAIL}'s extension status: {failed[-1]}",
     )
+    # The hang: killed at the timeout (code 1011), the child that called setsid too.
+    hung = [e for e in entries(result, HANG) if e.get("code") == 1011]
+    check(bool(hung), f"{HANG}: no timeout status: {entries(result, HANG)[-1:]}")
+    text = message(hung[-1])
+    check(f"timed out after {timeout} s" in text, f"{HANG}'s status message: {text!r}")
+    child = re.search(r"vmtest-hang child (\d+) session (\d+)", text)
+    main = re.search(r"vmtest-hang enable (\d+)", text)
     check(
-        seen.get("new-settings") is not None,
-        "new settings: no upload with seq 1 enabled",
+        child is not None and child.group(1) == child.group(2) and main is not None,
+        f"{HANG}: no child in its own session in the output: {text!r}",
     )
+    assert child is not None
+    assert main is not None
+    processes = result.text("processes.txt")
+    check(processes != "", "the guest listed no processes")
+    left = [
+        line
+        for line in processes.splitlines()
+        if line.split(" ", 1)[0] in (child.group(1), main.group(1))
+        or f"sleep {HANG_SLEEP}" in line
+        or f"sleep {HANG_CHILD_SLEEP}" in line
+        or "child.sh" in line
+    ]
+    check(not left, f"{HANG}'s processes survived the timeout: {left}")
+    journal = result.text("journal-extensions.txt")
+    check(bool(started_units(journal, HANG, "enable")), f"no transient unit for {HANG}'s enable")
+    # The others ran regardless.
     check(
-        seen.get("uninstalled") is not None,
-        "uninstall: the handler stayed in the status",
+        any(e.get("status") == "Ready" for e in entries(result, DOLLAR)),
+        f"{DOLLAR} was not enabled beside the failures",
+    )
+
+    # Extensions.Enabled=n: the service runs, runs no extension, and reports a terminal
+    # error naming the setting for every one the goal state requests.
+    requested = (SAMPLE, FAIL)
+    disabled = default_scenario(
+        password=None,
+        custom_data=None,
+        extensions=[
+            Extension(name=SAMPLE, version="1.3.0", package=str(SAMPLE_ZIP)),
+            Extension(name=FAIL, version="1.0.0", files=FAIL_FILES),
+        ],
+    )
+    off: dict[str, Optional[float]] = {}
+
+    def refused(entry: dict[str, Any]) -> bool:
+        return (
+            entry.get("status") == "NotReady"
+            and "Extensions.Enabled=n" in message(entry)
+            and sample_settings(entry).get("status") == "error"
+        )
+
+    def reported(up: BootResult) -> None:
+        def all_refused() -> bool:
+            return all(any(refused(e) for e in entries(up, n)) for n in requested)
+
+        waited(off, "all refused", up.started, up.fabric.wait_for(all_refused, 120))
+
+    result = ctx.boot(
+        BootSpec(
+            "extensions-disabled",
+            disabled,
+            resource_disk=None,
+            config=("Extensions.Enabled=n",),
+            while_up=reported,
+        )
+    )
+    show(off)
+    check(reports(result) == ["Ready"], f"reports: {reports(result)}")
+    check(off.get("all refused") is not None, f"not every extension refused: {off}")
+    service = result.units().get("azure-extensions.service", {})
+    check(
+        (service.get("ActiveState"), service.get("SubState")) == ("active", "running"),
+        f"azure-extensions.service is not active/running: {service}",
+    )
+    journal = result.text("journal-extensions.txt")
+    check("Started azure-ext-" not in journal, "an extension command ran with Extensions.Enabled=n")
+    check(
+        not any(f"/var/lib/waagent/{n}-" in result.text("stat.txt") for n in requested),
+        f"a handler was unpacked: {result.text('stat.txt')}",
     )
 
 
@@ -470,6 +803,7 @@ SCENARIOS: dict[str, Callable[[Context], None]] = {
     "reboot": scenario_reboot,
     "resource-disk": scenario_resource_disk,
     "extensions": scenario_extensions,
+    "extensions-faults": scenario_extensions_faults,
 }
 
 

@@ -1,4 +1,4 @@
-"""The extension handler: runs the VM extensions the platform asks for (issue 11, in progress).
+"""The extension handler: runs the VM extensions the platform asks for.
 
 The document layer, pure functions on bytes and frozen dataclasses (protocol
 floor):

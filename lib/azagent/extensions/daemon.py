@@ -2,9 +2,13 @@
 
 :func:`loop` runs :meth:`Service.run_once` every ``Extensions.GoalStatePeriod``
 seconds until its stop event is set (the stage sets it on SIGTERM), tells
-systemd READY=1 after the first pass, and STATUS= ("incarnation 7: 3 handlers
-enabled, 1 handler transitioning") with WATCHDOG=1 after each. :func:`notify`
-is systemd-python's sd_notify, a no-op outside systemd.
+systemd READY=1 before the first pass, and STATUS= ("incarnation 7: 3 handlers
+enabled, 1 handler transitioning") with WATCHDOG=1 after each. READY does not
+wait for the first pass: that pass installs and enables every extension
+(install may take 900 s, enable 300 s, each), and systemd would kill a
+service still starting after its start timeout (90 s by default), while the
+boot (multi-user.target) would wait for it. :func:`notify` is systemd-python's
+sd_notify, a no-op outside systemd.
 """
 
 from __future__ import annotations
@@ -59,13 +63,10 @@ def loop(
     tell: Callable[[str], bool] = notify,
 ) -> int:
     """Passes every ``every`` seconds until ``stop`` is set (SIGTERM) or after one (``once``)."""
-    first = True
     service.tick = lambda: tell("WATCHDOG=1")
+    tell("READY=1\nSTATUS=first pass: fetching the goal state")
     while not stop.is_set():
         summary = service.run_once()
-        if first:
-            tell("READY=1")
-            first = False
         tell(f"STATUS={summary}\nWATCHDOG=1")
         if once:
             break

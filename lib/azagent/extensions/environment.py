@@ -47,6 +47,17 @@ TIMEOUTS = {
     handler_manifest.ENABLE: 300,
     handler_manifest.UNINSTALL: 300,
 }
+
+
+def operation_timeout(operation: str, limit: Optional[int] = None) -> float:
+    """The timeout of ``operation``: the contract's, lowered to ``limit`` when that is lower.
+
+    ``limit`` is Extensions.OperationTimeout (None: not set).
+    """
+    contract = TIMEOUTS[operation]
+    return float(contract if limit is None else min(contract, limit))
+
+
 # Features extensions may use (AZURE_GUEST_AGENT_EXTENSION_SUPPORTED_FEATURES).
 EXTENSION_FEATURES = (("ExtensionTelemetryPipeline", "1.0"),)
 

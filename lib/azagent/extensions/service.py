@@ -131,6 +131,7 @@ class Service:
         self.fabric = fabric or Fabric(ctx)
         self.monotonic = monotonic
         self.enabled = ctx.config.get_bool("Extensions.Enabled")
+        self.timeout_limit = ctx.config.get_int("Extensions.OperationTimeout")
         self.state = saved.load(ctx.lib_dir)
         self.goal: Optional[ExtensionsGoalState] = None
         self.goal_status: Optional[status.GoalStateStatus] = None
@@ -450,7 +451,7 @@ class Service:
             shell_line=command.shell_line(directory),
             cwd=directory,
             environment=variables,
-            timeout=float(environment.TIMEOUTS[operation]),
+            timeout=environment.operation_timeout(operation, self.timeout_limit),
             extension=extension.name if multi and extension is not None else None,
             sequence=extension.seq_no if extension is not None else 0,
             cpu_quota_percent=prepared.manifest.cpu_quota,
@@ -458,7 +459,6 @@ class Service:
         )
 
     def _run(self, operation: Operation, entry: Optional[saved.ExtensionRecord]) -> Outcome:
-        self.tick()  # the watchdog: an operation may take up to 15 minutes
         if self._in_flight is None:
             try:
                 self._in_flight = set(self.executor.running())
@@ -466,6 +466,7 @@ class Service:
                 log.warning("cannot list operations in flight: %s", e)
                 self._in_flight = set()
         outcome: Optional[Outcome] = None
+        self.tick()  # the watchdog: an operation may take up to its timeout
         if operation.key in self._in_flight:
             self._in_flight.discard(operation.key)
             log.info(
