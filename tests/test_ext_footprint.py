@@ -124,6 +124,7 @@ def test_the_bench_measures_a_working_service() -> None:
     assert "Python 3." in out
     assert "poll period 2 s" in out
     rss = [line for line in out.splitlines() if "RSS <= 20 MB" in line]
-    assert rss and rss[0][:4] in ("PASS", "MISS"), out
+    assert rss, out
+    assert rss[0][:4] in ("PASS", "MISS"), out
     verdicts = [line.split()[0] for line in out.splitlines() if line[:4] in ("PASS", "MISS")]
     assert len(verdicts) == 3, out

@@ -189,6 +189,39 @@ def test_a_pass_without_change_runs_nothing_and_asks_conditionally(
     assert asked[-1].header("if-none-match")
 
 
+def test_an_idle_pass_is_one_conditional_request(root: Path, fabric: Fabric) -> None:
+    ctx = vm_context(root, fabric)
+    svc = service(ctx, RunningExecutor())
+    svc.run_once()
+    svc.run_once()  # the status may settle on the second pass
+    before = len(fabric.requests)
+    svc.run_once()
+    idle = [(r.endpoint, r.method, r.path, r.status) for r in fabric.requests[before:]]
+    assert idle == [("hostgaplugin", "GET", "/vmSettings", 304)]
+
+
+def test_without_vm_settings_each_pass_asks_the_wireserver(root: Path) -> None:
+    scenario = Scenario(
+        extensions=[Extension(name=SAMPLE, version="1.3.0", package=str(SAMPLE_ZIP))],
+        faults=[Fault(endpoint="hostgaplugin", kind="status", path="^GET /vmSettings", status=404)],
+    )
+    with Fabric(scenario) as fabric:
+        ctx = vm_context(root, fabric)
+        executor = RunningExecutor()
+        svc = service(ctx, executor)
+        svc.run_once()
+        svc.run_once()
+        before = len(fabric.requests)
+        svc.run_once()
+        idle = [(r.endpoint, r.method, r.path) for r in fabric.requests[before:]]
+        assert len(idle) == 1, idle  # not vmSettings again for hours
+        assert idle[0][:2] == ("wireserver", "GET"), idle
+        assert "comp=goalstate" in idle[0][2], idle
+        seq = fabric.new_settings(SAMPLE, public_settings={"message": "through ExtensionsConfig"})
+        svc.run_once()
+        assert executor.operations()[-1] == ("enable", "1.3.0", seq)
+
+
 def test_new_settings_enable_again_with_the_new_sequence_number(root: Path, fabric: Fabric) -> None:
     ctx = vm_context(root, fabric)
     executor = RunningExecutor()
