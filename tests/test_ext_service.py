@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+from azfabric import documents
 from azfabric.scenario import Extension, ExtensionConfig, Fault, Scenario
 from azfabric.server import Fabric
 from conftest import FIXTURES, REPO
@@ -220,6 +221,32 @@ def test_without_vm_settings_each_pass_asks_the_wireserver(root: Path) -> None:
         seq = fabric.new_settings(SAMPLE, public_settings={"message": "through ExtensionsConfig"})
         svc.run_once()
         assert executor.operations()[-1] == ("enable", "1.3.0", seq)
+
+
+def test_vm_settings_naming_the_fabric_source_ask_the_wireserver_each_pass(
+    root: Path, fabric: Fabric, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served = documents.vm_settings
+
+    def fabric_source(running: Fabric) -> bytes:
+        document = json.loads(served(running))
+        document["extensionGoalStatesSource"] = "Fabric"
+        return json.dumps(document).encode()
+
+    monkeypatch.setattr(documents, "vm_settings", fabric_source)
+    ctx = vm_context(root, fabric)
+    executor = RunningExecutor()
+    svc = service(ctx, executor)
+    svc.run_once()
+    svc.run_once()
+    before = len(fabric.requests)
+    svc.run_once()
+    idle = [(r.endpoint, r.path.split("?")[0], r.status) for r in fabric.requests[before:]]
+    assert idle == [("hostgaplugin", "/vmSettings", 304), ("wireserver", "/machine/", 200)]
+    seq = fabric.new_settings(SAMPLE, public_settings={"message": "through ExtensionsConfig"})
+    svc.run_once()
+    assert executor.operations()[-1] == ("enable", "1.3.0", seq)
+    assert saved.load(ctx.lib_dir).channel == "WireServer"
 
 
 def test_new_settings_enable_again_with_the_new_sequence_number(root: Path, fabric: Fabric) -> None:
