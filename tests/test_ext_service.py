@@ -196,9 +196,11 @@ def test_an_idle_pass_is_one_conditional_request(root: Path, fabric: Fabric) -> 
     svc.run_once()
     svc.run_once()  # the status may settle on the second pass
     before = len(fabric.requests)
+    written = saved.state_path(ctx.lib_dir).stat().st_mtime_ns
     svc.run_once()
     idle = [(r.endpoint, r.method, r.path, r.status) for r in fabric.requests[before:]]
     assert idle == [("hostgaplugin", "GET", "/vmSettings", 304)]
+    assert saved.state_path(ctx.lib_dir).stat().st_mtime_ns == written  # nothing written
 
 
 def test_without_vm_settings_each_pass_asks_the_wireserver(root: Path) -> None:
