@@ -1,9 +1,10 @@
 """Run rare, heavy work in a forked child, so that its imports never stay in the service.
 
-The extension service runs as long as the VM. Installing a handler
-(requests, zipfile) or fetching the goal state's certificates (cryptography)
-happens on a few goal states in a VM's life, yet whatever a Python process
-imports stays mapped until it exits: 10-20 MB of RSS for good. :func:`call`
+The extension service runs as long as the VM. Installing a handler (the
+package code) or fetching the goal state's certificates (cryptography: about
+13 MB of RSS) happens on a few goal states in a VM's life, yet whatever a
+Python process imports stays mapped until it exits, and the memory a large
+unpack or parse touched stays with the process's heap. :func:`call`
 runs such a function in a child forked for it: the child does the work,
 sends back its result as JSON (or the :class:`AzagentError` it raised: reason
 and ``code``) through a pipe, and exits; the service keeps only the answer.
