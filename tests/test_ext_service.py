@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+from azfabric import documents
 from azfabric.scenario import Extension, ExtensionConfig, Fault, Scenario
 from azfabric.server import Fabric
 from conftest import FIXTURES, REPO
@@ -216,6 +217,67 @@ def test_a_pass_without_change_runs_nothing_and_asks_conditionally(
     assert len(fabric.status_uploads) == uploads  # unchanged and not 30 s old
     asked = [r for r in fabric.requests if r.path.startswith("/vmSettings")]
     assert asked[-1].header("if-none-match")
+
+
+def test_an_idle_pass_is_one_conditional_request(root: Path, fabric: Fabric) -> None:
+    ctx = vm_context(root, fabric)
+    svc = service(ctx, RunningExecutor())
+    svc.run_once()
+    svc.run_once()  # the status may settle on the second pass
+    before = len(fabric.requests)
+    written = saved.state_path(ctx.lib_dir).stat().st_mtime_ns
+    svc.run_once()
+    idle = [(r.endpoint, r.method, r.path, r.status) for r in fabric.requests[before:]]
+    assert idle == [("hostgaplugin", "GET", "/vmSettings", 304)]
+    assert saved.state_path(ctx.lib_dir).stat().st_mtime_ns == written  # nothing written
+
+
+def test_without_vm_settings_each_pass_asks_the_wireserver(root: Path) -> None:
+    scenario = Scenario(
+        extensions=[Extension(name=SAMPLE, version="1.3.0", package=str(SAMPLE_ZIP))],
+        faults=[Fault(endpoint="hostgaplugin", kind="status", path="^GET /vmSettings", status=404)],
+    )
+    with Fabric(scenario) as fabric:
+        ctx = vm_context(root, fabric)
+        executor = RunningExecutor()
+        svc = service(ctx, executor)
+        svc.run_once()
+        svc.run_once()
+        before = len(fabric.requests)
+        svc.run_once()
+        idle = [(r.endpoint, r.method, r.path) for r in fabric.requests[before:]]
+        assert len(idle) == 1, idle  # not vmSettings again for hours
+        assert idle[0][:2] == ("wireserver", "GET"), idle
+        assert "comp=goalstate" in idle[0][2], idle
+        seq = fabric.new_settings(SAMPLE, public_settings={"message": "through ExtensionsConfig"})
+        svc.run_once()
+        assert executor.operations()[-1] == ("enable", "1.3.0", seq)
+
+
+def test_vm_settings_naming_the_fabric_source_ask_the_wireserver_each_pass(
+    root: Path, fabric: Fabric, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served = documents.vm_settings
+
+    def fabric_source(running: Fabric) -> bytes:
+        document = json.loads(served(running))
+        document["extensionGoalStatesSource"] = "Fabric"
+        return json.dumps(document).encode()
+
+    monkeypatch.setattr(documents, "vm_settings", fabric_source)
+    ctx = vm_context(root, fabric)
+    executor = RunningExecutor()
+    svc = service(ctx, executor)
+    svc.run_once()
+    svc.run_once()
+    before = len(fabric.requests)
+    svc.run_once()
+    idle = [(r.endpoint, r.path.split("?")[0], r.status) for r in fabric.requests[before:]]
+    assert idle == [("hostgaplugin", "/vmSettings", 304), ("wireserver", "/machine/", 200)]
+    seq = fabric.new_settings(SAMPLE, public_settings={"message": "through ExtensionsConfig"})
+    svc.run_once()
+    assert executor.operations()[-1] == ("enable", "1.3.0", seq)
+    assert saved.load(ctx.lib_dir).channel == "WireServer"
 
 
 def test_new_settings_enable_again_with_the_new_sequence_number(root: Path, fabric: Fabric) -> None:

@@ -79,6 +79,7 @@ FLOORS: dict[str, tuple[str, ...]] = {
         "extensions.daemon",
         "extensions.direct_executor",
         "extensions.events",
+        "extensions.forked",
         "extensions.package",
         "extensions.reporting",
         "extensions.service",

@@ -62,6 +62,7 @@ class Request:
     status: int = 0
     fault: Optional[str] = None
     status_upload: Optional[dict[str, Any]] = None  # the decoded status it completed
+    response_bytes: int = 0  # the answer's size on the wire: status line, headers, body
 
     def header(self, name: str) -> Optional[str]:
         for key, value in self.headers.items():
@@ -84,6 +85,7 @@ class Request:
             "fault": self.fault,
             "headers": headers,
             "body": redact(self.body.decode("utf-8", "replace")),
+            "response_bytes": self.response_bytes,
         }
         if self.status_upload is not None:
             entry["status_upload"] = self.status_upload
@@ -838,6 +840,9 @@ class FabricHandler(BaseHTTPRequestHandler):
                 # The request took effect; its answer is garbled.
                 status, headers, body = 200, _XML, b"\x00\xffgarbage<<<" + bytes(range(256))
         request.status = status
+        request.response_bytes = len(self._head(status, headers, body)) + (
+            len(body) if self.command != "HEAD" and status != HTTPStatus.NOT_MODIFIED else 0
+        )
         # What the route completed belongs to this request alone (connections are kept alive).
         upload, self.status_upload = self.status_upload, None
         if upload is not None:
@@ -874,11 +879,8 @@ class FabricHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD" and status != HTTPStatus.NOT_MODIFIED:
             self.wfile.write(body)
 
-    def _trickle(self, status: int, headers: dict[str, str], body: bytes, seconds: float) -> None:
-        """Send the whole answer, headers too, in 50 pieces spread over ``seconds``.
-
-        The headers are part of it, so that an answer without a body trickles as well.
-        """
+    def _head(self, status: int, headers: dict[str, str], body: bytes) -> bytes:
+        """The status line and headers of an answer, as :meth:`_send` sends them."""
         try:
             phrase = HTTPStatus(status).phrase
         except ValueError:
@@ -890,7 +892,14 @@ class FabricHandler(BaseHTTPRequestHandler):
             *(f"{name}: {value}" for name, value in headers.items()),
             f"Content-Length: {len(body)}",
         ]
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def _trickle(self, status: int, headers: dict[str, str], body: bytes, seconds: float) -> None:
+        """Send the whole answer, headers too, in 50 pieces spread over ``seconds``.
+
+        The headers are part of it, so that an answer without a body trickles as well.
+        """
+        head = self._head(status, headers, body)
         answer = head + (body if self.command != "HEAD" else b"")
         size = max(1, -(-len(answer) // TRICKLE_PIECES))
         pieces = [answer[i : i + size] for i in range(0, len(answer), size)]

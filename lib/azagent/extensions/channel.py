@@ -1,11 +1,16 @@
 """The extension handler's side of the fabric: goal-state documents in, status out.
 
-:class:`Fabric` fetches the WireServer's goal state and ExtensionsConfig
-(again only when the incarnation changed) and the HostGAPlugin's vmSettings
-with ``If-None-Match`` (304: unchanged; 404: not served, asked again hours
-later; 410: the container changed, the goal state is fetched again), the
-goal state's certificates into the certificate store, and uploads the status
-blob through the HostGAPlugin's ``/status``, else directly to its SAS URL.
+:class:`Fabric` asks the HostGAPlugin for vmSettings with ``If-None-Match``
+(304: unchanged; 404: not served, asked again hours later; 410: the
+container changed) and fetches the WireServer's goal state (and
+ExtensionsConfig, again only when the incarnation changed) only when it
+needs it: on the first pass, when vmSettings is not served or fails, names
+the Fabric source (ExtensionsConfig rules then) or changed (a new goal state
+may come with new certificates, which only the WireServer's goal state
+names). An idle pass on a host that serves vmSettings is one request, a 304.
+It fetches the goal state's certificates into the certificate store, and
+uploads the status blob through the HostGAPlugin's ``/status``, else
+directly to its SAS URL.
 Every client is made per pass with a short retry deadline: a fabric that
 fails is retried on the next pass.
 """
@@ -29,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("azagent")
 
 VM_SETTINGS_RETRY = 6 * 3600.0  # after a 404, ask the HostGAPlugin again this much later
+GONE = "gone"  # vmSettings: 410, the container changed
 
 
 class Fabric:
@@ -42,6 +48,7 @@ class Fabric:
         self.vm_settings: Optional[ExtensionsGoalState] = None
         self.vm_settings_etag: Optional[str] = None
         self.vm_settings_retry_at = 0.0
+        self.wire_due = False  # the WireServer's goal state is to be fetched next pass
         self._http: Optional[Transport] = None
 
     def client(self, name: str) -> WireClient:
@@ -69,7 +76,27 @@ class Fabric:
     def refresh(
         self,
     ) -> tuple[Optional[ExtensionsGoalState], Optional[ExtensionsGoalState]]:
-        """ExtensionsConfig and vmSettings, fetched again only when they changed."""
+        """ExtensionsConfig and vmSettings, fetched again only when they changed.
+
+        The WireServer's goal state is fetched at most once a pass, and only when
+        vmSettings cannot stand alone (see the module's description)."""
+        fetched = False
+        if self.wire_goal is None or self.wire_due or time.monotonic() < self.vm_settings_retry_at:
+            self._refresh_wire()
+            fetched = True
+        if time.monotonic() >= self.vm_settings_retry_at:
+            needs = self._refresh_vm_settings()
+            if needs is not None:
+                # Until fetched: a pass whose WireServer request fails tries again next pass.
+                self.wire_due = True
+                if not fetched:
+                    self._refresh_wire()
+                elif needs != GONE:
+                    self.wire_due = False
+        return self.extensions_config, self.vm_settings
+
+    def _refresh_wire(self) -> None:
+        """The WireServer's goal state; ExtensionsConfig when the incarnation changed."""
         wire = self.client("WireServer")
         goal = wire.goal_state()
         if (
@@ -84,11 +111,13 @@ class Fabric:
                 else None
             )
         self.wire_goal = goal
-        if time.monotonic() >= self.vm_settings_retry_at:
-            self._refresh_vm_settings()
-        return self.extensions_config, self.vm_settings
+        self.wire_due = False
 
-    def _refresh_vm_settings(self) -> None:
+    def _refresh_vm_settings(self) -> Optional[str]:
+        """vmSettings, asked with If-None-Match. Why the WireServer's goal state is needed
+        as well (None: it is not): vmSettings failed, is not served, names the Fabric
+        source (ExtensionsConfig rules), or changed (its certificates: only the
+        WireServer's goal state names them); GONE: the container changed."""
         from azagent import wireclient
 
         headers = self.hgap_headers()
@@ -104,30 +133,39 @@ class Fabric:
             )
         except wireclient.GoneError:
             log.info("vmSettings: the container changed; the goal state is fetched again")
-            self.wire_goal = None
-            return
+            return GONE
         except AzagentError as e:
             log.info("vmSettings unavailable this pass (%s)", e)
-            return
+            return "failed"
         if reply.status == 304:
-            return
+            if self.vm_settings is None or self.vm_settings.source == goalstate.FABRIC:
+                return "fabric"
+            return None
         if reply.status == 404:
             log.info("the HostGAPlugin serves no vmSettings: using the WireServer's goal state")
             self.vm_settings = None
             self.vm_settings_retry_at = time.monotonic() + VM_SETTINGS_RETRY
-            return
+            return "unsupported"
         etag = reply.header("etag") or ""
         try:
             self.vm_settings = goalstate.parse_vm_settings(reply.body, etag)
         except goalstate.GoalStateError as e:
             log.warning("vmSettings ignored: %s", e)
-            return
+            return "failed"
         self.vm_settings_etag = etag
+        return "changed"
 
     def fetch_certificates(self) -> None:
-        from azagent.certstore import CertStore
+        """The goal state's certificates into the store, fetched by a forked child
+        (azagent.extensions.forked): cryptography is never imported in this process."""
+        from azagent.extensions import forked
 
-        CertStore.of(self.ctx).fetch_all(self.client("WireServer"), self.wire_goal)
+        def fetch() -> None:
+            from azagent.certstore import CertStore
+
+            CertStore.of(self.ctx).fetch_all(self.client("WireServer"), self.wire_goal)
+
+        forked.call(fetch, what="fetching the goal state's certificates")
 
     def upload(self, requests: tuple[status.BlobRequest, ...]) -> str:
         """PUT the status blob; through the HostGAPlugin, else directly. How it went up."""

@@ -25,7 +25,6 @@ settings, SAS URLs) reaches a log.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -136,7 +135,8 @@ class Service:
         self.goal: Optional[ExtensionsGoalState] = None
         self.goal_status: Optional[status.GoalStateStatus] = None
         self.certificate_fetches: dict[str, int] = {}
-        self.uploaded: Optional[bytes] = None
+        self.uploaded: Optional[bytes] = None  # the last status blob, timestamps at _EPOCH
+        self._saved: Optional[bytes] = None  # the state document last written
         self.uploaded_at = float("-inf")
         self._in_flight: Optional[set[str]] = None
         self._prepared: dict[str, Optional[_Prepared]] = {}
@@ -229,8 +229,12 @@ class Service:
         self._save()
 
     def _save(self) -> None:
+        data = self.state.to_json()
+        if data == self._saved:
+            return  # an idle pass writes (and fsyncs) nothing
         try:
-            saved.save(self.ctx.lib_dir, self.state)
+            saved.save(self.ctx.lib_dir, self.state, data)
+            self._saved = data
         except OSError as e:
             log.warning("cannot save the extension state: %s", e)
 
@@ -710,7 +714,8 @@ class Service:
                 fast_track=fast_track,
             )
 
-        fingerprint = hashlib.sha256(blob(_EPOCH)).digest()
+        # The blob itself (a few KB) is the fingerprint: comparing it needs no digest.
+        fingerprint = blob(_EPOCH)
         if fingerprint == self.uploaded and self.monotonic() - self.uploaded_at < UPLOAD_INTERVAL:
             return
         now = datetime.now(timezone.utc)

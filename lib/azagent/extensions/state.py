@@ -226,9 +226,10 @@ def load(lib_dir: Path) -> ServiceState:
         return ServiceState(unknown=True)
 
 
-def save(lib_dir: Path, state: ServiceState) -> None:
+def save(lib_dir: Path, state: ServiceState, data: Optional[bytes] = None) -> None:
+    """Write ``state`` (``data``: its :meth:`ServiceState.to_json`, when already made)."""
     ensure_dir(lib_dir, mode=DIR_MODE)
-    atomic_write(state_path(lib_dir), state.to_json(), mode=FILE_MODE)
+    atomic_write(state_path(lib_dir), state.to_json() if data is None else data, mode=FILE_MODE)
 
 
 def write_handler_state(
