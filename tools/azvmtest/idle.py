@@ -189,16 +189,16 @@ def footprint(agent: str, before: Reading, after: Reading, requests: int) -> Idl
 def sample_succeeded(document: Any, name: str, seq: int, message: str) -> bool:
     """A status document shows handler ``name`` Ready, ``seq`` a success echoing ``message``
     (the sample handler puts its public setting ``message`` in its status)."""
-    if not isinstance(document, dict):
-        return False
-    entries = document.get("aggregateStatus", {}).get("handlerAggregateStatus", [])
+    aggregate = document.get("aggregateStatus") if isinstance(document, dict) else None
+    entries = aggregate.get("handlerAggregateStatus") if isinstance(aggregate, dict) else None
     for entry in entries if isinstance(entries, list) else []:
         if not isinstance(entry, dict) or entry.get("handlerName") != name:
             continue
         runtime = entry.get("runtimeSettingsStatus")
         if not isinstance(runtime, dict):
             continue
-        status = runtime.get("settingsStatus", {}).get("status", {})
+        settings = runtime.get("settingsStatus")
+        status = settings.get("status") if isinstance(settings, dict) else None
         if (
             entry.get("status") == "Ready"
             and runtime.get("sequenceNumber") == seq
@@ -238,7 +238,7 @@ def table(result: dict[str, dict[str, object]]) -> str:
     def cell(value: object, digits: int = 1) -> str:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return "-"
-        return str(value) if isinstance(value, int) else f"{value:.{digits}f}"
+        return f"{value:g}" if digits == 0 else f"{value:.{digits}f}"
 
     lines = [
         "| agent | unit | handler RSS MiB | unit RSS MiB | unit memory.current MiB "
@@ -253,6 +253,7 @@ def table(result: dict[str, dict[str, object]]) -> str:
             f"| {agent} | {UNITS.get(agent, '-')} | {cell(idle.get('handler_rss'))} "
             f"| {cell(idle.get('unit_rss'))} | {cell(idle.get('unit_memory'))} "
             f"| {cell(idle.get('handler_cpu'), 2)} | {cell(idle.get('unit_cpu'), 2)} "
-            f"| {cell(idle.get('requests'))} | {cell(idle.get('window'))} | {idle.get('windows')} |"
+            f"| {cell(idle.get('requests'), 0)} | {cell(idle.get('window'))} "
+            f"| {idle.get('windows')} |"
         )
     return "\n".join(lines)
