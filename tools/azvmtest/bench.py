@@ -639,7 +639,12 @@ def _succeeded_at(fabric: Fabric) -> Optional[float]:
 
 def _guest_log_command(agent: str, unit: str) -> str:
     """What the login user may read of the handler's doings (waagent's log is world-readable)."""
-    logs = "tail -n 80 /var/log/waagent.log" if agent == "waagent" else "ls -la /var/log/azure"
+    logs = (
+        "tail -n 80 /var/log/waagent.log"
+        if agent == "waagent"
+        # The extension's commands, each a transient unit (they stay listed once ended).
+        else "ls -la /var/log/azure; systemctl list-units --all --no-pager 'azure-ext-*'"
+    )
     return (
         f"echo {LOGIN_MARK}; {logs} 2>&1; systemctl status {unit} --no-pager -n 40 2>&1;"
         f" sudo -n journalctl -u {unit} -n 80 --no-pager 2>&1; ls -la /var/lib/waagent 2>&1"
