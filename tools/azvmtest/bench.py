@@ -16,6 +16,11 @@ from the host:
 - cpu: the CPU time systemd accounted to the agent's units (stopped ones too),
   read over SSH at the moment the VM is usable, usable = max(ready, ssh).
 
+With ``--idle SECONDS`` (off by default), azagent and waagent boot with one
+enabled extension instead, and after the boot figures the bench measures the
+extension handler's footprint over SECONDS once the extension reported
+success (idle.py).
+
 The same packet dump proves that nothing in the guest sent a packet to a real
 platform address. The limit is the bare image's ssh plus the cost of one
 goal-state request and one health report, made from inside that guest.
@@ -24,6 +29,7 @@ goal-state request and one health report, made from inside that guest.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -39,10 +45,10 @@ from pathlib import Path
 from typing import Optional
 
 from azfabric import media
-from azfabric.scenario import PublicKey, Scenario
+from azfabric.scenario import Extension, PublicKey, Scenario
 from azfabric.server import Fabric
 
-from azvmtest import image, peers
+from azvmtest import idle, image, peers
 from azvmtest.boot import IMDS_IP, WIRESERVER_IP, BootResult, BootSpec, free_port, qemu_command
 
 BOUND = 300.0  # seconds from qemu start for a boot to be usable
@@ -150,6 +156,7 @@ class Boot:
     units: int = 0
     extra: Optional[float] = None  # none only: one goal-state request + one health report
     failures: list[str] = field(default_factory=list)
+    idle: Optional[idle.Idle] = None  # --idle: the extension handler's footprint
 
     @property
     def usable(self) -> Optional[float]:
@@ -174,6 +181,9 @@ def summary(boots: Sequence[Boot]) -> dict[str, dict[str, object]]:
         entry: dict[str, object] = {f: median([getattr(b, f) for b in mine]) for f in fields}
         entry["usable"] = median([b.usable for b in mine])
         entry["boots"] = len([b for b in mine if not b.failures])
+        idles = [b.idle for b in mine if b.idle is not None]
+        if idles:
+            entry["idle"] = idle.summary(idles)
         entry["samples"] = [
             {k: v for k, v in asdict(b).items() if k not in ("agent",)} for b in mine
         ]
@@ -256,13 +266,20 @@ SHOW = (
 )
 
 
-def _session_command(agent: str) -> str:
+def _session_command(agent: str, idle_unit: Optional[str] = None) -> str:
     """Log in and say so; then print the accounting each time the host sends a line.
 
     The session stays open and knows the units already, so that the host reads the
-    accounting the moment the VM becomes usable: one `systemctl show`, no new login."""
+    accounting the moment the VM becomes usable: one `systemctl show`, no new login.
+    With ``idle_unit``, the line "idle" asks for a reading of that unit instead."""
     if not UNIT_GLOBS[agent]:
         return f"echo {LOGIN_MARK}"
+    if idle_unit is not None:
+        return (
+            f"echo {LOGIN_MARK}; {_units(agent)}; while read -r what; do"
+            f' if [ "$what" = idle ]; then {idle.sample_command(idle_unit)};'
+            f" else {SHOW}; echo {READ_END}; fi; done"
+        )
     return f"echo {LOGIN_MARK}; {_units(agent)}; while read -r _; do {SHOW}; echo {READ_END}; done"
 
 
@@ -317,8 +334,11 @@ def _ssh_argv(key: Path, port: int, command: str) -> list[str]:
 class Run:
     """One boot's live state: qemu, the emulator, the packet dump."""
 
-    def __init__(self, boot: Boot, workdir: Path, key: Path) -> None:
+    def __init__(
+        self, boot: Boot, workdir: Path, key: Path, idle_unit: Optional[str] = None
+    ) -> None:
         self.boot = boot
+        self.idle_unit = idle_unit
         self.workdir = workdir
         self.key = key
         self.pcap = workdir / "net.pcap"
@@ -354,7 +374,7 @@ class Run:
     def login(self, port: int) -> Optional[float]:
         """One login attempt with the session command; keeps the session when it works."""
         process = subprocess.Popen(
-            _ssh_argv(self.key, port, _session_command(self.boot.agent)),
+            _ssh_argv(self.key, port, _session_command(self.boot.agent, self.idle_unit)),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -371,19 +391,24 @@ class Run:
 
     def read_accounting(self) -> Optional[str]:
         """The agent's `systemctl show` through the open session (None: it is gone)."""
+        return self.ask("", READ_END)
+
+    def ask(self, line: str, end: str) -> Optional[str]:
+        """Send ``line`` to the open session; its answer before the line ``end`` (None: the
+        session is gone before it)."""
         process = self.session
         if process is None or process.stdin is None or process.stdout is None:
             return None
         try:
-            process.stdin.write("\n")
+            process.stdin.write(line + "\n")
             process.stdin.flush()
         except OSError:
             return None
         lines: list[str] = []
-        for line in process.stdout:
-            if line.strip() == READ_END:
+        for got in process.stdout:
+            if got.strip() == end:
                 return "".join(lines)
-            lines.append(line)
+            lines.append(got)
         return None
 
     def close(self, process: Optional[subprocess.Popen[str]] = None) -> None:
@@ -426,7 +451,13 @@ class Run:
 
 
 def run_boot(
-    variant: peers.Variant, scenario: Scenario, boot: Boot, workdir: Path, key: Path
+    variant: peers.Variant,
+    scenario: Scenario,
+    boot: Boot,
+    workdir: Path,
+    key: Path,
+    *,
+    idle_window: Optional[float] = None,
 ) -> Boot:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "share").mkdir(mode=0o777, exist_ok=True)
@@ -443,14 +474,13 @@ def run_boot(
         "blob": "http://10.0.2.102",
     }
     fabric = Fabric(scenario, advertise=advertise, log_path=workdir / "requests.jsonl").start()
-    spec = BootSpec(
-        boot.agent,
-        scenario,
-        resource_disk=None,
-        kernel_args=("systemd.mask=vmtest-collect.service",),
-    )
+    idle_unit = idle.UNITS.get(boot.agent) if idle_window is not None else None
+    kernel_args: tuple[str, ...] = ("systemd.mask=vmtest-collect.service",)
+    if idle_unit == "azure-extensions.service":
+        kernel_args += ("systemd.wants=azure-extensions.service",)  # the preset leaves it off
+    spec = BootSpec(boot.agent, scenario, resource_disk=None, kernel_args=kernel_args)
     ssh_port = free_port()
-    run = Run(boot, workdir, key)
+    run = Run(boot, workdir, key, idle_unit)
     holder = BootResult(spec, workdir, fabric, started=0.0)
     command = qemu_command(variant.image, holder, fabric.listening, ssh_port)
     nic = "virtio-net-pci,netdev=n0,romfile="
@@ -464,6 +494,8 @@ def run_boot(
         )
     try:
         _measure(run, fabric, qemu, ssh_port)
+        if idle_window is not None and idle_unit is not None and not boot.failures:
+            _measure_idle(run, fabric, ssh_port, idle_window)
     finally:
         if run.session is not None:
             run.session.kill()
@@ -578,6 +610,108 @@ def _measure_extra(run: Run, fabric: Fabric, port: int) -> None:
         run.boot.failures.append(f"the limit's requests failed: {output.strip()[-300:]}")
 
 
+# -- --idle: the extension handler's footprint -----------------------------------------
+
+IDLE_MESSAGE = "bench idle footprint"
+
+
+def idle_extension() -> Extension:
+    """The one enabled extension: WALinuxAgent's sample handler with a public setting."""
+    from azvmtest import scenarios
+
+    return Extension(
+        name=scenarios.SAMPLE,
+        version="1.3.0",
+        package=str(scenarios.SAMPLE_ZIP),
+        public_settings={"message": IDLE_MESSAGE},
+    )
+
+
+def _succeeded_at(fabric: Fabric) -> Optional[float]:
+    """The (wall) time of the first status upload with the sample handler's success."""
+    from azvmtest import scenarios
+
+    for upload in list(fabric.status_uploads):
+        if idle.sample_succeeded(upload.document, scenarios.SAMPLE, 0, IDLE_MESSAGE):
+            return upload.time
+    return None
+
+
+def _guest_log_command(agent: str, unit: str) -> str:
+    """What the login user may read of the handler's doings (waagent's log is world-readable)."""
+    logs = (
+        "tail -n 80 /var/log/waagent.log"
+        if agent == "waagent"
+        # The extension's commands, each a transient unit (they stay listed once ended).
+        else "ls -la /var/log/azure; systemctl list-units --all --no-pager 'azure-ext-*'"
+    )
+    return (
+        f"echo {LOGIN_MARK}; {logs} 2>&1; systemctl status {unit} --no-pager -n 40 2>&1;"
+        f" sudo -n journalctl -u {unit} -n 80 --no-pager 2>&1; ls -la /var/lib/waagent 2>&1"
+    )
+
+
+def _idle_reading(run: Run, port: int) -> tuple[Optional[str], str]:
+    """One reading of the handler's unit: (text, how), through the open session or a new login."""
+    assert run.idle_unit is not None
+    answer = run.ask("idle", idle.SAMPLE_END)
+    if answer is not None:
+        return answer + idle.SAMPLE_END + "\n", "the first session"
+    for _ in range(20):
+        at, output = run.ssh(port, f"echo {LOGIN_MARK}; " + idle.sample_command(run.idle_unit))
+        if at is not None:
+            return output.partition("\n")[2], f"a new login at {at} s"
+        time.sleep(0.5)
+    return None, "no login"
+
+
+def _measure_idle(run: Run, fabric: Fabric, port: int, window: float) -> None:
+    """Wait for the extension's success status, then read the handler's unit twice,
+    ``window`` seconds apart; the figures go to ``run.boot.idle``, a failure fails the boot."""
+    boot, unit = run.boot, run.idle_unit
+    assert unit is not None
+    found = fabric.wait_for(lambda: _succeeded_at(fabric) is not None, timeout=idle.BOUND)
+    figures = idle.Idle()
+    evidence = run.workdir / "idle.txt"
+    if not found:
+        _, log = run.ssh(port, _guest_log_command(boot.agent, unit))
+        (run.workdir / "idle-guest.txt").write_text(log)
+        uploads = len(fabric.status_uploads)
+        tail = "; ".join(log.strip().splitlines()[-3:])
+        figures.failures.append(
+            f"no success status of the sample extension within {idle.BOUND:.0f} s after the VM"
+            f" was usable ({uploads} status upload(s)); the guest's last lines: {tail[-400:]}"
+        )
+    else:
+        succeeded = _succeeded_at(fabric)
+        assert succeeded is not None
+        figures.status_after = round(succeeded - run.wall_started, 2)
+        first, how_first = _idle_reading(run, port)
+        started = time.time()
+        time.sleep(window)
+        ended = time.time()
+        last, how_last = _idle_reading(run, port)
+        requests = len([r for r in list(fabric.requests) if started <= r.time <= ended])
+        evidence.write_text(
+            f"# before ({how_first}; host {started:.2f})\n{first}"
+            f"# after ({how_last}; host {ended:.2f})\n{last}"
+        )
+        try:
+            if first is None or last is None:
+                raise ValueError("the guest gave no reading")
+            before, after = idle.parse_reading(first), idle.parse_reading(last)
+        except ValueError as e:
+            figures.failures.append(f"unreadable reading of {unit}: {e}")
+        else:
+            status_after = figures.status_after
+            figures = idle.footprint(boot.agent, before, after, requests)
+            figures.status_after = status_after
+        _, log = run.ssh(port, _guest_log_command(boot.agent, unit))
+        (run.workdir / "idle-guest.txt").write_text(log)
+    boot.idle = figures
+    boot.failures += [f"idle: {f}" for f in figures.failures]
+
+
 # -- the command ----------------------------------------------------------------------
 
 
@@ -613,12 +747,21 @@ def conditions(variants: dict[str, peers.Variant]) -> list[str]:
     return lines
 
 
-def main(agents: Sequence[str], boots: int, json_path: Optional[Path], deb: Optional[Path]) -> int:
+def main(
+    agents: Sequence[str],
+    boots: int,
+    json_path: Optional[Path],
+    deb: Optional[Path],
+    idle_window: Optional[float] = None,
+) -> int:
     from azvmtest import scenarios
 
     unknown = [a for a in agents if a not in peers.AGENTS]
     if unknown or not agents or boots < 1:
         print(f"bench: unknown agent(s) {unknown}; choose from {','.join(peers.AGENTS)}")
+        return 2
+    if idle_window is not None and not any(a in idle.UNITS for a in agents):
+        print(f"bench: --idle measures {' and '.join(idle.UNITS)}; none of them is in --agents")
         return 2
     key, public = bench_key()
     variants: dict[str, peers.Variant] = {}
@@ -644,7 +787,14 @@ def main(agents: Sequence[str], boots: int, json_path: Optional[Path], deb: Opti
             )
         ]
     )
+    with_extension = dataclasses.replace(scenario, extensions=[idle_extension()])
     before = conditions(variants)
+    if idle_window is not None:
+        before.append(
+            f"idle: {' and '.join(a for a in agents if a in idle.UNITS)} boot with one enabled"
+            f" extension ({scenarios.SAMPLE} 1.3.0, public setting message={IDLE_MESSAGE!r});"
+            f" a window of {idle_window:g} s from the emulator's receipt of its success status"
+        )
     for line in before:
         print(line)
     workdir = Path(tempfile.mkdtemp(prefix="vmtest-bench-"))
@@ -652,7 +802,15 @@ def main(agents: Sequence[str], boots: int, json_path: Optional[Path], deb: Opti
     for round_ in range(1, boots + 1):
         for agent in agents:
             boot = Boot(agent, round_)
-            run_boot(variants[agent], scenario, boot, workdir / f"{round_}-{agent}", key)
+            measured = idle_window is not None and agent in idle.UNITS
+            run_boot(
+                variants[agent],
+                with_extension if measured else scenario,
+                boot,
+                workdir / f"{round_}-{agent}",
+                key,
+                idle_window=idle_window if measured else None,
+            )
             results.append(boot)
             shown = ", ".join(
                 f"{name} {value:.1f}"
@@ -664,6 +822,16 @@ def main(agents: Sequence[str], boots: int, json_path: Optional[Path], deb: Opti
                 + (f"; extra {boot.extra:.3f} s" if boot.extra else ""),
                 flush=True,
             )
+            if boot.idle is not None and not boot.idle.failures:
+                figures = boot.idle
+                print(
+                    f"  idle {figures.window} s from the status at {figures.status_after} s:"
+                    f" handler RSS {figures.handler_rss} MiB, unit RSS {figures.unit_rss} MiB,"
+                    f" memory.current {figures.unit_memory} MiB, handler CPU"
+                    f" {figures.handler_cpu} s, unit CPU {figures.unit_cpu} s,"
+                    f" {figures.requests} requests",
+                    flush=True,
+                )
             for failure in boot.failures:
                 print(f"  FAILED: {failure}", flush=True)
     result = summary(results)
@@ -674,6 +842,10 @@ def main(agents: Sequence[str], boots: int, json_path: Optional[Path], deb: Opti
         print(f"limit (none's ssh + one goal-state request + one health report): {bound:.1f} s")
     for line in ratios(result, bound):
         print(line)
+    if idle_window is not None:
+        print()
+        print(f"idle footprint over {idle_window:g} s after the extension's success (medians):")
+        print(idle.table(result))
     load = os.getloadavg()
     print(f"host load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     if json_path is not None:

@@ -144,7 +144,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     agents = [a.strip() for a in args.agents.split(",") if a.strip()]
     json_path = Path(args.json) if args.json else None
-    return bench.main(agents, args.boots, json_path, _deb(args))
+    return bench.main(agents, args.boots, json_path, _deb(args), args.idle)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -205,6 +205,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--agents", default="azagent,cloud-init,waagent,none", help="comma-separated, in order"
     )
     bench.add_argument("--json", metavar="FILE", help="write the medians per agent here")
+    bench.add_argument(
+        "--idle",
+        type=_seconds,
+        metavar="SECONDS",
+        help="azagent and waagent boot with one enabled extension; once it reported success, "
+        "measure the extension handler's RSS, CPU and requests over SECONDS (default: off)",
+    )
     bench.set_defaults(func=cmd_bench)
     for command in (build, run, demo, boot, bench):
         command.add_argument(
