@@ -476,8 +476,6 @@ def run_boot(
     fabric = Fabric(scenario, advertise=advertise, log_path=workdir / "requests.jsonl").start()
     idle_unit = idle.UNITS.get(boot.agent) if idle_window is not None else None
     kernel_args: tuple[str, ...] = ("systemd.mask=vmtest-collect.service",)
-    if idle_unit == "azure-extensions.service":
-        kernel_args += ("systemd.wants=azure-extensions.service",)  # the preset leaves it off
     spec = BootSpec(boot.agent, scenario, resource_disk=None, kernel_args=kernel_args)
     ssh_port = free_port()
     run = Run(boot, workdir, key, idle_unit)
