@@ -20,7 +20,11 @@ libxcrypt, ``openssl passwd`` and the published test vectors. bcrypt
 (``2a``) is long and subtle to implement, so it has no fallback: it fails
 with a reason naming the missing library.
 
-Salts come from :mod:`secrets`. SHA-crypt uses its default 5000 rounds (no
+Salts come from the operating system's random source (:func:`os.urandom`,
+through :class:`random.SystemRandom`, which is what :mod:`secrets` uses;
+``secrets`` itself would load hmac and OpenSSL's hashlib at every first
+boot, a cost under emulation: hashlib and hmac are imported only by the
+pure-Python fallback and by :func:`verify`). SHA-crypt uses its default 5000 rounds (no
 ``rounds=`` field), as ``chpasswd`` and the ``crypt`` module did, so the hash
 is what an image's own tools would produce. MD5-crypt keeps at most 8 salt
 characters (the algorithm reads no more); bcrypt always takes 16 random bytes
@@ -30,9 +34,7 @@ characters (the algorithm reads no more); bcrypt always takes 16 random bytes
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
-import secrets
+import os
 from typing import Any, Callable, Optional
 
 from azagent.errors import StageFailed
@@ -104,13 +106,15 @@ def verify(password: str, hashed: str, crypt_id: str) -> bool:
             candidate = crypt_pure(password, hashed)
         except (PasswordHashError, ValueError):
             return False
+    import hmac
+
     return candidate is not None and hmac.compare_digest(candidate.encode(), hashed.encode())
 
 
 def crypt_setting(crypt_id: str, salt_length: int) -> str:
     """The method prefix and a fresh random salt, e.g. ``$6$Jx1q0f9pZb``."""
     if crypt_id == "2a":
-        return f"$2a${BCRYPT_COST:02d}${_bcrypt_salt(secrets.token_bytes(16))}"
+        return f"$2a${BCRYPT_COST:02d}${_bcrypt_salt(os.urandom(16))}"
     if crypt_id not in CRYPT_IDS:
         raise PasswordHashError(
             f"unknown Provisioning.PasswordCryptId {crypt_id!r}: expected one of "
@@ -123,7 +127,10 @@ def crypt_setting(crypt_id: str, salt_length: int) -> str:
         )
     if crypt_id == "1":
         salt_length = min(salt_length, MD5_MAX_SALT)
-    salt = "".join(secrets.choice(CRYPT_ALPHABET) for _ in range(salt_length))
+    import random
+
+    choose = random.SystemRandom().choice
+    salt = "".join(choose(CRYPT_ALPHABET) for _ in range(salt_length))
     return f"${crypt_id}${salt}"
 
 
@@ -221,6 +228,8 @@ def _repeat(source: bytes, length: int) -> bytes:
 
 def _sha_crypt(method: str, key: bytes, salt: bytes, rounds: int, custom_rounds: bool) -> str:
     """Drepper's SHA-crypt, https://www.akkadia.org/drepper/SHA-crypt.txt."""
+    import hashlib
+
     name = "sha256" if method == "5" else "sha512"
 
     def digest(*chunks: bytes) -> bytes:
@@ -270,6 +279,8 @@ def _sha_crypt(method: str, key: bytes, salt: bytes, rounds: int, custom_rounds:
 
 def _md5_crypt(key: bytes, salt: bytes) -> str:
     """Poul-Henning Kamp's MD5-crypt, as in FreeBSD and glibc."""
+    import hashlib
+
     magic = b"$1$"
     alternate = hashlib.md5(key + salt + key, usedforsecurity=False).digest()
     h = hashlib.md5(key + magic + salt, usedforsecurity=False)
