@@ -49,7 +49,15 @@ from azfabric.scenario import Extension, PublicKey, Scenario
 from azfabric.server import Fabric
 
 from azvmtest import idle, image, peers
-from azvmtest.boot import IMDS_IP, WIRESERVER_IP, BootResult, BootSpec, free_port, qemu_command
+from azvmtest.boot import (
+    IMDS_IP,
+    WIRESERVER_IP,
+    BootResult,
+    BootSpec,
+    free_port,
+    qemu_command,
+    ssh_argv,
+)
 
 BOUND = 300.0  # seconds from qemu start for a boot to be usable
 POLL = 0.1
@@ -306,29 +314,14 @@ def _limit_command() -> str:
 
 
 def _ssh_argv(key: Path, port: int, command: str) -> list[str]:
-    return [
-        "ssh",
-        "-i",
-        str(key),
-        "-p",
-        str(port),
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "ConnectTimeout=10",
-        "-o",
-        "ServerAliveInterval=5",
-        "-o",
-        "ServerAliveCountMax=6",
-        "-o",
-        "LogLevel=ERROR",
+    return ssh_argv(
+        key,
+        port,
         f"{peers.USER}@127.0.0.1",
         command,
-    ]
+        connect_timeout=10,
+        extra=("ServerAliveInterval=5", "ServerAliveCountMax=6"),
+    )
 
 
 class Run:

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -237,31 +238,44 @@ def qemu_command(
     return command
 
 
+def ssh_argv(
+    key: Path,
+    port: int,
+    target: str,
+    command: str,
+    *,
+    connect_timeout: int,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """ssh to the guest's forwarded port with ``key``: no prompts, no host key kept."""
+    options = [
+        "BatchMode=yes",
+        "StrictHostKeyChecking=no",
+        "UserKnownHostsFile=/dev/null",
+        f"ConnectTimeout={connect_timeout}",
+        *extra,
+        "LogLevel=ERROR",
+    ]
+    return (
+        ["ssh", "-i", str(key), "-p", str(port)]
+        + [word for option in options for word in ("-o", option)]
+        + [target, command]
+    )
+
+
 def ssh(result: BootResult, port: int, deadline: float) -> None:
     key = result.workdir / "id_ed25519"
     private = result.spec.scenario.public_keys[0].private_key or ""
     fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(private)
-    command = [
-        "ssh",
-        "-i",
-        str(key),
-        "-p",
-        str(port),
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "ConnectTimeout=20",
-        "-o",
-        "LogLevel=ERROR",
+    command = ssh_argv(
+        key,
+        port,
         f"{result.spec.scenario.username}@127.0.0.1",
         "id; hostname; sudo -n true; echo sudo-status=$?",
-    ]
+        connect_timeout=20,
+    )
     while time.monotonic() < deadline:
         done = subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
         result.ssh_status, result.ssh_output = done.returncode, done.stdout + done.stderr
