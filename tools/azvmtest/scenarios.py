@@ -475,6 +475,21 @@ def ops_entry(result: BootResult, version: str) -> dict[str, Any]:
     return found[-1] if found else {}
 
 
+def ready_with_the_handler_running(
+    result: BootResult, seen: dict[str, Optional[float]]
+) -> dict[str, str]:
+    """Show the host's timings; Ready reported once, and the extension handler running."""
+    show(seen)
+    check(reports(result) == ["Ready"], f"reports: {reports(result)}")
+    check(not result.notes, f"the host's side: {result.notes}")
+    service = result.units().get("azure-extensions.service", {})
+    check(
+        (service.get("ActiveState"), service.get("SubState")) == ("active", "running"),
+        f"azure-extensions.service is not active/running: {service}",
+    )
+    return service
+
+
 def scenario_extensions(ctx: Context) -> None:
     """Extensions as transient units: enable, new settings, update, uninstall; a reboot."""
     first, second = "vmtest extension hello", "vmtest extension settings 1"
@@ -535,14 +550,7 @@ def scenario_extensions(ctx: Context) -> None:
     result = ctx.boot(
         BootSpec("extensions", scenario, resource_disk=None, while_up=while_up, timeout=600)
     )
-    show(seen)
-    check(reports(result) == ["Ready"], f"reports: {reports(result)}")
-    check(not result.notes, f"the host's side: {result.notes}")
-    service = result.units().get("azure-extensions.service", {})
-    check(
-        (service.get("ActiveState"), service.get("SubState")) == ("active", "running"),
-        f"azure-extensions.service is not active/running: {service}",
-    )
+    service = ready_with_the_handler_running(result, seen)
     check(service.get("UnitFileState") == "enabled", f"not enabled by the preset: {service}")
     journal = result.text("journal-extensions.txt")
     slice_ = "azure-vmextensions-" + SAMPLE + ".slice"
@@ -693,14 +701,7 @@ def scenario_extensions_faults(ctx: Context) -> None:
             timeout=420,
         )
     )
-    show(seen)
-    check(reports(result) == ["Ready"], f"reports: {reports(result)}")
-    check(not result.notes, f"the host's side: {result.notes}")
-    service = result.units().get("azure-extensions.service", {})
-    check(
-        (service.get("ActiveState"), service.get("SubState")) == ("active", "running"),
-        f"azure-extensions.service is not active/running: {service}",
-    )
+    service = ready_with_the_handler_running(result, seen)
     # The failure: error status (code 1009, enable) with its exit status and output.
     failed = [e for e in entries(result, FAIL) if e.get("code") == 1009]
     check(bool(failed), f"{FAIL}: no error status: {entries(result, FAIL)[-1:]}")
