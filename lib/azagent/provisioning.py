@@ -121,11 +121,22 @@ class ProvisioningData:
         return loaded
 
 
+def certificate_fingerprints(data: ProvisioningData) -> dict[str, bool]:
+    """The certificates stage's work: each thumbprint given for a key (as written)
+    and whether its private key is wanted too (a key pair)."""
+    wanted: dict[str, bool] = {}
+    for key in data.public_keys:
+        if key.value is None and key.fingerprint:
+            wanted.setdefault(key.fingerprint, False)
+    for pair in data.key_pairs:
+        if pair.fingerprint:
+            wanted[pair.fingerprint] = True
+    return wanted
+
+
 def needs_certificates(data: ProvisioningData) -> bool:
     """Whether a key or key pair comes by thumbprint (the certificates stage's work)."""
-    return any(k.value is None and k.fingerprint for k in data.public_keys) or any(
-        k.fingerprint for k in data.key_pairs
-    )
+    return bool(certificate_fingerprints(data))
 
 
 def save(ctx: Context, data: ProvisioningData) -> None:
