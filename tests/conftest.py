@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from azagent import journal
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = REPO / "stages"
@@ -120,3 +123,29 @@ def root(tmp_path: Path) -> Path:
     path = tmp_path / "root"
     path.mkdir()
     return path
+
+
+class Logged:
+    """What azagent's log received (journal.Entry objects), in order."""
+
+    def __init__(self) -> None:
+        self.entries: list[journal.Entry] = []
+
+    def __call__(self, entry: journal.Entry) -> None:
+        self.entries.append(entry)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(entry.message for entry in self.entries)
+
+
+@pytest.fixture
+def logged() -> Iterator[Logged]:
+    """azagent's log, every level, recorded instead of written."""
+    saved = (journal.log.sink, journal.log.level)
+    recorder = Logged()
+    journal.log.sink, journal.log.level = recorder, journal.DEBUG
+    try:
+        yield recorder
+    finally:
+        journal.log.sink, journal.log.level = saved

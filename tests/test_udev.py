@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
-import logging
 import os
 import sys
 import types
@@ -22,7 +21,7 @@ from types import ModuleType
 from typing import Any, Optional
 
 import pytest
-from conftest import STAGES
+from conftest import STAGES, Logged
 
 from azagent import config, disks, media, udev
 from azagent.context import Context
@@ -275,30 +274,28 @@ def test_mellanox_functions_and_rdma_devices_come_from_udev(
 
 
 def test_without_pyudev_sysfs_answers_with_a_debug_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logged: Logged
 ) -> None:
     monkeypatch.setitem(sys.modules, "pyudev", None)  # import pyudev raises ImportError
-    caplog.set_level(logging.DEBUG, logger="azagent")
 
     def live(pyudev: Any, context: Any) -> str:
         raise AssertionError("udev asked without pyudev")
 
     assert udev.find(live_context(tmp_path), "test", live, lambda: "sysfs") == "sysfs"
-    assert "udev is not available (ModuleNotFoundError" in caplog.text
+    assert "udev is not available (ModuleNotFoundError" in logged.text
 
 
 def test_without_libudev_sysfs_answers(
-    machine: FakeMachine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    machine: FakeMachine, tmp_path: Path, logged: Logged
 ) -> None:
     def no_library(self: Any) -> None:
         raise ImportError("No library named udev")
 
     machine.module.Context.__init__ = no_library  # type: ignore[attr-defined]
-    caplog.set_level(logging.DEBUG, logger="azagent")
     assert udev.find(live_context(tmp_path), "test", lambda p, c: "udev", lambda: "sysfs") == (
         "sysfs"
     )
-    assert "No library named udev" in caplog.text
+    assert "No library named udev" in logged.text
 
 
 @pytest.mark.parametrize(
@@ -326,7 +323,7 @@ def test_under_a_root_udev_is_never_loaded(machine: FakeMachine, root: Path) -> 
 
 
 def test_real_udev_agrees_with_sysfs_on_this_machine(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logged: Logged
 ) -> None:
     pytest.importorskip("pyudev")
     if udev._load() is None:
@@ -352,8 +349,7 @@ def test_real_udev_agrees_with_sysfs_on_this_machine(
             )
         return found
 
-    caplog.set_level(logging.DEBUG, logger="azagent")
     through_udev = answers()
-    assert "udev failed" not in caplog.text  # every lookup above was udev's own answer
+    assert "udev failed" not in logged.text  # every lookup above was udev's own answer
     monkeypatch.setattr(udev, "_load", lambda: None)
     assert answers() == through_udev

@@ -13,7 +13,6 @@ as it is.
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -21,8 +20,7 @@ from typing import Any, Optional
 from azagent import system, udev
 from azagent.context import Context
 from azagent.errors import StageFailed
-
-log = logging.getLogger("azagent")
+from azagent.journal import log
 
 OVF_NAME = "ovf-env.xml"
 MOUNT_POINT = "/run/azagent/media"

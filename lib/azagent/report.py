@@ -10,7 +10,6 @@ failure.
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 from datetime import datetime, timezone
 from typing import Optional
@@ -18,9 +17,8 @@ from typing import Optional
 from azagent import journal, kvp, provisioning
 from azagent.context import Context
 from azagent.fsutil import ensure_dir
+from azagent.journal import log
 from azagent.results import read_result
-
-log = logging.getLogger("azagent")
 
 KVP_POOL = "/var/lib/hyperv/.kvp_pool_1"
 STAGES_REPORTED = (*provisioning.PROVISIONING_STAGES, "certificates")

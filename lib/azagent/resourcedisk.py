@@ -36,7 +36,6 @@ import errno
 import fcntl
 import functools
 import json
-import logging
 import os
 import stat
 import time
@@ -48,10 +47,9 @@ from azagent import disks, swapfile, system
 from azagent.context import Context
 from azagent.errors import StageFailed
 from azagent.fsutil import atomic_write, crash_point
+from azagent.journal import log
 from azagent.ntfs import WARNING_NAME, NtfsError, ntfs_foreign_files
 from azagent.plan import Action
-
-log = logging.getLogger("azagent")
 
 RESOURCE_LINK = "/dev/disk/azure/resource"
 PART1_LINK = "/dev/disk/azure/resource-part1"

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import os
 import re
 import shlex
@@ -47,10 +46,9 @@ from azagent import system
 from azagent.context import Context
 from azagent.errors import AzagentError
 from azagent.fsutil import atomic_write, ensure_dir
+from azagent.journal import log
 from azagent.plan import Action
 from azagent.provisioning import same_vm
-
-log = logging.getLogger("azagent")
 
 CONFIG_NAME = "sshd_config"
 DROPIN_DIR = "sshd_config.d"

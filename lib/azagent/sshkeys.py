@@ -37,7 +37,6 @@ import base64
 import binascii
 import contextlib
 import hashlib
-import logging
 from collections.abc import Iterable, Sequence
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Optional
@@ -47,6 +46,7 @@ from azagent.certstore import CertStore, CertStoreError, normalize_thumbprint
 from azagent.context import Context
 from azagent.errors import AzagentError
 from azagent.homefiles import HomeFile, check_path, plan_files, read_existing
+from azagent.journal import log
 from azagent.plan import Action
 from azagent.provisioning import Key, ProvisioningData
 from azagent.results import STATE_DONE, STATE_NOTHING, read_result
@@ -56,8 +56,6 @@ if TYPE_CHECKING:  # only types: the modules import cryptography, the stage must
     from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
     from azagent.certs import CertificateItem
-
-log = logging.getLogger("azagent")
 
 
 class SshKeyError(AzagentError):

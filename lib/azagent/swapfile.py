@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import functools
 import json
-import logging
 import os
 import stat
 from pathlib import Path
@@ -24,9 +23,8 @@ from azagent import disks, system
 from azagent.context import Context
 from azagent.errors import StageFailed
 from azagent.fsutil import atomic_write, crash_point
+from azagent.journal import log
 from azagent.plan import Action
-
-log = logging.getLogger("azagent")
 
 SWAP_NAME = "swapfile"
 # Written on the resource disk's own filesystem before the swap file is

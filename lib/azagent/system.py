@@ -9,7 +9,6 @@ input.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,9 +16,8 @@ from typing import Optional
 
 from azagent.errors import StageFailed
 from azagent.fsutil import crash_point
+from azagent.journal import log
 from azagent.redact import redact
-
-log = logging.getLogger("azagent")
 
 DEFAULT_TIMEOUT = 60.0
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

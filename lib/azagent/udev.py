@@ -16,12 +16,10 @@ fresh process at boot).
 from __future__ import annotations
 
 import functools
-import logging
 from typing import Any, Callable, Optional, TypeVar
 
 from azagent.context import Context
-
-log = logging.getLogger("azagent")
+from azagent.journal import log
 
 T = TypeVar("T")
 

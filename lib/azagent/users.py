@@ -23,7 +23,6 @@ is ``x`` and /etc/shadow exists and is not world-readable.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import stat
@@ -41,8 +40,7 @@ from azagent.fsutil import (
     open_directory,
     refuse_link_at,
 )
-
-log = logging.getLogger("azagent")
+from azagent.journal import log
 
 ACCOUNTS = "/etc/passwd"
 # The passwd field of an account whose hash lives in /etc/shadow.

@@ -17,7 +17,6 @@ its own headers.
 
 from __future__ import annotations
 
-import logging
 import time
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -26,13 +25,13 @@ from typing import TYPE_CHECKING, Callable, Optional, TypeVar
 from azagent import transport, wireserver
 from azagent.context import Context
 from azagent.errors import AzagentError
+from azagent.journal import log
 from azagent.redact import redact
 from azagent.transport import Reply, Transport, TransportError
 
 if TYPE_CHECKING:
     import requests
 
-log = logging.getLogger("azagent")
 
 AGENT_NAME = transport.AGENT_NAME
 TRANSIENT = frozenset({403, 408, 429, 500, 502, 503, 504, 507})

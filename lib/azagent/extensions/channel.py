@@ -17,7 +17,6 @@ fails is retried on the next pass.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import TYPE_CHECKING, Optional
 
@@ -25,13 +24,13 @@ from azagent.context import Context
 from azagent.errors import AzagentError
 from azagent.extensions import goalstate, status
 from azagent.extensions.goalstate import ExtensionsGoalState
+from azagent.journal import log
 
 if TYPE_CHECKING:
     from azagent.transport import Transport
     from azagent.wireclient import WireClient
     from azagent.wireserver import GoalState
 
-log = logging.getLogger("azagent")
 
 VM_SETTINGS_RETRY = 6 * 3600.0  # after a 404, ask the HostGAPlugin again this much later
 GONE = "gone"  # vmSettings: 410, the container changed

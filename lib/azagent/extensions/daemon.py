@@ -13,17 +13,16 @@ sd_notify, a no-op outside systemd.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from typing import TYPE_CHECKING, Callable
 
 from azagent.context import Context
+from azagent.journal import log
 
 if TYPE_CHECKING:
     from azagent.extensions.service import Service
 
-log = logging.getLogger("azagent")
 
 DISABLED_PERIOD = 300  # GoalStatePeriod when Extensions.Enabled=n and the period is not set
 

@@ -17,7 +17,6 @@ Nothing is kept across restarts: :meth:`DirectExecutor.running` is empty and
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -30,8 +29,6 @@ from typing import Optional
 
 from azagent.extensions.executor import Operation, Outcome
 from azagent.system import PATH
-
-log = logging.getLogger("azagent")
 
 # What of stdout and of stderr goes into the status message and CommandExecution.log.
 OUTPUT_LIMIT = 3200

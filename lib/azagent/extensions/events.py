@@ -26,7 +26,6 @@ leads nowhere. System floor: removes files.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import stat
@@ -35,8 +34,7 @@ from pathlib import Path
 from typing import Optional
 
 from azagent.extensions import environment, naming
-
-log = logging.getLogger("azagent")
+from azagent.journal import log
 
 MAX_AGE = 24 * 3600.0
 MAX_FILE = 4 * 1024 * 1024

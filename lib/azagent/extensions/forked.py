@@ -13,15 +13,13 @@ and ``code``) through a pipe, and exits; the service keeps only the answer.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import sys
 from typing import Any, Callable, Optional
 
 from azagent.errors import AzagentError
-
-log = logging.getLogger("azagent")
+from azagent.journal import log
 
 MAX_ANSWER = 1024 * 1024
 

@@ -31,7 +31,6 @@ a directory behind. System floor: network and files.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import stat
@@ -49,6 +48,7 @@ from azagent.context import Context
 from azagent.errors import AzagentError
 from azagent.extensions import environment, manifest, naming
 from azagent.extensions.manifest import Manifest, PackageVersion
+from azagent.journal import log
 from azagent.redact import redact
 from azagent.transport import (
     BLOB,
@@ -57,8 +57,6 @@ from azagent.transport import (
     Transport,
     TransportError,
 )
-
-log = logging.getLogger("azagent")
 
 # Status codes of the handler (PROTOCOL.md section 5).
 MANIFEST_DOWNLOAD = 1001

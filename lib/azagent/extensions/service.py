@@ -25,7 +25,6 @@ settings, SAS URLs) reaches a log.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import socket
@@ -56,9 +55,8 @@ from azagent.extensions.executor import Executor, Operation, Outcome
 from azagent.extensions.goalstate import Extension, ExtensionsGoalState, Handler
 from azagent.extensions.reporting import DISABLED_MESSAGE
 from azagent.fsutil import atomic_write, ensure_dir, read_bytes_limited
+from azagent.journal import log
 from azagent.redact import redact
-
-log = logging.getLogger("azagent")
 
 UPLOAD_INTERVAL = 30.0  # status goes up at least this often
 VM_SETTINGS_RETRY = 6 * 3600.0  # after a 404, ask the HostGAPlugin again this much later

@@ -21,7 +21,6 @@ for WALinuxAgent expect.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,8 +29,7 @@ from typing import Any, Optional
 from azagent.extensions import environment
 from azagent.extensions.goalstate import Extension
 from azagent.fsutil import atomic_write, ensure_dir, read_bytes_limited
-
-log = logging.getLogger("azagent")
+from azagent.journal import log
 
 STATE_FILE = "azagent-extensions.json"
 FORMAT = 1

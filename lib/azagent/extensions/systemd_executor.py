@@ -57,7 +57,7 @@ contract's (``--setenv``) plus ``PATH``. stdout and stderr go to files in
 the handler's log folder; when the command ends, their first 3200
 characters go to ``CommandExecution.log``, the Outcome, and the journal
 under the handler's name (``SYSLOG_IDENTIFIER``) and the unit's
-(``OBJECT_SYSTEMD_UNIT``, sent by root with systemd-python's journal.send), so
+(``OBJECT_SYSTEMD_UNIT``, sent by root through systemd-python, azagent.journal.send), so
 ``systemctl status <unit>`` and ``journalctl -u 'azure-ext-*'`` show them
 beside systemd's own messages about the unit (without systemd-python:
 ``systemd-cat --identifier``, under the handler's name only).
@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import os
 import secrets
@@ -91,8 +90,7 @@ from azagent.extensions.direct_executor import (
     summary,
 )
 from azagent.extensions.executor import OPERATIONS, Operation, Outcome
-
-log = logging.getLogger("azagent")
+from azagent.journal import log
 
 UNIT_PREFIX = "azure-ext-"
 SLICE = "azure-vmextensions.slice"
@@ -235,7 +233,7 @@ class SystemdExecutor:
 
     ``log_root`` is the handler log folders' parent when an operation names
     no ``log_dir``; ``path`` the PATH commands get; ``journal_send``
-    systemd-python's ``systemd.journal.send`` (tests pass a recorder), which
+    :func:`azagent.journal.send` (systemd-python's sendv; tests pass a recorder), which
     puts the head of each operation's output in the journal with the unit's
     name (None: through systemd-cat, under the handler's name only).
     """
