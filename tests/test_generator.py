@@ -200,3 +200,77 @@ def test_systemd_analyze_verify_accepts_the_drop_ins(tmp_path: Path) -> None:
         [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=120, check=False
     )
     assert (done.returncode, done.stdout + done.stderr) == (0, "")
+
+
+EXECUTE = "azure-custom-data.service.d/50-azagent-execute.conf"
+
+
+def custom_data_ordering(out: Path) -> list[str]:
+    """The custom-data unit's dependency lines the generator added, if any."""
+    dropin = out / EXECUTE
+    if not dropin.exists():
+        return []
+    return [line for line in dropin.read_text().splitlines() if line.startswith(("After", "Want"))]
+
+
+def test_saving_customdata_waits_for_nothing_but_the_provisioning_data() -> None:
+    """The unit itself is ordered after mount-ovf alone: it is not on Ready's path."""
+    unit = (REPO / "units/azure-custom-data.service").read_text()
+    dependencies = [line for line in unit.splitlines() if line.startswith(("After=", "Wants="))]
+    assert dependencies == [
+        "Wants=azure-mount-ovf.service",
+        "After=azure-mount-ovf.service azure-imds.service",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("config", "ordered"),
+    [
+        pytest.param("", False, id="default-n"),
+        pytest.param("Provisioning.ExecuteCustomData=n\n", False, id="n"),
+        pytest.param("Provisioning.ExecuteCustomData = y # run it\n", True, id="y"),
+        pytest.param("Provisioning.ExecuteCustomData=perhaps\n", True, id="not-a-boolean"),
+    ],
+)
+def test_customdata_that_may_run_waits_for_what_a_script_relies_on(
+    tmp_path: Path, config: str, ordered: bool
+) -> None:
+    root = tmp_path / "root"
+    write_config(root, config)
+    out = tmp_path / "out"
+    generate(root, out)
+    expected = [
+        "Wants=network-online.target",
+        "After=network-online.target azure-create-user.service azure-ssh-keys.service",
+        "After=azure-hostname.service azure-certificates.service",
+    ]
+    assert custom_data_ordering(out) == (expected if ordered else [])
+
+
+def test_an_unreadable_configuration_still_orders_customdata_as_a_script_expects(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "root"
+    (root / "etc/waagent.conf").mkdir(parents=True)
+    out = tmp_path / "out"
+    assert generate(root, out) == {}
+    assert "After=network-online.target" in " ".join(custom_data_ordering(out))
+
+
+def test_systemd_analyze_verify_accepts_the_customdata_ordering(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.fail("systemd-analyze is missing: tools/bootstrap installs it")
+    root = tmp_path / "root"
+    write_config(root, "Provisioning.ExecuteCustomData=y\n")
+    generate(root, tmp_path / "out")
+    unit = tmp_path / "azure-generated-order.service"
+    unit.write_text(
+        "[Unit]\nDescription=generated ordering\nDocumentation=file:/dev/null\n"
+        + "\n".join(custom_data_ordering(tmp_path / "out"))
+        + f"\n[Service]\nType=oneshot\nExecStart={STAGES}/kernel-tune\n"
+    )
+    done = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")

@@ -359,10 +359,31 @@ def scenario_reboot(ctx: Context) -> None:
     same = ctx.boot(BootSpec("second-boot", scenario, disk=first.os_disk, resource_disk=None))
     check(reports(same) == [], f"second boot reported {reports(same)}")
     check(stage_state(same, "mount-ovf") == "skipped", f"mount-ovf: {same.stage('mount-ovf')}")
-    captured = default_scenario(hostname="captured-vm")
-    new = ctx.boot(BootSpec("new-vm-id", captured, disk=first.os_disk, resource_disk=None))
+    # The new VM runs its customData: the generator orders the stage after the
+    # network, the user and the hostname, which the script sees.
+    script = (
+        "#!/bin/sh\necho \"customdata-ran user=$(id -un alice) host=$(hostname)"
+        " online=$(systemctl is-active network-online.target)\"\n"
+    )
+    captured = default_scenario(hostname="captured-vm", custom_data=script)
+    new = ctx.boot(
+        BootSpec(
+            "new-vm-id",
+            captured,
+            disk=first.os_disk,
+            resource_disk=None,
+            config=("Provisioning.DecodeCustomData=y", "Provisioning.ExecuteCustomData=y"),
+        )
+    )
     check(reports(new) == ["Ready"], f"new VM id: {reports(new)}")
     check(new.text("hostname.txt").strip() == "captured-vm", "the new VM's hostname")
+    check(stage_state(new, "custom-data") == "done", f"custom-data: {new.stage('custom-data')}")
+    ran = "customdata-ran user=alice host=captured-vm online=active"
+    check(ran in new.text("journal.txt"), "customData did not run after the user, host, network")
+    # The first boot only saved customData: its stage ran before the network was up.
+    saved = monotonic(first, "azure-custom-data.service", "ExecMainExitTimestampMonotonic")
+    online = monotonic(first, "network-online.target", "ActiveEnterTimestampMonotonic")
+    check(0 < saved < online, f"customData saved at {saved}, network online at {online}")
 
 
 def scenario_resource_disk(ctx: Context) -> None:
