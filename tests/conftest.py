@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -149,3 +152,14 @@ def logged() -> Iterator[Logged]:
         yield recorder
     finally:
         journal.log.sink, journal.log.level = saved
+
+
+def load_stage(name: str) -> ModuleType:
+    """A stage executable (stages/NAME) loaded as a module: its functions, not its run."""
+    module_name = name.replace("-", "_") + "_stage"
+    loader = importlib.machinery.SourceFileLoader(module_name, str(STAGES / name))
+    spec = importlib.util.spec_from_loader(module_name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module

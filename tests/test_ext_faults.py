@@ -31,8 +31,6 @@ The cases run concurrently in threads, each with its own emulator and root.
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +41,7 @@ from typing import Any, Optional
 import pytest
 from azfabric.scenario import Extension, Fault, Scenario
 from azfabric.server import Fabric
-from conftest import REPO
+from conftest import load_stage
 from provisioning_env import make_vm
 from test_certstore import fabric_context
 from test_ext_service import SAMPLE, SAMPLE_ZIP, handler_entries, settings_status
@@ -160,18 +158,7 @@ class Outcome:
     package_requests: int = 0
 
 
-def stage_installer() -> Any:
-    loader = importlib.machinery.SourceFileLoader(
-        "extensions_stage", str(REPO / "stages/extensions")
-    )
-    spec = importlib.util.spec_from_loader("extensions_stage", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module.installer
-
-
-INSTALLER = stage_installer()
+INSTALLER = load_stage("extensions").installer
 
 
 def run_case(root: Path, faults: list[Fault], passes: int, advance: float = PERIOD) -> Outcome:

@@ -7,15 +7,13 @@ Nothing here touches the host: entropy goes to a regular file standing in for
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import os
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-from conftest import STAGES, add_scsi_disk, run_stage, snapshot
+from conftest import add_scsi_disk, load_stage, run_stage, snapshot
 
 RESULT = "run/azagent/stages/kernel-tune.json"
 MARKER = "run/azagent/kernel-tune/entropy-fed"
@@ -278,12 +276,7 @@ def test_rdma_infiniband_devices_without_connectx(root: Path) -> None:
 
 
 def _stage_module() -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader("kernel_tune_stage", str(STAGES / "kernel-tune"))
-    spec = importlib.util.spec_from_loader("kernel_tune_stage", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+    return load_stage("kernel-tune")
 
 
 def test_load_module_runs_modprobe_with_the_name_only(

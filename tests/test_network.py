@@ -15,7 +15,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, run_stage, snapshot
+from conftest import FIXTURES, REPO, load_stage, run_stage, snapshot
 
 from azagent import config, dhcp, network
 from azagent.context import Context
@@ -377,3 +377,33 @@ def test_context_ignores_a_bad_saved_wireserver(root: Path, content: str) -> Non
     ctx = context(root, "Endpoint.WireServer=http://127.0.0.1:8080")
     assert ctx.endpoint("WireServer") == "http://127.0.0.1:8080"
     assert ctx.endpoint("HostGAPlugin") == "http://168.63.129.16:32526"
+
+
+# -- report-ready does not wait for this stage ------------------------------------
+
+
+def test_report_ready_is_not_ordered_after_the_network_stage() -> None:
+    """One process less between the lease and Ready: report-ready reads the lease itself."""
+    units = REPO / "units"
+    ready = (units / "azure-report-ready.service").read_text()
+    network_unit = (units / "azure-network.service").read_text()
+    assert "azure-network.service" not in ready
+    assert "azure-report-ready" not in network_unit
+    assert "After=network-online.target" in ready
+
+
+def test_report_ready_finds_the_wireserver_as_the_network_stage_would(root: Path) -> None:
+    stage = load_stage("report-ready")
+    azure_vm(root)
+    configure(root, "Endpoint.WireServer=http://127.0.0.1:9")
+    ctx = context(root, "Endpoint.WireServer=http://127.0.0.1:9")
+    # No lease naming one: the configured endpoint, as the network stage saves nothing.
+    assert stage.unsaved_wireserver(ctx) == "http://127.0.0.1:9"
+    # A lease with option 245, not yet saved: its address, as the network stage would save.
+    write(root, "run/systemd/netif/leases/2", networkd_lease("0a000063"))
+    assert stage.unsaved_wireserver(ctx) == "http://10.0.0.99"
+    assert network.discover(ctx).url == "http://10.0.0.99"
+    # Once the network stage saved it, the saved address applies (Context.endpoint).
+    write(root, SAVED, "http://10.0.0.98\n")
+    assert stage.unsaved_wireserver(ctx) is None
+    assert ctx.endpoint("WireServer") == "http://10.0.0.98"

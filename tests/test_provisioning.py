@@ -251,17 +251,9 @@ def test_custom_data_is_not_run_against_a_root(vm: Vm) -> None:
 
 
 def _load_custom_data_stage() -> object:
-    import importlib.machinery
-    import importlib.util
+    from conftest import load_stage
 
-    from conftest import STAGES
-
-    loader = importlib.machinery.SourceFileLoader("custom_data_stage", str(STAGES / "custom-data"))
-    spec = importlib.util.spec_from_loader("custom_data_stage", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+    return load_stage("custom-data")
 
 
 def test_custom_data_execution_time_limit_and_status(tmp_path: Path) -> None:

@@ -10,8 +10,6 @@ own /sys answers: the stage tests cover that branch on test trees.
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import os
 import sys
 import types
@@ -21,7 +19,7 @@ from types import ModuleType
 from typing import Any, Optional
 
 import pytest
-from conftest import STAGES, Logged
+from conftest import Logged, load_stage
 
 from azagent import config, disks, media, udev
 from azagent.context import Context
@@ -197,12 +195,7 @@ def hyperv_vm(machine: FakeMachine) -> None:
 
 
 def stage_module() -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader("kernel_tune_stage", str(STAGES / "kernel-tune"))
-    spec = importlib.util.spec_from_loader("kernel_tune_stage", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+    return load_stage("kernel-tune")
 
 
 # -- the live branch, on a fake machine ---------------------------------------------

@@ -82,20 +82,24 @@ def retry_after(value: Optional[str], now: Optional[datetime] = None) -> Optiona
     return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
 
 
-def platform_url(ctx: Context, name: str) -> str:
+def platform_url(ctx: Context, name: str, found: Optional[str] = None) -> str:
     """The base URL to send requests to, for endpoint ``name``.
 
-    An image tree or a test (--root other than /) is not the VM: it never
-    sends a packet to the platform's real addresses unless they are
-    configured explicitly.
+    On the VM: ``found`` (an address the caller found, e.g. in a DHCP lease),
+    else :meth:`Context.endpoint` (the address saved from DHCP, else the
+    configured one). An image tree or a test (--root other than /) is not the
+    VM: it talks only to the endpoint configured explicitly, never to one
+    found or saved in the tree (a lease or /run/azagent/wireserver there
+    describes some other machine) and never to the platform's real addresses.
     """
-    url = ctx.endpoint(name)
-    if not ctx.live and ctx.config.origins[f"Endpoint.{name}"] == "default":
+    if ctx.live:
+        return found or ctx.endpoint(name)
+    if ctx.config.origins[f"Endpoint.{name}"] == "default":
         raise WireServerError(
             f"Endpoint.{name} is not configured: under --root {ctx.root} azagent "
             "never talks to the platform's real address; set it in waagent.conf"
         )
-    return url
+    return ctx.config.required_str(f"Endpoint.{name}").rstrip("/")
 
 
 class WireClient:
@@ -125,11 +129,14 @@ class WireClient:
         self.session = self.http.session
 
     @classmethod
-    def from_context(cls, ctx: Context, name: str = "WireServer") -> WireClient:
-        """A client of ``Endpoint.<name>`` (WireServer, HostGAPlugin or IMDS) as configured."""
+    def from_context(
+        cls, ctx: Context, name: str = "WireServer", url: Optional[str] = None
+    ) -> WireClient:
+        """A client of ``Endpoint.<name>`` (WireServer, HostGAPlugin or IMDS): see
+        :func:`platform_url`, which ``url`` (an address the caller found) goes through."""
         timeout = float(ctx.config.get_int("Endpoint.RequestTimeout") or 10)
         return cls(
-            platform_url(ctx, name),
+            platform_url(ctx, name, url),
             timeout=timeout,
             deadline=float(ctx.config.get_int("Endpoint.RetryDeadline") or 300),
             endpoint=ENDPOINTS[name],
