@@ -407,3 +407,19 @@ def test_report_ready_finds_the_wireserver_as_the_network_stage_would(root: Path
     write(root, SAVED, "http://10.0.0.98\n")
     assert stage.unsaved_wireserver(ctx) is None
     assert ctx.endpoint("WireServer") == "http://10.0.0.98"
+
+
+def test_under_root_requests_go_only_to_the_configured_endpoint(root: Path) -> None:
+    """A lease or a saved address inside an image tree describes another machine: never used."""
+    from azagent.wireclient import WireServerError, platform_url
+
+    azure_vm(root)
+    write(root, "run/systemd/netif/leases/2", networkd_lease("a83f8110"))  # 168.63.129.16
+    write(root, SAVED, "http://168.63.129.16\n")
+    ctx = context(root, "Endpoint.WireServer=http://127.0.0.1:9")
+    found = load_stage("report-ready").unsaved_wireserver(ctx)
+    assert platform_url(ctx, "WireServer", found) == "http://127.0.0.1:9"
+    assert platform_url(ctx, "WireServer", "http://168.63.129.16") == "http://127.0.0.1:9"
+    unconfigured = context(root)
+    with pytest.raises(WireServerError, match="not configured"):
+        platform_url(unconfigured, "WireServer", "http://168.63.129.16")
