@@ -362,8 +362,8 @@ def scenario_reboot(ctx: Context) -> None:
     # The new VM runs its customData: the generator orders the stage after the
     # network, the user and the hostname, which the script sees.
     script = (
-        "#!/bin/sh\necho \"customdata-ran user=$(id -un alice) host=$(hostname)"
-        " online=$(systemctl is-active network-online.target)\"\n"
+        '#!/bin/sh\necho "customdata-ran user=$(id -un alice) host=$(hostname)'
+        ' online=$(systemctl is-active network-online.target)"\n'
     )
     captured = default_scenario(hostname="captured-vm", custom_data=script)
     new = ctx.boot(
