@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import configparser
-import importlib.machinery
-import importlib.util
 import re
 import shutil
 import subprocess
@@ -12,7 +10,7 @@ import types
 from pathlib import Path
 
 import pytest
-from conftest import REPO, STAGES
+from conftest import REPO, STAGES, load_stage
 
 from azagent import catalog, config, system
 
@@ -155,14 +153,7 @@ START = 30.0
 
 
 def stage_module(name: str) -> types.ModuleType:
-    loader = importlib.machinery.SourceFileLoader(
-        f"{name.replace('-', '_')}_stage", str(STAGES / name)
-    )
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+    return load_stage(name)
 
 
 def worst_case(stage: str) -> float:
@@ -218,3 +209,53 @@ def test_systemd_reads_the_timeouts_as_written() -> None:
         micro = re.search(r"μs:\s*(\d+)", done.stdout)
         assert micro is not None, done.stdout
         assert int(micro.group(1)) == timespan(value) * 1_000_000
+
+
+def ordering_graph() -> dict[str, set[str]]:
+    """unit -> the units it starts after, from After= and the other units' Before=."""
+    after: dict[str, set[str]] = {}
+    for path in sorted(UNITS.glob("azure-*")):
+        if path.suffix not in (".service", ".target", ".path"):
+            continue
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key == "After":
+                after.setdefault(path.name, set()).update(value.split())
+            elif key == "Before":
+                for other in value.split():
+                    after.setdefault(other, set()).add(path.name)
+    return after
+
+
+def waits_for(graph: dict[str, set[str]], unit: str, target: str) -> list[str]:
+    """A chain of After= from ``unit`` to ``target``, or [] when it does not wait for it."""
+    seen = {unit}
+    paths = [[unit]]
+    while paths:
+        path = paths.pop()
+        for before in sorted(graph.get(path[-1], ())):
+            if before == target:
+                return [*path, before]
+            if before not in seen:
+                seen.add(before)
+                paths.append([*path, before])
+    return []
+
+
+@pytest.mark.parametrize(
+    "unit",
+    [
+        "azure-mount-ovf.service",
+        "azure-hostname.service",
+        "azure-create-user.service",
+        "azure-ssh-keys.service",
+        "azure-custom-data.service",  # saving; running it is ordered by the generator
+        "azure-kernel-tune.service",
+    ],
+)
+def test_what_needs_no_network_never_waits_for_it(unit: str) -> None:
+    """A job ordered after the network holds up whatever is after it, even when its own
+    condition then skips it: so no such unit may sit on these units' path."""
+    graph = ordering_graph()
+    for target in ("network-online.target", "network.target", "azure-network.service"):
+        assert waits_for(graph, unit, target) == [], f"{unit} waits for {target}"
