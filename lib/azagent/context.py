@@ -18,7 +18,10 @@ RUN_DIR = "/run/azagent"
 WIRESERVER_PATH = "/run/azagent/wireserver"
 HOSTGAPLUGIN_PORT = 32526
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_SAVED_WIRESERVER = rf"http://({_OCTET}(?:\.{_OCTET}){{3}})"  # compiled when used
+# A dotted quad as ipaddress.IPv4Address reads one (no leading zeros), for
+# the stages that need no more than that and so need not import ipaddress.
+IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
+_SAVED_WIRESERVER = rf"http://({IPV4})"  # compiled when used
 
 
 class Context:
