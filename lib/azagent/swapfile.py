@@ -18,13 +18,16 @@ import logging
 import os
 import stat
 from pathlib import Path
-from typing import Optional
 
 from azagent import disks, system
 from azagent.context import Context
 from azagent.errors import StageFailed
 from azagent.fsutil import atomic_write, crash_point
 from azagent.plan import Action
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
 
 log = logging.getLogger("azagent")
 
