@@ -15,9 +15,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, Callable
 
 from azagent.redact import redact
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 # MESSAGE_IDs of the events operators look for (journalctl MESSAGE_ID=...).
 MESSAGE_PROVISIONED = "8ab6433b30e74aa5926ac93d2321769a"

@@ -16,11 +16,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional
 
 from azagent import system, udev
 from azagent.context import Context
 from azagent.errors import StageFailed
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 log = logging.getLogger("azagent")
 

@@ -13,12 +13,15 @@ import fcntl
 import logging
 import os
 from datetime import datetime, timezone
-from typing import Optional
 
 from azagent import journal, kvp, provisioning
 from azagent.context import Context
 from azagent.fsutil import ensure_dir
 from azagent.results import read_result
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
 
 log = logging.getLogger("azagent")
 

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable, Optional, TypeVar
 
 from azagent.context import Context
 
-log = logging.getLogger("azagent")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional, TypeVar
 
-T = TypeVar("T")
+    T = TypeVar("T")
+
+log = logging.getLogger("azagent")
 
 
 @functools.cache

@@ -21,7 +21,6 @@ import logging
 import time
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Callable, Optional, TypeVar
 
 from azagent import transport, wireserver
 from azagent.context import Context
@@ -29,8 +28,13 @@ from azagent.errors import AzagentError
 from azagent.redact import redact
 from azagent.transport import Reply, Transport, TransportError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Callable, Optional, TypeVar
+
     import requests
+
+    T = TypeVar("T")
 
 log = logging.getLogger("azagent")
 
@@ -52,8 +56,6 @@ ENDPOINTS = {
 }
 
 __all__ = ["GoneError", "Reply", "WireClient", "WireServerError", "platform_url", "retry_after"]
-
-T = TypeVar("T")
 
 
 class WireServerError(AzagentError):
