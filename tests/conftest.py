@@ -82,6 +82,30 @@ def run_stage(name: str, *args: str, env: dict[str, str] | None = None) -> Run:
     return Run(done.returncode, done.stdout, done.stderr)
 
 
+def imported_modules(command: list[str]) -> set[str]:
+    """The top-level names of the modules ``python -X importtime <command>`` imports.
+
+    ``command`` runs with this interpreter and azagent from this checkout, and
+    must succeed.
+    """
+    environment = child_environment()
+    environment["PYTHONPATH"] = str(REPO / "lib")
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment,
+        check=False,
+    )
+    modules = set()
+    for line in done.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            modules.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+    assert done.returncode == 0, done.stderr
+    return modules
+
+
 def run_cli(*args: str) -> Run:
     environment = child_environment()
     done = subprocess.run(

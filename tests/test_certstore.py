@@ -22,6 +22,7 @@ from azagent import certs, certstore, config
 from azagent.certstore import CertStore, CertStoreError
 from azagent.context import Context
 from azagent.wireclient import WireClient
+from azagent.wireserver import ConfigUris, GoalState
 
 KEYED = "F6ABAA61098A301EBB8A571C3C7CF77F355F7FA9"
 PLAIN = "8979F1AC8C4215827BF3B5A403E6137B504D02A4"
@@ -175,6 +176,22 @@ def test_an_oversized_file_is_refused(tmp_path: Path) -> None:
 # --- Fetching from the WireServer (the emulator on loopback) ----------------------------------
 
 
+def with_certificates(goal: GoalState, certificates: str | None) -> GoalState:
+    """``goal`` pointing to another certificates document (None: none)."""
+    u = goal.uris
+    uris = ConfigUris(
+        hosting_environment=u.hosting_environment,
+        shared_config=u.shared_config,
+        extensions_config=u.extensions_config,
+        full_config=u.full_config,
+        certificates=certificates,
+        config_name=u.config_name,
+    )
+    return GoalState(
+        goal.incarnation, goal.container_id, goal.instance_id, uris, goal.expected_state
+    )
+
+
 def fabric_context(root: Path) -> Context:
     return Context(
         stage="test", root=root, config=config.load(root / "etc/waagent.conf", required=True)
@@ -210,7 +227,7 @@ def test_fetch_all_stores_every_certificate_of_the_goal_state(root: Path) -> Non
         assert stored[0].private_key_pem is not None  # the .prv belongs to the .crt
         # A goal state listing no certificates: nothing asked, nothing stored.
         goal = WireClient.from_context(ctx).goal_state()
-        bare = dataclasses.replace(goal, uris=dataclasses.replace(goal.uris, certificates=None))
+        bare = with_certificates(goal, None)
         count = len(fabric.requests)
         assert certstore.fetch(WireClient.from_context(ctx), bare) == []
         assert not [r for r in fabric.requests[count:] if "certificates" in r.path]
@@ -222,9 +239,7 @@ def test_an_unusable_certificates_document_is_a_clear_error(root: Path) -> None:
         ctx = fabric_context(make_vm(root, s, fabric).root)
         goal = WireClient.from_context(ctx).goal_state()
         # The hosting environment document is XML but not a CertificateFile.
-        wrong = dataclasses.replace(
-            goal, uris=dataclasses.replace(goal.uris, certificates=goal.uris.hosting_environment)
-        )
+        wrong = with_certificates(goal, goal.uris.hosting_environment)
         with pytest.raises(CertStoreError, match=r"^certificates: .*CertificateFile"):
             CertStore.of(ctx).fetch_all(WireClient.from_context(ctx), wrong)
         assert not (root / "var/lib/waagent").exists()

@@ -15,7 +15,7 @@ from conftest import snapshot
 from provisioning_env import DVD, Scenario, Vm, make_vm
 
 from azagent import kvp, provisioning
-from azagent.config import defaults
+from azagent.config import Config, defaults
 from azagent.context import Context
 from azagent.errors import StageFailed
 
@@ -287,10 +287,13 @@ def test_custom_data_execution_time_limit_and_status(tmp_path: Path) -> None:
 
 
 def _config_with(name: str, value: object) -> object:
-    from dataclasses import replace
-
     base = defaults()
-    return replace(base, values={**base.values, name: value})
+    return Config(
+        values={**base.values, name: value},  # type: ignore[dict-item]
+        origins=base.origins,
+        warnings=base.warnings,
+        files=base.files,
+    )
 
 
 # -- report-ready and report-failure ------------------------------------------

@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import STAGES
+from conftest import STAGES, imported_modules
 
 HEAVY = ("requests", "cryptography", "urllib3", "xmltodict", "pyudev", "systemd")
 
 # Stages that legitimately talk HTTP or do crypto go here as they land.
 NEEDS_HTTP_OR_CRYPTO: set[str] = set()
-
-
-def imported_modules(command: list[str]) -> set[str]:
-    done = subprocess.run(
-        [sys.executable, "-X", "importtime", *command],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    modules = set()
-    for line in done.stderr.splitlines():
-        if line.startswith("import time:") and "|" in line:
-            modules.add(line.rsplit("|", 1)[1].strip().split(".")[0])
-    assert done.returncode == 0, done.stderr
-    return modules
 
 
 @pytest.mark.parametrize("stage", sorted(p.name for p in STAGES.iterdir()))

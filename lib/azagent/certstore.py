@@ -33,15 +33,17 @@ import os
 import re
 import stat
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
 
 from azagent.context import Context
 from azagent.errors import AzagentError
 from azagent.fsutil import atomic_write, ensure_dir
 
-if TYPE_CHECKING:  # these import cryptography and requests: only fetch needs them
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final, Optional
+
+    # these import cryptography and requests: only fetch needs them
     from azagent.certs import CertificateItem
     from azagent.wireclient import WireClient
     from azagent.wireserver import GoalState
@@ -79,11 +81,13 @@ def normalize_thumbprint(text: str) -> str:
     return check_thumbprint(text.strip().upper())
 
 
-@dataclass(frozen=True)
 class CertStore:
     """The certificates and private keys stored in one directory (``Lib.Dir``)."""
 
-    directory: Path
+    __slots__ = ("directory",)
+
+    def __init__(self, directory: Path) -> None:
+        self.directory: Final = directory
 
     @classmethod
     def of(cls, ctx: Context) -> CertStore:

@@ -17,14 +17,16 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
 
 from azagent import valuerules
 from azagent.errors import ConfigError, refusing
 
-Value = Union[bool, int, str, None]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final, Optional, Union
+
+    Value = Union[bool, int, str, None]
 
 DEFAULT_PATH = "/etc/waagent.conf"
 # waagent.conf is a few kB; anything this large is not a configuration file.
@@ -44,7 +46,6 @@ PATH, FILESYSTEM, MOUNT_OPTIONS, HOST, URL, WORD = (
 Rule = valuerules.Rule
 
 
-@dataclass(frozen=True)
 class Key:
     """One configuration key: its type, default and what it accepts.
 
@@ -53,19 +54,42 @@ class Key:
     cannot skip validation.
     """
 
-    name: str
-    kind: type  # bool, int or str
-    default: Value
-    help: str
-    nullable: bool = False
-    choices: tuple[str, ...] = ()
-    minimum: int | None = None
-    maximum: int | None = None
-    rule: Optional[Rule] = None
+    __slots__ = (
+        "choices",
+        "default",
+        "help",
+        "kind",
+        "maximum",
+        "minimum",
+        "name",
+        "nullable",
+        "rule",
+    )
 
-    def __post_init__(self) -> None:
-        if self.kind is str and not self.choices and self.rule is None:
-            raise TypeError(f"{self.name}: a string key that declares no rule or choices")
+    def __init__(
+        self,
+        name: str,
+        kind: type,  # bool, int or str
+        default: Value,
+        help: str,
+        *,
+        nullable: bool = False,
+        choices: tuple[str, ...] = (),
+        minimum: int | None = None,
+        maximum: int | None = None,
+        rule: Optional[Rule] = None,
+    ) -> None:
+        if kind is str and not choices and rule is None:
+            raise TypeError(f"{name}: a string key that declares no rule or choices")
+        self.name: Final = name
+        self.kind: Final = kind
+        self.default: Final = default
+        self.help: Final = help
+        self.nullable: Final = nullable
+        self.choices: Final = choices
+        self.minimum: Final = minimum
+        self.maximum: Final = maximum
+        self.rule: Final = rule
 
     def accepted(self) -> str:
         """Describe the accepted values, for error messages."""
@@ -401,14 +425,22 @@ KEYS: tuple[Key, ...] = (
 KEYS_BY_NAME: dict[str, Key] = {key.name: key for key in KEYS}
 
 
-@dataclass(frozen=True)
 class Config:
     """The effective configuration: a typed value and an origin per key."""
 
-    values: dict[str, Value]
-    origins: dict[str, str]
-    warnings: tuple[str, ...] = ()
-    files: tuple[str, ...] = field(default=())
+    __slots__ = ("files", "origins", "values", "warnings")
+
+    def __init__(
+        self,
+        values: dict[str, Value],
+        origins: dict[str, str],
+        warnings: tuple[str, ...] = (),
+        files: tuple[str, ...] = (),
+    ) -> None:
+        self.values: Final = values
+        self.origins: Final = origins
+        self.warnings: Final = warnings
+        self.files: Final = files
 
     def _get(self, name: str, kind: type) -> Value:
         key = KEYS_BY_NAME[name]

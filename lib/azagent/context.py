@@ -3,30 +3,48 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Optional
 
-from azagent.config import KEYS_BY_NAME, Config
+from azagent.config import KEYS_BY_NAME
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final, Optional
+
+    from azagent.config import Config
 
 RUN_DIR = "/run/azagent"
 # The WireServer named by DHCP (option 245), saved by the network stage.
 WIRESERVER_PATH = "/run/azagent/wireserver"
 HOSTGAPLUGIN_PORT = 32526
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_SAVED_WIRESERVER = rf"http://({_OCTET}(?:\.{_OCTET}){{3}})"  # compiled when used
+# A dotted quad as ipaddress.IPv4Address reads one (no leading zeros), for
+# the stages that need no more than that and so need not import ipaddress.
+IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
+_SAVED_WIRESERVER = rf"http://({IPV4})"  # compiled when used
 
 
-@dataclass(frozen=True)
 class Context:
     """Where a stage acts (``root``) and how (``config``, ``dry_run``)."""
 
-    stage: str
-    root: Path
-    config: Config
-    dry_run: bool = False
-    verbose: bool = False
-    config_path: Optional[str] = None  # --config, when given
+    __slots__ = ("config", "config_path", "dry_run", "root", "stage", "verbose")
+
+    def __init__(
+        self,
+        stage: str,
+        root: Path,
+        config: Config,
+        *,
+        dry_run: bool = False,
+        verbose: bool = False,
+        config_path: Optional[str] = None,  # --config, when given
+    ) -> None:
+        self.stage: Final = stage
+        self.root: Final = root
+        self.config: Final = config
+        self.dry_run: Final = dry_run
+        self.verbose: Final = verbose
+        self.config_path: Final = config_path
 
     def path(self, absolute: str) -> Path:
         """Map an absolute path of the target system under ``root``.

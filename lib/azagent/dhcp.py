@@ -17,22 +17,26 @@ files. Nothing here changes the system or runs a command.
 
 from __future__ import annotations
 
-import dataclasses
 import glob
-import ipaddress
-import json
 import os
 import re
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
 
-from azagent.context import Context
 from azagent.errors import INPUT_ERRORS
 from azagent.fsutil import read_bytes_limited
+
+# ipaddress and json are imported where they are used: the hostname stage
+# (and a dry run) may read no lease and no route, and every stage is a fresh
+# process at boot.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ipaddress
+    from typing import Final, Optional
+
+    from azagent.context import Context
 
 OPTION_WIRESERVER = 245
 MAX_LEASE_FILE = 1024 * 1024
@@ -107,13 +111,22 @@ def interface_names(ctx: Context) -> dict[str, str]:
 # -- the routing table ----------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class KernelRoute:
-    interface: str
-    destination: ipaddress.IPv4Network
-    gateway: ipaddress.IPv4Address
-    up: bool  # RTF_UP
-    metric: int
+    __slots__ = ("destination", "gateway", "interface", "metric", "up")
+
+    def __init__(
+        self,
+        interface: str,
+        destination: ipaddress.IPv4Network,
+        gateway: ipaddress.IPv4Address,
+        up: bool,  # RTF_UP
+        metric: int,
+    ) -> None:
+        self.interface: Final = interface
+        self.destination: Final = destination
+        self.gateway: Final = gateway
+        self.up: Final = up
+        self.metric: Final = metric
 
 
 def kernel_routes(ctx: Context) -> list[KernelRoute]:
@@ -122,6 +135,8 @@ def kernel_routes(ctx: Context) -> list[KernelRoute]:
     The kernel prints each address as the hexadecimal of the 32-bit value in
     this machine's byte order.
     """
+    import ipaddress
+
     try:
         text = ctx.path("/proc/net/route").read_text(encoding="ascii", errors="replace")
     except OSError:
@@ -146,6 +161,8 @@ def kernel_routes(ctx: Context) -> list[KernelRoute]:
 
 def primary_interface(ctx: Context) -> Optional[str]:
     """The interface of the IPv4 default route with the lowest metric, as waagent picks it."""
+    import ipaddress
+
     default = ipaddress.IPv4Network("0.0.0.0/0")
     best: Optional[KernelRoute] = None
     for route in kernel_routes(ctx):
@@ -162,27 +179,53 @@ def primary_interface(ctx: Context) -> Optional[str]:
 # -- leases ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Route:
     """A route a DHCP server gave (option 121); gateway 0.0.0.0 means on-link."""
 
-    destination: ipaddress.IPv4Network
-    gateway: ipaddress.IPv4Address
+    __slots__ = ("destination", "gateway")
+
+    def __init__(self, destination: ipaddress.IPv4Network, gateway: ipaddress.IPv4Address) -> None:
+        self.destination: Final = destination
+        self.gateway: Final = gateway
 
 
-@dataclass(frozen=True)
 class Lease:
     """What azagent needs from one DHCPv4 lease."""
 
-    client: str  # NETWORKD, DHCLIENT or NETWORK_MANAGER
-    source: str  # the file, as the target system spells it
-    interface: Optional[str]
-    endpoint: Optional[str]  # option 245, dotted quad
-    routers: tuple[str, ...] = ()  # option 3
-    routes: Optional[tuple[Route, ...]] = None  # option 121; None: the lease has none
-    expires: Optional[float] = None  # epoch seconds; None: never (or not recorded)
-    mtime: float = 0.0  # of the file: the newest lease wins
-    position: int = 0  # in the file: later dhclient leases are newer
+    __slots__ = (
+        "client",
+        "endpoint",
+        "expires",
+        "interface",
+        "mtime",
+        "position",
+        "routers",
+        "routes",
+        "source",
+    )
+
+    def __init__(
+        self,
+        client: str,  # NETWORKD, DHCLIENT or NETWORK_MANAGER
+        source: str,  # the file, as the target system spells it
+        interface: Optional[str],
+        endpoint: Optional[str],  # option 245, dotted quad
+        *,
+        routers: tuple[str, ...] = (),  # option 3
+        routes: Optional[tuple[Route, ...]] = None,  # option 121; None: the lease has none
+        expires: Optional[float] = None,  # epoch seconds; None: never (or not recorded)
+        mtime: float = 0.0,  # of the file: the newest lease wins
+        position: int = 0,  # in the file: later dhclient leases are newer
+    ) -> None:
+        self.client: Final = client
+        self.source: Final = source
+        self.interface: Final = interface
+        self.endpoint: Final = endpoint
+        self.routers: Final = routers
+        self.routes: Final = routes
+        self.expires: Final = expires
+        self.mtime: Final = mtime
+        self.position: Final = position
 
 
 # -- option values --------------------------------------------------------------
@@ -190,6 +233,8 @@ class Lease:
 
 def endpoint_from_option(raw: bytes) -> Optional[str]:
     """The WireServer address option 245 carries (four bytes), or None if it is not one."""
+    import ipaddress
+
     if len(raw) != 4:
         return None
     address = ipaddress.IPv4Address(raw)
@@ -200,6 +245,8 @@ def endpoint_from_option(raw: bytes) -> Optional[str]:
 
 def classless_routes(raw: bytes) -> tuple[Route, ...]:
     """Decode option 121 (RFC 3442): width, significant octets, gateway; ValueError if malformed."""
+    import ipaddress
+
     routes = []
     index = 0
     while index < len(raw):
@@ -252,6 +299,8 @@ def _c_string(value: str) -> bytes:
 
 
 def _ipv4s(words: Iterable[str]) -> tuple[str, ...]:
+    import ipaddress
+
     found = []
     for word in words:
         try:
@@ -374,7 +423,16 @@ def parse_dhclient_leases(text: str, *, client: str = DHCLIENT, source: str = ""
                 continue  # one unreadable statement does not spoil the lease
         if expiry_known:
             leases.append(
-                Lease(client, source, interface, endpoint, routers, routes, expires, 0.0, position)
+                Lease(
+                    client,
+                    source,
+                    interface,
+                    endpoint,
+                    routers=routers,
+                    routes=routes,
+                    expires=expires,
+                    position=position,
+                )
             )
     return leases
 
@@ -384,6 +442,8 @@ def parse_dhclient_leases(text: str, *, client: str = DHCLIENT, source: str = ""
 
 def _route_text(entries: Iterable[str]) -> tuple[Route, ...]:
     """networkd's ``dst/len,gw`` list."""
+    import ipaddress
+
     routes = []
     for entry in entries:
         destination, _, gateway = entry.partition(",")
@@ -394,6 +454,8 @@ def _route_text(entries: Iterable[str]) -> tuple[Route, ...]:
 
 
 def _json_address(value: object) -> str:
+    import ipaddress
+
     if isinstance(value, str):
         return str(ipaddress.IPv4Address(value))
     if isinstance(value, list) and len(value) == 4 and all(isinstance(b, int) for b in value):
@@ -405,6 +467,8 @@ def _networkd_json(
     document: object,
 ) -> tuple[Optional[str], tuple[str, ...], Optional[tuple[Route, ...]]]:
     """The lease as newer systemd saves it (JSON): Private_Options, Router, Classless_Routes."""
+    import ipaddress
+
     if not isinstance(document, dict):
         raise ValueError("not a JSON object")
     endpoint = None
@@ -429,6 +493,8 @@ def parse_networkd_lease(
     text: str, *, client: str = NETWORKD, source: str = "", interface: Optional[str] = None
 ) -> Optional[Lease]:
     """A systemd-networkd lease file (``KEY=VALUE`` lines, or JSON in newer systemd)."""
+    import json
+
     try:
         if text.lstrip().startswith("{"):
             endpoint, routers, routes = _networkd_json(json.loads(text))
@@ -446,7 +512,7 @@ def parse_networkd_lease(
             routes = _route_text(route_text.split()) if route_text else None
     except _UNREADABLE:
         return None
-    return Lease(client, source, interface, endpoint, routers, routes)
+    return Lease(client, source, interface, endpoint, routers=routers, routes=routes)
 
 
 def parse_device_state(
@@ -500,7 +566,19 @@ def leases(ctx: Context) -> list[Lease]:
     def add(items: Iterable[Optional[Lease]], mtime: float) -> None:
         for lease in items:
             if lease is not None:
-                found.append(dataclasses.replace(lease, mtime=mtime))
+                found.append(
+                    Lease(
+                        lease.client,
+                        lease.source,
+                        lease.interface,
+                        lease.endpoint,
+                        routers=lease.routers,
+                        routes=lease.routes,
+                        expires=lease.expires,
+                        mtime=mtime,
+                        position=lease.position,
+                    )
+                )
 
     for path in _files(ctx, "/run/systemd/netif/leases/*"):
         read = _read(path)
@@ -554,21 +632,36 @@ def newest_lease(candidates: Iterable[Lease], now: float) -> Optional[Lease]:
 # -- the client serving an interface -------------------------------------------
 
 
-@dataclass(frozen=True)
 class Process:
-    pid: int
-    comm: str
-    argv: tuple[str, ...]
-    uid: Optional[int]  # real uid
+    __slots__ = ("argv", "comm", "pid", "uid")
+
+    def __init__(
+        self,
+        pid: int,
+        comm: str,
+        argv: tuple[str, ...],
+        uid: Optional[int],  # real uid
+    ) -> None:
+        self.pid: Final = pid
+        self.comm: Final = comm
+        self.argv: Final = argv
+        self.uid: Final = uid
 
 
-@dataclass(frozen=True)
 class DhcpClient:
     """The DHCP client of the primary interface (``argv``: a dhclient's command line)."""
 
-    manager: str  # NETWORKD, NETWORK_MANAGER or DHCLIENT
-    interface: str
-    argv: tuple[str, ...] = ()
+    __slots__ = ("argv", "interface", "manager")
+
+    def __init__(
+        self,
+        manager: str,  # NETWORKD, NETWORK_MANAGER or DHCLIENT
+        interface: str,
+        argv: tuple[str, ...] = (),
+    ) -> None:
+        self.manager: Final = manager
+        self.interface: Final = interface
+        self.argv: Final = argv
 
 
 def processes(ctx: Context) -> list[Process]:

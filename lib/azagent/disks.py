@@ -9,12 +9,15 @@ ask udev (:mod:`azagent.udev`); under ``--root`` they read the tree's /sys.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from azagent import udev
-from azagent.context import Context
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Final
+
+    from azagent.context import Context
 
 VENDOR = "Msft"
 MODEL = "Virtual Disk"
@@ -22,11 +25,18 @@ MODEL = "Virtual Disk"
 SCSI_TIMEOUT_RULE = "/run/udev/rules.d/66-azagent-scsi-timeout.rules"
 
 
-@dataclass(frozen=True)
 class ScsiDisk:
-    name: str  # kernel name, e.g. "sda"
-    timeout_path: Path  # /sys/block/<name>/device/timeout (under the root)
-    timeout: str  # current value as the kernel prints it, stripped
+    __slots__ = ("name", "timeout", "timeout_path")
+
+    def __init__(
+        self,
+        name: str,  # kernel name, e.g. "sda"
+        timeout_path: Path,  # /sys/block/<name>/device/timeout (under the root)
+        timeout: str,  # current value as the kernel prints it, stripped
+    ) -> None:
+        self.name: Final = name
+        self.timeout_path: Final = timeout_path
+        self.timeout: Final = timeout
 
 
 def _attribute(path: Path) -> str:
@@ -101,14 +111,22 @@ def write_attribute(path: Path, value: str) -> None:
 # describe a machine with a fake /proc and /sys.
 
 
-@dataclass(frozen=True)
 class Mount:
     """One line of /proc/self/mountinfo."""
 
-    devnum: tuple[int, int]  # st_dev of the filesystem (0:N for btrfs, tmpfs, ...)
-    target: str  # mount point, unescaped
-    fstype: str
-    source: str  # e.g. /dev/sda1, unescaped
+    __slots__ = ("devnum", "fstype", "source", "target")
+
+    def __init__(
+        self,
+        devnum: tuple[int, int],  # st_dev of the filesystem (0:N for btrfs, tmpfs, ...)
+        target: str,  # mount point, unescaped
+        fstype: str,
+        source: str,  # e.g. /dev/sda1, unescaped
+    ) -> None:
+        self.devnum: Final = devnum
+        self.target: Final = target
+        self.fstype: Final = fstype
+        self.source: Final = source
 
 
 def _unescape_mountinfo(field: str) -> str:

@@ -23,24 +23,28 @@ address it protects, so a later run knows what is in place.
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Optional
 from urllib.parse import urlsplit
 
 from azagent import system
-from azagent.context import Context
 from azagent.errors import StageFailed
 from azagent.fsutil import atomic_write
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ipaddress
+    from collections.abc import Sequence
+    from typing import Final, Optional
+
+    from azagent.context import Context
 
 NFT = "nft"
 IPTABLES = "iptables"
 TABLE = "azagent"  # nftables: table inet azagent
 CHAIN = "AZAGENT"  # iptables: chain AZAGENT of the security table
 RECORD = "/run/azagent/firewall.rules"
-_HEADER = re.compile(r"# azagent firewall \((nft|iptables)\): WireServer (\S+)\n")
+# Compiled by re (and cached) when first used: most boots have no firewall.
+_HEADER = r"# azagent firewall \((nft|iptables)\): WireServer (\S+)\n"
 _BIN_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
 _IPTABLES_BASE = ("iptables", "-w", "-t", "security")
 
@@ -92,14 +96,21 @@ def rules(backend: str, address: str) -> str:
     return nft_ruleset(address) if backend == NFT else iptables_restore_input(address)
 
 
-@dataclass(frozen=True)
 class Command:
     """One command of a backend: its arguments and what it reads on stdin."""
 
-    argv: tuple[str, ...]
-    stdin: Optional[str] = None
-    # Run only when this check fails (exit status != 0): "add unless present".
-    unless: Optional[tuple[str, ...]] = None
+    __slots__ = ("argv", "stdin", "unless")
+
+    def __init__(
+        self,
+        argv: tuple[str, ...],
+        stdin: Optional[str] = None,
+        # Run only when this check fails (exit status != 0): "add unless present".
+        unless: Optional[tuple[str, ...]] = None,
+    ) -> None:
+        self.argv: Final = argv
+        self.stdin: Final = stdin
+        self.unless: Final = unless
 
     def shown(self) -> str:
         text = " ".join(self.argv)
@@ -162,6 +173,8 @@ def backend(ctx: Context) -> str:
 
 def wireserver_address(ctx: Context) -> ipaddress.IPv4Address:
     """The address to protect: the WireServer's host, which must be an IPv4 address."""
+    import ipaddress  # here: only a boot with the firewall enabled needs it
+
     url = ctx.endpoint("WireServer")
     host = urlsplit(url).hostname or ""
     try:
@@ -181,7 +194,7 @@ def read_record(ctx: Context) -> Optional[str]:
 
 def recorded(text: Optional[str]) -> Optional[tuple[str, str]]:
     """(backend, address) of a record, or None."""
-    match = _HEADER.match(text or "")
+    match = re.match(_HEADER, text or "")
     return (match.group(1), match.group(2)) if match else None
 
 

@@ -24,11 +24,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Optional
 
 from azagent.errors import AzagentError, LockBusy
 
-Owner = Optional[tuple[int, int]]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
+
+    Owner = Optional[tuple[int, int]]
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -31,9 +31,7 @@ import functools
 import os
 import stat
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Optional
 
 from azagent.context import Context
 from azagent.errors import AzagentError
@@ -47,6 +45,11 @@ from azagent.fsutil import (
 )
 from azagent.plan import Action
 from azagent.users import Account
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Final, Optional
 
 MAX_EXISTING_BYTES = 1024 * 1024
 DIR_MODE = 0o700
@@ -161,17 +164,26 @@ def check_path(root: Path, account: Account, path: str) -> None:
             _refuse_link(fd, name, path)
 
 
-@dataclass(frozen=True)
 class HomeFile:
-    """One file to write in the user's home; ``data`` may be a private key (kept out of repr)."""
+    """One file to write in the user's home; ``data`` may be a private key (never shown)."""
 
-    path: str  # absolute, inside the home; also what messages name
-    data: bytes = field(repr=False)
-    mode: int
-    summary: str
-    # Whether the existing content already is what is wanted (a private key
-    # re-serialized differs byte-wise but not in substance).
-    same: Callable[[bytes], bool] | None = field(default=None, repr=False, compare=False)
+    __slots__ = ("data", "mode", "path", "same", "summary")
+
+    def __init__(
+        self,
+        path: str,  # absolute, inside the home; also what messages name
+        data: bytes,
+        mode: int,
+        summary: str,
+        # Whether the existing content already is what is wanted (a private key
+        # re-serialized differs byte-wise but not in substance).
+        same: Callable[[bytes], bool] | None = None,
+    ) -> None:
+        self.path: Final = path
+        self.data: Final = data
+        self.mode: Final = mode
+        self.summary: Final = summary
+        self.same: Final = same
 
 
 def _read_at(

@@ -20,12 +20,15 @@ import os
 import socket
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
 
 from azagent import dhcp, names
 from azagent.context import Context
 from azagent.errors import StageFailed
 from azagent.fsutil import atomic_write, read_bytes_limited
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
 
 HOSTNAME_PATH = "/etc/hostname"
 HOSTS_PATH = "/etc/hosts"

@@ -21,14 +21,16 @@ import binascii
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
 
 from azagent import names
 from azagent.errors import AzagentError, refusing
 from azagent.ovf import key_value_problem, path_problem
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Final
+
     from azagent.context import Context
 
 API_VERSION = "2021-08-01"
@@ -45,15 +47,27 @@ class ImdsError(AzagentError):
     """The instance metadata could not be used; the message never quotes userData."""
 
 
-@dataclass(frozen=True)
 class PublicKey:
     """An SSH public key from ``compute.publicKeys``."""
 
-    key_data: str
-    path: str
+    __slots__ = ("key_data", "path")
+
+    def __init__(self, key_data: str, path: str) -> None:
+        self.key_data: Final = key_data
+        self.path: Final = path
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PublicKey):
+            return NotImplemented
+        return (self.key_data, self.path) == (other.key_data, other.path)
+
+    def __hash__(self) -> int:
+        return hash((self.key_data, self.path))
+
+    def __repr__(self) -> str:
+        return f"PublicKey(key_data={self.key_data!r}, path={self.path!r})"
 
 
-@dataclass(frozen=True, repr=False)
 class Instance:
     """The members of ``/metadata/instance`` the agent uses.
 
@@ -61,15 +75,53 @@ class Instance:
     decodes it. It is left out of ``repr()``.
     """
 
-    vm_id: str
-    name: str
-    location: str
-    vm_size: str
-    computer_name: str | None = None
-    admin_username: str | None = None
-    disable_password_authentication: bool | None = None
-    public_keys: tuple[PublicKey, ...] = ()
-    user_data: str | None = None
+    # The fields, in the order of the constructor's parameters.
+    FIELDS = (
+        "vm_id",
+        "name",
+        "location",
+        "vm_size",
+        "computer_name",
+        "admin_username",
+        "disable_password_authentication",
+        "public_keys",
+        "user_data",
+    )
+    __slots__ = FIELDS
+
+    def __init__(
+        self,
+        vm_id: str,
+        name: str,
+        location: str,
+        vm_size: str,
+        *,
+        computer_name: str | None = None,
+        admin_username: str | None = None,
+        disable_password_authentication: bool | None = None,
+        public_keys: tuple[PublicKey, ...] = (),
+        user_data: str | None = None,
+    ) -> None:
+        self.vm_id: Final = vm_id
+        self.name: Final = name
+        self.location: Final = location
+        self.vm_size: Final = vm_size
+        self.computer_name: Final = computer_name
+        self.admin_username: Final = admin_username
+        self.disable_password_authentication: Final = disable_password_authentication
+        self.public_keys: Final = public_keys
+        self.user_data: Final = user_data
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Instance):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
 
     def __repr__(self) -> str:
         user_data = "None" if self.user_data is None else "<redacted>"

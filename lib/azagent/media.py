@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
 
 from azagent import system, udev
 from azagent.context import Context
 from azagent.errors import StageFailed
 from azagent.journal import log
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Optional
+
 
 OVF_NAME = "ovf-env.xml"
 MOUNT_POINT = "/run/azagent/media"

@@ -41,9 +41,12 @@ file or the failure report as it is.
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 from azagent.errors import AzagentError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
 
 USER_NAME_MAX = 32  # useradd's limit (the utmp user field)
 HOST_NAME_MAX = 64  # the kernel's limit for the running name (sethostname(2)), without the NUL

@@ -24,30 +24,42 @@ network stage runs the commands this module plans only on the running system.
 from __future__ import annotations
 
 import functools
-import ipaddress
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 from urllib.parse import urlsplit
 
 from azagent import dhcp
-from azagent.context import WIRESERVER_PATH, Context
+from azagent.context import IPV4, WIRESERVER_PATH, Context
 from azagent.fsutil import atomic_write, ensure_dir, read_bytes_limited
 from azagent.plan import Action
+
+# ipaddress is imported where it is used: a boot without a lease to follow
+# needs none of it, and every stage is a fresh process at boot.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ipaddress
+    from typing import Final, Optional
 
 # -- the endpoint ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Endpoint:
     """The WireServer this boot: its URL, its address when it has one, and why."""
 
-    url: str
-    address: Optional[str]  # the IPv4 of an http://A.B.C.D URL, else None
-    origin: str
-    lease: Optional[dhcp.Lease] = None
+    __slots__ = ("address", "lease", "origin", "url")
+
+    def __init__(
+        self,
+        url: str,
+        address: Optional[str],  # the IPv4 of an http://A.B.C.D URL, else None
+        origin: str,
+        lease: Optional[dhcp.Lease] = None,
+    ) -> None:
+        self.url: Final = url
+        self.address: Final = address
+        self.origin: Final = origin
+        self.lease: Final = lease
 
 
 def address_of(url: str) -> Optional[str]:
@@ -55,10 +67,7 @@ def address_of(url: str) -> Optional[str]:
     parts = urlsplit(url.rstrip("/"))
     if parts.scheme != "http" or parts.port is not None or parts.path or not parts.hostname:
         return None
-    try:
-        return str(ipaddress.IPv4Address(parts.hostname))
-    except ValueError:
-        return None
+    return parts.hostname if re.fullmatch(IPV4, parts.hostname) else None
 
 
 def discover(ctx: Context, now: Optional[float] = None) -> Endpoint:
@@ -88,13 +97,20 @@ def save_endpoint(ctx: Context, url: str) -> None:
 # -- the route to it ------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class HostRoute:
     """``ip route add <address>/32 [via <gateway>] dev <interface>``."""
 
-    address: str
-    gateway: Optional[str]  # None: on-link
-    interface: str
+    __slots__ = ("address", "gateway", "interface")
+
+    def __init__(
+        self,
+        address: str,
+        gateway: Optional[str],  # None: on-link
+        interface: str,
+    ) -> None:
+        self.address: Final = address
+        self.gateway: Final = gateway
+        self.interface: Final = interface
 
     def argv(self) -> tuple[str, ...]:
         via = ("via", self.gateway) if self.gateway else ()
@@ -103,6 +119,8 @@ class HostRoute:
 
 def lease_gateway(lease: dhcp.Lease, address: str) -> Optional[ipaddress.IPv4Address]:
     """The lease's gateway to ``address``: its most specific classless route, else its router."""
+    import ipaddress
+
     target = ipaddress.IPv4Address(address)
     covering = [route for route in lease.routes or () if target in route.destination]
     if covering:
@@ -123,6 +141,8 @@ def wireserver_route(ctx: Context, endpoint: Endpoint) -> Optional[HostRoute]:
     lease, address = endpoint.lease, endpoint.address
     if lease is None or address is None or lease.interface is None:
         return None
+    import ipaddress
+
     if (
         not dhcp.valid_interface_name(lease.interface)
         or not ctx.path(f"/sys/class/net/{lease.interface}").exists()

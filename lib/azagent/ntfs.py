@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import BinaryIO, Optional
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO, Final, Optional
 
 # The one file the platform puts on a fresh resource disk.
 WARNING_NAME = "DATALOSS_WARNING_README.txt"
@@ -44,10 +46,12 @@ ALLOWED_ROOT_FILES = (WARNING_NAME.lower(),)
 ALLOWED_ROOT_DIRECTORIES = ("system volume information",)
 
 
-@dataclass(frozen=True)
 class _Name:
-    parent: int
-    name: str
+    __slots__ = ("name", "parent")
+
+    def __init__(self, parent: int, name: str) -> None:
+        self.parent: Final = parent
+        self.name: Final = name
 
 
 def _read_exact(f: BinaryIO, offset: int, length: int) -> bytes:

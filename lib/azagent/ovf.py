@@ -24,12 +24,15 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from dataclasses import dataclass, fields
-from typing import Any, Callable
 
 from azagent import names, xmlsafe
 from azagent.errors import AzagentError, refusing
 from azagent.redact import PLACEHOLDER, Secret, register
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Final
 
 OVF_NS = "http://schemas.dmtf.org/ovf/environment/1"
 WA_NS = "http://schemas.microsoft.com/windowsazure"
@@ -58,24 +61,55 @@ class OvfError(AzagentError):
     """ovf-env.xml is well-formed XML but its content cannot be used."""
 
 
-@dataclass(frozen=True)
 class PublicKey:
     """An SSH public key to authorize: its text, or a certificate thumbprint to resolve."""
 
-    path: str
-    fingerprint: str | None = None
-    value: str | None = None
+    __slots__ = ("fingerprint", "path", "value")
+
+    def __init__(self, path: str, fingerprint: str | None = None, value: str | None = None) -> None:
+        self.path: Final = path
+        self.fingerprint: Final = fingerprint
+        self.value: Final = value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PublicKey):
+            return NotImplemented
+        return (self.path, self.fingerprint, self.value) == (
+            other.path,
+            other.fingerprint,
+            other.value,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.fingerprint, self.value))
+
+    def __repr__(self) -> str:
+        return (
+            f"PublicKey(path={self.path!r}, fingerprint={self.fingerprint!r}, value={self.value!r})"
+        )
 
 
-@dataclass(frozen=True)
 class KeyPair:
     """A private key to install, from the WireServer certificate with this thumbprint."""
 
-    fingerprint: str
-    path: str
+    __slots__ = ("fingerprint", "path")
+
+    def __init__(self, fingerprint: str, path: str) -> None:
+        self.fingerprint: Final = fingerprint
+        self.path: Final = path
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, KeyPair):
+            return NotImplemented
+        return (self.fingerprint, self.path) == (other.fingerprint, other.path)
+
+    def __hash__(self) -> int:
+        return hash((self.fingerprint, self.path))
+
+    def __repr__(self) -> str:
+        return f"KeyPair(fingerprint={self.fingerprint!r}, path={self.path!r})"
 
 
-@dataclass(frozen=True, repr=False)
 class Provisioning:
     """What ovf-env.xml asks of the VM.
 
@@ -85,27 +119,71 @@ class Provisioning:
     Fingerprints keep the document's case: compare them with ``.upper()``.
     """
 
-    hostname: str
-    username: str
-    password: Secret | None = None
-    custom_data_base64: str | None = None
-    disable_ssh_password_auth: bool = False
-    public_keys: tuple[PublicKey, ...] = ()
-    key_pairs: tuple[KeyPair, ...] = ()
-    provision_guest_agent: bool = True
-    provision_guest_proxy_agent: bool = False
-    preprovisioned_vm: bool = False
-    preprovisioned_vm_type: str | None = None
-    version: str = VERSION
+    # The fields, in the order repr() shows them.
+    FIELDS = (
+        "hostname",
+        "username",
+        "password",
+        "custom_data_base64",
+        "disable_ssh_password_auth",
+        "public_keys",
+        "key_pairs",
+        "provision_guest_agent",
+        "provision_guest_proxy_agent",
+        "preprovisioned_vm",
+        "preprovisioned_vm_type",
+        "version",
+    )
+    __slots__ = FIELDS
+
+    def __init__(
+        self,
+        hostname: str,
+        username: str,
+        *,
+        password: Secret | None = None,
+        custom_data_base64: str | None = None,
+        disable_ssh_password_auth: bool = False,
+        public_keys: tuple[PublicKey, ...] = (),
+        key_pairs: tuple[KeyPair, ...] = (),
+        provision_guest_agent: bool = True,
+        provision_guest_proxy_agent: bool = False,
+        preprovisioned_vm: bool = False,
+        preprovisioned_vm_type: str | None = None,
+        version: str = VERSION,
+    ) -> None:
+        self.hostname: Final = hostname
+        self.username: Final = username
+        self.password: Final = password
+        self.custom_data_base64: Final = custom_data_base64
+        self.disable_ssh_password_auth: Final = disable_ssh_password_auth
+        self.public_keys: Final = public_keys
+        self.key_pairs: Final = key_pairs
+        self.provision_guest_agent: Final = provision_guest_agent
+        self.provision_guest_proxy_agent: Final = provision_guest_proxy_agent
+        self.preprovisioned_vm: Final = preprovisioned_vm
+        self.preprovisioned_vm_type: Final = preprovisioned_vm_type
+        self.version: Final = version
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Provisioning):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
 
     def __repr__(self) -> str:
         parts = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("password", "custom_data_base64") and value is not None:
-                parts.append(f"{f.name}={PLACEHOLDER}")
+        for name in self.FIELDS:
+            value = getattr(self, name)
+            if name in ("password", "custom_data_base64") and value is not None:
+                parts.append(f"{name}={PLACEHOLDER}")
             else:
-                parts.append(f"{f.name}={value!r}")
+                parts.append(f"{name}={value!r}")
         return f"Provisioning({', '.join(parts)})"
 
     __str__ = __repr__

@@ -6,14 +6,13 @@ without depending on it (imports only point down).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
-
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     # For the type checker only: creating a Protocol class costs every stage's
     # start-up, and nothing checks it at run time.
+    from collections.abc import Callable
     from pathlib import Path
-    from typing import Protocol
+    from typing import Final, Protocol
 
     class Target(Protocol):
         """Where a plan acts (a :class:`~azagent.context.Context`): its root, and
@@ -30,20 +29,24 @@ def _nothing() -> None:
     """What a change shown but not made (under --root) does."""
 
 
-@dataclass(frozen=True)
 class Action:
     """One change: a sentence saying what it does and the function doing it."""
 
-    summary: str
-    apply: Callable[[], None]
+    __slots__ = ("apply", "summary")
+
+    def __init__(self, summary: str, apply: Callable[[], None]) -> None:
+        self.summary: Final = summary
+        self.apply: Final = apply
 
 
-@dataclass
 class Plan:
     """What a stage will change, or why it does not apply at all."""
 
-    actions: list[Action] = field(default_factory=list)
-    skip: str | None = None
+    __slots__ = ("actions", "skip")
+
+    def __init__(self, actions: list[Action] | None = None, skip: str | None = None) -> None:
+        self.actions = [] if actions is None else actions
+        self.skip = skip
 
     def add(self, summary: str, apply: Callable[[], None]) -> None:
         self.actions.append(Action(summary, apply))

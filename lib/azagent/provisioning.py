@@ -23,13 +23,10 @@ provisions again.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import stat
 from contextlib import suppress
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
 
 from azagent import names
 from azagent.context import Context
@@ -38,6 +35,14 @@ from azagent.fsutil import atomic_write
 from azagent.plan import Plan
 from azagent.redact import register
 from azagent.results import read_result
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Final, Optional
+
+# json is imported where it is used: a dry run with nothing handed off reads
+# and writes no document, and every stage is a fresh process at boot.
 
 STATE_PATH = "/run/azagent/provisioning.json"
 # Left by mount-ovf when there is no provisioning media: the imds stage's cue.
@@ -62,34 +67,103 @@ MAX_ACCEPTED_BYTES = 4096
 PROVISIONING_STAGES = ("mount-ovf", "imds", "hostname", "create-user", "ssh-keys", "custom-data")
 
 
-@dataclass(frozen=True)
 class Key:
     """An SSH public key or key pair to install (``value`` or ``fingerprint``)."""
 
-    path: str
-    value: Optional[str] = None
-    fingerprint: Optional[str] = None
+    __slots__ = ("fingerprint", "path", "value")
+
+    def __init__(
+        self, path: str, value: Optional[str] = None, fingerprint: Optional[str] = None
+    ) -> None:
+        self.path: Final = path
+        self.value: Final = value
+        self.fingerprint: Final = fingerprint
+
+    def to_dict(self) -> dict[str, Optional[str]]:
+        return {"path": self.path, "value": self.value, "fingerprint": self.fingerprint}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Key):
+            return NotImplemented
+        return (self.path, self.value, self.fingerprint) == (
+            other.path,
+            other.value,
+            other.fingerprint,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.value, self.fingerprint))
 
 
-@dataclass(frozen=True, repr=False)
 class ProvisioningData:
-    vm_id: str
-    source: str  # "ovf" or "imds"
-    hostname: str
-    username: str
-    password_hash: Optional[str] = None
-    disable_password_auth: bool = True
-    public_keys: tuple[Key, ...] = ()
-    key_pairs: tuple[Key, ...] = ()
-    custom_data: Optional[str] = None  # base64 text, as delivered
-    provision_guest_agent: bool = True
-    notes: tuple[str, ...] = field(default=())
+    __slots__ = (
+        "custom_data",
+        "disable_password_auth",
+        "hostname",
+        "key_pairs",
+        "notes",
+        "password_hash",
+        "provision_guest_agent",
+        "public_keys",
+        "source",
+        "username",
+        "vm_id",
+    )
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        vm_id: str,
+        source: str,  # "ovf" or "imds"
+        hostname: str,
+        username: str,
+        *,
+        password_hash: Optional[str] = None,
+        disable_password_auth: bool = True,
+        public_keys: tuple[Key, ...] = (),
+        key_pairs: tuple[Key, ...] = (),
+        custom_data: Optional[str] = None,  # base64 text, as delivered
+        provision_guest_agent: bool = True,
+        notes: tuple[str, ...] = (),
+    ) -> None:
+        self.vm_id: Final = vm_id
+        self.source: Final = source
+        self.hostname: Final = hostname
+        self.username: Final = username
+        self.password_hash: Final = password_hash
+        self.disable_password_auth: Final = disable_password_auth
+        self.public_keys: Final = public_keys
+        self.key_pairs: Final = key_pairs
+        self.custom_data: Final = custom_data
+        self.provision_guest_agent: Final = provision_guest_agent
+        self.notes: Final = notes
         # The stages act on these names (useradd, sethostname, key paths):
         # no ProvisioningData holds one the rules refuse.
         names.host_name(self.hostname, "hostname")
         names.user_name(self.username, "username")
+
+    def _fields(self) -> tuple[object, ...]:
+        return (
+            self.vm_id,
+            self.source,
+            self.hostname,
+            self.username,
+            self.password_hash,
+            self.disable_password_auth,
+            self.public_keys,
+            self.key_pairs,
+            self.custom_data,
+            self.provision_guest_agent,
+            self.notes,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        # mount-ovf compares the data it parsed with what an earlier run saved.
+        if not isinstance(other, ProvisioningData):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
 
     def __repr__(self) -> str:
         return (
@@ -100,10 +174,27 @@ class ProvisioningData:
         )
 
     def to_json(self) -> bytes:
-        return (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode()
+        import json
+
+        document = {
+            "vm_id": self.vm_id,
+            "source": self.source,
+            "hostname": self.hostname,
+            "username": self.username,
+            "password_hash": self.password_hash,
+            "disable_password_auth": self.disable_password_auth,
+            "public_keys": [key.to_dict() for key in self.public_keys],
+            "key_pairs": [key.to_dict() for key in self.key_pairs],
+            "custom_data": self.custom_data,
+            "provision_guest_agent": self.provision_guest_agent,
+            "notes": list(self.notes),
+        }
+        return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> ProvisioningData:
+        import json
+
         try:
             document: Any = json.loads(data)
             values = dict(document)
@@ -169,17 +260,30 @@ def load(ctx: Context) -> Optional[ProvisioningData]:
     return ProvisioningData.from_json(raw)
 
 
-@dataclass(frozen=True)
 class AcceptedUser:
     """The user create-user accepted (created or adopted) for a VM this boot."""
 
-    username: str
-    vm_id: str
-    uid: int
+    __slots__ = ("uid", "username", "vm_id")
+
+    def __init__(self, username: str, vm_id: str, uid: int) -> None:
+        self.username: Final = username
+        self.vm_id: Final = vm_id
+        self.uid: Final = uid
+
+    def __eq__(self, other: object) -> bool:
+        # create-user compares the record with the user it accepts.
+        if not isinstance(other, AcceptedUser):
+            return NotImplemented
+        return (self.username, self.vm_id, self.uid) == (other.username, other.vm_id, other.uid)
+
+    def __hash__(self) -> int:
+        return hash((self.username, self.vm_id, self.uid))
 
 
 def record_accepted_user(ctx: Context, username: str, vm_id: str, uid: int) -> None:
     """Record that create-user accepted ``username`` (uid ``uid``) for the VM ``vm_id``."""
+    import json
+
     document = {"username": username, "vm_id": vm_id, "uid": uid}
     atomic_write(
         ctx.path(ACCEPTED_USER),
@@ -194,6 +298,8 @@ def accepted_user(ctx: Context) -> Optional[AcceptedUser]:
     The record is read without following a link and only as a small
     regular file; anything else counts as no acceptance.
     """
+    import json
+
     try:
         fd = os.open(
             ctx.path(ACCEPTED_USER),

@@ -13,11 +13,14 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from typing import Optional
 from urllib.parse import urlsplit
 
 from azagent.context import Context
 from azagent.errors import AzagentError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
 
 # The platform's fixed addresses: the WireServer (and HostGAPlugin) and IMDS.
 PLATFORM_ADDRESSES = ("168.63.129.16", "169.254.169.254")

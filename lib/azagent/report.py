@@ -12,13 +12,17 @@ from __future__ import annotations
 import fcntl
 import os
 from datetime import datetime, timezone
-from typing import Optional
 
 from azagent import journal, kvp, provisioning
 from azagent.context import Context
 from azagent.fsutil import ensure_dir
 from azagent.journal import log
 from azagent.results import read_result
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
+
 
 KVP_POOL = "/var/lib/hyperv/.kvp_pool_1"
 STAGES_REPORTED = (*provisioning.PROVISIONING_STAGES, "certificates")

@@ -39,9 +39,7 @@ import json
 import os
 import stat
 import time
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Optional
 
 from azagent import disks, swapfile, system
 from azagent.context import Context
@@ -50,6 +48,11 @@ from azagent.fsutil import atomic_write, crash_point
 from azagent.journal import log
 from azagent.ntfs import WARNING_NAME, NtfsError, ntfs_foreign_files
 from azagent.plan import Action
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final, Optional
+
 
 RESOURCE_LINK = "/dev/disk/azure/resource"
 PART1_LINK = "/dev/disk/azure/resource-part1"
@@ -89,33 +92,52 @@ azagent formatted and mounted this disk as configured by ResourceDisk.* in
 # --- the disk -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Disk:
     """The resource disk: its node (under the root) and what the kernel calls it."""
 
-    node: Path
-    display: str  # as the target system names it, e.g. /dev/sdb
-    name: str  # kernel name (sdb); an image file's name under --root
-    block: bool  # a real block device (False: a disk image, tests only)
-    size: int
+    __slots__ = ("block", "display", "name", "node", "size")
+
+    def __init__(
+        self,
+        node: Path,
+        display: str,  # as the target system names it, e.g. /dev/sdb
+        name: str,  # kernel name (sdb); an image file's name under --root
+        block: bool,  # a real block device (False: a disk image, tests only)
+        size: int,
+    ) -> None:
+        self.node: Final = node
+        self.display: Final = display
+        self.name: Final = name
+        self.block: Final = block
+        self.size: Final = size
 
 
-@dataclass(frozen=True)
 class Region:
     """Bytes of the disk a filesystem lives in: a partition node, or a range of an image."""
 
-    path: Path
-    offset: int
-    size: int
-    display: str
+    __slots__ = ("display", "offset", "path", "size")
+
+    def __init__(self, path: Path, offset: int, size: int, display: str) -> None:
+        self.path: Final = path
+        self.offset: Final = offset
+        self.size: Final = size
+        self.display: Final = display
 
 
-@dataclass(frozen=True)
 class Partition:
-    number: int
-    start: int  # bytes from the start of the disk
-    size: int
-    type: str  # MBR id ("83", "7") or GPT type GUID, upper case
+    __slots__ = ("number", "size", "start", "type")
+
+    def __init__(
+        self,
+        number: int,
+        start: int,  # bytes from the start of the disk
+        size: int,
+        type: str,  # MBR id ("83", "7") or GPT type GUID, upper case
+    ) -> None:
+        self.number: Final = number
+        self.start: Final = start
+        self.size: Final = size
+        self.type: Final = type
 
 
 def _resolve_in_root(ctx: Context, link: Path) -> Path:
@@ -271,13 +293,20 @@ def partitions(disk: Disk) -> tuple[str, tuple[Partition, ...]]:
         raise StageFailed(f"cannot read the partition table of {disk.display}: {e}") from None
 
 
-@dataclass(frozen=True)
 class Assessment:
     """What to do with the disk, and why."""
 
-    format: bool
-    holds: str  # what the disk holds, in words, for the log
-    source: str  # the link the filesystem is mounted from
+    __slots__ = ("format", "holds", "source")
+
+    def __init__(
+        self,
+        format: bool,
+        holds: str,  # what the disk holds, in words, for the log
+        source: str,  # the link the filesystem is mounted from
+    ) -> None:
+        self.format: Final = format
+        self.holds: Final = holds
+        self.source: Final = source
 
 
 def assess(ctx: Context, disk: Disk, filesystem: str) -> Assessment:

@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
 
 from azagent.redact import redact
 
 # json and datetime are imported where they are used: a stage's dry run
 # neither writes nor reads a result, and every stage is a fresh process.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from datetime import datetime
+    from typing import Final, Optional
 
 # Exit statuses of a stage (and of the azagent command).
 EXIT_OK = 0  # done, nothing to do, or skipped (the stage does not apply)
@@ -45,18 +45,60 @@ RESULTS_DIR = "run/azagent/stages"
 MAX_RESULT_BYTES = 1024 * 1024
 
 
-@dataclass(frozen=True)
 class Result:
     """One run of a stage. Fields a file leaves out read as None, "" or ()."""
 
-    stage: str
-    state: str
-    start: Optional[datetime] = None
-    end: Optional[datetime] = None
-    duration_ms: Optional[int] = None
-    reason: str = ""
-    changes: tuple[str, ...] = ()
-    exit_status: Optional[int] = None
+    __slots__ = (
+        "changes",
+        "duration_ms",
+        "end",
+        "exit_status",
+        "reason",
+        "stage",
+        "start",
+        "state",
+    )
+
+    def __init__(
+        self,
+        stage: str,
+        state: str,
+        *,
+        start: Optional[datetime] = None,
+        end: Optional[datetime] = None,
+        duration_ms: Optional[int] = None,
+        reason: str = "",
+        changes: tuple[str, ...] = (),
+        exit_status: Optional[int] = None,
+    ) -> None:
+        self.stage: Final = stage
+        self.state: Final = state
+        self.start: Final = start
+        self.end: Final = end
+        self.duration_ms: Final = duration_ms
+        self.reason: Final = reason
+        self.changes: Final = changes
+        self.exit_status: Final = exit_status
+
+    def _fields(self) -> tuple[object, ...]:
+        return (
+            self.stage,
+            self.state,
+            self.start,
+            self.end,
+            self.duration_ms,
+            self.reason,
+            self.changes,
+            self.exit_status,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Result):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
 
     @classmethod
     def of_run(

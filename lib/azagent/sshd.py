@@ -38,9 +38,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Optional
 
 from azagent import system
 from azagent.context import Context
@@ -49,6 +47,11 @@ from azagent.fsutil import atomic_write, ensure_dir
 from azagent.journal import log
 from azagent.plan import Action
 from azagent.provisioning import same_vm
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final, Optional
+
 
 CONFIG_NAME = "sshd_config"
 DROPIN_DIR = "sshd_config.d"
@@ -75,11 +78,18 @@ class SshdError(AzagentError):
 _DIRECTIVE = re.compile(r"\s*([A-Za-z][A-Za-z0-9]*)(?:\s*=\s*|\s+|$)(.*?)\s*$")
 
 
-@dataclass(frozen=True)
 class Directive:
-    index: int  # line number, from 0
-    keyword: str  # lower-case
-    value: str
+    __slots__ = ("index", "keyword", "value")
+
+    def __init__(
+        self,
+        index: int,  # line number, from 0
+        keyword: str,  # lower-case
+        value: str,
+    ) -> None:
+        self.index: Final = index
+        self.keyword: Final = keyword
+        self.value: Final = value
 
 
 def directives(lines: Sequence[str]) -> list[Directive]:
@@ -250,12 +260,16 @@ def plan_reload(ctx: Context) -> list[Action]:
 # --- Planning the configuration ---------------------------------------------------
 
 
-@dataclass(frozen=True)
 class _Write:
-    path: Path
-    data: bytes = field(repr=False)
-    mode: int
-    owner: Optional[tuple[int, int]]
+    __slots__ = ("data", "mode", "owner", "path")
+
+    def __init__(
+        self, path: Path, data: bytes, mode: int, owner: Optional[tuple[int, int]]
+    ) -> None:
+        self.path: Final = path
+        self.data: Final = data
+        self.mode: Final = mode
+        self.owner: Final = owner
 
 
 def _read(path: Path) -> Optional[tuple[str, os.stat_result]]:

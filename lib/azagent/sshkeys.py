@@ -39,7 +39,6 @@ import contextlib
 import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Optional
 
 from azagent import names, provisioning, users
 from azagent.certstore import CertStore, CertStoreError, normalize_thumbprint
@@ -52,7 +51,10 @@ from azagent.provisioning import Key, ProvisioningData
 from azagent.results import STATE_DONE, STATE_NOTHING, read_result
 from azagent.users import Account
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # only types: the modules import cryptography, the stage must not
+    from typing import Optional
+
     from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
     from azagent.certs import CertificateItem

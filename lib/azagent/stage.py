@@ -27,10 +27,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
-
-if TYPE_CHECKING:
-    import argparse
 
 from azagent import config as configuration
 from azagent import journal
@@ -58,10 +54,14 @@ from azagent.results import (
     result_path,
 )
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any, Callable
+
+    PlanFunction = Callable[[Context], Plan]
+
 log = journal.log
-
-
-PlanFunction = Callable[[Context], Plan]
 
 
 def lock_path(root: Path, stage: str) -> Path:

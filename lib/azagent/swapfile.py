@@ -17,7 +17,6 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Optional
 
 from azagent import disks, system
 from azagent.context import Context
@@ -25,6 +24,11 @@ from azagent.errors import StageFailed
 from azagent.fsutil import atomic_write, crash_point
 from azagent.journal import log
 from azagent.plan import Action
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
+
 
 SWAP_NAME = "swapfile"
 # Written on the resource disk's own filesystem before the swap file is

@@ -10,24 +10,29 @@ input.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Optional
 
 from azagent.errors import StageFailed
 from azagent.fsutil import crash_point
 from azagent.journal import log
 from azagent.redact import redact
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Final, Optional
+
+
 DEFAULT_TIMEOUT = 60.0
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-@dataclass(frozen=True)
 class Completed:
-    returncode: int
-    stdout: str
-    stderr: str
+    __slots__ = ("returncode", "stderr", "stdout")
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode: Final = returncode
+        self.stdout: Final = stdout
+        self.stderr: Final = stderr
 
 
 # subprocess and shutil are imported where they are used: most stages that

@@ -48,10 +48,8 @@ import threading
 import time
 from collections.abc import Mapping
 from contextlib import suppress
-from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any, Callable, Optional
 
 import requests
 import requests.adapters
@@ -64,6 +62,11 @@ from azagent import __version__, proxy, wireserver
 from azagent.context import Context
 from azagent.errors import AzagentError
 from azagent.redact import redact
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Final, Optional
 
 WIRESERVER = "wireserver"
 HOSTGAPLUGIN = "hostgaplugin"
@@ -111,13 +114,15 @@ class TransportError(AzagentError):
         self.late = late
 
 
-@dataclass(frozen=True)
 class Reply:
     """A complete answer: status, body, headers (names in lower case)."""
 
-    status: int
-    body: bytes
-    headers: Mapping[str, str] = field(default_factory=dict)
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
+        self.status: Final = status
+        self.body: Final = body
+        self.headers: Final[Mapping[str, str]] = {} if headers is None else headers
 
     def header(self, name: str) -> Optional[str]:
         return self.headers.get(name.lower())
@@ -315,15 +320,17 @@ _BAD_URL: tuple[type[BaseException], ...] = (
 )
 
 
-@dataclass
 class _Progress:
     """Where an exchange got to, for the reason of its failure."""
 
-    phase: str = "request"  # request: connecting, sending, waiting for the headers; body
-    received: int = 0  # body bytes, decoded
-    length: Optional[int] = None  # Content-Length
-    encoding: str = ""  # Content-Encoding
-    chunked: bool = False  # Transfer-Encoding: chunked
+    __slots__ = ("chunked", "encoding", "length", "phase", "received")
+
+    def __init__(self) -> None:
+        self.phase = "request"  # request: connecting, sending, waiting for the headers; body
+        self.received = 0  # body bytes, decoded
+        self.length: Optional[int] = None  # Content-Length
+        self.encoding = ""  # Content-Encoding
+        self.chunked = False  # Transfer-Encoding: chunked
 
 
 def _late(progress: _Progress, budget: float, connecting: bool = False) -> str:

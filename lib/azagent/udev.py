@@ -16,12 +16,15 @@ fresh process at boot).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, TypeVar
 
 from azagent.context import Context
 from azagent.journal import log
 
-T = TypeVar("T")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional, TypeVar
+
+    T = TypeVar("T")
 
 
 @functools.cache

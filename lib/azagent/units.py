@@ -11,7 +11,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
 
 STAGE_DIRS_ENV = "AZAGENT_STAGES_DIR"
 INSTALLED_STAGES_DIR = "/usr/libexec/azagent"

@@ -26,9 +26,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Optional
 
 from azagent import names, system
 from azagent.context import Context
@@ -41,6 +39,11 @@ from azagent.fsutil import (
     refuse_link_at,
 )
 from azagent.journal import log
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final, Optional
+
 
 ACCOUNTS = "/etc/passwd"
 # The passwd field of an account whose hash lives in /etc/shadow.
@@ -83,21 +86,46 @@ class InvalidUserName(StageFailed):
     """The provisioned user name cannot be used for a local account."""
 
 
-@dataclass(frozen=True)
 class Account:
-    name: str
-    password: str  # the passwd field: 'x' when the hash lives in /etc/shadow
-    uid: int
-    gid: int
-    home: str
-    shell: str
+    """One line of /etc/passwd, field by field."""
+
+    __slots__ = ("gid", "home", "name", "password", "shell", "uid")
+
+    def __init__(  # noqa: PLR0917 (the fields of a passwd line, in their order)
+        self,
+        name: str,
+        password: str,  # the passwd field: 'x' when the hash lives in /etc/shadow
+        uid: int,
+        gid: int,
+        home: str,
+        shell: str,
+    ) -> None:
+        self.name: Final = name
+        self.password: Final = password
+        self.uid: Final = uid
+        self.gid: Final = gid
+        self.home: Final = home
+        self.shell: Final = shell
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.name, self.password, self.uid, self.gid, self.home, self.shell)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Account):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
 
 
-@dataclass(frozen=True)
 class Group:
-    name: str
-    gid: int
-    members: tuple[str, ...]
+    __slots__ = ("gid", "members", "name")
+
+    def __init__(self, name: str, gid: int, members: tuple[str, ...]) -> None:
+        self.name: Final = name
+        self.gid: Final = gid
+        self.members: Final = members
 
 
 def check_name(name: str) -> None:

@@ -7,8 +7,11 @@ declares each key with its Rule.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Callable, Optional
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Final, Optional
 
 # -- what each kind of string value accepts -----------------------------------------
 #
@@ -147,13 +150,20 @@ def _mount_options_problem(value: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
 class Rule:
     """A kind of string value: what it accepts, said once for every key of that kind."""
 
-    accepts: str  # "expected <accepts>" in error messages
-    problem: Callable[[str], Optional[str]]  # what is wrong with a value, or None
-    normal: Callable[[str], str] = str  # the form a valid value is kept in
+    __slots__ = ("accepts", "normal", "problem")
+
+    def __init__(
+        self,
+        accepts: str,  # "expected <accepts>" in error messages
+        problem: Callable[[str], Optional[str]],  # what is wrong with a value, or None
+        normal: Callable[[str], str] = str,  # the form a valid value is kept in
+    ) -> None:
+        self.accepts: Final = accepts
+        self.problem: Final = problem
+        self.normal: Final = normal
 
 
 PATH = Rule(

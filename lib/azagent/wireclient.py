@@ -20,7 +20,6 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Callable, Optional, TypeVar
 
 from azagent import transport, wireserver
 from azagent.context import Context
@@ -29,9 +28,13 @@ from azagent.journal import log
 from azagent.redact import redact
 from azagent.transport import Reply, Transport, TransportError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Callable, Optional, TypeVar
+
     import requests
 
+    T = TypeVar("T")
 
 AGENT_NAME = transport.AGENT_NAME
 TRANSIENT = frozenset({403, 408, 429, 500, 502, 503, 504, 507})
@@ -51,8 +54,6 @@ ENDPOINTS = {
 }
 
 __all__ = ["GoneError", "Reply", "WireClient", "WireServerError", "platform_url", "retry_after"]
-
-T = TypeVar("T")
 
 
 class WireServerError(AzagentError):

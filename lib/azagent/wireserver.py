@@ -1,7 +1,7 @@
 """WireServer documents: one definition of each, for the agent and the emulator.
 
 Builders return the XML bytes the platform (or the agent) sends; parsers turn
-received bytes into dataclasses. Both are pure: no I/O, no HTTP. The shapes
+received bytes into plain objects. Both are pure: no I/O, no HTTP. The shapes
 (elements, namespaces, attributes) follow the platform's real documents, of
 which tests/fixtures/walinuxagent/wire holds samples.
 """
@@ -9,13 +9,15 @@ which tests/fixtures/walinuxagent/wire holds samples.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Optional
 from xml.sax.saxutils import escape, quoteattr
 
 from azagent import xmlsafe
 from azagent.errors import refusing
 from azagent.xmlsafe import Element
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final, Optional
 
 PROTOCOL_VERSION = "2012-11-30"
 HOSTGAPLUGIN_VERSION = "2015-09-01"
@@ -35,41 +37,80 @@ def _text(value: object) -> str:
     return escape(str(value))
 
 
-@dataclass(frozen=True)
 class ConfigUris:
     """The per-incarnation configuration documents a goal state points to."""
 
-    hosting_environment: str
-    shared_config: str
-    extensions_config: Optional[str]
-    full_config: str
-    certificates: Optional[str]
-    config_name: str
+    __slots__ = (
+        "certificates",
+        "config_name",
+        "extensions_config",
+        "full_config",
+        "hosting_environment",
+        "shared_config",
+    )
+
+    def __init__(
+        self,
+        *,
+        hosting_environment: str,
+        shared_config: str,
+        extensions_config: Optional[str],
+        full_config: str,
+        certificates: Optional[str],
+        config_name: str,
+    ) -> None:
+        self.hosting_environment: Final = hosting_environment
+        self.shared_config: Final = shared_config
+        self.extensions_config: Final = extensions_config
+        self.full_config: Final = full_config
+        self.certificates: Final = certificates
+        self.config_name: Final = config_name
 
 
-@dataclass(frozen=True)
 class GoalState:
-    incarnation: int
-    container_id: str
-    instance_id: str
-    uris: ConfigUris
-    expected_state: str = "Started"
+    __slots__ = ("container_id", "expected_state", "incarnation", "instance_id", "uris")
+
+    def __init__(
+        self,
+        incarnation: int,
+        container_id: str,
+        instance_id: str,
+        uris: ConfigUris,
+        expected_state: str = "Started",
+    ) -> None:
+        self.incarnation: Final = incarnation
+        self.container_id: Final = container_id
+        self.instance_id: Final = instance_id
+        self.uris: Final = uris
+        self.expected_state: Final = expected_state
 
 
-@dataclass(frozen=True)
 class HealthReport:
-    incarnation: int
-    container_id: str
-    instance_id: str
-    state: str  # READY or NOT_READY
-    substatus: Optional[str] = None
-    description: Optional[str] = None
+    __slots__ = ("container_id", "description", "incarnation", "instance_id", "state", "substatus")
+
+    def __init__(  # noqa: PLR0917 (the document's fields, in its order)
+        self,
+        incarnation: int,
+        container_id: str,
+        instance_id: str,
+        state: str,  # READY or NOT_READY
+        substatus: Optional[str] = None,
+        description: Optional[str] = None,
+    ) -> None:
+        self.incarnation: Final = incarnation
+        self.container_id: Final = container_id
+        self.instance_id: Final = instance_id
+        self.state: Final = state
+        self.substatus: Final = substatus
+        self.description: Final = description
 
 
-@dataclass(frozen=True)
 class Versions:
-    preferred: str
-    supported: tuple[str, ...] = field(default=())
+    __slots__ = ("preferred", "supported")
+
+    def __init__(self, preferred: str, supported: tuple[str, ...] = ()) -> None:
+        self.preferred: Final = preferred
+        self.supported: Final = supported
 
 
 def versions_xml(

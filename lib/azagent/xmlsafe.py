@@ -27,11 +27,15 @@ xmltodict is imported only when a document is parsed (start-up budget).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any, Union
 from xml.parsers import expat
 
 from azagent.errors import AzagentError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Final, Union
+
+    Value = Union[dict[str, Any], str, None]
 
 SEPARATOR = ":"
 # Large enough for any provisioning or goal-state document (customData is at
@@ -242,10 +246,6 @@ def clear_elements(
     return b"".join(pieces)
 
 
-Value = Union[dict[str, Any], str, None]
-
-
-@dataclass(frozen=True)
 class Element:
     """One element of a :func:`parse` tree, walked by namespace and local name.
 
@@ -253,10 +253,13 @@ class Element:
     serve error messages.
     """
 
-    key: str
-    value: Value
-    path: str
-    what: str
+    __slots__ = ("key", "path", "value", "what")
+
+    def __init__(self, key: str, value: Value, path: str, what: str) -> None:
+        self.key: Final = key
+        self.value: Final = value
+        self.path: Final = path
+        self.what: Final = what
 
     @classmethod
     def root(cls, tree: dict[str, Any], *, what: str) -> Element:
