@@ -825,3 +825,28 @@ def test_no_private_key_reaches_stderr_or_the_result(root: Path) -> None:
         assert body[:16] not in run.stderr
         assert body[:16] not in recorded
     assert "PRIVATE" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("states", "running"),
+    [
+        ("inactive\ninactive\n", None),
+        ("inactive\nactive\n", "sshd.service"),
+        ("active\ninactive\n", "ssh.service"),
+        ("", None),  # systemd not answering
+    ],
+)
+def test_the_running_ssh_server_is_one_question_to_systemd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, states: str, running: str | None
+) -> None:
+    """Both unit names in one systemctl call: every process costs at boot."""
+    from azagent import sshd
+
+    calls = tmp_path / "calls"
+    fake = tmp_path / "bin/systemctl"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho \"$*\" >> {calls}\nprintf '{states}'\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    assert sshd.running_unit() == running
+    assert calls.read_text() == "is-active ssh.service sshd.service\n"
