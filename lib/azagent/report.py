@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-from datetime import datetime, timezone
 
 from azagent import journal, kvp, provisioning
 from azagent.context import Context
@@ -83,6 +82,8 @@ def write_kvp(ctx: Context, value: str) -> None:
 
 
 def kvp_report(ctx: Context, vm_id: str, reason: Optional[str] = None) -> str:
+    from datetime import datetime, timezone
+
     return kvp.provisioning_report(
         result="error" if reason else "success",
         reason=reason,
