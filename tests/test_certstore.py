@@ -6,7 +6,6 @@ key, one without) and the emulator's generated ones, fetched over loopback.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import stat
 from pathlib import Path
@@ -136,7 +135,8 @@ def test_only_a_thumbprint_can_name_a_file(tmp_path: Path, hostile: str) -> None
             lookup(hostile)
     with pytest.raises(CertStoreError, match="is not a certificate thumbprint"):
         store.missing({hostile: False})
-    forged = dataclasses.replace(platform_items()[0], thumbprint=hostile)
+    item = platform_items()[0]
+    forged = certs.CertificateItem(hostile, item.certificate_pem, item.private_key_pem)
     with pytest.raises(CertStoreError, match="is not a certificate thumbprint"):
         store.store([forged])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lib", "x.crt", "x.prv"]

@@ -15,9 +15,11 @@ third-party imports.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from azagent.errors import AzagentError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 # Real certificates blobs are a few KiB; even hundreds of Key Vault
 # certificates stay far below this.
@@ -133,13 +135,15 @@ OID_LOCAL_KEY_ID = oid("1.2.840.113549.1.9.21")
 # --- Reading ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Tlv:
     """One DER element; ``encoded`` is the whole element, header included."""
 
-    tag: int
-    encoded: bytes
-    header: int
+    __slots__ = ("encoded", "header", "tag")
+
+    def __init__(self, tag: int, encoded: bytes, header: int) -> None:
+        self.tag: Final = tag
+        self.encoded: Final = encoded
+        self.header: Final = header
 
     @property
     def value(self) -> bytes:

@@ -28,8 +28,7 @@ import hmac
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Final, Literal
 from xml.sax.saxutils import escape
 
 from cryptography import x509
@@ -86,7 +85,6 @@ def _der_errors() -> Iterator[None]:
         raise CertificateError(e.reason) from None
 
 
-@dataclass(frozen=True)
 class CertificateItem:
     """One certificate of the PFX and, when the PFX holds it, its private key.
 
@@ -94,9 +92,14 @@ class CertificateItem:
     is kept out of ``repr`` so that logging an item cannot leak it.
     """
 
-    thumbprint: str
-    certificate_pem: bytes
-    private_key_pem: bytes | None = field(default=None, repr=False)
+    __slots__ = ("certificate_pem", "private_key_pem", "thumbprint")
+
+    def __init__(
+        self, thumbprint: str, certificate_pem: bytes, private_key_pem: bytes | None = None
+    ) -> None:
+        self.thumbprint: Final = thumbprint
+        self.certificate_pem: Final = certificate_pem
+        self.private_key_pem: Final = private_key_pem
 
 
 # name, key size in bytes, block size in bytes
@@ -642,11 +645,18 @@ def _oaep_parameters(parameters: asn1.Tlv | None) -> padding.OAEP:
     return _oaep(digest, mgf)
 
 
-@dataclass(frozen=True)
 class _Recipient:
-    subject_key_identifier: bytes | None  # None: named by issuer and serial number
-    transport: padding.AsymmetricPadding
-    encrypted_key: bytes
+    __slots__ = ("encrypted_key", "subject_key_identifier", "transport")
+
+    def __init__(
+        self,
+        subject_key_identifier: bytes | None,  # None: named by issuer and serial number
+        transport: padding.AsymmetricPadding,
+        encrypted_key: bytes,
+    ) -> None:
+        self.subject_key_identifier: Final = subject_key_identifier
+        self.transport: Final = transport
+        self.encrypted_key: Final = encrypted_key
 
 
 def _read_recipient(element: asn1.Tlv) -> _Recipient:

@@ -17,20 +17,18 @@ files. Nothing here changes the system or runs a command.
 
 from __future__ import annotations
 
-import glob
 import os
 import re
-import struct
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 
 from azagent.errors import INPUT_ERRORS
 from azagent.fsutil import read_bytes_limited
 
-# ipaddress and json are imported where they are used: the hostname stage
-# (and a dry run) may read no lease and no route, and every stage is a fresh
-# process at boot.
+# ipaddress, json, datetime, glob and struct are imported where they are
+# used: the hostname stage (and a dry run) may read no lease and no route,
+# and every stage is a fresh process at boot. The patterns are compiled by re
+# (and cached) when first used.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ipaddress
@@ -52,11 +50,11 @@ _COMMS = frozenset({"systemd-network", "NetworkManager", "dhclient"})
 # ':' or white space: dev_valid_name()), narrowed to characters that are safe
 # on a command line: no leading '-' or '.', which a command would read as an
 # option or a path.
-_IFNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,14}")
+_IFNAME = r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,14}"
 _RTF_UP = 0x1
 _DHCLIENT_TIME = "%Y/%m/%d %H:%M:%S"
-_LEASE_START = re.compile(r"(?m)^\s*lease\s*\{")
-_OCTAL = re.compile(r"[0-7]{1,3}")
+_LEASE_START = r"(?m)^\s*lease\s*\{"
+_OCTAL = r"[0-7]{1,3}"
 # What a lease file written by someone else can make a reader raise; the
 # statement or the file is then skipped as unreadable.
 _UNREADABLE = INPUT_ERRORS
@@ -79,7 +77,7 @@ _DHCLIENT_NOT_OURS = frozenset({"-d", "-6", "-r", "-x"})
 
 def valid_interface_name(name: str) -> bool:
     """Whether ``name`` is an interface name azagent may put on a command line."""
-    return _IFNAME.fullmatch(name) is not None
+    return re.fullmatch(_IFNAME, name) is not None
 
 
 def interface_index(ctx: Context, interface: str) -> Optional[str]:
@@ -136,6 +134,7 @@ def kernel_routes(ctx: Context) -> list[KernelRoute]:
     this machine's byte order.
     """
     import ipaddress
+    import struct
 
     try:
         text = ctx.path("/proc/net/route").read_text(encoding="ascii", errors="replace")
@@ -285,7 +284,8 @@ def _c_string(value: str) -> bytes:
     while index < len(inner):
         char = inner[index]
         if char == "\\" and index + 1 < len(inner):
-            octal = _OCTAL.match(inner, index + 1)  # in place: no copy of the rest per escape
+            # In place: no copy of the rest per escape.
+            octal = re.compile(_OCTAL).match(inner, index + 1)
             if octal:
                 out.append(int(octal.group(0), 8) & 0xFF)
                 index += 1 + len(octal.group(0))
@@ -355,7 +355,7 @@ def _lease_blocks(text: str) -> list[str]:
     blocks: list[str] = []
     position = 0
     while True:
-        match = _LEASE_START.search(text, position)
+        match = re.compile(_LEASE_START).search(text, position)
         if match is None:
             return blocks
         start = match.end()
@@ -380,6 +380,8 @@ def _dhclient_expiry(value: str) -> Optional[float]:
     if len(words) == 2 and words[0] == "epoch":
         return float(int(words[1]))
     if len(words) == 3:
+        from datetime import datetime, timezone
+
         when = datetime.strptime(f"{words[1]} {words[2]}", _DHCLIENT_TIME)
         return when.replace(tzinfo=timezone.utc).timestamp()
     raise ValueError(f"unknown expiry {value!r}")
@@ -538,6 +540,8 @@ def parse_device_state(
 
 
 def _files(ctx: Context, pattern: str) -> list[Path]:
+    import glob
+
     base = str(ctx.root).rstrip("/")
     found = [Path(p) for p in sorted(glob.glob(glob.escape(base) + pattern))]
     return [p for p in found if p.is_file() and not p.is_symlink()][:MAX_LEASE_FILES]

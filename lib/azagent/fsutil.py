@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import signal
 import stat
 import sys
 import time
@@ -75,6 +74,8 @@ def crash_point(where: str) -> None:
     if _crash_points_passed == _crash_at:
         sys.stderr.write(f"azagent test hook: crash point {_crash_at}: {where}: SIGKILL\n")
         sys.stderr.flush()
+        import signal
+
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -19,15 +19,17 @@ import os
 import re
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from azagent import system
 from azagent.context import Context
 from azagent.errors import StageFailed
 from azagent.fsutil import atomic_write
 from azagent.plan import Plan
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final, Optional
 
 GRUB_DEFAULT = "/etc/default/grub"
 GRUB_DEFAULT_DROPINS = "/etc/default/grub.d"
@@ -40,13 +42,22 @@ _SELF_REFERENCE = re.compile(r"\$\{?GRUB_CMDLINE_LINUX\}?(?![A-Za-z0-9_])")
 _RHEL_LIKE = {"rhel", "fedora", "centos", "almalinux", "rocky", "ol", "azurelinux", "mariner"}
 
 
-@dataclass(frozen=True)
 class _Assignment:
-    index: int  # line number, from 0
-    lead: str  # "GRUB_CMDLINE_LINUX=" with any indentation or "export "
-    quote: str  # '"', "'" or "" (unquoted)
-    content: str  # the value between the quotes
-    tail: str  # what follows the value on the line (a comment, ';')
+    __slots__ = ("content", "index", "lead", "quote", "tail")
+
+    def __init__(
+        self,
+        index: int,  # line number, from 0
+        lead: str,  # "GRUB_CMDLINE_LINUX=" with any indentation or "export "
+        quote: str,  # '"', "'" or "" (unquoted)
+        content: str,  # the value between the quotes
+        tail: str,  # what follows the value on the line (a comment, ';')
+    ) -> None:
+        self.index: Final = index
+        self.lead: Final = lead
+        self.quote: Final = quote
+        self.content: Final = content
+        self.tail: Final = tail
 
 
 def _parse_assignment(index: int, line: str) -> Optional[_Assignment]:

@@ -17,7 +17,6 @@ system; the hostname stage calls them only when the root is ``/``.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -139,6 +138,8 @@ def set_running_hostname(ctx: Context, name: str) -> None:
     if not ctx.live:
         raise StageFailed(f"refusing to set the running hostname under --root {ctx.root}")
     try:
+        import socket
+
         socket.sethostname(name)
     except OSError as e:
         raise StageFailed(f"cannot set the running hostname to {name}: {e.strerror}") from None

@@ -16,9 +16,6 @@ are ever available here.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 from collections.abc import Iterable
 
@@ -40,7 +37,7 @@ WHAT = "IMDS instance metadata"
 # largest member.
 MAX_BYTES = 1024 * 1024
 MAX_VM_ID = 128
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE = "[\ud800-\udfff]"  # compiled by re (and cached) when first used
 
 
 class ImdsError(AzagentError):
@@ -137,6 +134,9 @@ class Instance:
 
     def decoded_user_data(self) -> bytes | None:
         """userData's bytes, None when there is none; ImdsError when it is not base64."""
+        import base64
+        import binascii
+
         if self.user_data is None:
             return None
         try:
@@ -179,6 +179,8 @@ def _load(data: bytes) -> Any:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ImdsError(f"{WHAT}: not valid UTF-8 (at byte {e.start})") from None
+    import json
+
     try:
         return json.loads(
             text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant
@@ -221,7 +223,7 @@ def _string(parent: dict[str, Any], key: str, where: str) -> str | None:
         raise ImdsError(f"{WHAT}: {where}.{key}: expected a string, got {_kind(value)}")
     if "\x00" in value:
         raise ImdsError(f"{WHAT}: {where}.{key}: contains a NUL character")
-    if _SURROGATE.search(value):
+    if re.search(_SURROGATE, value):
         # JSON's "\ud800" escape: not a character, and no file or command could take it.
         raise ImdsError(f"{WHAT}: {where}.{key}: contains a lone surrogate, not a character")
     return value or None

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import datetime, timezone
 
 from azagent import __version__
 from azagent.errors import AzagentError, refusing
 from azagent.redact import redact
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from datetime import datetime
 
 KEY_SIZE = 512
 VALUE_SIZE = 2048
@@ -124,6 +127,7 @@ def provisioning_report(
         raise KvpError("a success report carries no reason")
     if timestamp.tzinfo is None or timestamp.utcoffset() is None:
         raise KvpError("report timestamp has no time zone")
+    from datetime import timezone
 
     head = [f"result={result}"]
     tail = [

@@ -21,8 +21,6 @@ empty or anything else leaves it on).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 
 from azagent import names, xmlsafe
@@ -48,13 +46,16 @@ SECRET_ELEMENTS = frozenset({"UserPassword", "CustomData"})
 MAX_PATH = 4096
 MAX_KEY_VALUE = 16384
 
+# Patterns, compiled by re (and cached) when first used: compiling _NOT_XML
+# alone takes milliseconds, and most stages that import this module check
+# no document and build none.
 # SHA-1 thumbprints today (40 digits); room for SHA-256/512 without a release.
-_FINGERPRINT = re.compile(r"[0-9A-Fa-f]{40,128}")
-_VERSION = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9}){0,3}")
-_WORD = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_FINGERPRINT = r"[0-9A-Fa-f]{40,128}"
+_VERSION = r"[0-9]{1,9}(?:\.[0-9]{1,9}){0,3}"
+_WORD = r"[A-Za-z0-9_.-]{1,64}"
 # Characters XML 1.0 can carry (the Char production) minus CR, which every
 # parser turns into LF: a value holding anything else cannot round-trip.
-_NOT_XML = re.compile("[^\t\n\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_NOT_XML = "[^\t\n\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
 
 
 class OvfError(AzagentError):
@@ -202,6 +203,9 @@ class Provisioning:
 
 def decode_custom_data(text: str) -> bytes:
     """customData's bytes; line breaks and spaces in the base64 text are ignored."""
+    import base64
+    import binascii
+
     try:
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
@@ -210,6 +214,8 @@ def decode_custom_data(text: str) -> bytes:
 
 def encode_custom_data(data: bytes) -> str:
     """The base64 text of ``data``, for ``Provisioning(custom_data_base64=...)``."""
+    import base64
+
     return base64.b64encode(data).decode("ascii")
 
 
@@ -221,7 +227,7 @@ def _control(value: str) -> bool:
 
 
 def fingerprint_problem(value: str) -> str | None:
-    if not _FINGERPRINT.fullmatch(value):
+    if not re.fullmatch(_FINGERPRINT, value):
         return "is not a certificate thumbprint (40 to 128 hexadecimal digits)"
     return None
 
@@ -331,7 +337,7 @@ def parse_ovf(data: bytes) -> Provisioning:
 
     section = environment.require(WA_NS, "ProvisioningSection")
     version_element, version = _required_text(section, "Version")
-    if not _VERSION.fullmatch(version):
+    if not re.fullmatch(_VERSION, version):
         raise OvfError(f"{_where(version_element)}: is not a version number")
     config = section.require(WA_NS, "LinuxProvisioningConfigurationSet")
     set_type = config.child(WA_NS, "ConfigurationSetType")
@@ -390,7 +396,7 @@ def parse_ovf(data: bytes) -> Provisioning:
         if (
             type_element is not None
             and preprovisioned_vm_type is not None
-            and not _WORD.fullmatch(preprovisioned_vm_type)
+            and not re.fullmatch(_WORD, preprovisioned_vm_type)
         ):
             raise OvfError(f"{_where(type_element)}: is not a single word")
 
@@ -428,7 +434,9 @@ def _validate(p: Provisioning) -> None:
     where = "Provisioning"
     _name(names.host_name, p.hostname, f"{where}.hostname")
     _name(names.user_name, p.username, f"{where}.username")
-    _check(f"{where}.version", None if _VERSION.fullmatch(p.version) else "is not a version number")
+    _check(
+        f"{where}.version", None if re.fullmatch(_VERSION, p.version) else "is not a version number"
+    )
     if p.custom_data_base64 is not None and not p.custom_data_base64.strip():
         raise OvfError(f"{where}.custom_data_base64: is blank; use None for no customData")
     for i, key in enumerate(p.public_keys):
@@ -445,12 +453,12 @@ def _validate(p: Provisioning) -> None:
     for i, pair in enumerate(p.key_pairs):
         _check(f"{where}.key_pairs[{i}].fingerprint", fingerprint_problem(pair.fingerprint))
         _check(f"{where}.key_pairs[{i}].path", path_problem(pair.path))
-    if p.preprovisioned_vm_type is not None and not _WORD.fullmatch(p.preprovisioned_vm_type):
+    if p.preprovisioned_vm_type is not None and not re.fullmatch(_WORD, p.preprovisioned_vm_type):
         raise OvfError(f"{where}.preprovisioned_vm_type: is not a single word")
 
 
 def _xml_text(where: str, value: str) -> str:
-    if _NOT_XML.search(value):
+    if re.search(_NOT_XML, value):
         raise OvfError(f"{where}: holds a character XML cannot carry (control character or CR)")
     return value
 

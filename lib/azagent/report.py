@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-from datetime import datetime, timezone
 
 from azagent import journal, kvp, provisioning
 from azagent.context import Context
@@ -82,6 +81,8 @@ def write_kvp(ctx: Context, value: str) -> None:
 
 
 def kvp_report(ctx: Context, vm_id: str, reason: Optional[str] = None) -> str:
+    from datetime import datetime, timezone
+
     return kvp.provisioning_report(
         result="error" if reason else "success",
         reason=reason,

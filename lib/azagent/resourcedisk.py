@@ -35,7 +35,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import functools
-import json
 import os
 import stat
 import time
@@ -274,6 +273,8 @@ def partitions(disk: Disk) -> tuple[str, tuple[Partition, ...]]:
         what=f"read the partitions of {disk.display}",
     )
     try:
+        import json
+
         table = json.loads(done.stdout)["partitiontable"]
         sector = int(table.get("sectorsize", 512))
         result = []

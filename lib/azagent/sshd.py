@@ -33,10 +33,7 @@ import contextlib
 import functools
 import os
 import re
-import shlex
-import shutil
 import stat
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
@@ -170,6 +167,8 @@ def covering_include(lines: Sequence[str], ssh_dir: str, dropin: str) -> Optiona
         if directive.keyword != "include":
             continue
         try:
+            import shlex
+
             patterns = shlex.split(directive.value)
         except ValueError:
             continue
@@ -423,6 +422,9 @@ def _regenerate(
     # Made in a private (0700) directory next to the final place, then
     # written over: sshd never sees a half-written key or no key at all. A
     # run killed meanwhile left its directory (private keys): removed first.
+    import shutil
+    import tempfile
+
     for stale in ssh_dir.glob(f"{SCRATCH_PREFIX}*"):
         if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)

@@ -33,10 +33,7 @@ import it inside the function, so the ssh-keys stage never loads it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import PurePosixPath
 
@@ -206,7 +203,13 @@ def _skip_options(line: str) -> tuple[str, str]:
     return line[:i], line[i:].lstrip(" \t")
 
 
+# base64, binascii and hashlib are imported where keys are read: the
+# certificates stage and a dry run may read none.
+
+
 def _b64decode(text: str) -> bytes:
+    import base64
+
     return base64.b64decode(text.encode("ascii"), validate=True)
 
 
@@ -216,6 +219,9 @@ def validate_public_key(line: str) -> str:
     Leading and trailing white space (a CR/LF from the portal) is dropped,
     the blob is re-encoded canonically; the comment is kept.
     """
+    import base64
+    import binascii
+
     text = line.strip()
     if "PRIVATE KEY" in text or "PuTTY-User-Key-File" in text:
         raise SshKeyError("is a private key, not a public key")
@@ -263,6 +269,8 @@ def key_identity(line: str) -> Optional[tuple[str, bytes]]:
     Lenient on purpose: it reads the user's existing file to avoid adding a
     key twice, and must never fail on lines that are not ours.
     """
+    import binascii
+
     text = line.strip()
     if not text or text.startswith("#"):
         return None
@@ -301,6 +309,9 @@ def fingerprint(line: str) -> str:
     if key_type in CERTIFICATE_TYPES:
         with contextlib.suppress(ValueError):  # malformed: name the whole blob
             blob = _certified_key(key_type, blob)
+    import base64
+    import hashlib
+
     digest = hashlib.sha256(blob).digest()
     return f"{key_type} SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
 

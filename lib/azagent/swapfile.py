@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import json
 import os
 import stat
 from pathlib import Path
@@ -159,6 +158,8 @@ def _make_swap(
     if deactivate:
         system.run(["swapoff", str(path)], timeout=600, what=f"swapoff {path}")
     # The record first: whatever happens next, the file at this path is ours.
+    import json
+
     atomic_write(
         record,
         (json.dumps({"created_by": "azagent", "file": SWAP_NAME}) + "\n").encode(),

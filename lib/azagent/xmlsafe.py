@@ -27,13 +27,15 @@ xmltodict is imported only when a document is parsed (start-up budget).
 from __future__ import annotations
 
 import re
-from xml.parsers import expat
 
 from azagent.errors import AzagentError
 
+# expat is imported where a document is parsed: a stage that imports a
+# document's module may parse none, and every stage is a fresh process.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Final, Union
+    from xml.parsers import expat
 
     Value = Union[dict[str, Any], str, None]
 
@@ -45,9 +47,10 @@ MAX_BYTES = 1024 * 1024
 _TEXT_KEY = "#text"
 _ATTRIBUTE_PREFIX = "@"
 
-_DTD_MARKUP = re.compile(rb"<!\s*(?:DOCTYPE|ENTITY)", re.IGNORECASE)
-_DECLARATION = re.compile(rb"\A(?:\xef\xbb\xbf)?<\?xml\s[^>]*?\?>")
-_DECLARED_ENCODING = re.compile(rb"""\sencoding\s*=\s*(["'])([A-Za-z0-9._-]*)\1""")
+# Patterns, compiled by re (and cached) when a document is first checked.
+_DTD_MARKUP = rb"(?i)<!\s*(?:DOCTYPE|ENTITY)"
+_DECLARATION = rb"\A(?:\xef\xbb\xbf)?<\?xml\s[^>]*?\?>"
+_DECLARED_ENCODING = rb"""\sencoding\s*=\s*(["'])([A-Za-z0-9._-]*)\1"""
 
 
 class XmlError(AzagentError):
@@ -109,6 +112,8 @@ class _GuardedExpat:
     def ParserCreate(
         encoding: str | None = None, namespace_separator: str | None = None
     ) -> expat.XMLParserType:
+        from xml.parsers import expat
+
         parser = expat.ParserCreate(encoding, namespace_separator)
         parser.StartDoctypeDeclHandler = _refuse_dtd
         parser.EntityDeclHandler = _refuse_dtd
@@ -129,12 +134,12 @@ def check(data: bytes, *, what: str, max_bytes: int = MAX_BYTES) -> None:
     except UnicodeDecodeError as e:
         # The exception's own text quotes the offending byte: keep only its position.
         raise XmlEncodingError(f"{what}: not valid UTF-8 (at byte {e.start})") from None
-    declaration = _DECLARATION.match(data)
+    declaration = re.match(_DECLARATION, data)
     if declaration:
-        encoding = _DECLARED_ENCODING.search(declaration.group(0))
+        encoding = re.search(_DECLARED_ENCODING, declaration.group(0))
         if encoding and encoding.group(2).lower() not in (b"utf-8", b"utf8"):
             raise XmlEncodingError(f"{what}: declares an encoding other than UTF-8")
-    if _DTD_MARKUP.search(data):
+    if re.search(_DTD_MARKUP, data):
         raise XmlRefused(f"{what}: contains a DOCTYPE or entity declaration, which is refused")
 
 
@@ -142,6 +147,8 @@ def _malformed(what: str, error: expat.ExpatError) -> XmlMalformed:
     # ErrorString() is expat's fixed description of the error code; the
     # ExpatError text is the same, but building it ourselves guarantees that no
     # document content can ever slip into the message.
+    from xml.parsers import expat
+
     problem = expat.ErrorString(error.code) or "syntax error"
     return XmlMalformed(
         f"{what}: not well-formed XML ({problem}, line {error.lineno}, column {error.offset})"
@@ -156,6 +163,8 @@ def parse(data: bytes, *, what: str, max_bytes: int = MAX_BYTES) -> dict[str, An
     end with a space); :meth:`Element.text` strips on request.
     """
     check(data, what=what, max_bytes=max_bytes)
+    from xml.parsers import expat
+
     import xmltodict  # type: ignore[import-untyped,unused-ignore]
 
     try:
@@ -209,6 +218,8 @@ def clear_elements(
     ``<UserPassword></UserPassword>``.
     """
     check(data, what=what, max_bytes=max_bytes)
+    from xml.parsers import expat
+
     parser = _GuardedExpat.ParserCreate("utf-8", SEPARATOR)
     spans: list[tuple[int, int]] = []
     state = {"depth": 0, "content": 0}
