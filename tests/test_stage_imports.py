@@ -49,3 +49,27 @@ def test_a_dry_run_imports_no_module_it_does_not_need(stage: str, root: Path) ->
     assert "azagent" in modules  # the measurement works
     found = (modules & FORBIDDEN) - not_the_stages_doing()
     assert not found, f"{stage} --dry-run imports {sorted(found)}"
+
+
+def test_mount_ovf_reading_real_media_imports_only_what_xmltodict_brings(root: Path) -> None:
+    """A real run reads more than a dry run: the OVF, the password hash, the flags.
+    xmltodict's own imports (inspect, urllib.request via xml.sax.saxutils) are the
+    library's; nothing else forbidden may come in."""
+    from azfabric.scenario import PublicKey
+    from azfabric.server import Fabric
+    from provisioning_env import Scenario, make_vm
+
+    scenario = Scenario(
+        hostname="imports-vm",
+        username="alice",
+        password="Imp0rts-Passw0rd",
+        custom_data="#!/bin/sh\n",
+        public_keys=[PublicKey(path="/home/alice/.ssh/authorized_keys")],
+    )
+    with Fabric(scenario) as fabric:
+        vm = make_vm(root, scenario, fabric)
+        modules = imported_modules([str(STAGES / "mount-ovf"), "--root", str(vm.root)])
+    assert vm.result("mount-ovf")["state"] == "done"  # the measurement is of a real run
+    allowed = not_the_stages_doing() | imported_by("xmltodict")
+    found = (modules & FORBIDDEN) - allowed
+    assert not found, f"mount-ovf imports {sorted(found)}"

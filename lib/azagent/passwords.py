@@ -35,10 +35,13 @@ from __future__ import annotations
 
 import base64
 import os
-from typing import Any, Callable, Optional
 
 from azagent.errors import StageFailed
 from azagent.redact import register
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
 
 # crypt(3)'s base-64 alphabet (salts, SHA-crypt and MD5-crypt output).
 CRYPT_ALPHABET = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
