@@ -62,7 +62,7 @@ def test_mount_ovf_reading_real_media_imports_only_what_xmltodict_brings(root: P
     scenario = Scenario(
         hostname="imports-vm",
         username="alice",
-        password="Imp0rts-Passw0rd",
+        password="Imp0rts-Passw0rd",  # noqa: S106 - a test VM's password
         custom_data="#!/bin/sh\n",
         public_keys=[PublicKey(path="/home/alice/.ssh/authorized_keys")],
     )
