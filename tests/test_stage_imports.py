@@ -8,10 +8,10 @@ is worth: ``dataclasses`` brings ``inspect``, ``ast``, ``dis`` and
 empty root imports none of them.
 
 What the standard library itself imports for modules a stage cannot do
-without is not the stage's doing: ``pathlib`` imports ``urllib.parse``,
-which imports ``ipaddress`` (Python 3.11 and 3.12); ``logging`` imports
-``traceback``, which imports ``textwrap``, for as long as azagent logs
-through it.
+without is not the stage's doing: ``urllib.parse`` imports ``ipaddress``
+(and ``pathlib`` imports ``urllib.parse`` on Python 3.11 and 3.12);
+``logging`` imports ``traceback``, which imports ``textwrap``, for as long
+as azagent logs through it.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ FORBIDDEN = frozenset({"dataclasses", "inspect", "typing", "ast", "ipaddress", "
 # The extension handler is a long-running service, not a boot stage.
 NOT_CHECKED = frozenset({"extensions"})
 
+# Modules a stage may need, whose own imports are then not the stage's doing.
+NEEDED = ("pathlib", "urllib.parse", "logging")
+
 
 @functools.cache
 def imported_by(module: str) -> frozenset[str]:
@@ -35,11 +38,13 @@ def imported_by(module: str) -> frozenset[str]:
     return frozenset(imported_modules(["-c", f"import {module}"]))
 
 
-def not_the_stages_doing(modules: set[str]) -> frozenset[str]:
-    """The modules the standard library imported for the stage, of those it needs."""
-    allowed = imported_by("pathlib")
-    if "logging" in modules:
-        allowed |= imported_by("logging") - {"logging"}
+def not_the_stages_doing(modules: set[str]) -> set[str]:
+    """What the modules of NEEDED that the stage imported imported themselves."""
+    allowed: set[str] = set()
+    for module in NEEDED:
+        name = module.split(".")[0]
+        if name in modules:
+            allowed |= imported_by(module) - {name}
     return allowed
 
 
