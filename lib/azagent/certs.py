@@ -86,11 +86,7 @@ def _der_errors() -> Iterator[None]:
 
 
 class CertificateItem:
-    """One certificate of the PFX and, when the PFX holds it, its private key.
-
-    Callers store these as ``<thumbprint>.crt`` / ``<thumbprint>.prv``; the key
-    is kept out of ``repr`` so that logging an item cannot leak it.
-    """
+    """One certificate of the PFX and its private key, if it holds one (``repr`` hides it)."""
 
     __slots__ = ("certificate_pem", "private_key_pem", "thumbprint")
 
@@ -648,15 +644,10 @@ def _oaep_parameters(parameters: asn1.Tlv | None) -> padding.OAEP:
 class _Recipient:
     __slots__ = ("encrypted_key", "subject_key_identifier", "transport")
 
-    def __init__(
-        self,
-        subject_key_identifier: bytes | None,  # None: named by issuer and serial number
-        transport: padding.AsymmetricPadding,
-        encrypted_key: bytes,
-    ) -> None:
-        self.subject_key_identifier: Final = subject_key_identifier
+    def __init__(self, ski: bytes | None, transport: padding.AsymmetricPadding, key: bytes) -> None:
+        self.subject_key_identifier: Final = ski  # None: named by issuer and serial number
         self.transport: Final = transport
-        self.encrypted_key: Final = encrypted_key
+        self.encrypted_key: Final = key
 
 
 def _read_recipient(element: asn1.Tlv) -> _Recipient:

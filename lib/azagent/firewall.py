@@ -24,7 +24,6 @@ address it protects, so a later run knows what is in place.
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
 
 from azagent import system
 from azagent.errors import StageFailed
@@ -173,7 +172,8 @@ def backend(ctx: Context) -> str:
 
 def wireserver_address(ctx: Context) -> ipaddress.IPv4Address:
     """The address to protect: the WireServer's host, which must be an IPv4 address."""
-    import ipaddress  # here: only a boot with the firewall enabled needs it
+    import ipaddress  # here: only a boot with the firewall enabled needs them
+    from urllib.parse import urlsplit
 
     url = ctx.endpoint("WireServer")
     host = urlsplit(url).hostname or ""
