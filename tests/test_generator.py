@@ -183,23 +183,28 @@ def test_a_skipped_units_own_drop_in_condition_fails(tmp_path: Path) -> None:
     assert (out / f"azure-scvmm.service.d/{DROPIN}").is_file()
 
 
-def test_systemd_analyze_verify_accepts_the_drop_ins(tmp_path: Path) -> None:
+def verify_unit_lines(tmp_path: Path, lines: list[str]) -> None:
+    """systemd-analyze verify accepts a unit holding these generated [Unit] lines."""
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.fail("systemd-analyze is missing: tools/bootstrap installs it")
-    root = tmp_path / "root"
-    write_config(root, "Provisioning.Enabled=n\nResourceDisk.Format=n\n")
-    skipped = generate(root, tmp_path / "out")
     unit = tmp_path / "azure-generated-check.service"
     unit.write_text(
-        "[Unit]\nDescription=generated conditions\nDocumentation=file:/dev/null\n"
-        + "\n".join(skipped.values())
+        "[Unit]\nDescription=generated lines\nDocumentation=file:/dev/null\n"
+        + "\n".join(lines)
         + f"\n[Service]\nType=oneshot\nExecStart={STAGES}/kernel-tune\n"
     )
     done = subprocess.run(
         [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=120, check=False
     )
     assert (done.returncode, done.stdout + done.stderr) == (0, "")
+
+
+def test_systemd_analyze_verify_accepts_the_drop_ins(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    write_config(root, "Provisioning.Enabled=n\nResourceDisk.Format=n\n")
+    skipped = generate(root, tmp_path / "out")
+    verify_unit_lines(tmp_path, list(skipped.values()))
 
 
 EXECUTE = "azure-custom-data.service.d/50-azagent-execute.conf"
@@ -261,19 +266,9 @@ def test_an_unreadable_configuration_still_orders_customdata_as_a_script_expects
 
 
 def test_systemd_analyze_verify_accepts_the_customdata_ordering(tmp_path: Path) -> None:
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.fail("systemd-analyze is missing: tools/bootstrap installs it")
     root = tmp_path / "root"
     write_config(root, "Provisioning.ExecuteCustomData=y\n")
     generate(root, tmp_path / "out")
-    unit = tmp_path / "azure-generated-order.service"
-    unit.write_text(
-        "[Unit]\nDescription=generated ordering\nDocumentation=file:/dev/null\n"
-        + "\n".join(custom_data_ordering(tmp_path / "out"))
-        + f"\n[Service]\nType=oneshot\nExecStart={STAGES}/kernel-tune\n"
-    )
-    done = subprocess.run(
-        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+    ordering = custom_data_ordering(tmp_path / "out")
+    assert ordering
+    verify_unit_lines(tmp_path, ordering)
