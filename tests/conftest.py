@@ -67,12 +67,12 @@ class Run:
     stderr: str
 
 
-def run_stage(name: str, *args: str, env: dict[str, str] | None = None) -> Run:
-    """Run stages/<name> as boot would, with this interpreter, never under systemd."""
+def run_python(*args: str, env: dict[str, str] | None = None) -> Run:
+    """This interpreter with ``args``, in the environment a child of the tests gets."""
     environment = child_environment()
     environment.update(env or {})
     done = subprocess.run(
-        [sys.executable, str(STAGES / name), *args],
+        [sys.executable, *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -82,22 +82,18 @@ def run_stage(name: str, *args: str, env: dict[str, str] | None = None) -> Run:
     return Run(done.returncode, done.stdout, done.stderr)
 
 
+def run_stage(name: str, *args: str, env: dict[str, str] | None = None) -> Run:
+    """Run stages/<name> as boot would, with this interpreter, never under systemd."""
+    return run_python(str(STAGES / name), *args, env=env)
+
+
 def imported_modules(command: list[str]) -> set[str]:
     """The top-level names of the modules ``python -X importtime <command>`` imports.
 
     ``command`` runs with this interpreter and azagent from this checkout, and
     must succeed.
     """
-    environment = child_environment()
-    environment["PYTHONPATH"] = str(REPO / "lib")
-    done = subprocess.run(
-        [sys.executable, "-X", "importtime", *command],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=environment,
-        check=False,
-    )
+    done = run_python("-X", "importtime", *command, env={"PYTHONPATH": str(REPO / "lib")})
     modules = set()
     for line in done.stderr.splitlines():
         if line.startswith("import time:") and "|" in line:
@@ -107,16 +103,7 @@ def imported_modules(command: list[str]) -> set[str]:
 
 
 def run_cli(*args: str) -> Run:
-    environment = child_environment()
-    done = subprocess.run(
-        [sys.executable, "-m", "azagent", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=environment,
-        check=False,
-    )
-    return Run(done.returncode, done.stdout, done.stderr)
+    return run_python("-m", "azagent", *args)
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int, int, bytes | str]]:
