@@ -113,3 +113,31 @@ def test_status_shows_unit_enablement_and_masking(root: Path) -> None:
     (root / "etc/systemd/system").mkdir(parents=True)
     os.symlink("/dev/null", root / "etc/systemd/system/azure-kernel-tune.service")
     assert state() == "masked"
+
+
+def test_status_names_a_stage_systemd_skipped_on_a_condition(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stage skipped by its unit's condition left no result: status says why, not never-ran."""
+    from azagent import cli
+
+    show = (
+        "Id=azure-certificates.service\\nConditionResult=no\\nConditionTimestampMonotonic=9000000\\n\\n"
+        "Id=azure-custom-data.service\\nConditionResult=no\\nConditionTimestampMonotonic=0\\n\\n"
+        "Id=azure-hostname.service\\nConditionResult=yes\\nConditionTimestampMonotonic=8000000\\n"
+    )
+    fake = tmp_path / "bin/systemctl"
+    fake.parent.mkdir()
+    fake.write_text(
+        f"#!/bin/sh\ncase \"$1\" in show) printf '{show}' ;; is-enabled) echo enabled ;; esac\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    rows = {row["stage"]: row for row in cli.status_rows(root, live=True)}
+    assert rows["certificates"]["result"] == "condition-failed"
+    assert "systemctl status azure-certificates.service" in rows["certificates"]["reason"]
+    assert rows["custom-data"]["result"] == "never-ran"  # its condition was never checked
+    assert rows["hostname"]["result"] == "never-ran"
+    # Under --root (an image) systemd is not asked.
+    rows = {row["stage"]: row for row in cli.status_rows(root, live=False)}
+    assert rows["certificates"]["result"] == "never-ran"

@@ -19,7 +19,7 @@ from azagent.context import Context
 from azagent.errors import AzagentError
 from azagent.results import EXIT_FAILED, EXIT_OK, EXIT_USAGE, read_result
 from azagent.stage import load_config
-from azagent.units import find_stage, unit_state
+from azagent.units import find_stage, skipped_on_condition, unit_state
 
 # waagent flag -> azagent words. Flags that only modify another command.
 _WAAGENT_MODIFIERS = {"-verbose": "--verbose", "-force": "--force", "-full": "--full"}
@@ -70,19 +70,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     os.execv(sys.executable, command)  # noqa: S606 - argv list, no shell
 
 
-def status_rows(root: Path) -> list[dict[str, str]]:
+SKIPPED_BY_SYSTEMD = "condition-failed"
+
+
+def status_rows(root: Path, live: bool | None = None) -> list[dict[str, str]]:
+    """One row per stage. On the running system (``live``: root is /) a stage
+    without a result that systemd skipped on a failed start condition says so."""
+    live = root == Path("/") if live is None else live
+    skipped = skipped_on_condition([info.unit for info in catalog.STAGES]) if live else set()
     rows = []
     for info in catalog.STAGES:
         result = read_result(root, info.name)
         duration = None if result is None else result.duration_ms
+        state, reason = ("", "") if result is None else (result.state, result.reason)
+        if result is None and info.unit in skipped:
+            state = SKIPPED_BY_SYSTEMD
+            reason = f"systemd skipped it: a start condition failed (systemctl status {info.unit})"
         rows.append(
             {
                 "stage": info.name,
                 "unit": unit_state(root, info.unit),
-                "result": "never-ran" if result is None else result.state,
+                "result": state or "never-ran",
                 "ended": "" if result is None else result.ended,
                 "duration": "" if duration is None else f"{duration / 1000:.3f}s",
-                "reason": "" if result is None else result.reason,
+                "reason": reason,
             }
         )
     return rows

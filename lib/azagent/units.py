@@ -54,3 +54,28 @@ def unit_state(root: Path, unit: str) -> str:
     if state:
         return state[0]
     return "not-found" if "No such file" in done.stderr else "unknown"
+
+
+def skipped_on_condition(units: list[str]) -> set[str]:
+    """The units systemd skipped this boot because a start condition failed.
+
+    One ``systemctl show`` for all of them (running system only): a unit whose
+    condition was checked (``ConditionTimestampMonotonic`` set) and failed
+    (``ConditionResult=no``). A stage skipped that way never ran, so it left no
+    result file; ``systemctl status <unit>`` names the condition.
+    """
+    systemctl = shutil.which("systemctl")
+    if systemctl is None or not units:
+        return set()
+    command = [systemctl, "show", "-p", "Id,ConditionResult,ConditionTimestampMonotonic", *units]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return set()
+    skipped = set()
+    for block in done.stdout.split("\n\n"):
+        values = dict(line.partition("=")[::2] for line in block.splitlines())
+        checked = values.get("ConditionTimestampMonotonic", "0") not in ("", "0")
+        if checked and values.get("ConditionResult") == "no" and values.get("Id") in units:
+            skipped.add(values["Id"])
+    return skipped

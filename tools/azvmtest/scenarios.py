@@ -276,6 +276,13 @@ def scenario_default(ctx: Context) -> None:
     )
     failed = result.text("failed.txt")
     check("azure-" not in failed, f"failed azure units: {failed}")
+    # azagent status names the stages systemd skipped on a start condition
+    # (they left no result file), and only those.
+    rows = [line.split() for line in result.text("azagent-status.txt").splitlines()[1:]]
+    status = {row[0]: row[2] for row in rows if len(row) >= 3}
+    for stage in ("firewall", "imds", "certificates"):
+        check(status.get(stage) == "condition-failed", f"azagent status {stage}: {status}")
+    check(status.get("report-failure") == "never-ran", f"azagent status: {status}")
     # The extension handler, enabled by the preset, keeps running (the goal state names
     # no extension here) and started only after Ready was reported: it cannot delay it.
     extensions = result.units().get("azure-extensions.service", {})
