@@ -188,9 +188,6 @@ class Log:
         """An error with the traceback of the exception being handled."""
         self._emit(ERROR, msg, args, extra, with_traceback=True)
 
-    def enabled_for(self, level: int) -> bool:
-        return self.level <= level
-
     def _emit(
         self,
         level: int,
