@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import REPO
+from conftest import REPO, run_python
 
 from azagent import journal, redact
+
+THIS_CHECKOUT = {"PYTHONPATH": str(REPO / "lib")}
 
 
 class Recorder:
@@ -151,11 +151,8 @@ def test_before_setup_only_warnings_and_errors_are_printed_alone() -> None:
         "from azagent.journal import log; log.info('quiet'); log.warning('loud %s', 1);"
         " log.error('worse')"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
-        timeout=60,
-    )  # fmt: skip
-    assert done.stderr == "loud 1\nworse\n"
+    done = run_python("-c", code, env=THIS_CHECKOUT)
+    assert (done.returncode, done.stderr) == (0, "loud 1\nworse\n")
 
 
 def test_a_stage_that_logs_nothing_loads_neither_logging_nor_systemd_python() -> None:
@@ -163,12 +160,5 @@ def test_a_stage_that_logs_nothing_loads_neither_logging_nor_systemd_python() ->
         "import sys; from azagent import journal; journal.setup('x', journal=True); "
         "print(sorted(m for m in ('systemd', 'logging') if m in sys.modules))"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=REPO,
-        timeout=60,
-    )
-    assert done.stdout.strip() == "[]"
+    done = run_python("-c", code, env=THIS_CHECKOUT)
+    assert (done.returncode, done.stdout.strip()) == (0, "[]")
